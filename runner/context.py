@@ -1,0 +1,27 @@
+"""What a running python task can know about its own run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Injected into a callable that asks for it by type: the run's identity and its logger.
+
+    Lines written to ``logger`` are stored with the run and shown by ``runner show``.
+    """
+
+    run_id: str
+    task: str
+    attempt: int
+    parameters: Mapping[str, Any]
+    logger: logging.Logger
+
+
+current_run: ContextVar[RunContext] = ContextVar("runner_current_run")
+"""The run being executed, for code deeper down that was not handed a RunContext."""

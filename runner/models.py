@@ -1,0 +1,175 @@
+"""The records runner passes around: declared tasks, stored tasks, runs. All frozen."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TaskType(enum.StrEnum):
+    SHELL = "shell"
+    PYTHON = "python"
+
+
+class RunStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    SKIPPED = "skipped"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """An ``env`` value read at run time from the runner's environment or a file; always masked."""
+
+    from_env: str | None = None
+    from_file: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        return {"from_env": self.from_env} if self.from_env is not None else {"from_file": str(self.from_file)}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When a task fires by itself: a cron expression in a timezone, or every N seconds."""
+
+    cron: str | None = None
+    timezone: str | None = None
+    every: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.every is not None:
+            return {"every": self.every}
+        return {"cron": self.cron, "timezone": self.timezone or "UTC"}
+
+
+@dataclass(frozen=True)
+class Retries:
+    """How many more tries a failed or timed-out run gets, and the pause before each."""
+
+    count: int = 0
+    backoff: float = 0.0
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a task is declared: the file relative to the project, and the line of its name."""
+
+    path: str
+    line: int
+    col: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task as declared in ``tasks.d``, normalised (durations in seconds, defaults filled)."""
+
+    name: str
+    type: TaskType
+    source: Source
+    command: str | tuple[str, ...] | None = None
+    callable: str | None = None
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+    description: str | None = None
+    needs: tuple[str, ...] = ()
+    schedule: Schedule | None = None
+    timeout: float | None = None
+    retries: Retries = Retries()
+    env: Mapping[str, str | SecretRef] = field(default_factory=dict)
+    cwd: str | None = None
+    tags: tuple[str, ...] = ()
+
+    def definition(self) -> dict[str, Any]:
+        """The declared fields as JSON data: what the store keeps and compares."""
+        return {
+            "type": self.type.value,
+            "command": list(self.command) if isinstance(self.command, tuple) else self.command,
+            "callable": self.callable,
+            "parameters": dict(self.parameters),
+            "enabled": self.enabled,
+            "description": self.description,
+            "needs": list(self.needs),
+            "schedule": self.schedule.to_json() if self.schedule else None,
+            "timeout": self.timeout,
+            "retries": {"count": self.retries.count, "backoff": self.retries.backoff},
+            "env": {
+                k: v.to_json() if isinstance(v, SecretRef) else v for k, v in self.env.items()
+            },
+            "cwd": self.cwd,
+            "tags": list(self.tags),
+        }
+
+    def definition_json(self) -> str:
+        return json.dumps(self.definition(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_definition(cls, name: str, source: Source, data: Mapping[str, Any]) -> TaskSpec:
+        command = data.get("command")
+        schedule = data.get("schedule")
+        retries = data.get("retries") or {}
+        return cls(
+            name=name,
+            type=TaskType(data["type"]),
+            source=source,
+            command=tuple(command) if isinstance(command, list) else command,
+            callable=data.get("callable"),
+            parameters=data.get("parameters") or {},
+            enabled=data.get("enabled", True),
+            description=data.get("description"),
+            needs=tuple(data.get("needs") or ()),
+            schedule=Schedule(**schedule) if schedule else None,
+            timeout=data.get("timeout"),
+            retries=Retries(retries.get("count", 0), retries.get("backoff", 0.0)),
+            env={
+                k: SecretRef(**v) if isinstance(v, dict) else v
+                for k, v in (data.get("env") or {}).items()
+            },
+            cwd=data.get("cwd"),
+            tags=tuple(data.get("tags") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class StoredTask:
+    """A task as the store knows it: its definition plus whether it may run and why not."""
+
+    name: str
+    spec: TaskSpec
+    enabled: bool
+    disabled_reason: str | None
+    removed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        spec = self.spec
+        body: dict[str, Any] = {
+            "name": self.name,
+            "type": spec.type.value,
+            "enabled": self.enabled,
+            "disabled_reason": self.disabled_reason,
+        }
+        if spec.type is TaskType.SHELL:
+            body["command"] = list(spec.command) if isinstance(spec.command, tuple) else spec.command
+        else:
+            body["callable"] = spec.callable
+        body.update(
+            parameters=dict(spec.parameters),
+            needs=list(spec.needs),
+            schedule=spec.schedule.to_json() if spec.schedule else None,
+            source=str(spec.source),
+        )
+        return body
