@@ -1,0 +1,161 @@
+"""Python task callables: ``@task`` names, ``module:qualname`` references, and plugins/ imports.
+
+Resolution is lazy and cached; every failure becomes ``CallableNotFound`` naming the reference,
+with the original error as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
+from runner.errors import CallableNotFound, Problem
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_registered: dict[str, Callable[..., Any]] = {}
+_resolved: dict[str, Callable[..., Any]] = {}
+_plugin_failures: dict[str, str] = {}
+
+
+@overload
+def task(name_or_fn: F) -> F: ...
+@overload
+def task(name_or_fn: str | None = None) -> Callable[[F], F]: ...
+
+
+def task(name_or_fn: str | F | None = None) -> F | Callable[[F], F]:
+    """Register a callable under a short name usable as ``callable:`` in task files.
+
+    ``@task`` registers it under its function name, ``@task("name")`` under ``name``.
+    """
+
+    def register(fn: F, name: str) -> F:
+        existing = _registered.get(name)
+        if existing is not None and _qualified(existing) != _qualified(fn):
+            raise ValueError(
+                f"@task name {name!r} is already registered by {_qualified(existing)}; "
+                f"pick another name for {_qualified(fn)}"
+            )
+        _registered[name] = fn
+        return fn
+
+    if callable(name_or_fn):
+        return register(name_or_fn, name_or_fn.__name__)
+    return lambda fn: register(fn, name_or_fn or fn.__name__)
+
+
+def _qualified(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def registered_names() -> dict[str, str]:
+    """``@task`` names and the ``module:qualname`` each stands for."""
+    return {name: _qualified(fn) for name, fn in _registered.items()}
+
+
+def add_project_to_path(project: Path) -> None:
+    """Make ``plugins.x`` and other project modules importable."""
+    root = str(project.resolve())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def import_plugins(project: Path) -> list[Problem]:
+    """Import every module under ``plugins/`` so ``@task`` registrations exist.
+
+    A module that fails to import is reported (as a warning with its file and line) and does not
+    stop the others.
+    """
+    plugins = project / "plugins"
+    if not plugins.is_dir():
+        return []
+    add_project_to_path(project)
+    problems = []
+    for path in sorted(plugins.rglob("*.py")):
+        rel = path.relative_to(project)
+        parts = list(rel.with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        if any(not p.isidentifier() for p in parts):
+            continue
+        module = ".".join(parts)
+        try:
+            importlib.import_module(module)
+        except BaseException as exc:  # a plugin may raise anything, even SystemExit
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            line = _error_line(exc, path)
+            message = f"cannot import {module}: {type(exc).__name__}: {exc}"
+            _plugin_failures[module] = message
+            problems.append(Problem(str(rel), line, 1, message, severity="warning"))
+    return problems
+
+
+def _error_line(exc: BaseException, path: Path) -> int:
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return exc.lineno
+    target = str(path.resolve())
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if frame.filename == target:
+            return frame.lineno or 1
+    return 1
+
+
+def resolve(reference: str) -> Callable[..., Any]:
+    """The callable a task's ``callable:`` names; CallableNotFound says why it cannot be had."""
+    cached = _resolved.get(reference)
+    if cached is not None:
+        return cached
+    if ":" not in reference:
+        fn = _registered.get(reference)
+        if fn is None:
+            hint = _unregistered_hint(reference)
+            raise CallableNotFound(
+                f"no callable registered as {reference!r}{hint}; use 'module:qualname' or "
+                f"register it with @task in plugins/"
+            )
+    else:
+        module_name, _, qualname = reference.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise CallableNotFound(
+                f"cannot import {module_name}: {type(exc).__name__}: {exc}"
+            ) from exc
+        for part in qualname.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError as exc:
+                raise CallableNotFound(
+                    f"module {module_name} has no attribute {qualname!r}"
+                ) from exc
+        if not callable(obj):
+            raise CallableNotFound(f"{reference} is a {type(obj).__name__}, not a callable")
+        fn = obj
+    _resolved[reference] = fn
+    return fn
+
+
+def _unregistered_hint(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(_registered), n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    if _plugin_failures:
+        return " (a plugin failed to import: " + "; ".join(_plugin_failures.values()) + ")"
+    return ""
+
+
+def forget() -> None:
+    """Drop registrations and cached resolutions (for tests and for reloading a project)."""
+    _registered.clear()
+    _resolved.clear()
+    _plugin_failures.clear()

@@ -1,0 +1,571 @@
+"""Read ``tasks.d``: YAML with positions, the JSON Schema, and the checks that span files.
+
+Every problem is collected, never raised one at a time, and each points at the key or value it
+is about (``path:line:col``). Nothing here imports a task's callable; see ``project.py``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import math
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from runner.errors import Problem
+from runner.graph import find_cycles
+from runner.models import Retries, Schedule, SecretRef, Source, TaskSpec, TaskType
+
+TASKS_DIR = "tasks.d"
+MAX_FILE_BYTES = 50 * 1024 * 1024
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+_STR = "tag:yaml.org,2002:str"
+_MERGE = "tag:yaml.org,2002:merge"
+_SCALAR_TAGS = {
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:null",
+}
+# Plain words that YAML 1.1 (and so many tools) read as booleans; PyYAML leaves y/n as strings.
+_BOOLEAN_WORDS = frozenset(
+    w for base in ("y", "yes", "n", "no", "on", "off") for w in (base, base.title(), base.upper())
+)
+_TRUE_FALSE = frozenset({"true", "True", "TRUE", "false", "False", "FALSE"})
+_MAX_NODES = 5_000_000
+_DURATION_PART = re.compile(r"\s*((?:\d+(?:\.\d+)?|\.\d+))\s*(ms|d|h|m|s)\s*")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+Path_ = tuple[str | int, ...]
+
+
+def parse_duration(value: float | int | str) -> float:
+    """Seconds in a DURATION (``90s``, ``5m``, ``1h30m``, ``2d``, ``0.5s`` or a number)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            pos, seconds = 0, 0.0
+            while pos < len(text):
+                match = _DURATION_PART.match(text, pos)
+                if not match or match.end() == pos:
+                    raise ValueError(
+                        f"{value!r} is not a duration (use 90s, 5m, 1h30m, 2d, 0.5s or seconds)"
+                    ) from None
+                seconds += float(match.group(1)) * _UNITS[match.group(2)]
+                pos = match.end()
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{value!r} is not a duration")
+    return seconds
+
+
+@dataclass
+class TaskFile:
+    """One task file: its data, where each key and value stands, and what is wrong with it."""
+
+    path: str
+    data: Any = None
+    keys: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    values: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    traps: dict[Path_, str] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def at(self, where: Path_, message: str, *, key: bool = False) -> Problem:
+        """A problem positioned at ``where`` (its key if ``key``), or its nearest parent."""
+        table = self.keys if key else self.values
+        probe = where
+        while probe:
+            pos = table.get(probe) or self.values.get(probe)
+            if pos:
+                return Problem(self.path, pos[0], pos[1], message)
+            probe = probe[:-1]
+        line, col = self.values.get((), (1, 1))
+        return Problem(self.path, line, col, message)
+
+    def add(self, where: Path_, message: str, *, key: bool = False) -> None:
+        self.problems.append(self.at(where, message, key=key))
+
+
+class _Builder:
+    """Turns a composed YAML node tree into plain data, recording positions on the way."""
+
+    def __init__(self, file: TaskFile) -> None:
+        self.file = file
+        self.active: set[int] = set()
+        self.count = 0
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def build(self, node: Node, where: Path_) -> Any:
+        self.count += 1
+        if self.count > _MAX_NODES:
+            raise _TooLarge
+        mark = node.start_mark
+        self.file.values[where] = (mark.line + 1, mark.column + 1)
+        if isinstance(node, ScalarNode):
+            return self.scalar(node, where)
+        if id(node) in self.active:
+            self.file.add(where, "recursive alias: an anchor that contains itself")
+            return None
+        self.active.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                return [self.build(child, (*where, i)) for i, child in enumerate(node.value)]
+            assert isinstance(node, MappingNode)
+            return self.mapping(node, where)
+        finally:
+            self.active.discard(id(node))
+
+    def scalar(self, node: ScalarNode, where: Path_) -> Any:
+        tag = node.tag
+        if tag == _STR:
+            if not node.style and node.value in _BOOLEAN_WORDS:
+                self.file.traps[where] = node.value
+            return node.value
+        if tag in _SCALAR_TAGS:
+            if not node.style and node.value not in _TRUE_FALSE and node.value in _BOOLEAN_WORDS:
+                self.file.traps[where] = node.value
+            return self.constructor.construct_object(node, deep=True)
+        if tag.startswith("tag:yaml.org,2002:"):
+            return node.value  # timestamps, binary and the like stay as the text written
+        self.file.add(where, f"unsupported YAML tag {tag}; write a plain value")
+        return node.value
+
+    def mapping(self, node: MappingNode, where: Path_) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        merged: list[Node] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                merged.append(value_node)
+                continue
+            if not isinstance(key_node, ScalarNode):
+                mark = key_node.start_mark
+                self.file.problems.append(
+                    Problem(self.file.path, mark.line + 1, mark.column + 1, "a key must be a plain string")
+                )
+                continue
+            key = key_node.value
+            mark = key_node.start_mark
+            here = (*where, key)
+            if key in result:
+                first = self.file.keys[here]
+                self.file.problems.append(
+                    Problem(
+                        self.file.path,
+                        mark.line + 1,
+                        mark.column + 1,
+                        f"duplicate key {key!r} (first at line {first[0]}); remove one of them",
+                    )
+                )
+                continue
+            self.file.keys[here] = (mark.line + 1, mark.column + 1)
+            result[key] = self.build(value_node, here)
+        for source in merged:
+            sources = source.value if isinstance(source, SequenceNode) else [source]
+            for item in sources:
+                value = self.build(item, where)
+                if not isinstance(value, dict):
+                    self.file.add(where, "'<<' merges a mapping (or a list of mappings) only")
+                    continue
+                for key, inner in value.items():
+                    result.setdefault(key, inner)
+        return result
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def read_task_file(project: Path, path: Path) -> TaskFile | None:
+    """Parse one file with positions; None if it vanished between listing and reading."""
+    rel = path.relative_to(project).as_posix()
+    file = TaskFile(rel)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            file.add((), f"file is {size / 1e6:.1f} MB; task files are capped at {MAX_FILE_BYTES // 2**20} MiB")
+            return file
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        file.add((), f"cannot read: {exc.strerror or exc}")
+        return file
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        file.problems.append(
+            Problem(rel, line, col, f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); task files are UTF-8 YAML")
+        )
+        return file
+    try:
+        node = yaml.compose(text, Loader=yaml.CSafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        what = " ".join(filter(None, [exc.context, exc.problem]))
+        file.problems.append(Problem(rel, line, col, f"YAML syntax error: {what}"))
+        return file
+    except yaml.YAMLError as exc:
+        file.add((), f"YAML error: {exc}")
+        return file
+    if node is None:
+        file.add((), "empty file; a task file holds 'version: 1' and 'tasks:'")
+        return file
+    try:
+        file.data = _Builder(file).build(node, ())
+    except _TooLarge:
+        file.data = None
+        file.add((), "too many YAML nodes (an alias bomb?); split the file or remove the aliases")
+    except RecursionError:
+        file.data = None
+        file.add((), "nesting too deep to read")
+    if not isinstance(file.data, dict) and not file.problems:
+        kind = {list: "a list", str: "a string"}.get(type(file.data), type(file.data).__name__)
+        file.add((), f"expected a mapping with 'version: 1' and 'tasks:', found {kind}")
+    return file
+
+
+def list_task_files(project: Path) -> list[Path]:
+    """Every ``*.yaml``/``*.yml`` under ``tasks.d``, any depth, in sorted path order.
+
+    Directory symlinks are followed once each, so a symlink loop ends the walk instead of looping.
+    """
+    root = project / TASKS_DIR
+    found: list[Path] = []
+    seen_dirs: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames.clear()
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(
+            Path(dirpath, name)
+            for name in filenames
+            if name.endswith((".yaml", ".yml")) and not name.startswith(".")
+        )
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+@functools.cache
+def load_schema() -> dict[str, Any]:
+    """The task-file JSON Schema, from the installed package or the source checkout."""
+    here = Path(__file__).parent
+    for candidate in (here / "tasks.schema.json", here.parent / "schemas" / "tasks.schema.json"):
+        if candidate.is_file():
+            schema: dict[str, Any] = json.loads(candidate.read_text(encoding="utf-8"))
+            return schema
+    raise FileNotFoundError("tasks.schema.json is missing from the runner installation")
+
+
+@functools.cache
+def _validator() -> Any:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(load_schema())
+
+
+def _label(where: Path_) -> str:
+    if len(where) >= 2 and where[0] == "tasks":
+        rest = ".".join(str(p) for p in where[2:])
+        return f"task {where[1]!r}" + (f": {rest}" if rest else "")
+    return ".".join(str(p) for p in where) or "file"
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "a mapping"
+
+
+def _schema_problems(file: TaskFile, error: Any) -> Iterator[Problem]:
+    from jsonschema.exceptions import best_match
+
+    where: Path_ = tuple(error.absolute_path)
+    kind = error.validator
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    label = _label(where)
+    if kind in ("oneOf", "anyOf") and error.context:
+        if "duration" in str(schema.get("description", "")).lower():
+            yield file.at(where, f"{label}: {error.instance!r} is not a duration (use 90s, 5m, 1h30m, 2d, 0.5s or seconds)")
+            return
+        same_type = [e for e in error.context if e.validator != "type"]
+        yield from _schema_problems(file, best_match(same_type or error.context))
+        return
+    if kind == "additionalProperties":
+        known = list(schema.get("properties", {}))
+        for key in error.instance:
+            if key in known or not isinstance(key, str):
+                continue
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"
+            yield file.at((*where, key), f"{label}: unknown key {key!r}{hint}", key=True)
+        return
+    if "propertyNames" in error.relative_schema_path:
+        name = error.instance
+        if where == ("tasks",):
+            message = (
+                f"invalid task name {name!r}: use 1-100 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit"
+            )
+        else:
+            message = f"{label}: invalid name {name!r}: use letters, digits and '_', not starting with a digit"
+        yield file.at((*where, name), message, key=True)
+        return
+    if kind == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        what = {"command": "a shell task needs a 'command'", "callable": "a python task needs a 'callable'"}
+        detail = what.get(missing) if len(where) == 2 and where[0] == "tasks" else None
+        yield file.at(where, f"{label}: {detail or f'missing required key {missing!r}'}", key=True)
+        return
+    if kind == "not" and len(where) == 2 and where[0] == "tasks":
+        if isinstance(error.instance, dict) and error.instance.get("type") == "python":
+            yield file.at((*where, "command"), f"{label}: a python task takes 'callable', not 'command'", key=True)
+        else:
+            yield file.at((*where, "callable"), f"{label}: 'callable' needs 'type: python'", key=True)
+        return
+    if kind == "type":
+        expected = schema.get("type")
+        want = " or ".join(expected) if isinstance(expected, list) else expected
+        want = {"object": "a mapping", "array": "a list", "string": "a string", "boolean": "true or false",
+                "integer": "an integer", "number": "a number"}.get(str(want), str(want))
+        yield file.at(where, f"{label}: expected {want}, found {_describe(error.instance)}")
+        return
+    if kind == "const" and where == ("version",):
+        yield file.at(where, f"version must be 1, found {error.instance!r}")
+        return
+    if kind == "enum":
+        options = ", ".join(str(o) for o in schema.get("enum", []))
+        yield file.at(where, f"{label}: {error.instance!r} is not one of: {options}")
+        return
+    if kind == "pattern" and where and where[-2:-1] == ("needs",):
+        yield file.at(where, f"{label}: {error.instance!r} is not a valid task name")
+        return
+    if kind == "pattern" and where[-1:] == ("callable",):
+        yield file.at(where, f"{label}: {error.instance!r} is not 'module:qualname' or a registered name")
+        return
+    yield file.at(where, f"{label}: {error.message}")
+
+
+def _expects_string(where: Path_) -> bool:
+    """Whether the schema wants a string at ``where`` (so a plain ``no`` there is a trap)."""
+    if len(where) < 3 or where[0] != "tasks":
+        return False
+    field_, depth = where[2], len(where)
+    if field_ in ("description", "callable", "cwd", "type"):
+        return depth == 3
+    if field_ in ("command", "needs", "tags"):
+        return depth <= 4
+    if field_ == "env":
+        return depth == 4
+    if field_ == "schedule":
+        return depth == 3 or (depth == 4 and where[3] in ("cron", "timezone"))
+    return False
+
+
+def check_file(file: TaskFile) -> dict[str, TaskSpec]:
+    """Validate a parsed file against the schema and build its tasks; problems go to the file."""
+    if not isinstance(file.data, dict):
+        return {}
+    trapped = {w for w in file.traps if _expects_string(w)}
+    for where in sorted(trapped, key=lambda w: file.values.get(w, (0, 0))):
+        word = file.traps[where]
+        file.add(
+            where,
+            f'{_label(where)}: plain {word!r} is a boolean in YAML 1.1; quote it ("{word}") if you mean the string',
+        )
+    broken: set[str] = set()
+    for error in _validator().iter_errors(file.data):
+        where = tuple(error.absolute_path)
+        if any(where[: len(t)] == t for t in trapped):
+            broken.update(str(t[1]) for t in trapped)
+            continue
+        file.problems.extend(_schema_problems(file, error))
+        if len(where) >= 2 and where[0] == "tasks":
+            broken.add(str(where[1]))
+        elif where == ("tasks",) and "propertyNames" in error.relative_schema_path:
+            broken.add(str(error.instance))
+    broken.update(str(t[1]) for t in trapped)
+    tasks = file.data.get("tasks")
+    if not isinstance(tasks, dict):
+        return {}
+    specs = {}
+    for name, body in tasks.items():
+        if name in broken:
+            continue
+        spec = _build_spec(file, name, body)
+        if spec is not None:
+            specs[name] = spec
+    return specs
+
+
+def _build_spec(file: TaskFile, name: str, body: dict[str, Any]) -> TaskSpec | None:
+    where: Path_ = ("tasks", name)
+    ok = True
+
+    def duration(key: Path_, value: Any, *, positive: bool) -> float | None:
+        nonlocal ok
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            file.add((*where, *key), f"{_label((*where, *key))}: {exc}")
+            ok = False
+            return None
+        if positive and seconds <= 0:
+            file.add((*where, *key), f"{_label((*where, *key))}: must be more than 0")
+            ok = False
+        return seconds
+
+    schedule = None
+    raw_schedule = body.get("schedule")
+    if raw_schedule is not None:
+        from runner.schedule import check_timezone, normalize_cron
+
+        if isinstance(raw_schedule, dict) and "every" in raw_schedule:
+            every = duration(("schedule", "every"), raw_schedule["every"], positive=True)
+            schedule = Schedule(every=every)
+        else:
+            cron = raw_schedule if isinstance(raw_schedule, str) else raw_schedule["cron"]
+            tz = raw_schedule.get("timezone", "UTC") if isinstance(raw_schedule, dict) else "UTC"
+            at: Path_ = ("schedule",) if isinstance(raw_schedule, str) else ("schedule", "cron")
+            try:
+                cron = normalize_cron(cron)
+            except ValueError as exc:
+                file.add((*where, *at), f"{_label(where)}: {exc}")
+                ok = False
+            try:
+                check_timezone(tz)
+            except ValueError as exc:
+                file.add((*where, "schedule", "timezone"), f"{_label(where)}: {exc}")
+                ok = False
+            schedule = Schedule(cron=cron, timezone=tz)
+
+    timeout = None
+    if body.get("timeout") is not None:
+        timeout = duration(("timeout",), body["timeout"], positive=True)
+    raw_retries = body.get("retries", 0)
+    if isinstance(raw_retries, dict):
+        backoff = duration(("retries", "backoff"), raw_retries.get("backoff", 0), positive=False)
+        retries = Retries(raw_retries["count"], backoff or 0.0)
+    else:
+        retries = Retries(raw_retries)
+    if not ok:
+        return None
+    command = body.get("command")
+    key_line, key_col = file.keys.get(where, (1, 1))
+    return TaskSpec(
+        name=name,
+        type=TaskType(body.get("type", "shell")),
+        source=Source(file.path, key_line, key_col),
+        command=tuple(command) if isinstance(command, list) else command,
+        callable=body.get("callable"),
+        parameters=body.get("parameters") or {},
+        enabled=body.get("enabled", True),
+        description=body.get("description"),
+        needs=tuple(body.get("needs") or ()),
+        schedule=schedule,
+        timeout=timeout,
+        retries=retries,
+        env={k: SecretRef(**v) if isinstance(v, dict) else v for k, v in (body.get("env") or {}).items()},
+        cwd=body.get("cwd"),
+        tags=tuple(body.get("tags") or ()),
+    )
+
+
+@dataclass
+class Declared:
+    """Every task the files declare, and every problem with them."""
+
+    specs: dict[str, TaskSpec]
+    files: dict[str, TaskFile]
+    owner: dict[str, TaskFile]
+    problems: list[Problem]
+
+    def at(self, task: str, *where: str | int, message: str, key: bool = False) -> Problem:
+        """A problem about ``task`` positioned at one of its keys or values."""
+        return self.owner[task].at(("tasks", task, *where), message, key=key)
+
+
+def load_tasks(project: Path) -> Declared:
+    """Read and check every task file of ``project``; the result lists all problems at once."""
+    root = project / TASKS_DIR
+    if not root.is_dir():
+        problem = Problem(
+            TASKS_DIR, 1, 1,
+            f"no {TASKS_DIR}/ directory in {project}; run from your project directory or pass --project DIR",
+        )
+        return Declared({}, {}, {}, [problem])
+    specs: dict[str, TaskSpec] = {}
+    files: dict[str, TaskFile] = {}
+    owner: dict[str, TaskFile] = {}
+    problems: list[Problem] = []
+    for path in list_task_files(project):
+        file = read_task_file(project, path)
+        if file is None:
+            continue
+        files[file.path] = file
+        file_specs = check_file(file)
+        tasks = file.data.get("tasks") if isinstance(file.data, dict) else None
+        for name in tasks if isinstance(tasks, dict) else ():
+            first = owner.get(name)
+            if first is not None:
+                here, there = file.keys[("tasks", name)], first.keys[("tasks", name)]
+                first.add(("tasks", name), f"task {name!r} is also declared at {file.path}:{here[0]}", key=True)
+                file.add(("tasks", name), f"task {name!r} is already declared at {first.path}:{there[0]}", key=True)
+                specs.pop(name, None)
+                continue
+            owner[name] = file
+            if name in file_specs:
+                specs[name] = file_specs[name]
+    declared = Declared(specs, files, owner, problems)
+    needs = {name: _raw_needs(file, name) for name, file in owner.items()}
+    for name, wanted in needs.items():
+        for i, need in enumerate(wanted):
+            if need not in owner:
+                close = difflib.get_close_matches(need, list(owner), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(
+                    declared.at(name, "needs", i, message=f"task {name!r} needs {need!r}, which is not declared{hint}")
+                )
+    for cycle in find_cycles(needs):
+        problems.append(
+            declared.at(cycle[0], "needs", message=f"cycle in needs: {' -> '.join(cycle)}", key=True)
+        )
+    for file in files.values():
+        problems.extend(file.problems)
+    problems.sort()
+    return declared
+
+
+def _raw_needs(file: TaskFile, name: str) -> list[str]:
+    """The names a task's ``needs`` lists, read even from a task with other errors."""
+    body = file.data["tasks"][name]
+    wanted = body.get("needs") if isinstance(body, dict) else None
+    if not isinstance(wanted, list):
+        return []
+    return [w if isinstance(w, str) else str(w) for w in wanted]
