@@ -1,0 +1,162 @@
+"""Run one shell task as a subprocess and return its exit code and output.
+
+A string command runs as ``/bin/sh -c COMMAND``; a list runs as argv with no shell, so nothing
+in it is expanded. ``env`` is the child's complete environment (an argv[0] without a slash is
+looked up on *its* ``PATH``) and stdin is ``/dev/null``.
+
+Output: stdout and stderr are read concurrently and each keeps only its last ``output_cap``
+bytes (``DEFAULT_OUTPUT_CAP``, 1 MB), so a task that prints gigabytes costs a bounded amount of
+memory; the ``*_truncated`` flags say when the start was dropped. Bytes are decoded as UTF-8
+with invalid sequences replaced, never raising.
+
+Process group: the child starts in a new session, so it and everything it spawns share one
+process group that belongs to this run. When the run times out or is cancelled, the group gets
+SIGTERM, then ``kill_grace`` seconds (``DEFAULT_KILL_GRACE``, 2 s) for the child to exit, then
+SIGKILL; the child is always reaped. When the child exits on its own, whatever it left running
+in the background (``sleep 100 &``) is SIGKILLed too, after the readers had a brief moment to
+collect what is already in the pipes: a finished task must not leave processes behind, and a
+background process holding stdout open would otherwise keep the run from ever finishing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import ByteReceiveStream, Process
+
+from runner.errors import RunnerError
+
+DEFAULT_OUTPUT_CAP = 1_000_000
+DEFAULT_KILL_GRACE = 2.0
+# Enough to collect what a finished child already wrote; short because whoever still holds the
+# pipe open is a leftover background process that is about to be killed.
+_DRAIN_GRACE = 0.1
+
+
+class ShellStartError(RunnerError):
+    """The command could not be started (missing program, bad cwd, no permission)."""
+
+
+@dataclass(frozen=True)
+class ShellOutcome:
+    """What one shell run produced.
+
+    ``exit_code`` is None when we killed the process (timeout or cancel), and minus the signal
+    number when something else killed it by a signal.
+    """
+
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    timed_out: bool
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+
+class _Tail:
+    """The last ``cap`` bytes of a stream; whole chunks are dropped so appending stays O(1)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.chunks: deque[bytes] = deque()
+        self.size = 0
+        self.dropped = False
+
+    def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        while self.chunks and self.size - len(self.chunks[0]) >= self.cap:
+            self.size -= len(self.chunks.popleft())
+            self.dropped = True
+
+    @property
+    def truncated(self) -> bool:
+        return self.dropped or self.size > self.cap
+
+    def text(self) -> str:
+        data = b"".join(self.chunks)
+        return data[max(0, len(data) - self.cap) :].decode("utf-8", errors="replace")
+
+
+async def _drain(stream: ByteReceiveStream | None, tail: _Tail) -> None:
+    assert stream is not None
+    async for chunk in stream:
+        tail.add(chunk)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the whole group is already gone
+        os.killpg(pgid, signum)
+
+
+async def _stop_group(process: Process, *, exited: bool, kill_grace: float) -> None:
+    """Kill the process group and reap the child; the caller shields this from cancellation."""
+    if not exited:
+        _signal_group(process.pid, signal.SIGTERM)
+        with anyio.move_on_after(kill_grace):
+            await process.wait()
+    # Also when the child exited in time: its background processes may have ignored TERM.
+    _signal_group(process.pid, signal.SIGKILL)
+    await process.wait()
+    await process.aclose()
+
+
+async def run_shell(
+    command: str | Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str | os.PathLike[str],
+    # The timeout is ours rather than the caller's fail_after so that a timed-out run still
+    # returns its output, distinct from a cancellation.
+    timeout: float | None = None,  # noqa: ASYNC109
+    output_cap: int = DEFAULT_OUTPUT_CAP,
+    kill_grace: float = DEFAULT_KILL_GRACE,
+) -> ShellOutcome:
+    """Run ``command`` to completion, or until ``timeout`` seconds, and return what it did.
+
+    Raises ShellStartError when the command cannot be started. On cancellation the process
+    group is killed (TERM, grace, KILL) before the cancellation propagates.
+    """
+    argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+    try:
+        process = await anyio.open_process(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=dict(env),
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise ShellStartError(f"cannot start command: {exc}") from exc
+
+    out, err = _Tail(output_cap), _Tail(output_cap)
+    exited = False
+    try:
+        with anyio.move_on_after(timeout):
+            async with anyio.create_task_group() as readers:
+                readers.start_soon(_drain, process.stdout, out)
+                readers.start_soon(_drain, process.stderr, err)
+                await process.wait()
+                exited = True
+                readers.cancel_scope.deadline = anyio.current_time() + _DRAIN_GRACE
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _stop_group(process, exited=exited, kill_grace=kill_grace)
+
+    return ShellOutcome(
+        exit_code=process.returncode if exited else None,
+        stdout=out.text(),
+        stderr=err.text(),
+        timed_out=not exited,
+        stdout_truncated=out.truncated,
+        stderr_truncated=err.truncated,
+    )
