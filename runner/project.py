@@ -1,0 +1,122 @@
+"""A project as a whole: its task files, its plugins, and whether each python task can be called.
+
+``load_project`` is what ``validate``, ``sync``, ``run`` and the daemon start from. Whether a
+callable that does not resolve is an error (``validate``) or a disabled task (``sync``) is the
+caller's choice; the findings are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner import registry
+from runner.errors import CallableNotFound, Problem
+from runner.models import TaskSpec, TaskType
+from runner.spec import Declared, load_tasks
+from runner.sync import Wanted
+
+
+@dataclass(frozen=True)
+class CallableFinding:
+    """Why a python task cannot be called as declared, and where to look."""
+
+    task: str
+    callable: str
+    reason: str  # "orphaned: ..." or "invalid: ..."
+    problems: tuple[Problem, ...]
+
+
+@dataclass
+class Project:
+    """Everything a project declares, checked: tasks, their wanted state, and the findings."""
+
+    root: Path
+    declared: Declared
+    plugin_problems: list[Problem] = field(default_factory=list)
+    findings: dict[str, CallableFinding] = field(default_factory=dict)
+
+    @property
+    def problems(self) -> list[Problem]:
+        """File problems: any one of them means the files are invalid and nothing is synced."""
+        return self.declared.problems
+
+    def strict_problems(self) -> list[Problem]:
+        """File problems plus callables that do not resolve or fit: what ``validate`` rejects."""
+        found = list(self.declared.problems)
+        for finding in self.findings.values():
+            found.extend(finding.problems)
+        return sorted(found)
+
+    def wanted(self) -> dict[str, Wanted]:
+        """The state each declared task should be stored in."""
+        wanted = {}
+        for name, spec in self.declared.specs.items():
+            finding = self.findings.get(name)
+            if finding is not None:
+                wanted[name] = Wanted(spec, False, finding.reason)
+            elif not spec.enabled:
+                wanted[name] = Wanted(spec, False, "declared")
+            else:
+                wanted[name] = Wanted(spec, True, None)
+        return wanted
+
+
+def load_project(root: Path) -> Project:
+    """Read the task files, import ``plugins/``, and check every python task's callable."""
+    root = root.resolve()
+    declared = load_tasks(root)
+    project = Project(root, declared)
+    python_tasks = [s for s in declared.specs.values() if s.type is TaskType.PYTHON]
+    if not python_tasks and not (root / "plugins").is_dir():
+        return project
+    registry.add_project_to_path(root)
+    project.plugin_problems = registry.import_plugins(root)
+    for spec in python_tasks:
+        finding = check_callable(spec, declared)
+        if finding is not None:
+            project.findings[spec.name] = finding
+    return project
+
+
+def check_callable(spec: TaskSpec, declared: Declared) -> CallableFinding | None:
+    """None if ``spec``'s callable resolves and its parameters fit; otherwise what is wrong."""
+    from runner.signature import SignatureError, check_parameters
+
+    reference = spec.callable or ""
+    try:
+        fn = registry.resolve(reference)
+    except CallableNotFound as exc:
+        problem = declared.at(spec.name, "callable", message=f"task {spec.name!r}: callable {reference!r}: {exc}")
+        return CallableFinding(spec.name, reference, f"orphaned: {exc}", (problem,))
+    try:
+        sig = signature_of(fn)
+    except SignatureError as exc:
+        problem = declared.at(spec.name, "callable", message=f"task {spec.name!r}: {reference}: {exc}")
+        return CallableFinding(spec.name, reference, f"invalid: {exc}", (problem,))
+    _, issues = check_parameters(sig, spec.parameters)
+    if not issues:
+        return None
+    problems = []
+    for issue in issues:
+        where: tuple[str, ...] = ("parameters", issue.name) if issue.name in spec.parameters else ("parameters",)
+        problems.append(
+            declared.at(spec.name, *where, message=f"task {spec.name!r}: {issue.message}", key=len(where) == 1)
+        )
+    reason = "invalid: " + "; ".join(issue.message for issue in issues)
+    return CallableFinding(spec.name, reference, reason, tuple(problems))
+
+
+_signatures: dict[Callable[..., Any], Any] = {}
+
+
+def signature_of(fn: Callable[..., Any]) -> Any:
+    """``inspect_callable(fn)``, once per callable."""
+    from runner.signature import inspect_callable
+
+    sig = _signatures.get(fn)
+    if sig is None:
+        sig = _signatures[fn] = inspect_callable(fn)
+    return sig

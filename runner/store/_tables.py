@@ -1,0 +1,80 @@
+"""The store's tables. Private to ``runner.store``: callers get frozen records, never rows."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, nullable=False),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("type", String(16), nullable=False),
+    Column("definition", Text, nullable=False),  # TaskSpec.definition_json()
+    Column("source", String(1024), nullable=False),  # "tasks.d/a.yaml:12"
+    Column("enabled", Boolean, nullable=False),
+    Column("disabled_reason", Text),
+    Column("removed", Boolean, nullable=False, default=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(32), primary_key=True),  # time-ordered hex, see ids.py
+    Column("task", String(100), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False, default=1),
+    Column("trigger", String(16), nullable=False),  # cli, needs, schedule, retry, api, task
+    Column("parent_id", String(32)),  # the run whose needs made this one, or the earlier attempt
+    Column("parameters", Text, nullable=False),  # JSON, secrets masked
+    Column("queued_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("duration_s", Float),
+    Column("exit_code", Integer),
+    Column("stdout", Text),
+    Column("stderr", Text),
+    Column("result_json", Text),  # the JSON-safe copy
+    Column("result_pickle", LargeBinary),  # the original, for the Python API
+    Column("error", Text),  # JSON {type, message, traceback}
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Index("runs_task_queued", "task", "queued_at"),
+    Index("runs_status", "status"),
+    Index("runs_queued", "queued_at"),
+)
+
+run_logs = Table(
+    "run_logs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(32), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("message", Text, nullable=False),
+    Index("run_logs_run", "run_id", "id"),
+)
+
+VERSION_1 = (schema_version, tasks, runs, run_logs)
