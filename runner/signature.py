@@ -210,6 +210,10 @@ def _resolve(name: str, raw: Any, globalns: dict[str, Any]) -> Any:
     pending = _find_pending(value)
     if pending is not None:
         raise _unresolved(name, raw, f"name {pending.path.split('.')[0]!r} is not defined")
+    if (
+        isinstance(value, str) and value != raw
+    ):  # '"Foo"' under `from __future__ import annotations`
+        return _resolve(name, value, globalns)
     return value
 
 
