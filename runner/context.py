@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -13,7 +13,9 @@ from typing import Any
 class RunContext:
     """Injected into a callable that asks for it by type: the run's identity and its logger.
 
-    Lines written to ``logger`` are stored with the run and shown by ``runner show``.
+    Lines written to ``logger`` are stored with the run and shown by ``runner show``. ``env``
+    holds the task's ``env`` with secret references read (python tasks do not change
+    ``os.environ``, which all tasks share).
     """
 
     run_id: str
@@ -21,6 +23,7 @@ class RunContext:
     attempt: int
     parameters: Mapping[str, Any]
     logger: logging.Logger
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 current_run: ContextVar[RunContext] = ContextVar("runner_current_run")

@@ -160,3 +160,5 @@ RUN_CONTEXT = register_injectable("runner.context:RunContext", names=["RunContex
 ASYNC_SESSION = register_injectable(
     "sqlalchemy.ext.asyncio.session:AsyncSession", names=["AsyncSession"]
 )
+STORE = register_injectable("runner.store.store:Store", names=["Store"])
+ENGINE = register_injectable("runner.engine:Engine", names=["Engine"])

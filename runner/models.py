@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import enum
 import json
+import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -172,4 +175,80 @@ class StoredTask:
             schedule=spec.schedule.to_json() if spec.schedule else None,
             source=str(spec.source),
         )
+        return body
+
+
+def iso(timestamp: float | None) -> str | None:
+    """A UTC epoch timestamp as ISO 8601 with microseconds, as runs are printed."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds")
+
+
+def new_run_id() -> str:
+    """A 32-hex-digit id that sorts by creation time (48-bit ms clock, then 80 random bits)."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line a python task wrote to ``ctx.logger``."""
+
+    at: float
+    level: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": iso(self.at), "level": self.level, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One attempt at running a task, as recorded in the store."""
+
+    id: str
+    task: str
+    type: TaskType
+    status: RunStatus
+    attempt: int
+    parameters: Mapping[str, Any]
+    trigger: str
+    parent_id: str | None
+    queued_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration_s: float | None = None
+    exit_code: int | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    result: Any = None
+    error: Mapping[str, Any] | None = None
+    logs: tuple[LogLine, ...] = ()
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is RunStatus.SUCCEEDED
+
+    def to_json(self, *, with_logs: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "task": self.task,
+            "type": self.type.value,
+            "status": self.status.value,
+            "attempt": self.attempt,
+            "parameters": dict(self.parameters),
+            "trigger": self.trigger,
+            "parent_id": self.parent_id,
+            "queued_at": iso(self.queued_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "duration_s": self.duration_s,
+            "exit_code": self.exit_code,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "result": self.result,
+            "error": dict(self.error) if self.error is not None else None,
+        }
+        if with_logs:
+            body["logs"] = [line.to_json() for line in self.logs]
         return body

@@ -61,6 +61,7 @@ runs = Table(
     Column("error", Text),  # JSON {type, message, traceback}
     Column("host", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
+    Column("pid_started", Float),  # the process's start time, so a reused pid is not taken for it
     Index("runs_task_queued", "task", "queued_at"),
     Index("runs_status", "status"),
     Index("runs_queued", "queued_at"),

@@ -9,22 +9,89 @@ are kept short; none is held open while a task runs.
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, select, update
+from sqlalchemy import bindparam, event, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from runner.errors import StoreError, StoreVersionError
-from runner.models import Source, StoredTask, TaskSpec
+from runner.errors import RunNotFound, StoreError, StoreVersionError
+from runner.models import LogLine, Run, RunStatus, Source, StoredTask, TaskSpec, TaskType
 from runner.store import _tables as t
 from runner.sync import SyncPlan
 
 CURRENT_VERSION = 1
+
+_RUN_COLUMNS = (
+    t.runs.c.id,
+    t.runs.c.task,
+    t.runs.c.type,
+    t.runs.c.status,
+    t.runs.c.attempt,
+    t.runs.c.parameters,
+    t.runs.c.trigger,
+    t.runs.c.parent_id,
+    t.runs.c.queued_at,
+    t.runs.c.started_at,
+    t.runs.c.finished_at,
+    t.runs.c.duration_s,
+    t.runs.c.exit_code,
+    t.runs.c.stdout,
+    t.runs.c.stderr,
+    t.runs.c.result_json,
+    t.runs.c.error,
+)
+
+
+def _run_from_row(row: Any, logs: tuple[LogLine, ...] = ()) -> Run:
+    return Run(
+        id=row.id,
+        task=row.task,
+        type=TaskType(row.type),
+        status=RunStatus(row.status),
+        attempt=row.attempt,
+        parameters=json.loads(row.parameters),
+        trigger=row.trigger,
+        parent_id=row.parent_id,
+        queued_at=row.queued_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        duration_s=row.duration_s,
+        exit_code=row.exit_code,
+        stdout=row.stdout,
+        stderr=row.stderr,
+        result=json.loads(row.result_json) if row.result_json is not None else None,
+        error=json.loads(row.error) if row.error is not None else None,
+        logs=logs,
+    )
+
+
+def _grouped_by_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Rows split by their set of keys, so each group is one executemany."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(row)), []).append(row)
+    return list(groups.values())
+
+
+@dataclass
+class RunBatch:
+    """Run writes gathered from many runs, committed together (group commit)."""
+
+    inserts: list[dict[str, Any]] = field(default_factory=list)
+    starts: list[tuple[str, float]] = field(default_factory=list)
+    finishes: list[dict[str, Any]] = field(default_factory=list)
+    logs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.inserts or self.starts or self.finishes or self.logs)
 BUSY_TIMEOUT_MS = 30_000
 
 # Ordered migrations: version N is reached by running MIGRATIONS[N - 1] on a store at N - 1.
@@ -188,8 +255,6 @@ class Store:
                 ],
             )
         if plan.updates:
-            from sqlalchemy import bindparam
-
             await conn.execute(
                 update(t.tasks)
                 .where(t.tasks.c.name == bindparam("b_name"))
@@ -220,6 +285,103 @@ class Store:
                 .where(t.tasks.c.name.in_(plan.removed))
                 .values(removed=True, enabled=False, disabled_reason="removed", updated_at=now)
             )
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    async def write_runs(self, batch: RunBatch) -> None:
+        """Apply a batch of run writes in one transaction: inserts, then starts, then finishes."""
+        if batch.empty:
+            return
+        async with self._write() as conn:
+            if batch.inserts:
+                await conn.execute(t.runs.insert(), batch.inserts)
+            if batch.starts:
+                await conn.execute(
+                    update(t.runs)
+                    .where(t.runs.c.id == bindparam("b_id"))
+                    .values(status=RunStatus.RUNNING.value, started_at=bindparam("b_started_at")),
+                    [{"b_id": run_id, "b_started_at": at} for run_id, at in batch.starts],
+                )
+            for fields in _grouped_by_keys(batch.finishes):
+                await conn.execute(
+                    update(t.runs)
+                    .where(t.runs.c.id == bindparam("b_id"))
+                    .values({k: bindparam(f"b_{k}") for k in fields[0] if k != "id"}),
+                    [{f"b_{k}": v for k, v in row.items()} for row in fields],
+                )
+            if batch.logs:
+                await conn.execute(t.run_logs.insert(), batch.logs)
+
+    async def run(self, run_id: str) -> Run:
+        """One run with its log lines; RunNotFound if there is none with that id."""
+        async with self._read() as conn:
+            row = (await conn.execute(select(*_RUN_COLUMNS).where(t.runs.c.id == run_id))).first()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}; `runner runs` lists recent ones")
+            logs = await conn.execute(
+                select(t.run_logs.c.at, t.run_logs.c.level, t.run_logs.c.message)
+                .where(t.run_logs.c.run_id == run_id)
+                .order_by(t.run_logs.c.id)
+            )
+            return _run_from_row(row, tuple(LogLine(*line) for line in logs))
+
+    async def runs(
+        self, *, task: str | None = None, status: str | None = None, limit: int | None = 20
+    ) -> list[Run]:
+        """Run history, newest first."""
+        query = select(*_RUN_COLUMNS).order_by(t.runs.c.queued_at.desc(), t.runs.c.id.desc())
+        if task is not None:
+            query = query.where(t.runs.c.task == task)
+        if status is not None:
+            query = query.where(t.runs.c.status == status)
+        if limit is not None:
+            query = query.limit(limit)
+        async with self._read() as conn:
+            return [_run_from_row(row) for row in await conn.execute(query)]
+
+    async def load_result(self, run_id: str) -> Any:
+        """The original object a python run returned, unpickled (its JSON-safe copy if none)."""
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(t.runs.c.result_pickle, t.runs.c.result_json).where(t.runs.c.id == run_id)
+                )
+            ).first()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        if row.result_pickle is not None:
+            return pickle.loads(row.result_pickle)
+        return json.loads(row.result_json) if row.result_json is not None else None
+
+    async def mark_interrupted(self, host: str, is_alive: Callable[[int, float | None], bool]) -> list[str]:
+        """Mark the unfinished runs of dead processes on ``host`` interrupted; return their ids."""
+        unfinished = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+        query = select(t.runs.c.id, t.runs.c.pid, t.runs.c.pid_started).where(
+            t.runs.c.status.in_(unfinished), t.runs.c.host == host
+        )
+        async with self._read() as conn:
+            dead = [row.id for row in await conn.execute(query) if not is_alive(row.pid, row.pid_started)]
+        if not dead:
+            return []
+        now = time.time()
+        async with self._write() as conn:
+            await conn.execute(
+                update(t.runs)
+                .where(t.runs.c.id.in_(dead), t.runs.c.status.in_(unfinished))
+                .values(
+                    status=RunStatus.INTERRUPTED.value,
+                    finished_at=now,
+                    error=json.dumps(
+                        {"type": "Interrupted", "message": "the process running it died", "traceback": None}
+                    ),
+                )
+            )
+        return dead
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine whose writes begin with BEGIN IMMEDIATE, for task sessions."""
+        return self._writer
 
     async def close(self) -> None:
         await self._engine.dispose()

@@ -1,0 +1,546 @@
+"""The engine: runs tasks after their needs, bounded, timed, recorded from start to end.
+
+``Engine`` is an async context manager over a store. Inside it, ``engine.workflow(name)``
+checks that a task and its needs can run, and ``await workflow.execute()`` runs them: each task
+as soon as all its needs succeeded (independent branches run concurrently), skipped when one
+did not, retried when it failed or timed out and has retries left. Every run is in the store
+as ``queued``, then ``running`` while it runs, then exactly one final status, and is reported
+finished only once that record is committed. Writes of concurrent runs are committed together
+(``recorder.py``). The same engine serves ``runner run``, the daemon and ``runner.testing``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import logging
+import os
+import pickle
+import socket
+import time
+import traceback
+from collections.abc import Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from runner import inject, registry
+from runner.context import RunContext, current_run
+from runner.errors import ParameterError, RunnerError, TaskNotRunnable
+from runner.executors.python import PythonOutcome, call_python
+from runner.executors.shell import (
+    DEFAULT_KILL_GRACE,
+    DEFAULT_OUTPUT_CAP,
+    ShellStartError,
+    run_shell,
+)
+from runner.graph import upstream_order
+from runner.jsonsafe import json_safe
+from runner.masking import Masker, SecretUnavailable, resolve_env
+from runner.models import LogLine, Run, RunStatus, StoredTask, TaskSpec, TaskType, new_run_id
+from runner.project import signature_of
+from runner.recorder import Recorder
+from runner.store import Store
+
+DEFAULT_MAX_CONCURRENCY = 16
+"""Runs executing at once in one engine, unless told otherwise (``max_concurrency``)."""
+
+HOST = socket.gethostname()
+
+
+@dataclass(frozen=True)
+class InjectionScope:
+    """What injection providers may draw on for one run."""
+
+    context: RunContext
+    store: Store
+    engine: Engine
+
+
+@asynccontextmanager
+async def _task_session(scope: InjectionScope) -> Any:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    async with AsyncSession(scope.store.engine, expire_on_commit=False) as session:
+        try:
+            yield session
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await session.rollback()
+            raise
+        await session.commit()
+
+
+inject.set_provider(inject.RUN_CONTEXT, lambda scope: scope.context)
+inject.set_provider(inject.ASYNC_SESSION, _task_session)
+inject.set_provider(inject.STORE, lambda scope: scope.store)
+inject.set_provider(inject.ENGINE, lambda scope: scope.engine)
+
+
+def process_start_time(pid: int) -> float | None:
+    """When ``pid`` started (clock ticks since boot, from /proc), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+        return float(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_is_alive(pid: int, started: float | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return started is None or process_start_time(pid) in (None, started)
+
+
+_PID = os.getpid()
+_PID_STARTED = process_start_time(_PID)
+
+
+class _RunLog(logging.Handler):
+    """Collects the lines a task writes to ``ctx.logger``."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[tuple[float, str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + "".join(traceback.format_exception(*record.exc_info))
+        except Exception as exc:  # a bad format string must not fail the task
+            message = f"{record.msg!r} (log formatting failed: {exc})"
+        self.lines.append((record.created, record.levelname.lower(), message))
+
+
+_PACKAGE_DIR = str(Path(__file__).parent)
+
+
+def _error(exc: BaseException, masker: Masker, *, with_traceback: bool = True) -> dict[str, Any]:
+    trace = None
+    if with_traceback:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            tb = tb.tb_next  # runner's own frames tell the task's author nothing
+        trace = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+    return {
+        "type": type(exc).__qualname__,
+        "message": masker.text(str(exc)),
+        "traceback": masker.text(trace) if trace else None,
+    }
+
+
+@dataclass
+class _Attempt:
+    """One run of a task: what is recorded about it before it finishes."""
+
+    spec: TaskSpec
+    run_id: str
+    number: int
+    parameters: dict[str, Any]
+    trigger: str
+    parent_id: str | None
+    queued_at: float = field(default_factory=time.time)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "id": self.run_id,
+            "task": self.spec.name,
+            "type": self.spec.type.value,
+            "status": RunStatus.QUEUED.value,
+            "attempt": self.number,
+            "trigger": self.trigger,
+            "parent_id": self.parent_id,
+            "parameters": json.dumps(json_safe(self.parameters)),
+            "queued_at": self.queued_at,
+            "host": HOST,
+            "pid": _PID,
+            "pid_started": _PID_STARTED,
+        }
+
+    def retry(self) -> _Attempt:
+        return _Attempt(self.spec, new_run_id(), self.number + 1, self.parameters, "retry", self.run_id)
+
+
+@dataclass
+class _Node:
+    task: StoredTask
+    attempt: _Attempt
+    done: anyio.Event = field(default_factory=anyio.Event)
+    final: Run | None = None
+
+
+class Workflow:
+    """A task and its needs, checked and ready to run; ``runs`` fills as runs finish."""
+
+    def __init__(self, engine: Engine, nodes: dict[str, _Node], target: str) -> None:
+        self.engine = engine
+        self.nodes = nodes
+        self.target = target
+        self.runs: list[Run] = []
+
+    @property
+    def target_run_id(self) -> str:
+        return self.nodes[self.target].attempt.run_id
+
+    async def queue(self) -> None:
+        """Record every run of the workflow as ``queued`` (one transaction)."""
+        await self.engine.recorder.queued([node.attempt.row() for node in self.nodes.values()])
+
+    async def execute(self, *, queued: bool = False) -> Run:
+        """Run everything, needs first; return the target's final run."""
+        if not queued:
+            await self.queue()
+        async with anyio.create_task_group() as group:
+            for node in self.nodes.values():
+                group.start_soon(self._run_node, node)
+        final = self.nodes[self.target].final
+        assert final is not None
+        return final
+
+    async def _run_node(self, node: _Node) -> None:
+        try:
+            needs = [self.nodes[n] for n in node.task.spec.needs if n in self.nodes]
+            for need in needs:
+                await need.done.wait()
+            blocked = [n for n in needs if n.final is None or not n.final.succeeded]
+            if blocked:
+                node.final = await self.engine._skip(node.attempt, blocked)
+            else:
+                node.final = await self.engine._attempts(node)
+            self.runs.append(node.final)
+        except anyio.get_cancelled_exc_class():
+            if node.final is None:
+                with anyio.CancelScope(shield=True):
+                    await self.engine._cancelled(node.attempt, None)
+            raise
+        finally:
+            node.done.set()
+
+
+class Engine:
+    """Runs tasks of one project against one store. Use as ``async with Engine(...)``."""
+
+    def __init__(
+        self,
+        store: Store,
+        project: Path,
+        *,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        output_cap: int = DEFAULT_OUTPUT_CAP,
+        kill_grace: float = DEFAULT_KILL_GRACE,
+    ) -> None:
+        self.store = store
+        self.project = project.resolve()
+        self.recorder = Recorder(store)
+        self.limiter = anyio.CapacityLimiter(max_concurrency)
+        self.output_cap = output_cap
+        self.kill_grace = kill_grace
+        self.tasks: dict[str, StoredTask] = {}
+        self._stack = AsyncExitStack()
+        self._background: TaskGroup | None = None
+        self._submitted: dict[str, Workflow] = {}
+
+    async def __aenter__(self) -> Engine:
+        writer = await self._stack.enter_async_context(anyio.create_task_group())
+        await writer.start(self.recorder.run)
+        self._stack.callback(self.recorder.close)
+        self._background = await self._stack.enter_async_context(anyio.create_task_group())
+        await self.reload()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._stack.__aexit__(*exc_info)
+
+    async def reload(self) -> None:
+        """Take the tasks as the store has them now (after a sync)."""
+        self.tasks = await self.store.tasks()
+
+    # -- what callers use -------------------------------------------------------------------
+
+    def workflow(
+        self,
+        name: str,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        with_needs: bool = True,
+        trigger: str = "cli",
+        parent_id: str | None = None,
+    ) -> Workflow:
+        """Check that ``name`` (and its needs) can run with these parameters; nothing runs yet.
+
+        ``parameters`` override the target's own (not its needs'). Raises TaskNotRunnable
+        (unknown, disabled, orphaned, invalid, removed) or ParameterError.
+        """
+        target = self._runnable(name)
+        if with_needs:
+            order = upstream_order(name, {n: t.spec.needs for n, t in self.tasks.items()})
+        else:
+            order = [name]
+        nodes: dict[str, _Node] = {}
+        for task_name in order:
+            stored = target if task_name == name else self._runnable(task_name, needed_by=name)
+            params = dict(stored.spec.parameters)
+            if task_name == name and parameters:
+                params = self._checked(stored.spec, {**params, **parameters})
+            attempt = _Attempt(stored.spec, new_run_id(), 1, params, trigger, parent_id)
+            nodes[task_name] = _Node(stored, attempt)
+        return Workflow(self, nodes, name)
+
+    async def run(self, name: str, **options: Any) -> Run:
+        """Run ``name`` after its needs and return its final run."""
+        return await self.workflow(name, **options).execute()
+
+    async def submit(self, name: str, *, parameters: Mapping[str, Any] | None = None) -> str:
+        """Start ``name`` (after its needs) in the background; return its run id once queued.
+
+        A task may use this (with ``Engine`` injected) to start another; ``wait`` for it, or
+        let it finish on its own.
+        """
+        parent = current_run.get(None)
+        workflow = self.workflow(
+            name,
+            parameters=parameters,
+            trigger="task" if parent else "api",
+            parent_id=parent.run_id if parent else None,
+        )
+        await workflow.queue()
+        assert self._background is not None
+        self._submitted[workflow.target_run_id] = workflow
+        self._background.start_soon(functools.partial(workflow.execute, queued=True))
+        return workflow.target_run_id
+
+    async def wait(self, run_id: str) -> Run:
+        """The final run of a submitted task, once it is finished."""
+        workflow = self._submitted[run_id]
+        node = workflow.nodes[workflow.target]
+        await node.done.wait()
+        assert node.final is not None
+        return node.final
+
+    # -- checks -----------------------------------------------------------------------------
+
+    def _runnable(self, name: str, needed_by: str | None = None) -> StoredTask:
+        stored = self.tasks.get(name)
+        subject = f"task {needed_by!r} needs {name!r}, which" if needed_by else f"task {name!r}"
+        if stored is None:
+            live = [n for n, t in self.tasks.items() if not t.removed]
+            close = difflib.get_close_matches(name, live, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else "; `runner list` shows the tasks"
+            raise TaskNotRunnable(f"{subject} is not declared in tasks.d{hint}")
+        if stored.removed:
+            raise TaskNotRunnable(
+                f"{subject} was removed from the task files; its history stays in `runner runs`"
+            )
+        if not stored.enabled:
+            reason = stored.disabled_reason or "declared"
+            where = stored.spec.source
+            if reason == "declared":
+                raise TaskNotRunnable(
+                    f"{subject} is disabled in {where} (enabled: false); enable it there"
+                )
+            kind, _, detail = reason.partition(": ")
+            raise TaskNotRunnable(
+                f"{subject} is {kind} ({where}): {detail}; fix it, then check with `runner validate`"
+            )
+        return stored
+
+    def _checked(self, spec: TaskSpec, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` converted to what the callable's hints ask for; ParameterError if unfit."""
+        if spec.type is not TaskType.PYTHON:
+            return params
+        from runner.signature import check_parameters
+
+        sig = signature_of(registry.resolve(spec.callable or ""))
+        converted, issues = check_parameters(sig, params)
+        if issues:
+            raise ParameterError([f"task {spec.name!r}: {issue.message}" for issue in issues])
+        return converted
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def _attempts(self, node: _Node) -> Run:
+        while True:
+            attempt = node.attempt
+            run = await self._attempt(attempt)
+            retryable = run.status in (RunStatus.FAILED, RunStatus.TIMED_OUT)
+            if not retryable or attempt.number > attempt.spec.retries.count:
+                return run
+            await anyio.sleep(attempt.spec.retries.backoff)
+            node.attempt = attempt.retry()
+            await self.recorder.queued([node.attempt.row()])
+
+    async def _skip(self, attempt: _Attempt, blocked: list[_Node]) -> Run:
+        why = ", ".join(
+            f"{n.task.name} {n.final.status.value if n.final else 'did not run'}" for n in blocked
+        )
+        error = {"type": "Skipped", "message": f"a need did not succeed: {why}", "traceback": None}
+        return await self._finish(attempt, None, RunStatus.SKIPPED, error=error)
+
+    async def _cancelled(self, attempt: _Attempt, started: float | None) -> Run:
+        error = {"type": "Cancelled", "message": "stopped on request", "traceback": None}
+        return await self._finish(attempt, started, RunStatus.CANCELLED, error=error)
+
+    async def _attempt(self, attempt: _Attempt) -> Run:
+        started: float | None = None
+        try:
+            async with self.limiter:
+                started = time.time()
+                await self.recorder.started(attempt.run_id, started)
+                try:
+                    env, secrets = resolve_env(attempt.spec.env, self.project)
+                except SecretUnavailable as exc:
+                    error = _error(exc, Masker(), with_traceback=False)
+                    return await self._finish(attempt, started, RunStatus.FAILED, error=error)
+                masker = Masker(secrets)
+                if attempt.spec.type is TaskType.SHELL:
+                    return await self._shell(attempt, env, masker, started)
+                return await self._python(attempt, env, masker, started)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._cancelled(attempt, started)
+            raise
+
+    async def _shell(self, attempt: _Attempt, env: dict[str, str], masker: Masker, started: float) -> Run:
+        spec = attempt.spec
+        child_env = {**os.environ, **env}
+        for key, value in attempt.parameters.items():
+            child_env[f"PARAM_{key.upper()}"] = value if isinstance(value, str) else json.dumps(json_safe(value))
+        child_env["RUNNER_PARAMS"] = json.dumps(json_safe(attempt.parameters))
+        child_env["RUNNER_RUN_ID"] = attempt.run_id
+        child_env["RUNNER_TASK"] = spec.name
+        assert spec.command is not None
+        try:
+            outcome = await run_shell(
+                spec.command,
+                env=child_env,
+                cwd=self.project / spec.cwd if spec.cwd else self.project,
+                timeout=spec.timeout,
+                output_cap=self.output_cap,
+                kill_grace=self.kill_grace,
+            )
+        except ShellStartError as exc:
+            error = _error(exc, masker, with_traceback=False)
+            return await self._finish(attempt, started, RunStatus.FAILED, error=error, masker=masker)
+        if outcome.timed_out:
+            status = RunStatus.TIMED_OUT
+        else:
+            status = RunStatus.SUCCEEDED if outcome.exit_code == 0 else RunStatus.FAILED
+        return await self._finish(
+            attempt, started, status,
+            exit_code=outcome.exit_code, stdout=outcome.stdout, stderr=outcome.stderr, masker=masker,
+        )
+
+    async def _python(self, attempt: _Attempt, env: dict[str, str], masker: Masker, started: float) -> Run:
+        spec = attempt.spec
+        handler = _RunLog()
+        logger = logging.Logger(f"runner.task.{spec.name}", logging.DEBUG)
+        logger.addHandler(handler)
+        context = RunContext(attempt.run_id, spec.name, attempt.number, attempt.parameters, logger, env)
+        try:
+            fn = registry.resolve(spec.callable or "")
+            sig = signature_of(fn)
+            kwargs = self._checked(spec, attempt.parameters)
+        except RunnerError as exc:
+            outcome = PythonOutcome(error=exc)
+        else:
+            token = current_run.set(context)
+            try:
+                outcome = await call_python(
+                    fn, sig, kwargs,
+                    scope=InjectionScope(context, self.store, self),
+                    timeout=spec.timeout,
+                    thread_name=f"runner:{spec.name}:{attempt.run_id}",
+                )
+            finally:
+                current_run.reset(token)
+        logs = [
+            {"run_id": attempt.run_id, "at": at, "level": level, "message": masker.text(message)}
+            for at, level, message in handler.lines
+        ]
+        if outcome.error is not None:
+            status = RunStatus.TIMED_OUT if outcome.timed_out else RunStatus.FAILED
+            error = _error(outcome.error, masker, with_traceback=not outcome.timed_out)
+            return await self._finish(attempt, started, status, error=error, masker=masker, logs=logs)
+        return await self._finish(
+            attempt, started, RunStatus.SUCCEEDED, result=outcome.value, has_result=True, masker=masker, logs=logs
+        )
+
+    async def _finish(
+        self,
+        attempt: _Attempt,
+        started: float | None,
+        status: RunStatus,
+        *,
+        exit_code: int | None = None,
+        stdout: str | None = None,
+        stderr: str | None = None,
+        result: Any = None,
+        has_result: bool = False,
+        error: dict[str, Any] | None = None,
+        masker: Masker | None = None,
+        logs: list[dict[str, Any]] | None = None,
+    ) -> Run:
+        """Record the run's final status (committed before this returns) and return the run."""
+        masker = masker or Masker()
+        finished = time.time()
+        duration = round(finished - started, 6) if started is not None else None
+        parameters = masker.data(json_safe(attempt.parameters))
+        safe_result = masker.data(json_safe(result)) if has_result else None
+        stdout = masker.text(stdout) if stdout is not None else None
+        stderr = masker.text(stderr) if stderr is not None else None
+        fields: dict[str, Any] = {
+            "id": attempt.run_id,
+            "status": status.value,
+            "finished_at": finished,
+            "duration_s": duration,
+            "exit_code": exit_code,
+            "stdout": stdout,
+            "stderr": stderr,
+            "error": json.dumps(error) if error is not None else None,
+        }
+        if masker:
+            fields["parameters"] = json.dumps(parameters)
+        if has_result:
+            fields["result_json"] = json.dumps(safe_result)
+            fields["result_pickle"] = _pickled(result, masker)
+        await self.recorder.finished(fields, logs or [])
+        return Run(
+            id=attempt.run_id,
+            task=attempt.spec.name,
+            type=attempt.spec.type,
+            status=status,
+            attempt=attempt.number,
+            parameters=parameters,
+            trigger=attempt.trigger,
+            parent_id=attempt.parent_id,
+            queued_at=attempt.queued_at,
+            started_at=started,
+            finished_at=finished,
+            duration_s=duration,
+            exit_code=exit_code,
+            stdout=stdout,
+            stderr=stderr,
+            result=safe_result,
+            error=error,
+            logs=tuple(LogLine(line["at"], line["level"], line["message"]) for line in logs or ()),
+        )
+
+
+def _pickled(value: Any, masker: Masker) -> bytes | None:
+    """The original result, pickled; None when it cannot be, or when it holds a secret."""
+    try:
+        blob = pickle.dumps(value)
+    except Exception:
+        return None
+    return None if masker and masker.contains_secret(blob) else blob

@@ -1,0 +1,78 @@
+"""Secrets: ``env`` values read at run time, and masked as ``***`` in all that is kept or logged."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from runner.errors import RunnerError
+from runner.models import SecretRef
+
+MASK = "***"
+
+
+class SecretUnavailable(RunnerError):
+    """A secret reference names an environment variable or file that is not there."""
+
+
+def resolve_env(
+    env: Mapping[str, str | SecretRef], project: Path
+) -> tuple[dict[str, str], list[str]]:
+    """The task's environment with secret references read, and the secret values themselves."""
+    values: dict[str, str] = {}
+    secrets: list[str] = []
+    for name, value in env.items():
+        if not isinstance(value, SecretRef):
+            values[name] = value
+            continue
+        if value.from_env is not None:
+            found = os.environ.get(value.from_env)
+            if found is None:
+                raise SecretUnavailable(
+                    f"env {name}: environment variable {value.from_env} is not set; "
+                    "set it in the environment runner runs in"
+                )
+        else:
+            path = project / str(value.from_file)
+            try:
+                found = path.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise SecretUnavailable(
+                    f"env {name}: cannot read secret file {path}: {exc.strerror or exc}"
+                ) from exc
+        values[name] = found
+        secrets.append(found)
+    return values, secrets
+
+
+class Masker:
+    """Replaces every known secret value with ``***`` in text and in JSON-like data."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so a secret that contains another is masked whole.
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self.secrets)
+
+    def text(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+    def data(self, value: Any) -> Any:
+        if not self.secrets:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.text(str(k)): self.data(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.data(v) for v in value]
+        return value
+
+    def contains_secret(self, blob: bytes) -> bool:
+        return any(s.encode() in blob for s in self.secrets)
