@@ -56,6 +56,8 @@ def parse_duration(value: float | int | str) -> float:
         seconds = float(value)
     else:
         text = value.strip()
+        if not text:
+            raise ValueError(f"{value!r} is not a duration (use 90s, 5m, 1h30m, 2d, 0.5s or seconds)")
         try:
             seconds = float(text)
         except ValueError:
@@ -138,6 +140,8 @@ class _Builder:
         if tag in _SCALAR_TAGS:
             if not node.style and node.value not in _TRUE_FALSE and node.value in _BOOLEAN_WORDS:
                 self.file.traps[where] = node.value
+                if _expects_string(where):
+                    return node.value  # reported as a trap; the schema checks the word as written
             return self.constructor.construct_object(node, deep=True)
         if tag.startswith("tag:yaml.org,2002:"):
             return node.value  # timestamps, binary and the like stay as the text written
@@ -215,6 +219,16 @@ def read_task_file(project: Path, path: Path) -> TaskFile | None:
         return file
     try:
         node = yaml.compose(text, Loader=yaml.CSafeLoader)
+    except yaml.reader.ReaderError as exc:
+        # libyaml gives a byte offset into the UTF-8 text; turn it into line and column.
+        data = text.encode("utf-8")
+        start = data.rfind(b"\n", 0, exc.position) + 1
+        line = data.count(b"\n", 0, exc.position) + 1
+        col = len(data[start : exc.position].decode("utf-8", "replace")) + 1
+        file.problems.append(
+            Problem(rel, line, col, f"YAML error: unacceptable character #x{exc.character:04x}: {exc.reason}")
+        )
+        return file
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -311,11 +325,24 @@ def _schema_problems(file: TaskFile, error: Any) -> Iterator[Problem]:
     schema = error.schema if isinstance(error.schema, dict) else {}
     label = _label(where)
     if kind in ("oneOf", "anyOf") and error.context:
-        if "duration" in str(schema.get("description", "")).lower():
+        if schema == load_schema()["$defs"]["duration"]:
             yield file.at(where, f"{label}: {error.instance!r} is not a duration (use 90s, 5m, 1h30m, 2d, 0.5s or seconds)")
             return
-        same_type = [e for e in error.context if e.validator != "type"]
-        yield from _schema_problems(file, best_match(same_type or error.context))
+        # Report the branch the value was meant for: not one whose type does not match at all,
+        # and of the others the one whose errors lie deepest in the value (then the fewest).
+        branches: dict[Any, list[Any]] = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        shaped = [
+            errors for errors in branches.values()
+            if not all(e.validator == "type" and not e.path for e in errors)
+        ]
+        if not shaped:
+            yield from _schema_problems(file, best_match(error.context))
+            return
+        chosen = min(shaped, key=lambda errors: (-max(len(e.path) for e in errors), len(errors)))
+        for sub in chosen:
+            yield from _schema_problems(file, sub)
         return
     if kind == "additionalProperties":
         known = list(schema.get("properties", {}))
