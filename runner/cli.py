@@ -16,9 +16,18 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from runner import log
-from runner.errors import Problem, ProjectError, RunNotFound, RunnerError, TaskNotRunnable
+from runner.errors import (
+    ParameterError,
+    Problem,
+    ProjectError,
+    RunnerError,
+    RunNotFound,
+    TaskNotRunnable,
+)
+from runner.models import RunStatus
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_NOT_RUNNABLE = 0, 1, 2, 3
+_STATUSES = RunStatus
 
 T = TypeVar("T")
 
@@ -59,14 +68,33 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except BaseExceptionGroup as group:
+                raise _sole_error(group) from group
         except ProjectError as exc:
             _print_problems(exc.problems)
-            _fail(f"{len(exc.problems)} problem(s) in the task files", EXIT_USAGE)
+            _fail(f"{len(exc.problems)} problem(s) in the task files; nothing was changed", EXIT_USAGE)
+        except ParameterError as exc:
+            _fail(str(exc), EXIT_USAGE)
         except (TaskNotRunnable, RunNotFound) as exc:
             _fail(str(exc), EXIT_NOT_RUNNABLE)
         except RunnerError as exc:
             _fail(str(exc), EXIT_USAGE)
+
+
+def _sole_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The runner error inside task groups' exception groups, or the group itself."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    errors = [e for e in leaves if isinstance(e, RunnerError)]
+    return errors[0] if errors else group
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -133,13 +161,14 @@ def schema() -> None:
 @click.pass_obj
 def sync(settings: Settings, dry_run: bool, as_json: bool) -> None:
     """Reconcile the store with the task files (the files win)."""
+    from runner.store import open_store
     from runner.sync import sync_project
 
-    try:
-        plan = _run_async(lambda: sync_project(settings.project, settings.store_location, dry_run=dry_run))
-    except ProjectError as exc:
-        _print_problems(exc.problems)
-        _fail(f"{len(exc.problems)} problem(s) in the task files; the store was not changed", EXIT_USAGE)
+    async def reconcile() -> Any:
+        async with open_store(settings.store_location) as store:
+            return await sync_project(settings.project, store, dry_run=dry_run)
+
+    plan = _run_async(reconcile)
     if as_json:
         _emit_json(plan.to_json())
         return
@@ -183,3 +212,140 @@ def list_(settings: Settings, state: str | None, include_removed: bool, as_json:
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
         click.echo("  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)).rstrip())
+
+
+def _parse_parameter(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="-p")
+    if raw == "":
+        return key.strip(), ""
+    try:
+        value = yaml.load(raw, Loader=yaml.CSafeLoader)
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"{key}: {raw!r} is not a YAML value ({exc})", param_hint="-p") from exc
+    return key.strip(), value
+
+
+def _status_line(run: Any) -> str:
+    took = f" in {run.duration_s:.3f}s" if run.duration_s is not None else ""
+    extra = f", exit code {run.exit_code}" if run.exit_code not in (None, 0) else ""
+    return f"runner: {run.task} {run.status.value}{took}{extra} (run {run.id})"
+
+
+@main.command()
+@click.argument("name")
+@click.option("-p", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter of NAME (VALUE is read as YAML).")
+@click.option("--no-deps", is_flag=True, help="Run NAME alone, not its needs first.")
+@click.option("--json", "as_json", is_flag=True, help="Print each run as a JSON line, NAME's last.")
+@click.pass_obj
+def run(settings: Settings, name: str, params: tuple[str, ...], no_deps: bool, as_json: bool) -> None:
+    """Sync, then run NAME after its needs, recording every run.
+
+    Exits 0 when NAME succeeded, 1 when a run did not, 3 when NAME cannot run, 130/143 when
+    stopped by SIGINT/SIGTERM (running tasks are killed and recorded cancelled).
+    """
+    from runner.oneshot import run_once
+    from runner.store import open_store
+
+    overrides = dict(_parse_parameter(p) for p in params)
+
+    async def go() -> Any:
+        async with open_store(settings.store_location) as store:
+            return await run_once(settings.project, store, name, parameters=overrides, with_needs=not no_deps)
+
+    outcome = _run_async(go)
+    for finished in outcome.runs:
+        if as_json:
+            click.echo(json.dumps(finished.to_json()))
+        else:
+            click.echo(_status_line(finished), err=True)
+    if outcome.stopped_by is not None:
+        click.echo(f"runner: stopped by signal {outcome.stopped_by}; unfinished runs recorded cancelled", err=True)
+        sys.exit(128 + outcome.stopped_by)
+    target = outcome.target
+    assert target is not None
+    if not as_json:
+        _print_run_output(target)
+    sys.exit(EXIT_OK if target.succeeded else EXIT_RUN_FAILED)
+
+
+def _print_run_output(run: Any) -> None:
+    if run.stdout:
+        click.echo(run.stdout, nl=False)
+    if run.stderr:
+        click.echo(run.stderr, nl=False, err=True)
+    if run.result is not None:
+        click.echo(json.dumps(run.result, indent=2))
+    if run.error is not None:
+        click.echo(run.error.get("traceback") or f"{run.error['type']}: {run.error['message']}", err=True, nl=False)
+        click.echo("", err=True)
+
+
+@main.command()
+@click.option("--task", help="Only runs of this task.")
+@click.option("--status", type=click.Choice([s.value for s in _STATUSES]), help="Only runs in this status.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_obj
+def runs(settings: Settings, task: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """Run history, newest first."""
+    from runner.store import open_store
+
+    async def fetch() -> Any:
+        async with open_store(settings.store_location) as store:
+            return await store.runs(task=task, status=status, limit=limit)
+
+    found = _run_async(fetch)
+    if as_json:
+        _emit_json([r.to_json() for r in found])
+        return
+    if not found:
+        click.echo("no runs")
+        return
+    rows = [
+        (r.id, r.task, r.status.value, str(r.attempt), r.to_json()["started_at"] or "-",
+         f"{r.duration_s:.3f}s" if r.duration_s is not None else "-")
+        for r in found
+    ]
+    header = ("ID", "TASK", "STATUS", "TRY", "STARTED", "TOOK")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON, with its log lines.")
+@click.pass_obj
+def show(settings: Settings, run_id: str, as_json: bool) -> None:
+    """One run, with its output, result or error, and log lines. Exits 3 if there is none."""
+    from runner.store import open_store
+
+    async def fetch() -> Any:
+        async with open_store(settings.store_location) as store:
+            return await store.run(run_id)
+
+    found = _run_async(fetch)
+    body = found.to_json(with_logs=True)
+    if as_json:
+        _emit_json(body)
+        return
+    for key in ("id", "task", "type", "status", "attempt", "trigger", "parent_id", "queued_at", "started_at", "finished_at", "duration_s", "exit_code"):
+        if body[key] is not None:
+            click.echo(f"{key + ':':<13}{body[key]}")
+    click.echo(f"{'parameters:':<13}{json.dumps(body['parameters'])}")
+    for key in ("stdout", "stderr"):
+        if body[key]:
+            click.echo(f"--- {key} ---\n{body[key].rstrip()}")
+    if body["result"] is not None:
+        click.echo(f"--- result ---\n{json.dumps(body['result'], indent=2)}")
+    if body["error"] is not None:
+        error = body["error"]
+        click.echo(f"--- error ---\n{(error.get('traceback') or error['type'] + ': ' + error['message']).rstrip()}")
+    if body["logs"]:
+        click.echo("--- logs ---")
+        for line in body["logs"]:
+            click.echo(f"{line['at']} {line['level'].upper():<8} {line['message']}")

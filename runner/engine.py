@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import pickle
-import socket
 import time
 import traceback
 from collections.abc import Mapping
@@ -43,15 +42,13 @@ from runner.graph import upstream_order
 from runner.jsonsafe import json_safe
 from runner.masking import Masker, SecretUnavailable, resolve_env
 from runner.models import LogLine, Run, RunStatus, StoredTask, TaskSpec, TaskType, new_run_id
+from runner.processes import HOST, PID, PID_STARTED
 from runner.project import signature_of
 from runner.recorder import Recorder
 from runner.store import Store
 
 DEFAULT_MAX_CONCURRENCY = 16
 """Runs executing at once in one engine, unless told otherwise (``max_concurrency``)."""
-
-HOST = socket.gethostname()
-
 
 @dataclass(frozen=True)
 class InjectionScope:
@@ -80,30 +77,6 @@ inject.set_provider(inject.RUN_CONTEXT, lambda scope: scope.context)
 inject.set_provider(inject.ASYNC_SESSION, _task_session)
 inject.set_provider(inject.STORE, lambda scope: scope.store)
 inject.set_provider(inject.ENGINE, lambda scope: scope.engine)
-
-
-def process_start_time(pid: int) -> float | None:
-    """When ``pid`` started (clock ticks since boot, from /proc), to tell a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rpartition(b")")[2].split()
-        return float(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def process_is_alive(pid: int, started: float | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return started is None or process_start_time(pid) in (None, started)
-
-
-_PID = os.getpid()
-_PID_STARTED = process_start_time(_PID)
 
 
 class _RunLog(logging.Handler):
@@ -151,6 +124,7 @@ class _Attempt:
     trigger: str
     parent_id: str | None
     queued_at: float = field(default_factory=time.time)
+    finished: bool = False
 
     def row(self) -> dict[str, Any]:
         return {
@@ -164,8 +138,8 @@ class _Attempt:
             "parameters": json.dumps(json_safe(self.parameters)),
             "queued_at": self.queued_at,
             "host": HOST,
-            "pid": _PID,
-            "pid_started": _PID_STARTED,
+            "pid": PID,
+            "pid_started": PID_STARTED,
         }
 
     def retry(self) -> _Attempt:
@@ -220,7 +194,7 @@ class Workflow:
                 node.final = await self.engine._attempts(node)
             self.runs.append(node.final)
         except anyio.get_cancelled_exc_class():
-            if node.final is None:
+            if not node.attempt.finished:
                 with anyio.CancelScope(shield=True):
                     await self.engine._cancelled(node.attempt, None)
             raise
@@ -259,8 +233,10 @@ class Engine:
         await self.reload()
         return self
 
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        return await self._stack.__aexit__(*exc_info)
+    async def __aexit__(self, *exc_info: Any) -> None:
+        # The caller's exception is theirs to see as it is, not wrapped in our task groups'
+        # exception groups; our groups just finish their work (runs, then pending records).
+        await self._stack.__aexit__(None, None, None)
 
     async def reload(self) -> None:
         """Take the tasks as the store has them now (after a sync)."""
@@ -459,7 +435,7 @@ class Engine:
                 outcome = await call_python(
                     fn, sig, kwargs,
                     scope=InjectionScope(context, self.store, self),
-                    timeout=spec.timeout,
+                    time_limit=spec.timeout,
                     thread_name=f"runner:{spec.name}:{attempt.run_id}",
                 )
             finally:
@@ -515,6 +491,7 @@ class Engine:
             fields["result_json"] = json.dumps(safe_result)
             fields["result_pickle"] = _pickled(result, masker)
         await self.recorder.finished(fields, logs or [])
+        attempt.finished = True
         return Run(
             id=attempt.run_id,
             task=attempt.spec.name,

@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner import log
 from runner.errors import ProjectError
 from runner.models import StoredTask, TaskSpec
+
+if TYPE_CHECKING:
+    from runner.store import Store
 
 
 @dataclass(frozen=True)
@@ -100,14 +103,13 @@ def plan(wanted: Mapping[str, Wanted], stored: Mapping[str, StoredTask]) -> Sync
     )
 
 
-async def sync_project(root: Path, db: str, *, dry_run: bool = False) -> SyncPlan:
-    """Validate ``root``'s task files and reconcile the store at ``db`` with them.
+async def sync_project(root: Path, store: Store, *, dry_run: bool = False) -> SyncPlan:
+    """Validate ``root``'s task files and reconcile ``store`` with them (``dry_run``: only plan).
 
     Invalid files raise ProjectError and leave the store untouched. Python tasks whose callable
     does not resolve or fit are stored disabled, each with a structured warning.
     """
     from runner.project import load_project
-    from runner.store import open_store
 
     project = load_project(root)
     if project.problems:
@@ -125,7 +127,6 @@ async def sync_project(root: Path, db: str, *, dry_run: bool = False) -> SyncPla
             error=finding.reason.partition(": ")[2],
         )
     wanted = project.wanted()
-    async with open_store(db) as store:
-        if dry_run:
-            return plan(wanted, await store.tasks())
-        return await store.sync_tasks(lambda stored: plan(wanted, stored))
+    if dry_run:
+        return plan(wanted, await store.tasks())
+    return await store.sync_tasks(lambda stored: plan(wanted, stored))

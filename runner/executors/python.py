@@ -46,10 +46,10 @@ async def call_python(
     kwargs: Mapping[str, Any],
     *,
     scope: Any,
-    timeout: float | None,  # noqa: ASYNC109 - a timeout is an outcome here, not a cancellation
+    time_limit: float | None,
     thread_name: str = "runner-task",
 ) -> PythonOutcome:
-    """Call ``fn`` with ``kwargs`` plus its injected parameters, within ``timeout`` seconds.
+    """Call ``fn`` with ``kwargs`` plus its injected parameters, within ``time_limit`` seconds.
 
     ``scope`` is handed to each injection provider. A provider may return the instance, an
     awaitable of it, or an async context manager; a context manager is left with the task's
@@ -62,11 +62,11 @@ async def call_python(
                 assert param.inject is not None
                 arguments[param.name] = await _provide(param.inject, scope, stack)
             if sig.is_async:
-                value = await _call_async(fn, arguments, timeout)
+                value = await _call_async(fn, arguments, time_limit)
             else:
-                value = await _call_in_thread(fn, arguments, timeout, thread_name)
+                value = await _call_in_thread(fn, arguments, time_limit, thread_name)
                 if inspect.isawaitable(value):
-                    value = await _await_within(value, timeout)
+                    value = await _await_within(value, time_limit)
         return PythonOutcome(value=value)
     except TaskTimeout as exc:
         return PythonOutcome(error=exc, timed_out=True)
@@ -86,19 +86,19 @@ async def _provide(key: str, scope: Any, stack: AsyncExitStack) -> Any:
     return value
 
 
-async def _call_async(fn: Callable[..., Any], arguments: dict[str, Any], timeout: float | None) -> Any:
-    return await _await_within(fn(**arguments), timeout)
+async def _call_async(fn: Callable[..., Any], arguments: dict[str, Any], time_limit: float | None) -> Any:
+    return await _await_within(fn(**arguments), time_limit)
 
 
-async def _await_within(awaitable: Any, timeout: float | None) -> Any:
-    with anyio.move_on_after(timeout) as deadline:
+async def _await_within(awaitable: Any, time_limit: float | None) -> Any:
+    with anyio.move_on_after(time_limit) as deadline:
         return await awaitable
     assert deadline.cancelled_caught
-    raise TaskTimeout(f"timed out after {timeout:g}s")
+    raise TaskTimeout(f"timed out after {time_limit:g}s")
 
 
 async def _call_in_thread(
-    fn: Callable[..., Any], arguments: dict[str, Any], timeout: float | None, name: str
+    fn: Callable[..., Any], arguments: dict[str, Any], time_limit: float | None, name: str
 ) -> Any:
     done = anyio.Event()
     box: dict[str, Any] = {}
@@ -117,14 +117,14 @@ async def _call_in_thread(
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     try:
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(time_limit):
             await done.wait()
     except anyio.get_cancelled_exc_class():
         _raise_in_thread(thread, TaskTimeout)
         raise
     if not done.is_set():
         _raise_in_thread(thread, TaskTimeout)
-        raise TaskTimeout(f"timed out after {timeout:g}s; the thread was abandoned")
+        raise TaskTimeout(f"timed out after {time_limit:g}s; the thread was abandoned")
     if "error" in box:
         raise box["error"]
     return box["value"]

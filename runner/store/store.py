@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from runner.errors import RunNotFound, StoreError, StoreVersionError
 from runner.models import LogLine, Run, RunStatus, Source, StoredTask, TaskSpec, TaskType
+from runner.processes import HOST, process_is_alive
 from runner.store import _tables as t
 from runner.sync import SyncPlan
 
@@ -389,7 +390,11 @@ class Store:
 
 @asynccontextmanager
 async def open_store(db: str | Path) -> AsyncIterator[Store]:
-    """Open (creating or upgrading as needed) the store at a path or SQLAlchemy async URL."""
+    """Open (creating or upgrading as needed) the store at a path or SQLAlchemy async URL.
+
+    Every process that opens a store first marks the unfinished runs of dead runner processes
+    on its host ``interrupted``, so no run stays ``running`` forever after a crash.
+    """
     url = database_url(db)
     path = _sqlite_path(url)
     if path is not None:
@@ -406,6 +411,7 @@ async def open_store(db: str | Path) -> AsyncIterator[Store]:
     store = Store(engine, url)
     try:
         await store._prepare()
+        await store.mark_interrupted(HOST, process_is_alive)
         yield store
     finally:
         await store.close()
