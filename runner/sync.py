@@ -115,13 +115,15 @@ async def sync_project(root: Path, store: Store, *, dry_run: bool = False) -> Sy
     if project.problems:
         raise ProjectError(project.problems)
     for problem in project.plugin_problems:
-        log.warn("plugin_import_failed", str(problem), path=problem.path, error=problem.message)
+        # str(problem) would say "warning: " a second time after the log's own level
+        where = f"{problem.path}:{problem.line}:{problem.col}"
+        log.warn("plugin_import_failed", f"{where}: {problem.message}", path=problem.path, error=problem.message)
     for finding in project.findings.values():
         event = "task_orphaned" if finding.reason.startswith("orphaned") else "task_invalid"
         log.warn(
             event,
             f"task {finding.task!r} ({project.declared.specs[finding.task].source}) is disabled: "
-            f"{finding.reason}",
+            f"{finding.reason} (callable {finding.callable!r})",
             task=finding.task,
             callable=finding.callable,
             error=finding.reason.partition(": ")[2],
