@@ -196,6 +196,7 @@ def list_(settings: Settings, state: str | None, include_removed: bool, as_json:
             found = await store.tasks(include_removed=include_removed)
         return list(found.values())
 
+    never_synced = settings.db is None and not Path(settings.store_location).exists()
     tasks = _run_async(fetch)
     if state is not None:
         tasks = [t for t in tasks if t.enabled == (state == "enabled")]
@@ -203,7 +204,7 @@ def list_(settings: Settings, state: str | None, include_removed: bool, as_json:
         _emit_json([t.to_json() for t in tasks])
         return
     if not tasks:
-        click.echo("no tasks" + ("" if settings.db or (settings.project / ".runner").exists() else "; run `runner sync` first"))
+        click.echo("no tasks" + ("; run `runner sync` first" if never_synced else ""))
         return
     rows = [
         (t.name, t.spec.type.value, "enabled" if t.enabled else f"disabled ({t.disabled_reason})", str(t.spec.source))
