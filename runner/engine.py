@@ -175,9 +175,12 @@ class Workflow:
         """Run everything, needs first; return the target's final run."""
         if not queued:
             await self.queue()
-        async with anyio.create_task_group() as group:
-            for node in self.nodes.values():
-                group.start_soon(self._run_node, node)
+        if len(self.nodes) == 1:
+            await self._run_node(self.nodes[self.target])
+        else:
+            async with anyio.create_task_group() as group:
+                for node in self.nodes.values():
+                    group.start_soon(self._run_node, node)
         final = self.nodes[self.target].final
         assert final is not None
         return final
@@ -221,6 +224,7 @@ class Engine:
         self.output_cap = output_cap
         self.kill_grace = kill_grace
         self.tasks: dict[str, StoredTask] = {}
+        self._needs: dict[str, tuple[str, ...]] = {}
         self._stack = AsyncExitStack()
         self._background: TaskGroup | None = None
         self._submitted: dict[str, Workflow] = {}
@@ -241,6 +245,7 @@ class Engine:
     async def reload(self) -> None:
         """Take the tasks as the store has them now (after a sync)."""
         self.tasks = await self.store.tasks()
+        self._needs = {name: task.spec.needs for name, task in self.tasks.items()}
 
     # -- what callers use -------------------------------------------------------------------
 
@@ -259,10 +264,7 @@ class Engine:
         (unknown, disabled, orphaned, invalid, removed) or ParameterError.
         """
         target = self._runnable(name)
-        if with_needs:
-            order = upstream_order(name, {n: t.spec.needs for n, t in self.tasks.items()})
-        else:
-            order = [name]
+        order = upstream_order(name, self._needs) if with_needs else [name]
         nodes: dict[str, _Node] = {}
         for task_name in order:
             stored = target if task_name == name else self._runnable(task_name, needed_by=name)
@@ -372,22 +374,30 @@ class Engine:
         try:
             async with self.limiter:
                 started = time.time()
-                await self.recorder.started(attempt.run_id, started)
-                try:
-                    env, secrets = resolve_env(attempt.spec.env, self.project)
-                except SecretUnavailable as exc:
-                    error = _error(exc, Masker(), with_traceback=False)
-                    return await self._finish(attempt, started, RunStatus.FAILED, error=error)
-                masker = Masker(secrets)
-                if attempt.spec.type is TaskType.SHELL:
-                    return await self._shell(attempt, env, masker, started)
-                return await self._python(attempt, env, masker, started)
+                self.recorder.started(attempt.run_id, started)
+                ending = await self._execute(attempt)
+            # The slot is free again while the record is committed with other runs' records.
+            return await self._finish(attempt, started, **ending)
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await self._cancelled(attempt, started)
+            if not attempt.finished:
+                with anyio.CancelScope(shield=True):
+                    await self._cancelled(attempt, started)
             raise
 
-    async def _shell(self, attempt: _Attempt, env: dict[str, str], masker: Masker, started: float) -> Run:
+    async def _execute(self, attempt: _Attempt) -> dict[str, Any]:
+        """Run the task once; return how it ended, as keyword arguments for ``_finish``."""
+        try:
+            env, secrets = resolve_env(attempt.spec.env, self.project)
+        except SecretUnavailable as exc:
+            return {"status": RunStatus.FAILED, "error": _error(exc, Masker(), with_traceback=False)}
+        masker = Masker(secrets)
+        if attempt.spec.type is TaskType.SHELL:
+            ending = await self._shell(attempt, env, masker)
+        else:
+            ending = await self._python(attempt, env, masker)
+        return {**ending, "masker": masker}
+
+    async def _shell(self, attempt: _Attempt, env: dict[str, str], masker: Masker) -> dict[str, Any]:
         spec = attempt.spec
         child_env = {**os.environ, **env}
         for key, value in attempt.parameters.items():
@@ -406,18 +416,14 @@ class Engine:
                 kill_grace=self.kill_grace,
             )
         except ShellStartError as exc:
-            error = _error(exc, masker, with_traceback=False)
-            return await self._finish(attempt, started, RunStatus.FAILED, error=error, masker=masker)
+            return {"status": RunStatus.FAILED, "error": _error(exc, masker, with_traceback=False)}
         if outcome.timed_out:
             status = RunStatus.TIMED_OUT
         else:
             status = RunStatus.SUCCEEDED if outcome.exit_code == 0 else RunStatus.FAILED
-        return await self._finish(
-            attempt, started, status,
-            exit_code=outcome.exit_code, stdout=outcome.stdout, stderr=outcome.stderr, masker=masker,
-        )
+        return {"status": status, "exit_code": outcome.exit_code, "stdout": outcome.stdout, "stderr": outcome.stderr}
 
-    async def _python(self, attempt: _Attempt, env: dict[str, str], masker: Masker, started: float) -> Run:
+    async def _python(self, attempt: _Attempt, env: dict[str, str], masker: Masker) -> dict[str, Any]:
         spec = attempt.spec
         handler = _RunLog()
         logger = logging.Logger(f"runner.task.{spec.name}", logging.DEBUG)
@@ -447,10 +453,8 @@ class Engine:
         if outcome.error is not None:
             status = RunStatus.TIMED_OUT if outcome.timed_out else RunStatus.FAILED
             error = _error(outcome.error, masker, with_traceback=not outcome.timed_out)
-            return await self._finish(attempt, started, status, error=error, masker=masker, logs=logs)
-        return await self._finish(
-            attempt, started, RunStatus.SUCCEEDED, result=outcome.value, has_result=True, masker=masker, logs=logs
-        )
+            return {"status": status, "error": error, "logs": logs}
+        return {"status": RunStatus.SUCCEEDED, "result": outcome.value, "has_result": True, "logs": logs}
 
     async def _finish(
         self,
@@ -490,8 +494,8 @@ class Engine:
         if has_result:
             fields["result_json"] = json.dumps(safe_result)
             fields["result_pickle"] = _pickled(result, masker)
+        attempt.finished = True  # from here on the record is on its way, whatever happens
         await self.recorder.finished(fields, logs or [])
-        attempt.finished = True
         return Run(
             id=attempt.run_id,
             task=attempt.spec.name,

@@ -67,8 +67,11 @@ class Recorder:
     async def queued(self, rows: list[dict[str, Any]]) -> None:
         await self._commit(lambda b: b.inserts.extend(rows))
 
-    async def started(self, run_id: str, at: float) -> None:
-        await self._commit(lambda b: b.starts.append((run_id, at)))
+    def started(self, run_id: str, at: float) -> None:
+        """Record that a run started, without waiting: a run that lasts longer than a commit is
+        seen ``running``; one that ends sooner may be committed with its end in one batch."""
+        self._pending.batch.starts.append((run_id, at))
+        self._wake.set()
 
     async def finished(self, fields: dict[str, Any], logs: list[dict[str, Any]]) -> None:
         def fill(batch: RunBatch) -> None:
