@@ -72,7 +72,7 @@ def load_project(root: Path) -> Project:
     python_tasks = [s for s in declared.specs.values() if s.type is TaskType.PYTHON]
     if not python_tasks and not (root / "plugins").is_dir():
         return project
-    registry.add_project_to_path(root)
+    registry.use_project(root)
     project.plugin_problems = registry.import_plugins(root)
     for spec in python_tasks:
         finding = check_callable(spec, declared)

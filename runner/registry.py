@@ -6,7 +6,9 @@ with the original error as ``__cause__``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -20,6 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _registered: dict[str, Callable[..., Any]] = {}
 _resolved: dict[str, Callable[..., Any]] = {}
 _plugin_failures: dict[str, str] = {}
+_project: Path | None = None
 
 
 @overload
@@ -58,11 +61,29 @@ def registered_names() -> dict[str, str]:
     return {name: _qualified(fn) for name, fn in _registered.items()}
 
 
-def add_project_to_path(project: Path) -> None:
-    """Make ``plugins.x`` and other project modules importable."""
-    root = str(project.resolve())
-    if root not in sys.path:
-        sys.path.insert(0, root)
+def use_project(project: Path) -> None:
+    """Make ``project``'s modules (``plugins.x``) the importable ones.
+
+    Switching to another project in the same process (``runner.testing`` on two projects, say)
+    drops the previous project's modules and registrations, so its plugins cannot answer for
+    the new one's.
+    """
+    global _project
+    root = project.resolve()
+    if _project == root:
+        return
+    if _project is not None:
+        old = str(_project)
+        with contextlib.suppress(ValueError):
+            sys.path.remove(old)
+        for name, module in list(sys.modules.items()):
+            origin = getattr(module, "__file__", None) or ""
+            if name == "plugins" or name.startswith("plugins.") or origin.startswith(old + os.sep):
+                del sys.modules[name]
+        forget()
+        importlib.invalidate_caches()
+    sys.path.insert(0, str(root))
+    _project = root
 
 
 def import_plugins(project: Path) -> list[Problem]:
@@ -74,7 +95,7 @@ def import_plugins(project: Path) -> list[Problem]:
     plugins = project / "plugins"
     if not plugins.is_dir():
         return []
-    add_project_to_path(project)
+    use_project(project)
     problems = []
     for path in sorted(plugins.rglob("*.py")):
         rel = path.relative_to(project)
