@@ -113,6 +113,10 @@ def import_plugins(project: Path) -> list[Problem]:
             line = _error_line(exc, path)
             message = f"cannot import {module}: {type(exc).__name__}: {exc}"
             _plugin_failures[module] = message
+            # what a half-imported module registered before it failed is not usable
+            for name, fn in list(_registered.items()):
+                if getattr(fn, "__module__", None) == module:
+                    del _registered[name]
             problems.append(Problem(str(rel), line, 1, message, severity="warning"))
     return problems
 
