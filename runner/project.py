@@ -64,10 +64,12 @@ class Project:
         return wanted
 
 
-def load_project(root: Path) -> Project:
-    """Read the task files, import ``plugins/``, and check every python task's callable."""
+def load_project(root: Path, declared: Declared | None = None) -> Project:
+    """Read the task files (unless ``declared`` is given), import ``plugins/``, and check every
+    python task's callable."""
     root = root.resolve()
-    declared = load_tasks(root)
+    if declared is None:
+        declared = load_tasks(root)
     project = Project(root, declared)
     python_tasks = [s for s in declared.specs.values() if s.type is TaskType.PYTHON]
     if not python_tasks and not (root / "plugins").is_dir():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import json
 import math
 import os
@@ -85,6 +86,7 @@ class TaskFile:
     values: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     traps: dict[Path_, str] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    digest: str | None = None  # of the bytes read, so a sync can tell an unchanged file
 
     def at(self, where: Path_, message: str, *, key: bool = False) -> Problem:
         """A problem positioned at ``where`` (its key if ``key``), or its nearest parent."""
@@ -208,6 +210,7 @@ def read_task_file(project: Path, path: Path) -> TaskFile | None:
     except OSError as exc:
         file.add((), f"cannot read: {exc.strerror or exc}")
         return file
+    file.digest = hashlib.sha256(raw).hexdigest()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -534,8 +537,32 @@ class Declared:
     problems: list[Problem]
 
     def at(self, task: str, *where: str | int, message: str, key: bool = False) -> Problem:
-        """A problem about ``task`` positioned at one of its keys or values."""
-        return self.owner[task].at(("tasks", task, *where), message, key=key)
+        """A problem about ``task`` positioned at one of its keys or values.
+
+        Tasks taken from the store rather than parsed have only their source line to point at.
+        """
+        owner = self.owner.get(task)
+        if owner is None:
+            source = self.specs[task].source
+            return Problem(source.path, source.line, source.col, message)
+        return owner.at(("tasks", task, *where), message, key=key)
+
+    @property
+    def digests(self) -> dict[str, str]:
+        """Each file's digest, when every file was read whole (else empty: nothing to reuse)."""
+        found = {path: file.digest for path, file in self.files.items() if file.digest}
+        return found if len(found) == len(self.files) else {}
+
+
+def fingerprint(project: Path) -> dict[str, str] | None:
+    """Each task file's SHA-256, by path; None if a file cannot be read (parse it instead)."""
+    found = {}
+    for path in list_task_files(project):
+        try:
+            found[path.relative_to(project).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+    return found
 
 
 def load_tasks(project: Path) -> Declared:

@@ -39,10 +39,11 @@ class SyncPlan:
     enabled: tuple[str, ...] = ()
     inserts: tuple[Wanted, ...] = ()
     updates: tuple[Wanted, ...] = ()
+    digests: Mapping[str, str] | None = None  # task-file digests to store, when they changed
 
     @property
     def is_empty(self) -> bool:
-        return not (self.inserts or self.updates or self.removed)
+        return not (self.inserts or self.updates or self.removed or self.digests is not None)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,8 +55,14 @@ class SyncPlan:
         }
 
 
-def plan(wanted: Mapping[str, Wanted], stored: Mapping[str, StoredTask]) -> SyncPlan:
-    """The changes that make ``stored`` match ``wanted``.
+def plan(
+    wanted: Mapping[str, Wanted],
+    stored: Mapping[str, StoredTask],
+    digests: Mapping[str, str] | None = None,
+    stored_digests: Mapping[str, str] | None = None,
+) -> SyncPlan:
+    """The changes that make ``stored`` match ``wanted`` (and the stored file digests match
+    ``digests``, when given).
 
     A task that comes back after being removed counts as added. A task whose disabled reason
     changes (say, a different import error) is listed as disabled again.
@@ -72,15 +79,13 @@ def plan(wanted: Mapping[str, Wanted], stored: Mapping[str, StoredTask]) -> Sync
                 disabled.append(name)
             continue
         was_enabled = have.enabled and not have.removed
-        definition_changed = (
-            have.removed
-            or have.spec.definition_json() != want.spec.definition_json()
-            or str(have.spec.source) != str(want.spec.source)
-        )
+        definition_changed = have.removed or have.spec.definition_json() != want.spec.definition_json()
+        # A task that only moved (a line added above it) is rewritten but not reported.
+        moved = str(have.spec.source) != str(want.spec.source)
         state_changed = was_enabled != want.enabled or (
             not want.enabled and have.disabled_reason != want.reason
         )
-        if not (definition_changed or state_changed):
+        if not (definition_changed or state_changed or moved):
             continue
         updates.append(want)
         if have.removed:
@@ -100,6 +105,7 @@ def plan(wanted: Mapping[str, Wanted], stored: Mapping[str, StoredTask]) -> Sync
         enabled=tuple(enabled),
         inserts=tuple(inserts),
         updates=tuple(updates),
+        digests=dict(digests) if digests is not None and digests != stored_digests else None,
     )
 
 
@@ -107,11 +113,22 @@ async def sync_project(root: Path, store: Store, *, dry_run: bool = False) -> Sy
     """Validate ``root``'s task files and reconcile ``store`` with them (``dry_run``: only plan).
 
     Invalid files raise ProjectError and leave the store untouched. Python tasks whose callable
-    does not resolve or fit are stored disabled, each with a structured warning.
+    does not resolve or fit are stored disabled, each with a structured warning. When no task
+    file changed since the last sync (same paths, same SHA-256), the stored definitions are
+    used instead of parsing and validating the files again; callables are checked every time.
     """
     from runner.project import load_project
+    from runner.spec import Declared, fingerprint, load_tasks
 
-    project = load_project(root)
+    root = root.resolve()
+    digests = fingerprint(root) if (root / "tasks.d").is_dir() else None
+    if digests is not None and digests == await store.task_files():
+        stored = await store.tasks(include_removed=False)
+        declared = Declared({name: task.spec for name, task in stored.items()}, {}, {}, [])
+    else:
+        declared = load_tasks(root)
+        digests = declared.digests or None
+    project = load_project(root, declared)
     if project.problems:
         raise ProjectError(project.problems)
     for problem in project.plugin_problems:
@@ -129,6 +146,10 @@ async def sync_project(root: Path, store: Store, *, dry_run: bool = False) -> Sy
             error=finding.reason.partition(": ")[2],
         )
     wanted = project.wanted()
+
+    def planner(stored: Mapping[str, StoredTask], stored_digests: Mapping[str, str]) -> SyncPlan:
+        return plan(wanted, stored, digests, stored_digests)
+
     if dry_run:
-        return plan(wanted, await store.tasks())
-    return await store.sync_tasks(lambda stored: plan(wanted, stored))
+        return planner(await store.tasks(), await store.task_files())
+    return await store.sync_tasks(planner)

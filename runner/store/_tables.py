@@ -78,4 +78,12 @@ run_logs = Table(
     Index("run_logs_run", "run_id", "id"),
 )
 
+task_files = Table(
+    "task_files",
+    metadata,
+    Column("path", String(1024), primary_key=True),  # relative to the project
+    Column("digest", String(64), nullable=False),  # SHA-256 of the bytes the stored tasks came from
+)
+
 VERSION_1 = (schema_version, tasks, runs, run_logs)
+VERSION_2 = (task_files,)

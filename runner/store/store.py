@@ -27,7 +27,7 @@ from runner.processes import HOST, process_is_alive
 from runner.store import _tables as t
 from runner.sync import SyncPlan
 
-CURRENT_VERSION = 1
+CURRENT_VERSION = 2
 
 _RUN_COLUMNS = (
     t.runs.c.id,
@@ -98,6 +98,7 @@ BUSY_TIMEOUT_MS = 30_000
 # Ordered migrations: version N is reached by running MIGRATIONS[N - 1] on a store at N - 1.
 MIGRATIONS: list[Callable[[Any], None]] = [
     lambda sync_conn: t.metadata.create_all(sync_conn, tables=list(t.VERSION_1)),
+    lambda sync_conn: t.metadata.create_all(sync_conn, tables=list(t.VERSION_2)),
 ]
 
 
@@ -221,17 +222,28 @@ class Store:
             found[name] = StoredTask(name, spec, bool(enabled), reason, bool(removed))
         return found
 
-    async def sync_tasks(self, planner: Callable[[dict[str, StoredTask]], SyncPlan]) -> SyncPlan:
-        """Reconcile the stored tasks with ``planner(stored)`` in one transaction.
+    async def task_files(self) -> dict[str, str]:
+        """The digest of each task file the stored tasks were last synced from, by path."""
+        async with self._read() as conn:
+            return await self._task_files(conn)
+
+    async def _task_files(self, conn: AsyncConnection) -> dict[str, str]:
+        rows = await conn.execute(select(t.task_files.c.path, t.task_files.c.digest))
+        return {path: digest for path, digest in rows}
+
+    async def sync_tasks(self, planner: Callable[[dict[str, StoredTask], dict[str, str]], SyncPlan]) -> SyncPlan:
+        """Reconcile the stored tasks with ``planner(stored_tasks, stored_digests)`` in one
+        transaction.
 
         The plan is made from a plain read first; only when it changes something is it made
         again under the write lock and applied, so a sync with nothing to change writes nothing.
         """
-        plan = planner(await self.tasks())
+        async with self._read() as conn:
+            plan = planner(await self._tasks(conn, include_removed=True), await self._task_files(conn))
         if plan.is_empty:
             return plan
         async with self._write() as conn:
-            plan = planner(await self._tasks(conn, include_removed=True))
+            plan = planner(await self._tasks(conn, include_removed=True), await self._task_files(conn))
             await self._apply(conn, plan)
         return plan
 
@@ -286,6 +298,12 @@ class Store:
                 .where(t.tasks.c.name.in_(plan.removed))
                 .values(removed=True, enabled=False, disabled_reason="removed", updated_at=now)
             )
+        if plan.digests is not None:
+            await conn.execute(t.task_files.delete())
+            if plan.digests:
+                await conn.execute(
+                    t.task_files.insert(), [{"path": p, "digest": d} for p, d in plan.digests.items()]
+                )
 
     # -- runs -----------------------------------------------------------------------------------
 
