@@ -29,7 +29,7 @@ def find_cycles(needs: Mapping[str, Sequence[str]]) -> list[list[str]]:
                 continue
             mark = state.get(child)
             if mark == 1:
-                cycle = path[path.index(child) :] + [child]
+                cycle = [*path[path.index(child) :], child]
                 key = frozenset(cycle)
                 if key not in seen_cycles:
                     seen_cycles.add(key)

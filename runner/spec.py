@@ -253,7 +253,8 @@ def read_task_file(project: Path, path: Path) -> TaskFile | None:
         file.data = None
         file.add((), "nesting too deep to read")
     if not isinstance(file.data, dict) and not file.problems:
-        kind = {list: "a list", str: "a string"}.get(type(file.data), type(file.data).__name__)
+        names: dict[type, str] = {list: "a list", str: "a string"}
+        kind = names.get(type(file.data), type(file.data).__name__)
         file.add((), f"expected a mapping with 'version: 1' and 'tasks:', found {kind}")
     return file
 
@@ -555,7 +556,10 @@ class Declared:
 
 
 def fingerprint(project: Path) -> dict[str, str] | None:
-    """Each task file's SHA-256, by path; None if a file cannot be read (parse it instead)."""
+    """Each task file's SHA-256, by path; None if one cannot be read, or there is no tasks.d
+    (so the caller parses the files and reports the problem)."""
+    if not (project / TASKS_DIR).is_dir():
+        return None
     found = {}
     for path in list_task_files(project):
         try:
@@ -606,10 +610,10 @@ def load_tasks(project: Path) -> Declared:
                 problems.append(
                     declared.at(name, "needs", i, message=f"task {name!r} needs {need!r}, which is not declared{hint}")
                 )
-    for cycle in find_cycles(needs):
-        problems.append(
-            declared.at(cycle[0], "needs", message=f"cycle in needs: {' -> '.join(cycle)}", key=True)
-        )
+    problems.extend(
+        declared.at(cycle[0], "needs", message=f"cycle in needs: {' -> '.join(cycle)}", key=True)
+        for cycle in find_cycles(needs)
+    )
     for file in files.values():
         problems.extend(file.problems)
     problems.sort()

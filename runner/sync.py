@@ -120,8 +120,7 @@ async def sync_project(root: Path, store: Store, *, dry_run: bool = False) -> Sy
     from runner.project import load_project
     from runner.spec import Declared, fingerprint, load_tasks
 
-    root = root.resolve()
-    digests = fingerprint(root) if (root / "tasks.d").is_dir() else None
+    digests = fingerprint(root)
     if digests is not None and digests == await store.task_files():
         stored = await store.tasks(include_removed=False)
         declared = Declared({name: task.spec for name, task in stored.items()}, {}, {}, [])
