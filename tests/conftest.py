@@ -1,4 +1,17 @@
-"""Shared pytest configuration: async tests run on anyio's asyncio backend."""
+"""Shared pytest configuration: async tests run on anyio's asyncio backend.
+
+``project`` is a temporary project directory that tests write task files and plugins into;
+``runner_cli`` runs the real ``runner`` command in it, as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -6,3 +19,66 @@ import pytest
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+class ProjectDir:
+    """A project on disk: ``tasks.d/`` and ``plugins/`` under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "tasks.d").mkdir(parents=True, exist_ok=True)
+
+    def write(self, rel: str, text: str) -> Path:
+        """Write ``text`` (dedented) to ``root/rel``, creating directories."""
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+        return path
+
+    def tasks(self, rel: str, text: str) -> Path:
+        """Write a task file under ``tasks.d/``."""
+        return self.write(f"tasks.d/{rel}", text)
+
+    def plugin(self, module: str, text: str) -> Path:
+        """Write ``plugins/<module>.py`` (and ``plugins/__init__.py``)."""
+        init = self.root / "plugins" / "__init__.py"
+        if not init.exists():
+            self.write("plugins/__init__.py", "")
+        return self.write(f"plugins/{module}.py", text)
+
+    @property
+    def db(self) -> Path:
+        """The default store location."""
+        return self.root / ".runner" / "runner.db"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> ProjectDir:
+    return ProjectDir(tmp_path / "project")
+
+
+RunnerCli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for a ``runner`` subprocess: ours, minus settings that would leak in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+@pytest.fixture
+def runner_cli(project: ProjectDir) -> RunnerCli:
+    """Run ``python -m runner --project <project> ARGS...`` and return the finished process."""
+
+    def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "runner", "--project", str(project.root), *args],
+            cwd=project.root,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run

@@ -1,0 +1,683 @@
+"""Task files: parsing with positions, the schema, YAML 1.1 traps, durations, cross-file checks.
+
+Files are real files under ``tmp_path``; every problem is asserted as the user sees it,
+``path:line:col: message``, with the exact position of the key or value it is about.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import ProjectDir
+
+from runner import spec as spec_module
+from runner.models import Retries, Schedule, Source, TaskType
+from runner.spec import list_task_files, load_tasks, parse_duration, read_task_file
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def problems(project: ProjectDir) -> list[str]:
+    return [str(p) for p in load_tasks(project.root).problems]
+
+
+# -- a valid project -------------------------------------------------------------------------
+
+
+def test_spec_example_builds_normalised_tasks(project: ProjectDir) -> None:
+    project.tasks(
+        "example.yaml",
+        """
+        # yaml-language-server: $schema=../schemas/tasks.schema.json
+        version: 1
+        tasks:
+          hello:
+            command: echo "hello from runner"
+          add:
+            type: python
+            callable: plugins.examples:add
+            parameters: {a: 10, b: 32}
+          report:
+            type: python
+            callable: plugins.reports:daily
+            needs: [add]
+            schedule: {cron: "30 2 * * *", timezone: Europe/Oslo}
+            timeout: 5m
+            retries: {count: 3, backoff: 10s}
+            enabled: false
+          argv:
+            command: [printf, "%s", "a b"]
+            description: runs without a shell
+            env: {MODE: fast, TOKEN: {from_env: MY_TOKEN}}
+            cwd: sub
+            tags: [fast, nightly]
+            retries: 2
+            schedule: {every: 1h30m}
+        """,
+    )
+    declared = load_tasks(project.root)
+    assert declared.problems == []
+    specs = declared.specs
+    assert list(specs) == ["hello", "add", "report", "argv"]
+
+    hello = specs["hello"]
+    assert hello.type is TaskType.SHELL
+    assert hello.command == 'echo "hello from runner"'
+    assert hello.enabled is True
+    assert hello.source == Source("tasks.d/example.yaml", 4, 3)
+
+    add = specs["add"]
+    assert add.type is TaskType.PYTHON
+    assert add.callable == "plugins.examples:add"
+    assert dict(add.parameters) == {"a": 10, "b": 32}
+
+    report = specs["report"]
+    assert report.needs == ("add",)
+    assert report.schedule == Schedule(cron="30 2 * * *", timezone="Europe/Oslo")
+    assert report.timeout == 300.0
+    assert report.retries == Retries(3, 10.0)
+    assert report.enabled is False
+
+    argv = specs["argv"]
+    assert argv.command == ("printf", "%s", "a b")
+    assert argv.description == "runs without a shell"
+    assert argv.env["MODE"] == "fast"
+    assert argv.env["TOKEN"].from_env == "MY_TOKEN"  # type: ignore[union-attr]
+    assert argv.cwd == "sub"
+    assert argv.tags == ("fast", "nightly")
+    assert argv.retries == Retries(2, 0.0)
+    assert argv.schedule == Schedule(every=5400.0)
+
+
+def test_no_tasks_dir_is_one_problem_that_says_what_to_do(tmp_path: Path) -> None:
+    [problem] = load_tasks(tmp_path).problems
+    assert (problem.path, problem.line, problem.col) == ("tasks.d", 1, 1)
+    assert "no tasks.d/ directory" in problem.message
+    assert "--project" in problem.message
+
+
+def test_an_empty_tasks_dir_is_valid_and_declares_nothing(project: ProjectDir) -> None:
+    declared = load_tasks(project.root)
+    assert (declared.specs, declared.problems) == ({}, [])
+
+
+# -- every problem at once, each at its key or value -------------------------------------------
+
+
+def test_every_problem_in_every_file_is_reported_at_once(project: ProjectDir) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          build:
+            comand: make
+          lint:
+            command: ruff
+            timeout: soon
+          deploy:
+            command: ./deploy
+            needs: [biuld]
+        """,
+    )
+    project.tasks(
+        "b.yaml",
+        """
+        version: 1
+        tasks:
+          test:
+            type: pithon
+            command: pytest
+          ok:
+            command: "true"
+        """,
+    )
+    assert problems(project) == [
+        "tasks.d/a.yaml:3:3: task 'build': a shell task needs a 'command'",
+        "tasks.d/a.yaml:4:5: task 'build': unknown key 'comand' (did you mean 'command'?)",
+        "tasks.d/a.yaml:7:14: task 'lint': timeout: 'soon' is not a duration"
+        " (use 90s, 5m, 1h30m, 2d, 0.5s or seconds)",
+        "tasks.d/a.yaml:10:13: task 'deploy' needs 'biuld', which is not declared"
+        " (did you mean 'build'?)",
+        "tasks.d/b.yaml:4:11: task 'test': type: 'pithon' is not one of: shell, python",
+    ]
+
+
+def test_yaml_syntax_error_points_at_where_the_parser_stopped(project: ProjectDir) -> None:
+    project.tasks(
+        "bad.yaml",
+        """
+        version: 1
+        tasks:
+          a:
+            command: echo
+           b: x
+        """,
+    )
+    project.tasks("good.yaml", "version: 1\ntasks:\n  c:\n    command: echo\n")
+    declared = load_tasks(project.root)
+    assert [str(p) for p in declared.problems] == [
+        "tasks.d/bad.yaml:5:4: YAML syntax error: while parsing a block mapping"
+        " did not find expected key"
+    ]
+    assert list(declared.specs) == ["c"]
+
+
+def test_unclosed_flow_sequence_is_a_syntax_error(project: ProjectDir) -> None:
+    project.tasks("a.yaml", 'version: 1\ntasks:\n  a:\n    command: [echo, "x"\n')
+    [problem] = problems(project)
+    assert problem.startswith("tasks.d/a.yaml:5:1: YAML syntax error: ")
+    assert "flow sequence" in problem
+
+
+def test_unknown_top_level_key_is_suggested(project: ProjectDir) -> None:
+    project.tasks("a.yaml", "version: 1\ntask:\n  a:\n    command: echo\n")
+    assert problems(project) == [
+        "tasks.d/a.yaml:1:1: file: missing required key 'tasks'",
+        "tasks.d/a.yaml:2:1: file: unknown key 'task' (did you mean 'tasks'?)",
+    ]
+
+
+def test_unknown_key_without_a_close_match_lists_the_known_keys(project: ProjectDir) -> None:
+    project.tasks("a.yaml", "version: 1\ntasks:\n  a:\n    command: echo\n    colour: red\n")
+    [problem] = problems(project)
+    assert problem.startswith("tasks.d/a.yaml:5:5: task 'a': unknown key 'colour' (known keys: type,")
+
+
+def test_wrong_version_is_named(project: ProjectDir) -> None:
+    project.tasks("a.yaml", "version: 2\ntasks: {}\n")
+    assert problems(project) == ["tasks.d/a.yaml:1:10: version must be 1, found 2"]
+
+
+def test_duplicate_keys_are_errors_not_silently_won(project: ProjectDir) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          a:
+            command: echo one
+            command: echo two
+          b:
+            command: echo
+          b:
+            command: echo again
+        """,
+    )
+    assert problems(project) == [
+        "tasks.d/a.yaml:5:5: duplicate key 'command' (first at line 4); remove one of them",
+        "tasks.d/a.yaml:8:3: duplicate key 'b' (first at line 6); remove one of them",
+    ]
+
+
+def test_task_declared_in_two_files_names_both_places(project: ProjectDir) -> None:
+    project.tasks("one.yaml", "version: 1\ntasks:\n  x:\n    command: echo\n  a:\n    command: echo 1\n")
+    project.tasks("two.yml", "version: 1\ntasks:\n  a:\n    command: echo 2\n")
+    declared = load_tasks(project.root)
+    assert [str(p) for p in declared.problems] == [
+        "tasks.d/one.yaml:5:3: task 'a' is also declared at tasks.d/two.yml:3",
+        "tasks.d/two.yml:3:3: task 'a' is already declared at tasks.d/one.yaml:5",
+    ]
+    assert list(declared.specs) == ["x"]
+
+
+def test_needs_naming_an_unknown_task(project: ProjectDir) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          a:
+            command: echo
+            needs: [zzz]
+        """,
+    )
+    assert problems(project) == ["tasks.d/a.yaml:5:13: task 'a' needs 'zzz', which is not declared"]
+
+
+def test_needs_may_name_a_task_in_another_file(project: ProjectDir) -> None:
+    project.tasks("a.yaml", "version: 1\ntasks:\n  a:\n    command: echo\n    needs: [b]\n")
+    project.tasks("b.yaml", "version: 1\ntasks:\n  b:\n    command: echo\n")
+    declared = load_tasks(project.root)
+    assert declared.problems == []
+    assert declared.specs["a"].needs == ("b",)
+
+
+def test_cycles_are_printed_and_placed_at_needs(project: ProjectDir) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          a:
+            command: echo
+            needs: [b]
+          b:
+            command: echo
+            needs: [c]
+          c:
+            command: echo
+            needs: [a]
+          self:
+            command: echo
+            needs: [self]
+        """,
+    )
+    assert problems(project) == [
+        "tasks.d/a.yaml:5:5: cycle in needs: a -> b -> c -> a",
+        "tasks.d/a.yaml:14:5: cycle in needs: self -> self",
+    ]
+
+
+def test_cycle_across_files(project: ProjectDir) -> None:
+    project.tasks("a.yaml", "version: 1\ntasks:\n  a:\n    command: echo\n    needs: [b]\n")
+    project.tasks("b.yaml", "version: 1\ntasks:\n  b:\n    command: echo\n    needs: [a]\n")
+    assert problems(project) == ["tasks.d/a.yaml:5:5: cycle in needs: a -> b -> a"]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("type: python\n    command: echo",
+         ["3:3: task 't': a python task needs a 'callable'",
+          "5:5: task 't': a python task takes 'callable', not 'command'"]),
+        ("command: echo\n    callable: m:f", ["5:5: task 't': 'callable' needs 'type: python'"]),
+        ("type: python\n    callable: not a ref",
+         ["5:15: task 't': callable: 'not a ref' is not 'module:qualname' or a registered name"]),
+        ('command: ""', ["4:14: task 't': command: '' should be non-empty"]),
+        ("command: [echo, 3]", ["4:21: task 't': command.1: expected a string, found a number"]),
+        ("command: 5", ["4:14: task 't': command: expected a string, found a number"]),
+        ("command: echo\n    enabled: maybe",
+         ["5:14: task 't': enabled: expected true or false, found a string"]),
+        ("command: echo\n    parameters: [1]",
+         ["5:17: task 't': parameters: expected a mapping, found a list"]),
+        ("command: echo\n    retries: -1", ["5:14: task 't': retries: -1 is less than the minimum of 0"]),
+        ("command: echo\n    retries: {count: 1.5}",
+         ["5:22: task 't': retries.count: expected an integer, found a number"]),
+        ("command: echo\n    env: {X: {from_env: 1}}",
+         ["5:25: task 't': env.X.from_env: expected a string, found a number"]),
+        ("command: echo\n    tags: [a, a]", ["5:11: task 't': tags: ['a', 'a'] has non-unique elements"]),
+    ],
+)
+def test_schema_problems_point_at_the_offending_value(
+    project: ProjectDir, body: str, expected: list[str]
+) -> None:
+    project.tasks("a.yaml", f"version: 1\ntasks:\n  t:\n    {body}\n")
+    assert problems(project) == [f"tasks.d/a.yaml:{e}" for e in expected]
+
+
+def test_invalid_task_names(project: ProjectDir) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          "a/b":
+            command: echo
+          _hidden:
+            command: echo
+          ok:
+            command: echo
+        """,
+    )
+    declared = load_tasks(project.root)
+    rule = "use 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit"
+    assert [str(p) for p in declared.problems] == [
+        f"tasks.d/a.yaml:3:3: invalid task name 'a/b': {rule}",
+        f"tasks.d/a.yaml:5:3: invalid task name '_hidden': {rule}",
+    ]
+    assert list(declared.specs) == ["ok"]
+
+
+def test_a_name_of_100_characters_is_the_longest(project: ProjectDir) -> None:
+    project.tasks("a.yaml", f"version: 1\ntasks:\n  {'x' * 100}:\n    command: echo\n  {'y' * 101}:\n    command: echo\n")
+    declared = load_tasks(project.root)
+    assert list(declared.specs) == ["x" * 100]
+    [problem] = declared.problems
+    assert (problem.line, problem.col) == (5, 3)
+
+
+# -- YAML 1.1 traps ----------------------------------------------------------------------------
+
+
+def test_keys_are_always_strings_so_off_and_yes_are_task_names(project: ProjectDir) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          off:
+            command: echo off
+          yes:
+            command: echo yes
+          on:
+            command: echo on
+            needs: ["off", "yes"]
+            parameters: {no: 1, y: 2}
+        """,
+    )
+    declared = load_tasks(project.root)
+    assert declared.problems == []
+    assert list(declared.specs) == ["off", "yes", "on"]
+    assert declared.specs["on"].needs == ("off", "yes")
+    assert dict(declared.specs["on"].parameters) == {"no": 1, "y": 2}
+
+
+@pytest.mark.parametrize(
+    ("line", "where", "word", "col"),
+    [
+        ("description: no", "description", "no", 18),
+        ("description: Off", "description", "Off", 18),
+        ("cwd: YES", "cwd", "YES", 10),
+        ("tags: [on]", "tags.0", "on", 12),
+        ("env: {X: off}", "env.X", "off", 14),
+        ("schedule: {cron: '* * * * *', timezone: no}", "schedule.timezone", "no", 45),
+    ],
+)
+def test_plain_boolean_word_where_a_string_is_expected_is_an_error(
+    project: ProjectDir, line: str, where: str, word: str, col: int
+) -> None:
+    project.tasks("a.yaml", f"version: 1\ntasks:\n  t:\n    command: echo\n    {line}\n")
+    declared = load_tasks(project.root)
+    assert [str(p) for p in declared.problems] == [
+        f"tasks.d/a.yaml:5:{col}: task 't': {where}: plain {word!r} is a boolean in YAML 1.1;"
+        f' quote it ("{word}") if you mean the string'
+    ]
+    assert declared.specs == {}
+
+
+def test_boolean_word_inside_a_command_list_is_one_problem_not_two(project: ProjectDir) -> None:
+    project.tasks("a.yaml", "version: 1\ntasks:\n  t:\n    command: [echo, yes]\n")
+    assert problems(project) == [
+        "tasks.d/a.yaml:4:21: task 't': command.1: plain 'yes' is a boolean in YAML 1.1;"
+        ' quote it ("yes") if you mean the string'
+    ]
+
+
+def test_quoted_boolean_words_and_real_booleans_are_fine(project: ProjectDir) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          t:
+            command: [echo, "yes", 'no']
+            description: "no"
+            enabled: false
+            parameters: {flag: no, other: true}
+        """,
+    )
+    declared = load_tasks(project.root)
+    assert declared.problems == []
+    t = declared.specs["t"]
+    assert (t.command, t.description, t.enabled) == (("echo", "yes", "no"), "no", False)
+    # parameters are free-form values: YAML's booleans are booleans there
+    assert dict(t.parameters) == {"flag": False, "other": True}
+
+
+def test_yaml_1_1_numbers_and_dates_stay_as_written_where_a_string_is_expected(
+    project: ProjectDir,
+) -> None:
+    project.tasks("a.yaml", "version: 1\ntasks:\n  t:\n    command: echo\n    description: 2024-01-01\n")
+    declared = load_tasks(project.root)
+    assert declared.problems == []
+    assert declared.specs["t"].description == "2024-01-01"
+
+
+# -- durations ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("90s", 90.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("1h 30m", 5400.0),
+        ("2d", 172800.0),
+        ("0.5s", 0.5),
+        (".5s", 0.5),
+        ("250ms", 0.25),
+        ("45", 45.0),
+        ("2.5", 2.5),
+        (10, 10.0),
+        (0.25, 0.25),
+        (0, 0.0),
+    ],
+)
+def test_parse_duration(value: str | float, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize(
+    "value", ["", "  ", "5x", "m", "1.5.2s", "5m5", "-5s", "-5", "inf", "nan", "0x10", True, -1]
+)
+def test_parse_duration_rejects(value: str | float) -> None:
+    with pytest.raises(ValueError, match="is not a duration"):
+        parse_duration(value)
+
+
+def test_durations_in_files(project: ProjectDir) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          a:
+            command: echo
+            timeout: 90s
+            retries: {count: 1, backoff: 0.5s}
+          b:
+            command: echo
+            timeout: 12
+          c:
+            command: echo
+            timeout: 0
+          d:
+            command: echo
+            timeout: 5x
+          e:
+            command: echo
+            retries: {count: 2, backoff: -1}
+        """,
+    )
+    declared = load_tasks(project.root)
+    hint = "is not a duration (use 90s, 5m, 1h30m, 2d, 0.5s or seconds)"
+    assert [str(p) for p in declared.problems] == [
+        f"tasks.d/a.yaml:12:14: task 'c': timeout: 0 {hint}",
+        f"tasks.d/a.yaml:15:14: task 'd': timeout: '5x' {hint}",
+        f"tasks.d/a.yaml:18:34: task 'e': retries.backoff: -1 {hint}",
+    ]
+    assert declared.specs["a"].timeout == 90.0
+    assert declared.specs["a"].retries == Retries(1, 0.5)
+    assert declared.specs["b"].timeout == 12.0
+
+
+# -- schedules ---------------------------------------------------------------------------------
+
+
+def test_schedule_forms(project: ProjectDir) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          plain:
+            command: echo
+            schedule: "*/5  *  * * *"
+          zoned:
+            command: echo
+            schedule: {cron: "30 2 * * *", timezone: Europe/Oslo}
+          utc:
+            command: echo
+            schedule: {cron: "0 0 * * 1"}
+          alias:
+            command: echo
+            schedule: "@daily"
+          every:
+            command: echo
+            schedule: {every: 2d}
+        """,
+    )
+    declared = load_tasks(project.root)
+    assert declared.problems == []
+    schedules = {name: s.schedule for name, s in declared.specs.items()}
+    assert schedules == {
+        "plain": Schedule(cron="*/5 * * * *", timezone="UTC"),
+        "zoned": Schedule(cron="30 2 * * *", timezone="Europe/Oslo"),
+        "utc": Schedule(cron="0 0 * * 1", timezone="UTC"),
+        "alias": Schedule(cron="0 0 * * *", timezone="UTC"),
+        "every": Schedule(every=172800.0),
+    }
+
+
+def test_bad_schedules_point_at_the_bad_part(project: ProjectDir) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          minute:
+            command: echo
+            schedule: {cron: "61 * * * *", timezone: Mars/Base}
+          fields:
+            command: echo
+            schedule: "* * *"
+          zero:
+            command: echo
+            schedule: {every: 0}
+          word:
+            command: echo
+            schedule: {every: soon}
+          typo:
+            command: echo
+            schedule: {crn: "* * * * *"}
+          both:
+            command: echo
+            schedule: {cron: "* * * * *", every: 5m}
+        """,
+    )
+    hint = "is not a duration (use 90s, 5m, 1h30m, 2d, 0.5s or seconds)"
+    assert problems(project) == [
+        "tasks.d/a.yaml:5:22: task 'minute': invalid cron expression '61 * * * *': Bad minute",
+        "tasks.d/a.yaml:5:46: task 'minute': unknown timezone 'Mars/Base'"
+        " (use an IANA name such as Europe/Oslo)",
+        "tasks.d/a.yaml:8:15: task 'fields': cron expression '* * *' must have 5 fields"
+        " (minute hour day month weekday)",
+        f"tasks.d/a.yaml:11:23: task 'zero': schedule.every: 0 {hint}",
+        f"tasks.d/a.yaml:14:23: task 'word': schedule.every: 'soon' {hint}",
+        "tasks.d/a.yaml:17:5: task 'typo': schedule: missing required key 'cron'",
+        "tasks.d/a.yaml:17:16: task 'typo': schedule: unknown key 'crn' (did you mean 'cron'?)",
+        "tasks.d/a.yaml:20:35: task 'both': schedule: unknown key 'every'"
+        " (known keys: cron, timezone)",
+    ]
+
+
+# -- which files, in which order ---------------------------------------------------------------
+
+
+def test_files_are_read_in_sorted_path_order_at_any_depth(project: ProjectDir) -> None:
+    for rel in ["b.yaml", "a/z.yml", "a/b/c.yaml", "a.yaml", "c.yml", "notes.txt", "x.json",
+                ".hidden.yaml", ".git/config.yaml", "d/.swp/e.yaml"]:
+        project.tasks(rel, "version: 1\ntasks: {}\n")
+    found = [p.relative_to(project.root / "tasks.d").as_posix() for p in list_task_files(project.root)]
+    assert found == ["a.yaml", "a/b/c.yaml", "a/z.yml", "b.yaml", "c.yml"]
+
+
+def test_the_first_file_in_path_order_owns_a_duplicate_name(project: ProjectDir) -> None:
+    project.tasks("z.yaml", "version: 1\ntasks:\n  a:\n    command: echo z\n")
+    project.tasks("m/deep/a.yml", "version: 1\ntasks:\n  a:\n    command: echo m\n")
+    assert problems(project) == [
+        "tasks.d/m/deep/a.yml:3:3: task 'a' is also declared at tasks.d/z.yaml:3",
+        "tasks.d/z.yaml:3:3: task 'a' is already declared at tasks.d/m/deep/a.yml:3",
+    ]
+
+
+def test_yaml_and_yml_files_both_declare_tasks(project: ProjectDir) -> None:
+    project.tasks("one.yaml", "version: 1\ntasks:\n  one:\n    command: echo\n")
+    project.tasks("sub/two.yml", "version: 1\ntasks:\n  two:\n    command: echo\n")
+    declared = load_tasks(project.root)
+    assert declared.problems == []
+    assert {n: str(s.source) for n, s in declared.specs.items()} == {
+        "one": "tasks.d/one.yaml:3",
+        "two": "tasks.d/sub/two.yml:3",
+    }
+
+
+def test_directory_symlink_loop_ends_the_walk(project: ProjectDir) -> None:
+    project.tasks("sub/a.yaml", "version: 1\ntasks:\n  a:\n    command: echo\n")
+    os.symlink("..", project.root / "tasks.d" / "sub" / "loop")
+    declared = load_tasks(project.root)
+    assert declared.problems == []
+    assert list(declared.specs) == ["a"]
+
+
+# -- files that are not what they should be ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "1:1: empty file; a task file holds 'version: 1' and 'tasks:'"),
+        (b"# just a comment\n", "1:1: empty file; a task file holds 'version: 1' and 'tasks:'"),
+        (b"- a\n- b\n", "1:1: expected a mapping with 'version: 1' and 'tasks:', found a list"),
+        (b"hello\n", "1:1: expected a mapping with 'version: 1' and 'tasks:', found a string"),
+        (b"version: 1\ntasks:\n", "2:7: tasks: expected a mapping, found null"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "1:1: not UTF-8 text (byte 0x89); task files are UTF-8 YAML"),
+        (b"version: 1\ntasks:\n  a:\n    command: e\x00cho\n",
+         "4:15: YAML error: unacceptable character #x0000: control characters are not allowed"),
+        (b"\xef\xbb\xbfversion: 1\ntasks: {}\n", None),
+    ],
+)
+def test_files_that_are_not_task_mappings(project: ProjectDir, content: bytes, expected: str | None) -> None:
+    (project.root / "tasks.d" / "f.yaml").write_bytes(content)
+    assert problems(project) == ([f"tasks.d/f.yaml:{expected}"] if expected else [])
+
+
+def test_self_referencing_symlink_is_reported(project: ProjectDir) -> None:
+    os.symlink("a.yaml", project.root / "tasks.d" / "a.yaml")
+    [problem] = problems(project)
+    assert problem.startswith("tasks.d/a.yaml:1:1: cannot read: ")
+    assert "symbolic links" in problem
+
+
+def test_file_deleted_before_it_is_read_is_skipped(project: ProjectDir) -> None:
+    path = project.tasks("gone.yaml", "version: 1\ntasks:\n  a:\n    command: echo\n")
+    path.unlink()
+    assert read_task_file(project.root, path) is None
+
+
+def test_file_deleted_between_listing_and_reading(
+    project: ProjectDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.tasks("keep.yaml", "version: 1\ntasks:\n  keep:\n    command: echo\n")
+    gone = project.tasks("gone.yaml", "version: 1\ntasks:\n  gone:\n    command: echo\n")
+    listed = list_task_files(project.root)
+
+    def list_then_delete(root: Path) -> list[Path]:
+        gone.unlink()
+        return listed
+
+    monkeypatch.setattr(spec_module, "list_task_files", list_then_delete)
+    declared = load_tasks(project.root)
+    assert declared.problems == []
+    assert list(declared.specs) == ["keep"]
+
+
+def test_alias_bomb_is_refused(project: ProjectDir, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spec_module, "_MAX_NODES", 10_000)
+    lines = ["version: 1", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 6)]
+    lines.append("tasks: {}")
+    project.tasks("bomb.yaml", "\n".join(lines) + "\n")
+    [problem] = problems(project)
+    assert problem.startswith("tasks.d/bomb.yaml:1:1: too many YAML nodes")
+
+
+def test_file_over_the_size_cap_is_refused_unread(project: ProjectDir, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spec_module, "MAX_FILE_BYTES", 100)
+    project.tasks("big.yaml", "version: 1\ntasks:\n" + "".join(f"  t{i}:\n    command: echo\n" for i in range(20)))
+    [problem] = problems(project)
+    assert problem.startswith("tasks.d/big.yaml:1:1: file is ")
