@@ -298,6 +298,12 @@ class Engine:
         self._background.start_soon(functools.partial(workflow.execute, queued=True))
         return workflow.target_run_id
 
+    def cancel_submitted(self) -> None:
+        """Cancel every run started with ``submit`` that has not finished (recorded cancelled);
+        for shutting down: nothing can be submitted afterwards."""
+        if self._background is not None:
+            self._background.cancel_scope.cancel()
+
     async def wait(self, run_id: str) -> Run:
         """The final run of a submitted task, once it is finished."""
         workflow = self._submitted[run_id]

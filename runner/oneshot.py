@@ -55,6 +55,7 @@ async def run_once(
                     async for signum in signals:
                         stopped_by = signum
                         runs_scope.cancel()
+                        engine.cancel_submitted()
                         return
 
             if handle_signals:
