@@ -7,7 +7,9 @@ whether the store changed.
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -616,6 +618,10 @@ def test_file_deleted_between_listing_and_reading(
         return found
 
     monkeypatch.setattr(spec_module, "list_task_files", list_then_delete)
+    # the command configures runner's logger; give it back as it was afterwards
+    logger = logging.getLogger("runner")
+    for attr in ("handlers", "propagate", "level"):
+        monkeypatch.setattr(logger, attr, copy.copy(getattr(logger, attr)))
     result = CliRunner().invoke(main, ["--project", str(project.root), "validate"])
     assert result.exit_code == 0, result.output
     assert result.output == "ok: 1 tasks in 1 files\n"
