@@ -44,15 +44,15 @@ def find_cycles(needs: Mapping[str, Sequence[str]]) -> list[list[str]]:
 def upstream_order(name: str, needs: Mapping[str, Sequence[str]]) -> list[str]:
     """``name`` and everything it needs, transitively, each after all of its own needs."""
     order: list[str] = []
-    done: set[str] = set()
-
-    def visit(node: str) -> None:
-        if node in done:
-            return
-        done.add(node)
-        for dep in needs.get(node, ()):
-            visit(dep)
-        order.append(node)
-
-    visit(name)
+    seen = {name}
+    stack = [(name, iter(needs.get(name, ())))]
+    while stack:
+        node, children = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            order.append(node)
+        elif child not in seen:
+            seen.add(child)
+            stack.append((child, iter(needs.get(child, ()))))
     return order
