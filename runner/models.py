@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import secrets
 import time
@@ -117,7 +118,9 @@ class TaskSpec:
             "tags": list(self.tags),
         }
 
+    @functools.cached_property
     def definition_json(self) -> str:
+        """``definition()`` as canonical JSON text, computed once."""
         return json.dumps(self.definition(), sort_keys=True, separators=(",", ":"))
 
     @classmethod

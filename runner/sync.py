@@ -6,6 +6,7 @@ transaction. A plan that changes nothing is empty, and an empty plan writes noth
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,7 @@ def plan(
                 disabled.append(name)
             continue
         was_enabled = have.enabled and not have.removed
-        definition_changed = have.removed or have.spec.definition_json() != want.spec.definition_json()
+        definition_changed = have.removed or have.spec.definition_json != want.spec.definition_json
         # A task that only moved (a line added above it) is rewritten but not reported.
         moved = str(have.spec.source) != str(want.spec.source)
         state_changed = was_enabled != want.enabled or (
@@ -120,13 +121,17 @@ async def sync_project(root: Path, store: Store, *, dry_run: bool = False) -> Sy
     from runner.project import load_project
     from runner.spec import Declared, fingerprint, load_tasks
 
+    stored_digests = await store.task_files()
+    stored = await store.tasks()
     digests = fingerprint(root)
-    if digests is not None and digests == await store.task_files():
-        stored = await store.tasks(include_removed=False)
-        declared = Declared({name: task.spec for name, task in stored.items()}, {}, {}, [])
+    if digests is not None:
+        digests[RUNNER_KEY] = _runner_mark()
+    if digests is not None and digests == stored_digests:
+        live = {name: task.spec for name, task in stored.items() if not task.removed}
+        declared = Declared(live, {}, {}, [])
     else:
         declared = load_tasks(root)
-        digests = declared.digests or None
+        digests = {**declared.digests, RUNNER_KEY: _runner_mark()} if declared.digests else None
     project = load_project(root, declared)
     if project.problems:
         raise ProjectError(project.problems)
@@ -149,6 +154,23 @@ async def sync_project(root: Path, store: Store, *, dry_run: bool = False) -> Sy
     def planner(stored: Mapping[str, StoredTask], stored_digests: Mapping[str, str]) -> SyncPlan:
         return plan(wanted, stored, digests, stored_digests)
 
-    if dry_run:
-        return planner(await store.tasks(), await store.task_files())
+    # Plan from what was read; only a plan that changes something is made again under the
+    # write lock and applied, so a sync with nothing to change writes nothing.
+    first = planner(stored, stored_digests)
+    if dry_run or first.is_empty:
+        return first
     return await store.sync_tasks(planner)
+
+
+RUNNER_KEY = "<runner>"
+"""Stored with the file digests: definitions stored by another runner version are not reused."""
+
+
+def _runner_mark() -> str:
+    import hashlib
+
+    from runner import __version__
+    from runner.spec import load_schema
+
+    schema = json.dumps(load_schema(), sort_keys=True).encode()
+    return f"{__version__} {hashlib.sha256(schema).hexdigest()[:16]}"

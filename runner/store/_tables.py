@@ -29,7 +29,7 @@ tasks = Table(
     metadata,
     Column("name", String(100), primary_key=True),
     Column("type", String(16), nullable=False),
-    Column("definition", Text, nullable=False),  # TaskSpec.definition_json()
+    Column("definition", Text, nullable=False),  # TaskSpec.definition_json
     Column("source", String(1024), nullable=False),  # "tasks.d/a.yaml:12"
     Column("enabled", Boolean, nullable=False),
     Column("disabled_reason", Text),

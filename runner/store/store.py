@@ -219,6 +219,7 @@ class Store:
         for name, definition, source, enabled, reason, removed in result:
             path, _, line = source.rpartition(":")
             spec = TaskSpec.from_definition(name, Source(path, int(line)), json.loads(definition))
+            spec.__dict__["definition_json"] = definition  # the cached_property, known already
             found[name] = StoredTask(name, spec, bool(enabled), reason, bool(removed))
         return found
 
@@ -232,16 +233,8 @@ class Store:
         return {path: digest for path, digest in rows}
 
     async def sync_tasks(self, planner: Callable[[dict[str, StoredTask], dict[str, str]], SyncPlan]) -> SyncPlan:
-        """Reconcile the stored tasks with ``planner(stored_tasks, stored_digests)`` in one
-        transaction.
-
-        The plan is made from a plain read first; only when it changes something is it made
-        again under the write lock and applied, so a sync with nothing to change writes nothing.
-        """
-        async with self._read() as conn:
-            plan = planner(await self._tasks(conn, include_removed=True), await self._task_files(conn))
-        if plan.is_empty:
-            return plan
+        """Under the write lock, plan with ``planner(stored_tasks, stored_digests)`` and apply the
+        plan, all in one transaction."""
         async with self._write() as conn:
             plan = planner(await self._tasks(conn, include_removed=True), await self._task_files(conn))
             await self._apply(conn, plan)
@@ -256,7 +249,7 @@ class Store:
                     {
                         "name": w.spec.name,
                         "type": w.spec.type.value,
-                        "definition": w.spec.definition_json(),
+                        "definition": w.spec.definition_json,
                         "source": str(w.spec.source),
                         "enabled": w.enabled,
                         "disabled_reason": w.reason,
@@ -284,7 +277,7 @@ class Store:
                     {
                         "b_name": w.spec.name,
                         "b_type": w.spec.type.value,
-                        "b_definition": w.spec.definition_json(),
+                        "b_definition": w.spec.definition_json,
                         "b_source": str(w.spec.source),
                         "b_enabled": w.enabled,
                         "b_reason": w.reason,
