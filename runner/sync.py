@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner import log
 from runner.errors import ProjectError
-from runner.models import StoredTask, TaskSpec
+from runner.models import StoredTask, TaskSpec, TaskType
 
 if TYPE_CHECKING:
     from runner.store import Store
@@ -122,14 +122,17 @@ async def sync_project(root: Path, store: Store, *, dry_run: bool = False) -> Sy
     from runner.spec import Declared, fingerprint, load_tasks
 
     stored_digests = await store.task_files()
-    stored = await store.tasks()
     digests = fingerprint(root)
     if digests is not None:
         digests[RUNNER_KEY] = _runner_mark()
+    scope: set[str] | None = None  # when set, only these tasks can change
     if digests is not None and digests == stored_digests:
-        live = {name: task.spec for name, task in stored.items() if not task.removed}
-        declared = Declared(live, {}, {}, [])
+        # Same files, same runner: only python tasks can change (their callables may have).
+        stored = await store.tasks(include_removed=False, task_type=TaskType.PYTHON)
+        scope = set(stored)
+        declared = Declared({name: task.spec for name, task in stored.items()}, {}, {}, [])
     else:
+        stored = await store.tasks()
         declared = load_tasks(root)
         digests = {**declared.digests, RUNNER_KEY: _runner_mark()} if declared.digests else None
     project = load_project(root, declared)
@@ -152,6 +155,8 @@ async def sync_project(root: Path, store: Store, *, dry_run: bool = False) -> Sy
     wanted = project.wanted()
 
     def planner(stored: Mapping[str, StoredTask], stored_digests: Mapping[str, str]) -> SyncPlan:
+        if scope is not None:
+            stored = {name: task for name, task in stored.items() if name in scope}
         return plan(wanted, stored, digests, stored_digests)
 
     # Plan from what was read; only a plan that changes something is made again under the

@@ -198,12 +198,17 @@ class Store:
 
     # -- tasks --------------------------------------------------------------------------------
 
-    async def tasks(self, *, include_removed: bool = True) -> dict[str, StoredTask]:
-        """Every task the store knows, by name (removed ones too unless told otherwise)."""
+    async def tasks(
+        self, *, include_removed: bool = True, task_type: TaskType | None = None
+    ) -> dict[str, StoredTask]:
+        """Every task the store knows, by name (removed ones too unless told otherwise), or
+        those of one type."""
         async with self._read() as conn:
-            return await self._tasks(conn, include_removed=include_removed)
+            return await self._tasks(conn, include_removed=include_removed, task_type=task_type)
 
-    async def _tasks(self, conn: AsyncConnection, *, include_removed: bool) -> dict[str, StoredTask]:
+    async def _tasks(
+        self, conn: AsyncConnection, *, include_removed: bool, task_type: TaskType | None = None
+    ) -> dict[str, StoredTask]:
         query = select(
             t.tasks.c.name,
             t.tasks.c.definition,
@@ -214,6 +219,8 @@ class Store:
         ).order_by(t.tasks.c.name)
         if not include_removed:
             query = query.where(t.tasks.c.removed.is_(False))
+        if task_type is not None:
+            query = query.where(t.tasks.c.type == task_type.value)
         result = await conn.execute(query)
         found = {}
         for name, definition, source, enabled, reason, removed in result:
