@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import zoneinfo
 from datetime import datetime
 
@@ -16,6 +17,7 @@ CRON_ALIASES = {
 }
 
 
+@functools.cache
 def normalize_cron(expression: str) -> str:
     """The 5-field form of ``expression`` (aliases such as ``@daily`` expanded); ValueError if bad."""
     from cronsim import CronSim, CronSimError
@@ -33,6 +35,7 @@ def normalize_cron(expression: str) -> str:
     return expression
 
 
+@functools.cache
 def check_timezone(name: str) -> None:
     """Raise ValueError unless ``name`` is an IANA timezone this machine knows."""
     try:

@@ -118,6 +118,13 @@ async def sync_project(root: Path, store: Store, *, dry_run: bool = False) -> Sy
     file changed since the last sync (same paths, same SHA-256), the stored definitions are
     used instead of parsing and validating the files again; callables are checked every time.
     """
+    from runner.spec import gc_paused
+
+    with gc_paused():
+        return await _sync_project(root, store, dry_run=dry_run)
+
+
+async def _sync_project(root: Path, store: Store, *, dry_run: bool) -> SyncPlan:
     from runner.project import load_project
     from runner.spec import Declared, fingerprint, load_tasks
 
