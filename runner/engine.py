@@ -224,6 +224,8 @@ class Engine:
         self.output_cap = output_cap
         self.kill_grace = kill_grace
         self.tasks: dict[str, StoredTask] = {}
+        # Copied once: reading os.environ decodes every variable, on every access.
+        self._environ = dict(os.environ)
         self._needs: dict[str, tuple[str, ...]] = {}
         self._stack = AsyncExitStack()
         self._background: TaskGroup | None = None
@@ -405,7 +407,7 @@ class Engine:
 
     async def _shell(self, attempt: _Attempt, env: dict[str, str], masker: Masker) -> dict[str, Any]:
         spec = attempt.spec
-        child_env = {**os.environ, **env}
+        child_env = {**self._environ, **env}
         for key, value in attempt.parameters.items():
             child_env[f"PARAM_{key.upper()}"] = value if isinstance(value, str) else json.dumps(json_safe(value))
         child_env["RUNNER_PARAMS"] = json.dumps(json_safe(attempt.parameters))
