@@ -53,7 +53,9 @@ async def call_python(
 
     ``scope`` is handed to each injection provider. A provider may return the instance, an
     awaitable of it, or an async context manager; a context manager is left with the task's
-    exception (or none), so a session can commit on success and roll back on failure.
+    exception (or none), so a session can commit on success and roll back on failure. An
+    instance of the requested type is handed over as it is, even when it is a context manager
+    itself (the ``Engine``): entering it again would start and then close a second engine.
     """
     try:
         async with AsyncExitStack() as stack:
@@ -81,7 +83,8 @@ async def _provide(key: str, scope: Any, stack: AsyncExitStack) -> Any:
     value = provider(scope)
     if inspect.isawaitable(value):
         value = await value
-    if hasattr(value, "__aenter__") and hasattr(value, "__aexit__"):
+    is_instance = any(inject.key_of(cls) == key for cls in type(value).__mro__)
+    if not is_instance and hasattr(value, "__aenter__") and hasattr(value, "__aexit__"):
         value = await stack.enter_async_context(value)
     return value
 
