@@ -37,19 +37,21 @@ class Recorder:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The writer loop; start it with ``task_group.start`` and stop it with ``close``."""
         task_status.started()
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            pending, self._pending = self._pending, _Pending()
-            if not pending.batch.empty:
-                try:
-                    with anyio.CancelScope(shield=True):
+        # Shielded as a whole: when the engine's caller is cancelled, the runs it cancels still
+        # have to record that they were, so the writer ends only when ``close`` says so.
+        with anyio.CancelScope(shield=True):
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                pending, self._pending = self._pending, _Pending()
+                if not pending.batch.empty:
+                    try:
                         await self.store.write_runs(pending.batch)
-                except Exception as exc:
-                    pending.error = exc
-            pending.committed.set()
-            if self._closing and self._pending.batch.empty:
-                return
+                    except Exception as exc:
+                        pending.error = exc
+                pending.committed.set()
+                if self._closing and self._pending.batch.empty:
+                    return
 
     def close(self) -> None:
         """Let the writer commit what is pending, then end."""
