@@ -40,7 +40,7 @@ from runner.executors.shell import (
 )
 from runner.graph import upstream_order
 from runner.jsonsafe import json_safe
-from runner.masking import Masker, SecretUnavailable, resolve_env
+from runner.masking import Masker, SecretUnavailable, readable_secrets, resolve_env
 from runner.models import LogLine, Run, RunStatus, StoredTask, TaskSpec, TaskType, new_run_id
 from runner.processes import HOST, PID, PID_STARTED
 from runner.project import signature_of
@@ -125,6 +125,8 @@ class _Attempt:
     parent_id: str | None
     queued_at: float = field(default_factory=time.time)
     finished: bool = False
+    # Masks the task's secrets from the first record on: parameters are written when queued.
+    masker: Masker = field(default_factory=Masker)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -135,7 +137,7 @@ class _Attempt:
             "attempt": self.number,
             "trigger": self.trigger,
             "parent_id": self.parent_id,
-            "parameters": json.dumps(json_safe(self.parameters)),
+            "parameters": json.dumps(self.masker.data(json_safe(self.parameters))),
             "queued_at": self.queued_at,
             "host": HOST,
             "pid": PID,
@@ -143,7 +145,10 @@ class _Attempt:
         }
 
     def retry(self) -> _Attempt:
-        return _Attempt(self.spec, new_run_id(), self.number + 1, self.parameters, "retry", self.run_id)
+        return _Attempt(
+            self.spec, new_run_id(), self.number + 1, self.parameters, "retry", self.run_id,
+            masker=self.masker,
+        )
 
 
 @dataclass
@@ -273,7 +278,8 @@ class Engine:
             params = dict(stored.spec.parameters)
             if task_name == name and parameters:
                 params = self._checked(stored.spec, {**params, **parameters})
-            attempt = _Attempt(stored.spec, new_run_id(), 1, params, trigger, parent_id)
+            masker = Masker(readable_secrets(stored.spec.env, self.project))
+            attempt = _Attempt(stored.spec, new_run_id(), 1, params, trigger, parent_id, masker=masker)
             nodes[task_name] = _Node(stored, attempt)
         return Workflow(self, nodes, name)
 
@@ -480,7 +486,8 @@ class Engine:
         logs: list[dict[str, Any]] | None = None,
     ) -> Run:
         """Record the run's final status (committed before this returns) and return the run."""
-        masker = masker or Masker()
+        # Skipped, cancelled and unstartable runs have no masker of their own.
+        masker = Masker([*(masker.secrets if masker else ()), *attempt.masker.secrets])
         finished = time.time()
         duration = round(finished - started, 6) if started is not None else None
         parameters = masker.data(json_safe(attempt.parameters))

@@ -47,6 +47,22 @@ def resolve_env(
     return values, secrets
 
 
+def readable_secrets(env: Mapping[str, str | SecretRef], project: Path) -> list[str]:
+    """The secret values of ``env`` that can be read now, to mask a run before it starts.
+
+    A run's parameters are recorded when it is queued, long before ``resolve_env`` reads its
+    secrets; one that is missing is left out here (the run then fails on it when it starts).
+    """
+    found: list[str] = []
+    for name, value in env.items():
+        if isinstance(value, SecretRef):
+            try:
+                found.extend(resolve_env({name: value}, project)[1])
+            except SecretUnavailable:
+                continue
+    return found
+
+
 class Masker:
     """Replaces every known secret value with ``***`` in text and in JSON-like data."""
 
