@@ -199,7 +199,7 @@ class Workflow:
             if blocked:
                 node.final = await self.engine._skip(node.attempt, blocked)
             else:
-                node.final = await self.engine._attempts(node)
+                node.final = await self.engine._attempts(node, self.runs)
             self.runs.append(node.final)
         except anyio.get_cancelled_exc_class():
             if not node.attempt.finished:
@@ -361,13 +361,18 @@ class Engine:
 
     # -- running ----------------------------------------------------------------------------
 
-    async def _attempts(self, node: _Node) -> Run:
+    async def _attempts(self, node: _Node, retried: list[Run]) -> Run:
+        """Run ``node`` until it succeeds or has no retries left; return its last run.
+
+        Each earlier run that gets retried is appended to ``retried`` as it ends.
+        """
         while True:
             attempt = node.attempt
             run = await self._attempt(attempt)
             retryable = run.status in (RunStatus.FAILED, RunStatus.TIMED_OUT)
             if not retryable or attempt.number > attempt.spec.retries.count:
                 return run
+            retried.append(run)
             await anyio.sleep(attempt.spec.retries.backoff)
             node.attempt = attempt.retry()
             await self.recorder.queued([node.attempt.row()])
