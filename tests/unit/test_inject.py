@@ -58,7 +58,17 @@ def test_builtin_keys_are_where_the_classes_are_defined() -> None:
 
 
 def test_builtins_have_no_provider_until_the_engine_sets_one() -> None:
-    assert provider_for(RUN_CONTEXT) is None
+    # In a fresh interpreter: in this one, any test that ran the engine has imported it already.
+    code = (
+        "from runner.inject import RUN_CONTEXT, provider_for\n"
+        "before = provider_for(RUN_CONTEXT)\n"
+        "import runner.engine\n"
+        "print(before is None, provider_for(RUN_CONTEXT) is not None)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", "True"]
 
     def provide(scope: Any) -> Any:
         return scope
