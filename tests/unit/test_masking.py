@@ -68,9 +68,13 @@ def test_resolve_env_reads_plain_values_env_vars_and_files(
     assert sorted(secrets) == ["from-env", "from-file"]  # the plain value is not a secret
 
 
-def test_missing_env_var_names_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_env_var_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("RUNNER_TEST_ABSENT", raising=False)
-    with pytest.raises(SecretUnavailable, match="TOKEN: environment variable RUNNER_TEST_ABSENT is not set"):
+    with pytest.raises(
+        SecretUnavailable, match="TOKEN: environment variable RUNNER_TEST_ABSENT is not set"
+    ):
         resolve_env({"TOKEN": SecretRef(from_env="RUNNER_TEST_ABSENT")}, tmp_path)
 
 
