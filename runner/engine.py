@@ -12,7 +12,6 @@ finished only once that record is committed. Writes of concurrent runs are commi
 from __future__ import annotations
 
 import difflib
-import functools
 import json
 import logging
 import os
@@ -234,6 +233,8 @@ class Engine:
         self._needs: dict[str, tuple[str, ...]] = {}
         self._stack = AsyncExitStack()
         self._background: TaskGroup | None = None
+        self._submitted_scopes: set[anyio.CancelScope] = set()
+        self._stopping = False
         self._submitted: dict[str, Workflow] = {}
 
     async def __aenter__(self) -> Engine:
@@ -303,14 +304,27 @@ class Engine:
         await workflow.queue()
         assert self._background is not None
         self._submitted[workflow.target_run_id] = workflow
-        self._background.start_soon(functools.partial(workflow.execute, queued=True))
+        self._background.start_soon(self._execute_submitted, workflow)
         return workflow.target_run_id
+
+    async def _execute_submitted(self, workflow: Workflow) -> None:
+        # A scope of its own: the background group's scope also encloses the code of whoever
+        # entered the engine, so cancelling that would cancel the caller too.
+        with anyio.CancelScope() as scope:
+            if self._stopping:
+                scope.cancel()
+            self._submitted_scopes.add(scope)
+            try:
+                await workflow.execute(queued=True)
+            finally:
+                self._submitted_scopes.discard(scope)
 
     def cancel_submitted(self) -> None:
         """Cancel every run started with ``submit`` that has not finished (recorded cancelled);
         for shutting down: nothing can be submitted afterwards."""
-        if self._background is not None:
-            self._background.cancel_scope.cancel()
+        self._stopping = True
+        for scope in list(self._submitted_scopes):
+            scope.cancel()
 
     async def wait(self, run_id: str) -> Run:
         """The final run of a submitted task, once it is finished."""
