@@ -3,8 +3,8 @@
 The public API is what ``__all__`` lists; everything else is private and may change.
 """
 
-from runner.context import RunContext, current_run
+from runner.context import RunContext, Upstream, current_run
 from runner.registry import task
 
-__all__ = ["RunContext", "current_run", "task"]
+__all__ = ["RunContext", "Upstream", "current_run", "task"]
 __version__ = "0.1.0.dev0"

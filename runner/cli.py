@@ -239,39 +239,41 @@ def _parse_parameter(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _status_line(run: Any) -> str:
-    took = f" in {run.duration_s:.3f}s" if run.duration_s is not None else ""
-    extra = f", exit code {run.exit_code}" if run.exit_code not in (None, 0) else ""
-    return f"runner: {run.task} {run.status.value}{took}{extra} (run {run.id})"
-
-
 @main.command()
 @click.argument("name")
 @click.option("-p", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter of NAME (VALUE is read as YAML).")
 @click.option("--no-deps", is_flag=True, help="Run NAME alone, not its needs first.")
-@click.option("--json", "as_json", is_flag=True, help="Print each run as a JSON line, NAME's last.")
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), default=None, metavar="N",
+    help="Runs at once, at most (default 16).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print each run as a JSON line as it finishes, NAME's last.")
 @click.pass_obj
-def run(settings: Settings, name: str, params: tuple[str, ...], no_deps: bool, as_json: bool) -> None:
+def run(
+    settings: Settings, name: str, params: tuple[str, ...], no_deps: bool, concurrency: int | None, as_json: bool
+) -> None:
     """Sync, then run NAME after its needs, recording every run.
 
-    Exits 0 when NAME succeeded, 1 when a run did not, 3 when NAME cannot run, 130/143 when
-    stopped by SIGINT/SIGTERM (running tasks are killed and recorded cancelled).
+    Exits 0 when every run succeeded, 1 when one did not, 3 when NAME (or a task it needs)
+    cannot run, 130/143 when stopped by SIGINT/SIGTERM (running tasks are killed and every
+    unfinished run is recorded cancelled).
     """
     from runner.oneshot import run_once
+    from runner.progress import Reporter
     from runner.store import open_store
 
     overrides = dict(_parse_parameter(p) for p in params)
+    options: dict[str, Any] = {"max_concurrency": concurrency} if concurrency else {}
+    reporter = Reporter(as_json=as_json)
 
     async def go() -> Any:
         async with open_store(settings.store_location) as store:
-            return await run_once(settings.project, store, name, parameters=overrides, with_needs=not no_deps)
+            return await run_once(
+                settings.project, store, name, parameters=overrides, with_needs=not no_deps,
+                reporter=reporter, **options,
+            )
 
     outcome = _run_async(go)
-    for finished in outcome.runs:
-        if as_json:
-            click.echo(json.dumps(finished.to_json()))
-        else:
-            click.echo(_status_line(finished), err=True)
     if outcome.stopped_by is not None:
         click.echo(f"runner: stopped by signal {outcome.stopped_by}; unfinished runs recorded cancelled", err=True)
         sys.exit(128 + outcome.stopped_by)
@@ -279,7 +281,8 @@ def run(settings: Settings, name: str, params: tuple[str, ...], no_deps: bool, a
     assert target is not None
     if not as_json:
         _print_run_output(target)
-    sys.exit(EXIT_OK if target.succeeded else EXIT_RUN_FAILED)
+    last = {r.task: r for r in outcome.runs}  # each task's final attempt
+    sys.exit(EXIT_OK if all(r.succeeded for r in last.values()) else EXIT_RUN_FAILED)
 
 
 def _print_run_output(run: Any) -> None:
@@ -297,16 +300,19 @@ def _print_run_output(run: Any) -> None:
 @main.command()
 @click.option("--task", help="Only runs of this task.")
 @click.option("--status", type=click.Choice([s.value for s in _STATUSES]), help="Only runs in this status.")
+@click.option("--invocation", metavar="ID", help="Only the runs of one invocation (one `runner run`).")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_obj
-def runs(settings: Settings, task: str | None, status: str | None, limit: int, as_json: bool) -> None:
+def runs(
+    settings: Settings, task: str | None, status: str | None, invocation: str | None, limit: int, as_json: bool
+) -> None:
     """Run history, newest first."""
     from runner.store import open_store
 
     async def fetch() -> Any:
         async with open_store(settings.store_location) as store:
-            return await store.runs(task=task, status=status, limit=limit)
+            return await store.runs(task=task, status=status, invocation=invocation, limit=limit)
 
     found = _run_async(fetch)
     if as_json:
@@ -343,7 +349,7 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
     if as_json:
         _emit_json(body)
         return
-    for key in ("id", "task", "type", "status", "attempt", "trigger", "parent_id", "queued_at", "started_at", "finished_at", "duration_s", "exit_code"):
+    for key in ("id", "task", "type", "status", "attempt", "trigger", "parent_id", "invocation", "queued_at", "started_at", "finished_at", "duration_s", "exit_code"):
         if body[key] is not None:
             click.echo(f"{key + ':':<13}{body[key]}")
     click.echo(f"{'parameters:':<13}{json.dumps(body['parameters'])}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,3 +28,32 @@ class RunContext:
 
 current_run: ContextVar[RunContext] = ContextVar("runner_current_run")
 """The run being executed, for code deeper down that was not handed a RunContext."""
+
+
+class Upstream(Mapping[str, Any]):
+    """Injected into a callable that asks for it by type: the results of the tasks it needs.
+
+    ``upstream["add"]`` is what the python task ``add`` returned (the object itself), or the
+    stdout of a shell task; ``upstream.runs["add"]`` is that run's record. With ``--no-deps``
+    the needs' latest succeeded runs stand in.
+    """
+
+    def __init__(self, results: Mapping[str, Any], runs: Mapping[str, Any]) -> None:
+        self._results = dict(results)
+        self.runs: Mapping[str, Any] = dict(runs)
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._results[name]
+        except KeyError:
+            known = ", ".join(sorted(self._results)) or "none"
+            raise KeyError(f"no result of {name!r} upstream (results: {known})") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def __repr__(self) -> str:
+        return f"Upstream({sorted(self._results)})"

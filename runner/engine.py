@@ -11,15 +11,18 @@ finished only once that record is committed. Writes of concurrent runs are commi
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
 import os
 import pickle
+import random
+import tempfile
 import time
 import traceback
-from collections.abc import Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from runner import inject, registry
-from runner.context import RunContext, current_run
+from runner.context import RunContext, Upstream, current_run
 from runner.errors import ParameterError, RunnerError, TaskNotRunnable
 from runner.executors.python import PythonOutcome, call_python
 from runner.executors.shell import (
@@ -49,6 +52,9 @@ from runner.store import Store
 DEFAULT_MAX_CONCURRENCY = 16
 """Runs executing at once in one engine, unless told otherwise (``max_concurrency``)."""
 
+MAX_BACKOFF = 3600.0
+"""The longest pause between retries, unless a task's own ``backoff`` is longer."""
+
 @dataclass(frozen=True)
 class InjectionScope:
     """What injection providers may draw on for one run."""
@@ -56,6 +62,7 @@ class InjectionScope:
     context: RunContext
     store: Store
     engine: Engine
+    upstream: Upstream
 
 
 @asynccontextmanager
@@ -73,6 +80,7 @@ async def _task_session(scope: InjectionScope) -> Any:
 
 
 inject.set_provider(inject.RUN_CONTEXT, lambda scope: scope.context)
+inject.set_provider(inject.UPSTREAM, lambda scope: scope.upstream)
 inject.set_provider(inject.ASYNC_SESSION, _task_session)
 inject.set_provider(inject.STORE, lambda scope: scope.store)
 inject.set_provider(inject.ENGINE, lambda scope: scope.engine)
@@ -122,8 +130,11 @@ class _Attempt:
     parameters: dict[str, Any]
     trigger: str
     parent_id: str | None
+    invocation: str
     queued_at: float = field(default_factory=time.time)
-    finished: bool = False
+    started: bool = False
+    final: Run | None = None  # set once the final record is on its way
+    value: Any = None  # what a python task returned, for the tasks that need it
     # Masks the task's secrets from the first record on: parameters are written when queued.
     masker: Masker = field(default_factory=Masker)
 
@@ -136,6 +147,7 @@ class _Attempt:
             "attempt": self.number,
             "trigger": self.trigger,
             "parent_id": self.parent_id,
+            "invocation": self.invocation,
             "parameters": json.dumps(self.masker.data(json_safe(self.parameters))),
             "queued_at": self.queued_at,
             "host": HOST,
@@ -146,7 +158,7 @@ class _Attempt:
     def retry(self) -> _Attempt:
         return _Attempt(
             self.spec, new_run_id(), self.number + 1, self.parameters, "retry", self.run_id,
-            masker=self.masker,
+            self.invocation, masker=self.masker,
         )
 
 
@@ -161,11 +173,17 @@ class _Node:
 class Workflow:
     """A task and its needs, checked and ready to run; ``runs`` fills as runs finish."""
 
-    def __init__(self, engine: Engine, nodes: dict[str, _Node], target: str) -> None:
+    def __init__(self, engine: Engine, nodes: dict[str, _Node], target: str, invocation: str) -> None:
         self.engine = engine
         self.nodes = nodes
         self.target = target
-        self.runs: list[Run] = []
+        self.invocation = invocation
+        self.runs: list[Run] = []  # every run made, as each finished
+        self.on_run: Callable[[Run], None] | None = None  # told of each run as it finishes
+
+    def running(self) -> list[str]:
+        """The tasks running now, for a progress display."""
+        return [name for name, node in self.nodes.items() if node.attempt.started and node.final is None]
 
     @property
     def target_run_id(self) -> str:
@@ -198,15 +216,23 @@ class Workflow:
             if blocked:
                 node.final = await self.engine._skip(node.attempt, blocked)
             else:
-                node.final = await self.engine._attempts(node, self.runs)
-            self.runs.append(node.final)
+                upstream = await self.engine._upstream(node.task.spec, self.nodes)
+                node.final = await self.engine._attempts(node, self._record, upstream)
+            self._record(node.final)
         except anyio.get_cancelled_exc_class():
-            if not node.attempt.finished:
+            if node.attempt.final is None:
                 with anyio.CancelScope(shield=True):
                     await self.engine._cancelled(node.attempt, None)
+            if node.final is None and node.attempt.final is not None:
+                self._record(node.attempt.final)
             raise
         finally:
             node.done.set()
+
+    def _record(self, run: Run) -> None:
+        self.runs.append(run)
+        if self.on_run is not None:
+            self.on_run(run)
 
 
 class Engine:
@@ -230,6 +256,7 @@ class Engine:
         self.tasks: dict[str, StoredTask] = {}
         # Copied once: reading os.environ decodes every variable, on every access.
         self._environ = dict(os.environ)
+        self._task_limiters: dict[str, anyio.CapacityLimiter] = {}
         self._needs: dict[str, tuple[str, ...]] = {}
         self._stack = AsyncExitStack()
         self._background: TaskGroup | None = None
@@ -273,6 +300,7 @@ class Engine:
         """
         target = self._runnable(name)
         order = upstream_order(name, self._needs) if with_needs else [name]
+        invocation = new_run_id()
         nodes: dict[str, _Node] = {}
         for task_name in order:
             stored = target if task_name == name else self._runnable(task_name, needed_by=name)
@@ -280,9 +308,11 @@ class Engine:
             if task_name == name and parameters:
                 params = self._checked(stored.spec, {**params, **parameters})
             masker = Masker(readable_secrets(stored.spec.env, self.project))
-            attempt = _Attempt(stored.spec, new_run_id(), 1, params, trigger, parent_id, masker=masker)
+            attempt = _Attempt(
+                stored.spec, new_run_id(), 1, params, trigger, parent_id, invocation, masker=masker
+            )
             nodes[task_name] = _Node(stored, attempt)
-        return Workflow(self, nodes, name)
+        return Workflow(self, nodes, name, invocation)
 
     async def run(self, name: str, **options: Any) -> Run:
         """Run ``name`` after its needs and return its final run."""
@@ -375,19 +405,19 @@ class Engine:
 
     # -- running ----------------------------------------------------------------------------
 
-    async def _attempts(self, node: _Node, retried: list[Run]) -> Run:
+    async def _attempts(self, node: _Node, retried: Callable[[Run], None], upstream: Upstream) -> Run:
         """Run ``node`` until it succeeds or has no retries left; return its last run.
 
-        Each earlier run that gets retried is appended to ``retried`` as it ends.
+        Each earlier run that gets retried is passed to ``retried`` as it ends.
         """
         while True:
             attempt = node.attempt
-            run = await self._attempt(attempt)
+            run = await self._attempt(attempt, upstream)
             retryable = run.status in (RunStatus.FAILED, RunStatus.TIMED_OUT)
             if not retryable or attempt.number > attempt.spec.retries.count:
                 return run
-            retried.append(run)
-            await anyio.sleep(attempt.spec.retries.backoff)
+            retried(run)
+            await anyio.sleep(retry_delay(attempt.spec.retries.backoff, attempt.number))
             node.attempt = attempt.retry()
             await self.recorder.queued([node.attempt.row()])
 
@@ -399,25 +429,58 @@ class Engine:
         return await self._finish(attempt, None, RunStatus.SKIPPED, error=error)
 
     async def _cancelled(self, attempt: _Attempt, started: float | None) -> Run:
-        error = {"type": "Cancelled", "message": "stopped on request", "traceback": None}
+        message = "stopped on request" if started is not None else "stopped on request before it started"
+        error = {"type": "Cancelled", "message": message, "traceback": None}
         return await self._finish(attempt, started, RunStatus.CANCELLED, error=error)
 
-    async def _attempt(self, attempt: _Attempt) -> Run:
+    async def _attempt(self, attempt: _Attempt, upstream: Upstream) -> Run:
         started: float | None = None
         try:
-            async with self.limiter:
+            # The task's own limit first, so a run waiting for it holds no global slot.
+            async with self._task_limiter(attempt.spec), self.limiter:
                 started = time.time()
+                attempt.started = True
                 self.recorder.started(attempt.run_id, started)
-                ending = await self._execute(attempt)
+                ending = await self._execute(attempt, upstream)
             # The slot is free again while the record is committed with other runs' records.
             return await self._finish(attempt, started, **ending)
         except anyio.get_cancelled_exc_class():
-            if not attempt.finished:
+            if attempt.final is None:
                 with anyio.CancelScope(shield=True):
                     await self._cancelled(attempt, started)
             raise
 
-    async def _execute(self, attempt: _Attempt) -> dict[str, Any]:
+    def _task_limiter(self, spec: TaskSpec) -> AbstractAsyncContextManager[Any]:
+        if spec.concurrency is None:
+            return contextlib.nullcontext()
+        limiter = self._task_limiters.get(spec.name)
+        if limiter is None:
+            limiter = self._task_limiters[spec.name] = anyio.CapacityLimiter(spec.concurrency)
+        elif limiter.total_tokens != spec.concurrency:
+            limiter.total_tokens = spec.concurrency  # changed by a sync since
+        return limiter
+
+    async def _upstream(self, spec: TaskSpec, nodes: Mapping[str, _Node]) -> Upstream:
+        """The results of ``spec``'s needs: from this workflow, or (for needs it does not run,
+        as with ``--no-deps``) their latest succeeded runs in the store."""
+        results: dict[str, Any] = {}
+        runs: dict[str, Run] = {}
+        for need in spec.needs:
+            node = nodes.get(need)
+            if node is not None and node.final is not None:
+                runs[need] = node.final
+                results[need] = node.attempt.value if node.final.type is TaskType.PYTHON else node.final.stdout
+                continue
+            found = await self.store.runs(task=need, status=RunStatus.SUCCEEDED.value, limit=1)
+            if found:
+                runs[need] = found[0]
+                if found[0].type is TaskType.PYTHON:
+                    results[need] = await self.store.load_result(found[0].id)
+                else:
+                    results[need] = found[0].stdout
+        return Upstream(results, runs)
+
+    async def _execute(self, attempt: _Attempt, upstream: Upstream) -> dict[str, Any]:
         """Run the task once; return how it ended, as keyword arguments for ``_finish``."""
         try:
             env, secrets = resolve_env(attempt.spec.env, self.project)
@@ -425,14 +488,24 @@ class Engine:
             return {"status": RunStatus.FAILED, "error": _error(exc, Masker(), with_traceback=False)}
         masker = Masker(secrets)
         if attempt.spec.type is TaskType.SHELL:
-            ending = await self._shell(attempt, env, masker)
+            ending = await self._shell(attempt, env, masker, upstream)
         else:
-            ending = await self._python(attempt, env, masker)
+            ending = await self._python(attempt, env, masker, upstream)
         return {**ending, "masker": masker}
 
-    async def _shell(self, attempt: _Attempt, env: dict[str, str], masker: Masker) -> dict[str, Any]:
+    async def _shell(
+        self, attempt: _Attempt, env: dict[str, str], masker: Masker, upstream: Upstream
+    ) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="runner-") as scratch:
+            child_env = {**self._environ, **env}
+            if upstream.runs:
+                path = anyio.Path(scratch, "upstream.json")
+                await path.write_text(json.dumps(_upstream_json(upstream)), encoding="utf-8")
+                child_env["RUNNER_UPSTREAM_FILE"] = str(path)
+            return await self._run_command(attempt, child_env, masker)
+
+    async def _run_command(self, attempt: _Attempt, child_env: dict[str, str], masker: Masker) -> dict[str, Any]:
         spec = attempt.spec
-        child_env = {**self._environ, **env}
         for key, value in attempt.parameters.items():
             child_env[f"PARAM_{key.upper()}"] = value if isinstance(value, str) else json.dumps(json_safe(value))
         child_env["RUNNER_PARAMS"] = json.dumps(json_safe(attempt.parameters))
@@ -456,7 +529,9 @@ class Engine:
             status = RunStatus.SUCCEEDED if outcome.exit_code == 0 else RunStatus.FAILED
         return {"status": status, "exit_code": outcome.exit_code, "stdout": outcome.stdout, "stderr": outcome.stderr}
 
-    async def _python(self, attempt: _Attempt, env: dict[str, str], masker: Masker) -> dict[str, Any]:
+    async def _python(
+        self, attempt: _Attempt, env: dict[str, str], masker: Masker, upstream: Upstream
+    ) -> dict[str, Any]:
         spec = attempt.spec
         handler = _RunLog()
         logger = logging.Logger(f"runner.task.{spec.name}", logging.DEBUG)
@@ -473,7 +548,7 @@ class Engine:
             try:
                 outcome = await call_python(
                     fn, sig, kwargs,
-                    scope=InjectionScope(context, self.store, self),
+                    scope=InjectionScope(context, self.store, self, upstream),
                     time_limit=spec.timeout,
                     thread_name=f"runner:{spec.name}:{attempt.run_id}",
                 )
@@ -487,6 +562,7 @@ class Engine:
             status = RunStatus.TIMED_OUT if outcome.timed_out else RunStatus.FAILED
             error = _error(outcome.error, masker, with_traceback=not outcome.timed_out)
             return {"status": status, "error": error, "logs": logs}
+        attempt.value = outcome.value
         return {"status": RunStatus.SUCCEEDED, "result": outcome.value, "has_result": True, "logs": logs}
 
     async def _finish(
@@ -528,9 +604,7 @@ class Engine:
         if has_result:
             fields["result_json"] = json.dumps(safe_result)
             fields["result_pickle"] = _pickled(result, masker)
-        attempt.finished = True  # from here on the record is on its way, whatever happens
-        await self.recorder.finished(fields, logs or [])
-        return Run(
+        run = Run(
             id=attempt.run_id,
             task=attempt.spec.name,
             type=attempt.spec.type,
@@ -539,6 +613,7 @@ class Engine:
             parameters=parameters,
             trigger=attempt.trigger,
             parent_id=attempt.parent_id,
+            invocation=attempt.invocation,
             queued_at=attempt.queued_at,
             started_at=started,
             finished_at=finished,
@@ -550,6 +625,25 @@ class Engine:
             error=error,
             logs=tuple(LogLine(line["at"], line["level"], line["message"]) for line in logs or ()),
         )
+        attempt.final = run  # from here on the record is on its way, whatever happens
+        await self.recorder.finished(fields, logs or [])
+        return run
+
+
+def retry_delay(backoff: float, attempt: int) -> float:
+    """Seconds to wait before retrying after ``attempt`` failed: ``backoff`` doubled with each
+    attempt, capped at one hour (or ``backoff``, if longer), then jittered down by up to half so
+    that runs that failed together do not retry together."""
+    delay = min(backoff * 2.0 ** (attempt - 1), max(backoff, MAX_BACKOFF))
+    return delay * random.uniform(0.5, 1.0)
+
+
+def _upstream_json(upstream: Upstream) -> dict[str, Any]:
+    """What a shell task finds in ``$RUNNER_UPSTREAM_FILE``: its needs' runs, as stored."""
+    return {
+        name: {key: body[key] for key in ("id", "status", "result", "stdout", "exit_code")}
+        for name, body in ((name, run.to_json()) for name, run in upstream.runs.items())
+    }
 
 
 def _pickled(value: Any, masker: Masker) -> bytes | None:

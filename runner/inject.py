@@ -157,6 +157,7 @@ def injectable_key(annotation: Any) -> str | None:
 
 
 RUN_CONTEXT = register_injectable("runner.context:RunContext", names=["RunContext"])
+UPSTREAM = register_injectable("runner.context:Upstream", names=["Upstream"])
 ASYNC_SESSION = register_injectable(
     "sqlalchemy.ext.asyncio.session:AsyncSession", names=["AsyncSession"]
 )

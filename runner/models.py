@@ -97,6 +97,7 @@ class TaskSpec:
     env: Mapping[str, str | SecretRef] = field(default_factory=dict)
     cwd: str | None = None
     tags: tuple[str, ...] = ()
+    concurrency: int | None = None  # runs of this task at once; None: only the global limit
 
     def definition(self) -> dict[str, Any]:
         """The declared fields as JSON data: what the store keeps and compares."""
@@ -116,6 +117,7 @@ class TaskSpec:
             },
             "cwd": self.cwd,
             "tags": list(self.tags),
+            "concurrency": self.concurrency,
         }
 
     @functools.cached_property
@@ -147,6 +149,7 @@ class TaskSpec:
             },
             cwd=data.get("cwd"),
             tags=tuple(data.get("tags") or ()),
+            concurrency=data.get("concurrency"),
         )
 
 
@@ -218,6 +221,7 @@ class Run:
     trigger: str
     parent_id: str | None
     queued_at: float
+    invocation: str | None = None  # the `runner run` (or other start) this run was part of
     started_at: float | None = None
     finished_at: float | None = None
     duration_s: float | None = None
@@ -242,6 +246,7 @@ class Run:
             "parameters": dict(self.parameters),
             "trigger": self.trigger,
             "parent_id": self.parent_id,
+            "invocation": self.invocation,
             "queued_at": iso(self.queued_at),
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),

@@ -10,13 +10,16 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from runner.engine import Engine
 from runner.models import Run
 from runner.store import Store
+
+if TYPE_CHECKING:
+    from runner.progress import Reporter
 from runner.sync import sync_project
 
 
@@ -37,6 +40,7 @@ async def run_once(
     parameters: Mapping[str, Any] | None = None,
     with_needs: bool = True,
     handle_signals: bool = True,
+    reporter: Reporter | None = None,
     **engine_options: Any,
 ) -> OneShot:
     """Sync ``root`` into ``store``, then run ``name`` after its needs (unless ``with_needs`` is
@@ -60,6 +64,9 @@ async def run_once(
 
             if handle_signals:
                 group.start_soon(stop_on_signal)
+            if reporter is not None:
+                workflow.on_run = reporter.run_finished
+                group.start_soon(reporter.watch, workflow)
             with runs_scope:
                 target = await workflow.execute()
             group.cancel_scope.cancel()

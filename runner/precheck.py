@@ -21,7 +21,7 @@ from runner.spec import load_schema
 _TASK_KEYS = frozenset(
     {
         "type", "command", "callable", "parameters", "enabled", "description", "needs",
-        "schedule", "timeout", "retries", "env", "cwd", "tags",
+        "schedule", "timeout", "retries", "env", "cwd", "tags", "concurrency",
     }
 )
 
@@ -103,10 +103,14 @@ def _checks() -> dict[str, Callable[[Any], bool]]:
         "env": env,
         "cwd": text,
         "tags": unique_texts,
+        "concurrency": lambda v: type(v) is int and v >= 1,
     }
 
 
-_OPTIONAL = ("parameters", "enabled", "description", "needs", "schedule", "timeout", "retries", "env", "cwd", "tags")
+_OPTIONAL = (
+    "parameters", "enabled", "description", "needs", "schedule", "timeout", "retries", "env",
+    "cwd", "tags", "concurrency",
+)
 
 
 def _task(body: Any, checks: dict[str, Callable[[Any], bool]]) -> bool:

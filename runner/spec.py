@@ -204,11 +204,11 @@ class _Loader(yaml.CSafeLoader):
 
     def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
         if value is not None and len(value) > 64:
-            return str(super().resolve(kind, value, implicit))
+            return str(super().resolve(kind, value, implicit))  # type: ignore[no-untyped-call]
         key = (kind, value, implicit)
         tag = self._tags.get(key)
         if tag is None:
-            tag = self._tags[key] = str(super().resolve(kind, value, implicit))
+            tag = self._tags[key] = str(super().resolve(kind, value, implicit))  # type: ignore[no-untyped-call]
         return tag
 
 
@@ -549,6 +549,7 @@ def _build_spec(file: TaskFile, name: str, body: dict[str, Any]) -> TaskSpec | N
         env={k: SecretRef(**v) if isinstance(v, dict) else v for k, v in (body.get("env") or {}).items()},
         cwd=body.get("cwd"),
         tags=tuple(body.get("tags") or ()),
+        concurrency=body.get("concurrency"),
     )
 
 

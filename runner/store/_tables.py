@@ -47,7 +47,8 @@ runs = Table(
     Column("status", String(16), nullable=False),
     Column("attempt", Integer, nullable=False, default=1),
     Column("trigger", String(16), nullable=False),  # cli, needs, schedule, retry, api, task
-    Column("parent_id", String(32)),  # the run whose needs made this one, or the earlier attempt
+    Column("parent_id", String(32)),  # the run that started this one, or the earlier attempt
+    Column("invocation", String(32)),  # one `runner run` (or fire, or submit): the whole workflow
     Column("parameters", Text, nullable=False),  # JSON, secrets masked
     Column("queued_at", Float, nullable=False),
     Column("started_at", Float),
@@ -65,6 +66,7 @@ runs = Table(
     Index("runs_task_queued", "task", "queued_at"),
     Index("runs_status", "status"),
     Index("runs_queued", "queued_at"),
+    Index("runs_invocation", "invocation"),
 )
 
 run_logs = Table(
@@ -84,6 +86,3 @@ task_files = Table(
     Column("path", String(1024), primary_key=True),  # relative to the project
     Column("digest", String(64), nullable=False),  # SHA-256 of the bytes the stored tasks came from
 )
-
-VERSION_1 = (schema_version, tasks, runs, run_logs)
-VERSION_2 = (task_files,)

@@ -27,7 +27,7 @@ from runner.processes import HOST, process_is_alive
 from runner.store import _tables as t
 from runner.sync import SyncPlan
 
-CURRENT_VERSION = 2
+CURRENT_VERSION = 3
 
 _RUN_COLUMNS = (
     t.runs.c.id,
@@ -38,6 +38,7 @@ _RUN_COLUMNS = (
     t.runs.c.parameters,
     t.runs.c.trigger,
     t.runs.c.parent_id,
+    t.runs.c.invocation,
     t.runs.c.queued_at,
     t.runs.c.started_at,
     t.runs.c.finished_at,
@@ -60,6 +61,7 @@ def _run_from_row(row: Any, logs: tuple[LogLine, ...] = ()) -> Run:
         parameters=json.loads(row.parameters),
         trigger=row.trigger,
         parent_id=row.parent_id,
+        invocation=row.invocation,
         queued_at=row.queued_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
@@ -95,10 +97,19 @@ class RunBatch:
         return not (self.inserts or self.starts or self.finishes or self.logs)
 BUSY_TIMEOUT_MS = 30_000
 
-# Ordered migrations: version N is reached by running MIGRATIONS[N - 1] on a store at N - 1.
+def _add_invocation(sync_conn: Any) -> None:
+    from sqlalchemy import Index, text
+
+    sync_conn.execute(text("ALTER TABLE runs ADD COLUMN invocation VARCHAR(32)"))
+    Index("runs_invocation", t.runs.c.invocation).create(sync_conn)
+
+
+# MIGRATIONS[N - 1] takes a store from version N - 1 to N. A new store (version 0) is created at
+# the current version in one step, so MIGRATIONS[0] creates everything.
 MIGRATIONS: list[Callable[[Any], None]] = [
-    lambda sync_conn: t.metadata.create_all(sync_conn, tables=list(t.VERSION_1)),
-    lambda sync_conn: t.metadata.create_all(sync_conn, tables=list(t.VERSION_2)),
+    t.metadata.create_all,
+    lambda sync_conn: t.metadata.create_all(sync_conn, tables=[t.task_files]),
+    _add_invocation,
 ]
 
 
@@ -170,8 +181,9 @@ class Store:
         async with self._write() as conn:
             version = await self._version(conn)  # another process may have done it meanwhile
             self._refuse_newer(version)
-            for number in range(version + 1, CURRENT_VERSION + 1):
-                await conn.run_sync(MIGRATIONS[number - 1])
+            steps = [MIGRATIONS[0]] if version == 0 else MIGRATIONS[version:CURRENT_VERSION]
+            for step in steps:
+                await conn.run_sync(step)
             await conn.execute(t.schema_version.delete())
             await conn.execute(t.schema_version.insert().values(version=CURRENT_VERSION))
 
@@ -345,12 +357,19 @@ class Store:
             return _run_from_row(row, tuple(LogLine(*line) for line in logs))
 
     async def runs(
-        self, *, task: str | None = None, status: str | None = None, limit: int | None = 20
+        self,
+        *,
+        task: str | None = None,
+        status: str | None = None,
+        invocation: str | None = None,
+        limit: int | None = 20,
     ) -> list[Run]:
         """Run history, newest first."""
         query = select(*_RUN_COLUMNS).order_by(t.runs.c.queued_at.desc(), t.runs.c.id.desc())
         if task is not None:
             query = query.where(t.runs.c.task == task)
+        if invocation is not None:
+            query = query.where(t.runs.c.invocation == invocation)
         if status is not None:
             query = query.where(t.runs.c.status == status)
         if limit is not None:
