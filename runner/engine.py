@@ -55,6 +55,7 @@ DEFAULT_MAX_CONCURRENCY = 16
 MAX_BACKOFF = 3600.0
 """The longest pause between retries, unless a task's own ``backoff`` is longer."""
 
+
 @dataclass(frozen=True)
 class InjectionScope:
     """What injection providers may draw on for one run."""
