@@ -117,8 +117,23 @@ def live_members(pgid: int) -> list[int]:
     return live
 
 
+def describe(pids: list[int]) -> str:
+    found = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        found.append(f"{pid} [{stat.rpartition(')')[2].split()[0]}] {cmdline}")
+    return "; ".join(found)
+
+
 def assert_group_gone(pgid: int) -> None:
-    poll(lambda: not live_members(pgid), within=2, what=f"process group {pgid} to end")
+    try:
+        poll(lambda: not live_members(pgid), within=2, what=f"process group {pgid} to end")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: left {describe(live_members(pgid))}") from None
 
 
 def db_bytes(project: ProjectDir) -> bytes:
@@ -230,7 +245,7 @@ def test_run_prints_the_output_and_runs_and_show_list_the_run(
 
 
 def test_run_json_prints_every_run_target_last_and_show_json_adds_logs(
-    project: ProjectDir, runner_cli: RunnerCli
+    project: ProjectDir, cli: Cli
 ) -> None:
     write(
         project,
@@ -247,7 +262,7 @@ def test_run_json_prints_every_run_target_last_and_show_json_adds_logs(
             needs: [prepare]
         """,
     )
-    result = ok(runner_cli("run", "report", "-p", "a=21", "--json"))
+    result = ok(cli("run", "report", "-p", "a=21", "--json"))
     prepare, report = json_lines(result.stdout)
     assert (prepare["task"], prepare["status"], prepare["stdout"]) == (
         "prepare",
@@ -267,14 +282,16 @@ def test_run_json_prints_every_run_target_last_and_show_json_adds_logs(
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", report[key])
     assert report["duration_s"] >= 0
 
-    shown = json.loads(ok(runner_cli("show", report["id"], "--json")).stdout)
+    as_json, as_text, newest = cli.side_by_side(
+        ("show", report["id"], "--json"), ("show", report["id"]), ("runs", "--limit", "1", "--json")
+    )
+    shown = json.loads(ok(as_json).stdout)
     assert shown == {**report, "logs": shown["logs"]}
     [line] = shown["logs"]
     assert (line["level"], line["message"]) == ("info", "doubling 21")
     assert set(line) == {"at", "level", "message"}
-
-    newest = json.loads(ok(runner_cli("runs", "--limit", "1", "--json")).stdout)
-    assert [r["id"] for r in newest] == [report["id"]]  # newest first
+    assert re.search(r"^--- logs ---\n\S+ INFO +doubling 21$", ok(as_text).stdout, re.M)
+    assert [r["id"] for r in json.loads(ok(newest).stdout)] == [report["id"]]  # newest first
 
 
 def test_runs_filters_by_task_and_status(project: ProjectDir, cli: Cli) -> None:
