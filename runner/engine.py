@@ -418,9 +418,11 @@ class Engine:
             if not retryable or attempt.number > attempt.spec.retries.count:
                 return run
             retried(run)
-            await anyio.sleep(retry_delay(attempt.spec.retries.backoff, attempt.number))
+            # The next attempt is queued before the pause, so that a stop during the pause
+            # records it cancelled (it never started) instead of reporting this run twice.
             node.attempt = attempt.retry()
             await self.recorder.queued([node.attempt.row()])
+            await anyio.sleep(retry_delay(attempt.spec.retries.backoff, attempt.number))
 
     async def _skip(self, attempt: _Attempt, blocked: list[_Node]) -> Run:
         why = ", ".join(
