@@ -501,7 +501,7 @@ class Engine:
     ) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="runner-") as scratch:
             child_env = {**self._environ, **env}
-            if upstream.runs:
+            if attempt.spec.needs:  # even when no need has a run to show (--no-deps)
                 path = anyio.Path(scratch, "upstream.json")
                 await path.write_text(json.dumps(_upstream_json(upstream)), encoding="utf-8")
                 child_env["RUNNER_UPSTREAM_FILE"] = str(path)
