@@ -38,14 +38,23 @@ class Upstream(Mapping[str, Any]):
     the needs' latest succeeded runs stand in.
     """
 
-    def __init__(self, results: Mapping[str, Any], runs: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        results: Mapping[str, Any],
+        runs: Mapping[str, Any],
+        unloadable: Mapping[str, str] | None = None,
+    ) -> None:
         self._results = dict(results)
         self.runs: Mapping[str, Any] = dict(runs)
+        self._unloadable = dict(unloadable or {})  # need -> why its stored result did not load
 
     def __getitem__(self, name: str) -> Any:
         try:
             return self._results[name]
         except KeyError:
+            if name in self._unloadable:
+                why = self._unloadable[name]
+                raise KeyError(f"the result of {name!r} cannot be loaded: {why}") from None
             known = ", ".join(sorted(self._results)) or "none"
             raise KeyError(f"no result of {name!r} upstream (results: {known})") from None
 

@@ -468,6 +468,7 @@ class Engine:
         as with ``--no-deps``) their latest succeeded runs in the store."""
         results: dict[str, Any] = {}
         runs: dict[str, Run] = {}
+        unloadable: dict[str, str] = {}
         for need in spec.needs:
             node = nodes.get(need)
             if node is not None and node.final is not None:
@@ -478,10 +479,15 @@ class Engine:
             if found:
                 runs[need] = found[0]
                 if found[0].type is TaskType.PYTHON:
-                    results[need] = await self.store.load_result(found[0].id)
+                    try:
+                        results[need] = await self.store.load_result(found[0].id)
+                    except Exception as exc:  # e.g. its class was renamed since: fail on use only
+                        unloadable[need] = (
+                            f"run {found[0].id}: {type(exc).__name__}: {exc}; run {need!r} again"
+                        )
                 else:
                     results[need] = found[0].stdout
-        return Upstream(results, runs)
+        return Upstream(results, runs, unloadable)
 
     async def _execute(self, attempt: _Attempt, upstream: Upstream) -> dict[str, Any]:
         """Run the task once; return how it ended, as keyword arguments for ``_finish``."""
