@@ -186,6 +186,18 @@ class Workflow:
         """The tasks running now, for a progress display."""
         return [name for name, node in self.nodes.items() if node.attempt.started and node.final is None]
 
+    def retrying(self) -> list[str]:
+        """The tasks waiting out the pause before their next attempt, for a progress display."""
+        return [
+            name
+            for name, node in self.nodes.items()
+            if node.final is None and node.attempt.number > 1 and not node.attempt.started
+        ]
+
+    def finished(self) -> list[Run]:
+        """The final run of each task that has one (earlier attempts that were retried are not)."""
+        return [node.final for node in self.nodes.values() if node.final is not None]
+
     @property
     def target_run_id(self) -> str:
         return self.nodes[self.target].attempt.run_id

@@ -56,14 +56,18 @@ class Reporter:
             self.stream.flush()
 
     def _summary(self, workflow: Workflow) -> str:
+        # Tasks, not runs: a task that is retried counts once, when its last attempt ends.
+        finished = workflow.finished()
         counts: dict[str, int] = {}
-        for run in workflow.runs:
+        for run in finished:
             counts[run.status.value] = counts.get(run.status.value, 0) + 1
         done = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-        running = workflow.running()
-        shown = ", ".join(running[:5]) + (f" +{len(running) - 5}" if len(running) > 5 else "")
         elapsed = time.monotonic() - self.started
-        return (
-            f"[{elapsed:6.1f}s] {len(workflow.runs)}/{len(workflow.nodes)} finished"
-            f"{' (' + done + ')' if done else ''}{' | running: ' + shown if running else ''}"
-        )
+        line = f"[{elapsed:6.1f}s] {len(finished)}/{len(workflow.nodes)} finished"
+        if done:
+            line += f" ({done})"
+        for what, names in (("running", workflow.running()), ("retrying", workflow.retrying())):
+            if names:
+                line += f" | {what}: " + ", ".join(names[:5])
+                line += f" +{len(names) - 5}" if len(names) > 5 else ""
+        return line
