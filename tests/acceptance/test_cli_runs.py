@@ -162,7 +162,14 @@ class Cli:
         return process
 
     def finish(self, process: subprocess.Popen[str], *, within: float = 10) -> Result:
-        stdout, stderr = process.communicate(timeout=within)
+        try:
+            stdout, stderr = process.communicate(timeout=within)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+            raise AssertionError(
+                f"runner did not exit within {within}s:\n{stdout}{stderr}"
+            ) from None
         return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
     def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
