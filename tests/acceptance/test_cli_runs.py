@@ -485,7 +485,7 @@ def test_signal_cancels_the_runs_and_leaves_no_process(
             needs: [long]
         """,
     )
-    runner = cli.start("run", "after")
+    runner = cli.start("run", "after", "--json")
     pgid, run_id = cli.task_started()
     running = json.loads(ok(cli("runs", "--status", "running", "--json")).stdout)
     assert [(r["id"], r["task"]) for r in running] == [
@@ -496,6 +496,8 @@ def test_signal_cancels_the_runs_and_leaves_no_process(
     result = exits(cli.finish(runner, within=5), code)
     assert f"stopped by signal {int(signum)}; unfinished runs recorded cancelled" in result.stderr
     assert_group_gone(pgid)
+    printed = {r["task"]: r["status"] for r in json_lines(result.stdout)}
+    assert printed == {"long": "cancelled", "after": "cancelled"}  # every run it made
     runs = {r["task"]: r for r in json.loads(ok(cli("runs", "--json")).stdout)}
     assert runs["long"]["status"] == "cancelled"
     assert runs["long"]["error"]["message"] == "stopped on request"
