@@ -548,7 +548,12 @@ class Engine:
             status = RunStatus.TIMED_OUT
         else:
             status = RunStatus.SUCCEEDED if outcome.exit_code == 0 else RunStatus.FAILED
-        return {"status": status, "exit_code": outcome.exit_code, "stdout": outcome.stdout, "stderr": outcome.stderr}
+        return {
+            "status": status,
+            "exit_code": outcome.exit_code,
+            "stdout": masker.cut_text(outcome.stdout) if outcome.stdout_truncated else outcome.stdout,
+            "stderr": masker.cut_text(outcome.stderr) if outcome.stderr_truncated else outcome.stderr,
+        }
 
     async def _python(
         self, attempt: _Attempt, env: dict[str, str], masker: Masker, upstream: Upstream

@@ -79,6 +79,16 @@ class Masker:
                 text = text.replace(secret, MASK)
         return text
 
+    def cut_text(self, text: str) -> str:
+        """``text`` masked, for output whose start was cut off at the cap: the tail of a secret
+        left at the very start is masked too (at worst a few innocent characters with it)."""
+        text = self.text(text)
+        for secret in self.secrets:
+            for size in range(len(secret) - 1, 0, -1):
+                if text.startswith(secret[-size:]):
+                    return MASK + text[size:]
+        return text
+
     def data(self, value: Any) -> Any:
         if not self.secrets:
             return value

@@ -126,15 +126,18 @@ async def run_shell(
     """
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     try:
-        process = await anyio.open_process(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=dict(env),
-            start_new_session=True,
-        )
+        # Shielded: cancelled halfway, asyncio would kill only /bin/sh and never the group it
+        # has already started. The cancellation is taken up right after, with the group killed.
+        with anyio.CancelScope(shield=True):
+            process = await anyio.open_process(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=dict(env),
+                start_new_session=True,
+            )
     except OSError as exc:
         raise ShellStartError(f"cannot start command: {exc}") from exc
 

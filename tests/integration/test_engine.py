@@ -1084,11 +1084,6 @@ async def test_cancelling_a_run_kills_its_shell_and_records_it_cancelled(
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_shell: a cancel while open_process awaits its pipes kills only /bin/sh "
-    "(asyncio closes the transport), never the group; fix: shield the open_process call",
-)
 async def test_cancel_while_the_shell_is_being_started_leaves_nothing_behind(
     project: ProjectDir, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -81,3 +81,9 @@ def test_missing_env_var_names_the_variable(
 def test_missing_secret_file_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(SecretUnavailable, match=r"KEY: cannot read secret file .*nope\.txt"):
         resolve_env({"KEY": SecretRef(from_file="nope.txt")}, tmp_path)
+
+
+def test_a_secret_cut_in_half_by_the_output_cap_is_masked_too() -> None:
+    masker = Masker(["hunter2-secret"])
+    assert masker.cut_text("-secret and then hunter2-secret") == "*** and then ***"
+    assert masker.cut_text("nothing secret here") == "nothing secret here"
