@@ -370,10 +370,23 @@ class Engine:
             scope.cancel()
 
     async def wait(self, run_id: str) -> Run:
-        """The final run of a submitted task, once it is finished."""
+        """The final run of a submitted task, once it is finished.
+
+        A task that waits gives its concurrency slot back meanwhile, so that a task waiting for
+        the one it started cannot take the last slot that one needs.
+        """
         workflow = self._submitted[run_id]
         node = workflow.nodes[workflow.target]
-        await node.done.wait()
+        try:
+            self.limiter.release()
+        except RuntimeError:  # the caller is not a running task: it holds no slot
+            await node.done.wait()
+        else:
+            try:
+                await node.done.wait()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.limiter.acquire()
         assert node.final is not None
         return node.final
 

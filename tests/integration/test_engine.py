@@ -790,6 +790,30 @@ async def test_injected_engine_submits_another_task_and_waits_for_it(
 
 
 @pytest.mark.anyio
+async def test_a_task_waiting_for_the_task_it_started_gives_its_slot_back(
+    project: ProjectDir, store: Store
+) -> None:
+    write(
+        project,
+        """
+        version: 1
+        tasks:
+          parent:
+            type: python
+            callable: plugins.jobs:parent
+          child:
+            type: python
+            callable: plugins.jobs:add
+            parameters: {a: 1}
+        """,
+    )
+    with anyio.fail_after(5):  # with the one slot held while waiting, this would never end
+        target = (await run(project, store, "parent", max_concurrency=1)).target
+    assert target is not None and target.status is RunStatus.SUCCEEDED, target
+    assert target.result["status"] == "succeeded"
+
+
+@pytest.mark.anyio
 async def test_run_context_fields_and_logger_lines_are_stored_and_masked(
     project: ProjectDir, store: Store, db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
