@@ -673,7 +673,8 @@ def retry_delay(backoff: float, attempt: int) -> float:
     """Seconds to wait before retrying after ``attempt`` failed: ``backoff`` doubled with each
     attempt, capped at one hour (or ``backoff``, if longer), then jittered down by up to half so
     that runs that failed together do not retry together."""
-    delay = min(backoff * 2.0 ** (attempt - 1), max(backoff, MAX_BACKOFF))
+    # The exponent is bounded: 2.0 ** 1024 overflows, and long before that any backoff is capped.
+    delay = min(backoff * 2.0 ** min(attempt - 1, 1000), max(backoff, MAX_BACKOFF))
     return delay * random.uniform(0.5, 1.0)
 
 
