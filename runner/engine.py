@@ -237,7 +237,8 @@ class Workflow:
                 with anyio.CancelScope(shield=True):
                     await self.engine._cancelled(node.attempt, None)
             if node.final is None and node.attempt.final is not None:
-                self._record(node.attempt.final)
+                node.final = node.attempt.final  # for Engine.wait, and progress
+                self._record(node.final)
             raise
         finally:
             node.done.set()
