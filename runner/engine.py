@@ -537,6 +537,9 @@ class Engine:
                 path = anyio.Path(scratch, "upstream.json")
                 await path.write_text(json.dumps(_upstream_json(upstream)), encoding="utf-8")
                 child_env["RUNNER_UPSTREAM_FILE"] = str(path)
+            elif "RUNNER_UPSTREAM_FILE" not in env:
+                # Inherited when a task started this runner: that file is not this task's.
+                child_env.pop("RUNNER_UPSTREAM_FILE", None)
             return await self._run_command(attempt, child_env, masker)
 
     async def _run_command(self, attempt: _Attempt, child_env: dict[str, str], masker: Masker) -> dict[str, Any]:
