@@ -9,6 +9,7 @@ state, and the tests poll for a condition with a deadline instead of waiting on 
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -364,3 +365,29 @@ async def test_without_needs_the_latest_succeeded_runs_stand_in_and_missing_ones
     assert inspected.target.result["names"] == ["numbers"]  # words never ran
     assert first.target is not None
     assert [r.id for r in await store.runs(task="numbers")] == [first.target.id]
+
+
+@pytest.mark.anyio
+async def test_a_shell_task_without_needs_never_sees_an_upstream_file(
+    project: ProjectDir, store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # As when a shell task with needs runs `runner run` itself: the outer file is not ours.
+    outer = tmp_path / "outer-upstream.json"
+    outer.write_text('{"someone": "else"}')
+    monkeypatch.setenv("RUNNER_UPSTREAM_FILE", str(outer))
+    write(
+        project,
+        """
+        version: 1
+        tasks:
+          alone:
+            command: 'echo "${RUNNER_UPSTREAM_FILE:-none}"'
+          after:
+            command: 'cat "$RUNNER_UPSTREAM_FILE"'
+            needs: [alone]
+        """,
+    )
+    outcome = await run_once(project.root, store, "after", handle_signals=False)
+    alone, after = outcome.runs
+    assert alone.stdout == "none\n"
+    assert after.stdout is not None and list(json.loads(after.stdout)) == ["alone"]
