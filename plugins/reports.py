@@ -1,4 +1,5 @@
-"""Report tasks: one that logs through its RunContext, one that reads the runner's own store.
+"""Report tasks: one that uses its need's result and logs through its RunContext, one that
+reads the runner's own store.
 
 SQLAlchemy is imported only for type checkers and inside the function that uses it, so that
 importing this module (which ``runner validate`` does) stays fast. runner recognises the
@@ -10,17 +11,24 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from runner import RunContext
+from runner import RunContext, Upstream
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
 
-def daily(ctx: RunContext, title: str = "Daily report") -> dict[str, Any]:
-    """Write the (tiny) daily report; the log line is stored with the run."""
+def daily(ctx: RunContext, upstream: Upstream, title: str = "Daily report") -> dict[str, Any]:
+    """Write the (tiny) daily report from what ``add`` returned; the log line is stored with the run.
+
+    ``upstream`` holds the results of the task's ``needs``: ``upstream["add"]`` is the dict that
+    ``plugins.examples:add`` returned, ``upstream.runs["add"]`` that run's record.
+    """
+    total = upstream["add"]["result"]
     generated_at = datetime.now(UTC).isoformat(timespec="seconds")
-    ctx.logger.info("%s generated at %s (attempt %d)", title, generated_at, ctx.attempt)
-    return {"title": title, "generated_at": generated_at, "run_id": ctx.run_id}
+    ctx.logger.info(
+        "%s generated at %s with total %s (attempt %d)", title, generated_at, total, ctx.attempt
+    )
+    return {"title": title, "total": total, "generated_at": generated_at, "run_id": ctx.run_id}
 
 
 async def count_runs(session: AsyncSession, ctx: RunContext) -> int:
