@@ -30,6 +30,13 @@ current_run: ContextVar[RunContext] = ContextVar("runner_current_run")
 """The run being executed, for code deeper down that was not handed a RunContext."""
 
 
+class NoUpstreamResult(KeyError):
+    """A result asked of ``Upstream`` that it does not have; reads as its message."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class Upstream(Mapping[str, Any]):
     """Injected into a callable that asks for it by type: the results of the tasks it needs.
 
@@ -54,9 +61,9 @@ class Upstream(Mapping[str, Any]):
         except KeyError:
             if name in self._unloadable:
                 why = self._unloadable[name]
-                raise KeyError(f"the result of {name!r} cannot be loaded: {why}") from None
+                raise NoUpstreamResult(f"the result of {name!r} cannot be loaded: {why}") from None
             known = ", ".join(sorted(self._results)) or "none"
-            raise KeyError(f"no result of {name!r} upstream (results: {known})") from None
+            raise NoUpstreamResult(f"no result of {name!r} upstream (results: {known})") from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._results)

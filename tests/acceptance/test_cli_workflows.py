@@ -554,7 +554,7 @@ def test_no_deps_uses_the_latest_succeeded_runs_of_the_needs(project: ProjectDir
     )
     [kept] = json_lines(ok(seven).stdout)
     [alone] = json_lines(exits(never, 1).stdout)  # words never ran: nothing to stand in
-    assert alone["error"]["type"] == "KeyError"
+    assert alone["error"]["type"] == "NoUpstreamResult"
     assert "no result of 'words' upstream (results: none)" in alone["error"]["message"]
     assert ok(empty).stdout == "{}"  # a shell task with needs always gets the file
     exits(cli("run", "measure", "-p", "value=-1"), 1)  # the latest run of measure failed
@@ -587,7 +587,7 @@ def test_no_deps_with_a_stored_result_that_no_longer_loads_fails_only_the_run(
     project.plugin("flow", PLUGIN.replace("Measure", "Gauge"))  # the pickled class is gone
     result = exits(cli("run", "describe", "--no-deps", "--json"), 1)
     [run] = json_lines(result.stdout)
-    assert (run["task"], run["status"], run["error"]["type"]) == ("describe", "failed", "KeyError")
+    assert (run["task"], run["status"], run["error"]["type"]) == ("describe", "failed", "NoUpstreamResult")
     assert (
         f"the result of 'measure' cannot be loaded: run {stored['id']}: AttributeError: "
         in run["error"]["message"]

@@ -335,7 +335,7 @@ async def test_asking_upstream_for_a_result_it_lacks_names_the_results_it_has(
     )
     run = outcome.target
     assert run is not None and run.status is RunStatus.FAILED
-    assert run.error is not None and run.error["type"] == "KeyError"
+    assert run.error is not None and run.error["type"] == "NoUpstreamResult"
     assert "no result of 'nope' upstream (results: numbers, words)" in run.error["message"]
     assert "upstream[name]" in run.error["traceback"]  # raised in the task's own line
 
