@@ -11,13 +11,33 @@ Each figure is printed beside the floor it is judged against, measured in the sa
    ``python -c "import sqlalchemy.ext.asyncio, aiosqlite, yaml, jsonschema, click, anyio"``.
    Target: <= 1.5x.
 
+Where the shell rate goes, printed below the table (same process, same concurrency): the rate
+of ``runner.executors.shell.run_shell`` alone (with the environment and working directory the
+engine gives a child), and the CPU time of this process per run (``getrusage``, all its threads;
+the children's own time not included) for plain asyncio, ``run_shell`` alone and the engine.
+The CPU time per run moves much less with the machine's load than the rates do.
+``--what-if`` also measures two prototypes patched in here (not runner's behaviour): the engine
+with its per-run scratch directory replaced by one shared directory, and that plus ``run_shell``
+replaced by a bare asyncio ``SubprocessProtocol`` (no timeout, no output cap, no drain grace:
+enough for ``true``, to show what a leaner executor would cost).
+
 Usage: python benchmarks/bench_runs.py [--python-tasks 2000] [--shell-tasks 200] [--repeat 3]
+    [--what-if] [--profile DIR]
+
+``--profile DIR`` writes cProfile output of one engine run of the python tasks
+(``DIR/python.prof``), of the shell tasks (``DIR/shell.prof``) and of ``run_shell`` alone
+(``DIR/run_shell.prof``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import cProfile
+import os
+import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -44,7 +64,35 @@ def write_project(root: Path, python_tasks: int, shell_tasks: int) -> None:
     (root / "tasks.d" / "bench.yaml").write_text("\n".join(lines) + "\n")
 
 
-async def engine_rate(root: Path, db: Path, names: list[str]) -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process so far (every thread; not its children)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Timed:
+    """Wall and CPU seconds of a block, optionally under a profiler."""
+
+    def __init__(self, profile: cProfile.Profile | None = None) -> None:
+        self.profile = profile
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self) -> Timed:
+        if self.profile is not None:
+            self.profile.enable()
+        self._wall, self._cpu = time.perf_counter(), cpu_seconds()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self._wall, cpu_seconds() - self._cpu
+        if self.profile is not None:
+            self.profile.disable()
+
+
+async def engine_rate(
+    root: Path, db: Path, names: list[str], profile: cProfile.Profile | None = None
+) -> tuple[float, float]:
+    """Runs per second through the engine, and this process's CPU seconds per run."""
     from runner.engine import Engine
     from runner.store import open_store
     from runner.sync import sync_project
@@ -52,14 +100,96 @@ async def engine_rate(root: Path, db: Path, names: list[str]) -> float:
     async with open_store(db) as store:
         await sync_project(root, store)
         async with Engine(store, root, max_concurrency=CONCURRENCY) as engine:
-            started = time.perf_counter()
-            async with anyio.create_task_group() as group:
-                for name in names:
-                    group.start_soon(engine.run, name)
-            elapsed = time.perf_counter() - started
+            with Timed(profile) as timed:
+                async with anyio.create_task_group() as group:
+                    for name in names:
+                        group.start_soon(engine.run, name)
         finished = await store.runs(status="succeeded", limit=None)
     assert len(finished) >= len(names), "not every run was recorded succeeded"
-    return len(names) / elapsed
+    return len(names) / timed.wall, timed.cpu / len(names)
+
+
+@contextlib.contextmanager
+def shared_scratch(directory: Path):
+    """Prototype (not runner's behaviour): the engine's per-run scratch directory, which only a
+    shell task with needs writes into, replaced by one directory made once."""
+    import runner.engine
+
+    class Shared:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def __enter__(self) -> str:
+            return str(directory)
+
+        def __exit__(self, *exc_info: object) -> None:
+            pass
+
+    directory.mkdir(exist_ok=True)
+    real = runner.engine.tempfile
+    runner.engine.tempfile = type("tempfile", (), {"TemporaryDirectory": Shared})  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        runner.engine.tempfile = real
+
+
+class _Collect(asyncio.SubprocessProtocol):
+    """Keeps a child's output; ``done`` once both pipes are closed and the child has exited."""
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.out, self.err = bytearray(), bytearray()
+        self.done, self.open = done, 3
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        (self.out if fd == 1 else self.err).extend(data)
+
+    def _closed(self) -> None:
+        self.open -= 1
+        if not self.open and not self.done.done():
+            self.done.set_result(None)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self._closed()
+
+    def process_exited(self) -> None:
+        self._closed()
+
+
+async def protocol_run_shell(command: str | list[str], *, env: dict[str, str], cwd: Path, **_: object) -> object:
+    """Prototype of a leaner ``run_shell`` (see --what-if): one protocol, no reader tasks."""
+    import signal
+
+    from runner.executors.shell import ShellOutcome
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+    transport, collected = await loop.subprocess_exec(
+        lambda: _Collect(done), *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, cwd=cwd, env=env, start_new_session=True,
+    )
+    try:
+        await done
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(transport.get_pid(), signal.SIGKILL)
+        transport.close()
+    out, err = collected.out.decode(errors="replace"), collected.err.decode(errors="replace")
+    return ShellOutcome(transport.get_returncode(), out, err, False, False, False)
+
+
+@contextlib.contextmanager
+def lean_executor():
+    """Prototype (not runner's behaviour): the engine calls ``protocol_run_shell``."""
+    import runner.engine
+
+    real = runner.engine.run_shell
+    runner.engine.run_shell = protocol_run_shell  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        runner.engine.run_shell = real
 
 
 async def commit_per_change_rate(db: Path, changes: int) -> float:
@@ -82,7 +212,7 @@ async def commit_per_change_rate(db: Path, changes: int) -> float:
     return changes / elapsed
 
 
-async def plain_spawn_rate(count: int) -> float:
+async def plain_spawn_rate(count: int) -> tuple[float, float]:
     limit = asyncio.Semaphore(CONCURRENCY)
 
     async def one() -> None:
@@ -92,18 +222,46 @@ async def plain_spawn_rate(count: int) -> float:
             )
             await proc.communicate()
 
-    started = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(count)))
-    return count / (time.perf_counter() - started)
+    with Timed() as timed:
+        await asyncio.gather(*(one() for _ in range(count)))
+    return count / timed.wall, timed.cpu / count
 
 
-def wall(argv: list[str], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        subprocess.run(argv, check=True, capture_output=True)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+async def run_shell_rate(root: Path, count: int, profile: cProfile.Profile | None = None) -> tuple[float, float]:
+    """``run_shell`` alone, bounded as the engine bounds it, with the environment and working
+    directory the engine gives a child (its copy of os.environ plus the RUNNER_* variables)."""
+    from runner.executors.shell import run_shell
+
+    limiter = anyio.CapacityLimiter(CONCURRENCY)
+    environ = dict(os.environ)
+
+    async def one(i: int) -> None:
+        async with limiter:
+            env = {**environ, "RUNNER_PARAMS": "{}", "RUNNER_RUN_ID": f"r{i}", "RUNNER_TASK": f"sh{i}"}
+            outcome = await run_shell(["true"], env=env, cwd=root)
+            assert outcome.exit_code == 0
+
+    with Timed(profile) as timed:
+        async with anyio.create_task_group() as group:
+            for i in range(count):
+                group.start_soon(one, i)
+    return count / timed.wall, timed.cpu / count
+
+
+BASELINE_IMPORTS = "import sqlalchemy.ext.asyncio, aiosqlite, yaml, jsonschema, click, anyio"
+
+
+def walls(commands: list[list[str]], repeat: int) -> list[list[float]]:
+    """Wall seconds of each command, ``repeat`` times, taking turns (after one untimed round)
+    so that a burst of load on the machine hits all of them alike."""
+    times: list[list[float]] = [[] for _ in commands]
+    for round_ in range(repeat + 1):
+        for argv, kept in zip(commands, times, strict=True):
+            started = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True)
+            if round_:
+                kept.append(time.perf_counter() - started)
+    return times
 
 
 def compile_runner() -> None:
@@ -121,8 +279,13 @@ def main() -> None:
     parser.add_argument("--python-tasks", type=int, default=2000)
     parser.add_argument("--shell-tasks", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--what-if", action="store_true", help="also time two prototypes of a leaner shell path")
+    parser.add_argument("--profile", type=Path, help="also write cProfile output into this directory")
     args = parser.parse_args()
     compile_runner()
+    import runner.engine  # imported before anything is timed, as in a running runner
+
+    load_before = os.getloadavg()
 
     with tempfile.TemporaryDirectory(prefix="runner-bench-") as scratch:
         root = Path(scratch) / "project"
@@ -130,29 +293,78 @@ def main() -> None:
         py_names = [f"py{i}" for i in range(args.python_tasks)]
         sh_names = [f"sh{i}" for i in range(args.shell_tasks)]
 
-        py_rates, floor_rates, sh_rates, plain_rates = [], [], [], []
+        py, floor, sh, plain, alone, shared, lean = [], [], [], [], [], [], []
         for attempt in range(args.repeat):
-            py_rates.append(asyncio.run(engine_rate(root, Path(scratch) / f"py{attempt}.db", py_names)))
-            floor_rates.append(asyncio.run(commit_per_change_rate(Path(scratch) / f"floor{attempt}.db", 2000)))
-            plain_rates.append(asyncio.run(plain_spawn_rate(args.shell_tasks)))
-            sh_rates.append(asyncio.run(engine_rate(root, Path(scratch) / f"sh{attempt}.db", sh_names)))
+            py.append(asyncio.run(engine_rate(root, Path(scratch) / f"py{attempt}.db", py_names)))
+            floor.append(asyncio.run(commit_per_change_rate(Path(scratch) / f"floor{attempt}.db", 2000)))
+            plain.append(asyncio.run(plain_spawn_rate(args.shell_tasks)))
+            alone.append(asyncio.run(run_shell_rate(root, args.shell_tasks)))
+            sh.append(asyncio.run(engine_rate(root, Path(scratch) / f"sh{attempt}.db", sh_names)))
+            if args.what_if:
+                with shared_scratch(Path(scratch) / "shared"):
+                    shared.append(asyncio.run(engine_rate(root, Path(scratch) / f"shs{attempt}.db", sh_names)))
+                    with lean_executor():
+                        lean.append(asyncio.run(engine_rate(root, Path(scratch) / f"shl{attempt}.db", sh_names)))
+
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            for name, make in (
+                ("python", lambda p: engine_rate(root, Path(scratch) / "prof-py.db", py_names, p)),
+                ("shell", lambda p: engine_rate(root, Path(scratch) / "prof-sh.db", sh_names, p)),
+                ("run_shell", lambda p: run_shell_rate(root, args.shell_tasks, p)),
+            ):
+                profile = cProfile.Profile()
+                asyncio.run(make(profile))
+                profile.dump_stats(args.profile / f"{name}.prof")
 
         db = Path(scratch) / "cli.db"
         runner = [sys.executable, "-m", "runner", "--project", str(root), "--db", str(db)]
         subprocess.run([*runner, "sync"], check=True, capture_output=True)
-        cli = wall([*runner, "run", "hello"], args.repeat + 2)
-        baseline = wall(
-            [sys.executable, "-c", "import sqlalchemy.ext.asyncio, aiosqlite, yaml, jsonschema, click, anyio"],
-            args.repeat + 2,
+        cli, baseline = walls(
+            [[*runner, "run", "hello"], [sys.executable, "-c", BASELINE_IMPORTS]], args.repeat + 2
         )
 
-    py, floor = statistics.median(py_rates), statistics.median(floor_rates)
-    sh, plain = statistics.median(sh_rates), statistics.median(plain_rates)
+    load_after = os.getloadavg()
+    med = statistics.median
+
+    def rate(pairs: list[tuple[float, float]]) -> float:
+        return med(r for r, _ in pairs)
+
+    def cpu_ms(pairs: list[tuple[float, float]]) -> float:
+        return med(c for _, c in pairs) * 1e3
+
+    def vs_plain(pairs: list[tuple[float, float]]) -> str:
+        """Median (min-max) of the ratios of each repeat to the plain rate of the same repeat."""
+        ratios = [r / p for (r, _), (p, _) in zip(pairs, plain, strict=True)]
+        return f"{med(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+    py_rate, floor_rate = rate(py), med(floor)
+    sh_rate, plain_rate = rate(sh), rate(plain)
+    sh_ratio = med(r / p for (r, _), (p, _) in zip(sh, plain, strict=True))
+    cli_ratio = med(c / b for c, b in zip(cli, baseline, strict=True))
     print(f"{'measure':48} {'value':>12} {'floor/baseline':>15} {'ratio':>8}  target")
-    print(f"{'no-op python runs/s (' + str(args.python_tasks) + ')':48} {py:12.0f} {floor:15.0f} {py / floor:8.2f}  >= 3000/s")
-    print(f"{'shell `true` runs/s (' + str(args.shell_tasks) + ')':48} {sh:12.0f} {plain:15.0f} {sh / plain:8.2f}  >= 0.70")
-    print(f"{'`runner run hello` wall s':48} {cli:12.3f} {baseline:15.3f} {cli / baseline:8.2f}  <= 1.50")
-    print(f"(medians of {args.repeat}; concurrency {CONCURRENCY}; python {sys.version.split()[0]})")
+    print(f"{'no-op python runs/s (' + str(args.python_tasks) + ')':48} {py_rate:12.0f} {floor_rate:15.0f} "
+          f"{py_rate / floor_rate:8.2f}  >= 3000/s ({'met' if py_rate >= 3000 else 'NOT met'})")
+    print(f"{'shell `true` runs/s (' + str(args.shell_tasks) + ')':48} {sh_rate:12.0f} {plain_rate:15.0f} "
+          f"{sh_ratio:8.2f}  >= 0.70 ({'met' if sh_ratio >= 0.7 else 'NOT met'})")
+    print(f"{'`runner run hello` wall s':48} {med(cli):12.3f} {med(baseline):15.3f} {cli_ratio:8.2f}  "
+          f"<= 1.50 ({'met' if cli_ratio <= 1.5 else 'NOT met'}; ratio of the fastest: {min(cli) / min(baseline):.2f})")
+    print("(ratios: median of the ratios of each repeat, whose two sides ran one after the other)")
+    print()
+    print(f"{'shell `true`, where the time goes':48} {'runs/s':>12} {'vs plain':>18} {'cpu ms/run':>11}")
+    print(f"{'  plain asyncio subprocesses':48} {plain_rate:12.0f} {'1':>18} {cpu_ms(plain):11.2f}")
+    for label, pairs in (
+        ("  run_shell alone", alone),
+        ("  through the engine", sh),
+        ("  engine, shared scratch dir (prototype)", shared),
+        ("  ... and a protocol-based run_shell (prototype)", lean),
+    ):
+        if pairs:
+            print(f"{label:48} {rate(pairs):12.0f} {vs_plain(pairs):>18} {cpu_ms(pairs):11.2f}")
+    print(f"{'  (python no-op through the engine)':48} {py_rate:12.0f} {'':18} {cpu_ms(py):11.2f}")
+    print()
+    print(f"(medians of {args.repeat}; concurrency {CONCURRENCY}; python {platform.python_version()}; nproc {os.cpu_count()})")
+    print("(load average before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} {:.2f})".format(*load_before, *load_after))
 
 
 if __name__ == "__main__":
