@@ -531,16 +531,21 @@ class Engine:
     async def _shell(
         self, attempt: _Attempt, env: dict[str, str], masker: Masker, upstream: Upstream
     ) -> dict[str, Any]:
-        with tempfile.TemporaryDirectory(prefix="runner-") as scratch:
-            child_env = {**self._environ, **env}
-            if attempt.spec.needs:  # even when no need has a run to show (--no-deps)
-                path = anyio.Path(scratch, "upstream.json")
-                await path.write_text(json.dumps(_upstream_json(upstream)), encoding="utf-8")
-                child_env["RUNNER_UPSTREAM_FILE"] = str(path)
-            elif "RUNNER_UPSTREAM_FILE" not in env:
+        child_env = {**self._environ, **env}
+        if not attempt.spec.needs:
+            if "RUNNER_UPSTREAM_FILE" not in env:
                 # Inherited when a task started this runner: that file is not this task's.
                 child_env.pop("RUNNER_UPSTREAM_FILE", None)
             return await self._run_command(attempt, child_env, masker)
+        # Even when no need has a run to show (--no-deps). File work goes to a thread: on a
+        # busy disk creating and removing files can stall the event loop for milliseconds.
+        path = await anyio.to_thread.run_sync(_write_upstream_file, _upstream_json(upstream))
+        child_env["RUNNER_UPSTREAM_FILE"] = path
+        try:
+            return await self._run_command(attempt, child_env, masker)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_remove, path)
 
     async def _run_command(self, attempt: _Attempt, child_env: dict[str, str], masker: Masker) -> dict[str, Any]:
         spec = attempt.spec
@@ -680,6 +685,18 @@ def retry_delay(backoff: float, attempt: int) -> float:
     # The exponent is bounded: 2.0 ** 1024 overflows, and long before that any backoff is capped.
     delay = min(backoff * 2.0 ** min(attempt - 1, 1000), max(backoff, MAX_BACKOFF))
     return delay * random.uniform(0.5, 1.0)
+
+
+def _write_upstream_file(data: dict[str, Any]) -> str:
+    fd, path = tempfile.mkstemp(prefix="runner-upstream-", suffix=".json")  # mode 0600
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        json.dump(data, file)
+    return path
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _upstream_json(upstream: Upstream) -> dict[str, Any]:
