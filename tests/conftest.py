@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -82,3 +85,43 @@ def runner_cli(project: ProjectDir) -> RunnerCli:
         )
 
     return run
+
+
+# -- helpers shared by the test modules ------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def poll(condition: Callable[[], T | None], *, within: float = 5.0, what: str = "it") -> T:
+    """Wait until ``condition()`` is truthy and return it; nothing signals another process's work."""
+    deadline = time.monotonic() + within
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what} after {within}s")
+        time.sleep(0.01)
+    return value
+
+
+def live_members(pgid: int) -> list[int]:
+    """Pids in process group ``pgid`` that are not zombies (init here may not reap them at once)."""
+    live = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        state, _ppid, pgrp = stat.rpartition(")")[2].split()[:3]
+        if int(pgrp) == pgid and state not in "ZX":
+            live.append(int(entry.name))
+    return live

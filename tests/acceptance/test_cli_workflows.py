@@ -22,17 +22,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from conftest import ProjectDir, cli_env
+from conftest import ProjectDir, cli_env, json_lines, live_members, ok, poll
 
 pytestmark = pytest.mark.timeout(20)
 
-T = TypeVar("T")
 Result = subprocess.CompletedProcess[str]
 
 PLUGIN = """
@@ -100,18 +99,9 @@ LONG = f"{STARTED}; sleep 100 & sleep 100"
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def ok(result: Result) -> Result:
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
 def exits(result: Result, code: int) -> Result:
     assert result.returncode == code, result.stdout + result.stderr
     return result
-
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines()]
 
 
 def by_task(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -128,32 +118,6 @@ def overlap(one: dict[str, Any], other: dict[str, Any]) -> bool:
     return at(one, "started_at") < at(other, "finished_at") and at(other, "started_at") < at(
         one, "finished_at"
     )
-
-
-def poll(condition: Callable[[], T | None], *, within: float = 5.0, what: str = "it") -> T:
-    """Wait until ``condition()`` is truthy and return it; nothing signals another process's work."""
-    deadline = time.monotonic() + within
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what} after {within}s")
-        time.sleep(0.01)
-    return value
-
-
-def live_members(pgid: int) -> list[int]:
-    """Pids in process group ``pgid`` that are not zombies (init here may not reap them at once)."""
-    live = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        state, _ppid, pgrp = stat.rpartition(")")[2].split()[:3]
-        if int(pgrp) == pgid and state not in "ZX":
-            live.append(int(entry.name))
-    return live
 
 
 class Cli:

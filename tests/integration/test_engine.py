@@ -26,7 +26,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import ProjectDir
+from conftest import ProjectDir, live_members
 
 from runner import inject, registry
 from runner.engine import Engine
@@ -271,22 +271,6 @@ async def wait_for_status(db: Path, run_id: str, status: RunStatus) -> Run:
             while (found := await other.run(run_id)).status is not status:  # noqa: ASYNC110
                 await anyio.sleep(0.01)
     return found
-
-
-def live_members(pgid: int) -> list[int]:
-    """Pids in process group ``pgid`` that are not zombies (init here may never reap them)."""
-    live = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        state, _ppid, pgrp = stat.rpartition(")")[2].split()[:3]
-        if int(pgrp) == pgid and state not in "ZX":
-            live.append(int(entry.name))
-    return live
 
 
 # -- shell ----------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from conftest import live_members
 
 from runner.executors.shell import ShellOutcome, ShellStartError, run_shell
 
@@ -18,30 +19,14 @@ ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 GROUP = "echo $$ > pgid; sleep 100 & sleep 100"
 
 
-def _live_members(pgid: int) -> list[int]:
-    """Pids in process group ``pgid`` that are not zombies (init here may never reap them)."""
-    live = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        state, _ppid, pgrp = stat.rpartition(")")[2].split()[:3]
-        if int(pgrp) == pgid and state not in "ZX":
-            live.append(int(entry.name))
-    return live
-
-
 async def _assert_group_gone(pgid: int) -> None:
     # SIGKILL is delivered asynchronously: give the kernel a moment to finish the exits.
     # Polling, because no event tells us when another process has exited; the deadline is
     # generous because a loaded 2-core machine can take a while to finish the exits.
     with anyio.move_on_after(3):
-        while _live_members(pgid):  # noqa: ASYNC110
+        while live_members(pgid):  # noqa: ASYNC110
             await anyio.sleep(0.01)
-    assert _live_members(pgid) == []
+    assert live_members(pgid) == []
 
 
 async def test_string_runs_through_sh(tmp_path: Path) -> None:
