@@ -4,22 +4,23 @@ A string command runs as ``/bin/sh -c COMMAND``; a list runs as argv with no she
 in it is expanded. ``env`` is the child's complete environment (an argv[0] without a slash is
 looked up on *its* ``PATH``) and stdin is ``/dev/null``.
 
-Output: stdout and stderr are read concurrently and each keeps only its last ``output_cap``
-bytes (``DEFAULT_OUTPUT_CAP``, 1 MB), so a task that prints gigabytes costs a bounded amount of
-memory; the ``*_truncated`` flags say when the start was dropped. Bytes are decoded as UTF-8
+Output: one asyncio subprocess protocol (so this needs anyio's asyncio backend) collects stdout
+and stderr as they arrive, and each keeps only its last ``output_cap`` bytes
+(``DEFAULT_OUTPUT_CAP``, 1 MB), so a task that prints gigabytes costs a bounded amount of memory; the ``*_truncated`` flags say when the start was dropped. Bytes are decoded as UTF-8
 with invalid sequences replaced, never raising.
 
 Process group: the child starts in a new session, so it and everything it spawns share one
 process group that belongs to this run. When the run times out or is cancelled, the group gets
 SIGTERM, then ``kill_grace`` seconds (``DEFAULT_KILL_GRACE``, 2 s) for the child to exit, then
 SIGKILL; the child is always reaped. When the child exits on its own, whatever it left running
-in the background (``sleep 100 &``) is SIGKILLed too, after the readers had a brief moment to
-collect what is already in the pipes: a finished task must not leave processes behind, and a
+in the background (``sleep 100 &``) is SIGKILLed too, after the pipes had a brief moment to
+deliver what is already in them: a finished task must not leave processes behind, and a
 background process holding stdout open would otherwise keep the run from ever finishing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -29,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
-from anyio.abc import ByteReceiveStream, Process
 
 from runner.errors import RunnerError
 
@@ -85,10 +85,24 @@ class _Tail:
         return data[max(0, len(data) - self.cap) :].decode("utf-8", errors="replace")
 
 
-async def _drain(stream: ByteReceiveStream | None, tail: _Tail) -> None:
-    assert stream is not None
-    async for chunk in stream:
-        tail.add(chunk)
+class _Collect(asyncio.SubprocessProtocol):
+    """Feeds the child's pipes into two tails and notes when it exited and the pipes closed."""
+
+    def __init__(self, output_cap: int) -> None:
+        self.tails = {1: _Tail(output_cap), 2: _Tail(output_cap)}
+        self.exited, self.closed = asyncio.Event(), asyncio.Event()
+        self.open_pipes = 2
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        self.tails[fd].add(data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self.open_pipes -= 1
+        if not self.open_pipes:
+            self.closed.set()
+
+    def process_exited(self) -> None:
+        self.exited.set()
 
 
 def _signal_group(pgid: int, signum: int) -> None:
@@ -96,16 +110,19 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-async def _stop_group(process: Process, *, exited: bool, kill_grace: float) -> None:
+async def _stop_group(
+    transport: asyncio.SubprocessTransport, child: _Collect, *, exited: bool, kill_grace: float
+) -> None:
     """Kill the process group and reap the child; the caller shields this from cancellation."""
+    pgid = transport.get_pid()
     if not exited:
-        _signal_group(process.pid, signal.SIGTERM)
+        _signal_group(pgid, signal.SIGTERM)
         with anyio.move_on_after(kill_grace):
-            await process.wait()
+            await child.exited.wait()
     # Also when the child exited in time: its background processes may have ignored TERM.
-    _signal_group(process.pid, signal.SIGKILL)
-    await process.wait()
-    await process.aclose()
+    _signal_group(pgid, signal.SIGKILL)
+    await child.exited.wait()
+    transport.close()
 
 
 async def run_shell(
@@ -125,12 +142,14 @@ async def run_shell(
     group is killed (TERM, grace, KILL) before the cancellation propagates.
     """
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+    loop = asyncio.get_running_loop()
     try:
         # Shielded: cancelled halfway, asyncio would kill only /bin/sh and never the group it
         # has already started. The cancellation is taken up right after, with the group killed.
         with anyio.CancelScope(shield=True):
-            process = await anyio.open_process(
-                argv,
+            transport, child = await loop.subprocess_exec(
+                lambda: _Collect(output_cap),
+                *argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -141,22 +160,21 @@ async def run_shell(
     except OSError as exc:
         raise ShellStartError(f"cannot start command: {exc}") from exc
 
-    out, err = _Tail(output_cap), _Tail(output_cap)
     exited = False
     try:
         with anyio.move_on_after(timeout):
-            async with anyio.create_task_group() as readers:
-                readers.start_soon(_drain, process.stdout, out)
-                readers.start_soon(_drain, process.stderr, err)
-                await process.wait()
-                exited = True
-                readers.cancel_scope.deadline = anyio.current_time() + _DRAIN_GRACE
+            await child.exited.wait()
+            exited = True
+            if not child.closed.is_set():
+                with anyio.move_on_after(_DRAIN_GRACE):
+                    await child.closed.wait()
     finally:
         with anyio.CancelScope(shield=True):
-            await _stop_group(process, exited=exited, kill_grace=kill_grace)
+            await _stop_group(transport, child, exited=exited, kill_grace=kill_grace)
 
+    out, err = child.tails[1], child.tails[2]
     return ShellOutcome(
-        exit_code=process.returncode if exited else None,
+        exit_code=transport.get_returncode() if exited else None,
         stdout=out.text(),
         stderr=err.text(),
         timed_out=not exited,
