@@ -12,11 +12,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:
+    from runner.store import Store
 
 
 @pytest.fixture
@@ -125,3 +128,41 @@ def live_members(pgid: int) -> list[int]:
         if int(pgrp) == pgid and state not in "ZX":
             live.append(int(entry.name))
     return live
+
+
+# -- in-process runs: a store, and plugins that do not leak from one test into the next ----------
+
+
+@pytest.fixture
+def fresh_plugins() -> Iterator[None]:
+    """Every test's project brings its own ``plugins`` package; forget the previous test's."""
+    from runner import inject, registry
+
+    def drop() -> None:
+        for name in [m for m in sys.modules if m == "plugins" or m.startswith("plugins.")]:
+            del sys.modules[name]
+        registry.forget()
+
+    path = list(sys.path)
+    entries, by_name = dict(inject._entries), dict(inject._by_name)
+    drop()
+    yield
+    drop()
+    sys.path[:] = path
+    inject._entries.clear()
+    inject._entries.update(entries)
+    inject._by_name.clear()
+    inject._by_name.update(by_name)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "store" / "runner.db"
+
+
+@pytest.fixture
+async def store(db: Path) -> AsyncIterator[Store]:
+    from runner.store import open_store
+
+    async with open_store(db) as opened:
+        yield opened

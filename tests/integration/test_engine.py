@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,6 @@ import anyio
 import pytest
 from conftest import ProjectDir, live_members
 
-from runner import inject, registry
 from runner.engine import Engine
 from runner.errors import ParameterError, TaskNotRunnable
 from runner.models import Run, RunStatus
@@ -39,7 +38,7 @@ from runner.store.store import RunBatch
 from runner.sync import sync_project
 from runner.testing import run_task, run_task_sync
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = [pytest.mark.timeout(10), pytest.mark.usefixtures("fresh_plugins")]
 
 SECRET = "s3cr3t-Vh7Q"  # distinctive, so that finding it in the database file means a leak
 
@@ -204,38 +203,6 @@ def leaky_fail() -> None:
 
     raise RuntimeError("token is " + os.environ["RUNNER_TEST_SECRET"])
 '''
-
-
-@pytest.fixture(autouse=True)
-def fresh_plugins() -> Iterator[None]:
-    """Every test's project brings its own ``plugins`` package; forget the previous test's."""
-
-    def drop() -> None:
-        for name in [m for m in sys.modules if m == "plugins" or m.startswith("plugins.")]:
-            del sys.modules[name]
-        registry.forget()
-
-    path = list(sys.path)
-    entries, by_name = dict(inject._entries), dict(inject._by_name)
-    drop()
-    yield
-    drop()
-    sys.path[:] = path
-    inject._entries.clear()
-    inject._entries.update(entries)
-    inject._by_name.clear()
-    inject._by_name.update(by_name)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "store" / "runner.db"
-
-
-@pytest.fixture
-async def store(db: Path) -> AsyncIterator[Store]:
-    async with open_store(db) as opened:
-        yield opened
 
 
 def write(project: ProjectDir, tasks: str, plugin: str = PLUGIN) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,14 @@ import anyio
 import pytest
 from conftest import ProjectDir
 
-from runner import Upstream, registry
+from runner import Upstream
 from runner.engine import MAX_BACKOFF, Engine, retry_delay
 from runner.models import RunStatus
 from runner.oneshot import run_once
 from runner.store import Store, open_store
 from runner.sync import sync_project
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = [pytest.mark.timeout(10), pytest.mark.usefixtures("fresh_plugins")]
 
 PLUGIN = '''
 import anyio
@@ -92,33 +92,6 @@ def inspect(upstream: Upstream) -> dict:
         "repr": repr(upstream),
     }
 '''
-
-
-@pytest.fixture(autouse=True)
-def fresh_plugins() -> Iterator[None]:
-    """Every test's project brings its own ``plugins`` package; forget the previous test's."""
-
-    def drop() -> None:
-        for name in [m for m in sys.modules if m == "plugins" or m.startswith("plugins.")]:
-            del sys.modules[name]
-        registry.forget()
-
-    path = list(sys.path)
-    drop()
-    yield
-    drop()
-    sys.path[:] = path
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "store" / "runner.db"
-
-
-@pytest.fixture
-async def store(db: Path) -> AsyncIterator[Store]:
-    async with open_store(db) as opened:
-        yield opened
 
 
 def write(project: ProjectDir, tasks: str) -> None:
