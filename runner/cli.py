@@ -27,7 +27,6 @@ from runner.errors import (
 from runner.models import RunStatus
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_NOT_RUNNABLE = 0, 1, 2, 3
-_STATUSES = RunStatus
 
 T = TypeVar("T")
 
@@ -299,7 +298,7 @@ def _print_run_output(run: Any) -> None:
 
 @main.command()
 @click.option("--task", help="Only runs of this task.")
-@click.option("--status", type=click.Choice([s.value for s in _STATUSES]), help="Only runs in this status.")
+@click.option("--status", type=click.Choice([s.value for s in RunStatus]), help="Only runs in this status.")
 @click.option("--invocation", metavar="ID", help="Only the runs of one invocation (one `runner run`).")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")

@@ -28,10 +28,6 @@ class RunStatus(enum.StrEnum):
     INTERRUPTED = "interrupted"
     SKIPPED = "skipped"
 
-    @property
-    def finished(self) -> bool:
-        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
-
 
 @dataclass(frozen=True)
 class SecretRef:

@@ -56,11 +56,6 @@ def _qualified(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def registered_names() -> dict[str, str]:
-    """``@task`` names and the ``module:qualname`` each stands for."""
-    return {name: _qualified(fn) for name, fn in _registered.items()}
-
-
 def use_project(project: Path) -> None:
     """Make ``project``'s modules (``plugins.x``) the importable ones.
 

@@ -29,7 +29,6 @@ from runner.models import Retries, Schedule, SecretRef, Source, TaskSpec, TaskTy
 
 TASKS_DIR = "tasks.d"
 MAX_FILE_BYTES = 50 * 1024 * 1024
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 _STR = "tag:yaml.org,2002:str"
 _MERGE = "tag:yaml.org,2002:merge"
