@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -166,3 +168,78 @@ async def store(db: Path) -> AsyncIterator[Store]:
 
     async with open_store(db) as opened:
         yield opened
+
+
+# -- the real command, in a temporary project --------------------------------------------------
+
+Result = subprocess.CompletedProcess[str]
+
+
+class Cli:
+    """Starts ``runner`` processes in the project; kills whatever a test left running."""
+
+    def __init__(self, project: ProjectDir) -> None:
+        self.project = project
+        self.started: list[subprocess.Popen[str]] = []
+        self.groups: list[int] = []
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "runner", "--project", str(self.project.root), *args]
+
+    def start(self, *args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[str]:
+        options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+        process = subprocess.Popen(
+            self.argv(*args),
+            cwd=self.project.root,
+            env={**cli_env(), **(env or {})},
+            text=True,
+            **options,
+        )
+        self.started.append(process)
+        return process
+
+    def finish(self, process: subprocess.Popen[str], *, within: float = 10) -> Result:
+        try:
+            stdout, stderr = process.communicate(timeout=within)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+            raise AssertionError(f"runner did not exit within {within}s:\n{stdout}{stderr}") from None
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        return self.finish(self.start(*args, env=env))
+
+    def side_by_side(self, *commands: tuple[str, ...]) -> list[Result]:
+        """Run independent commands at once; their results in the same order."""
+        return [self.finish(p) for p in [self.start(*args) for args in commands]]
+
+    def runs(self, *args: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = json.loads(ok(self("runs", "--json", *args)).stdout)
+        return found
+
+    def task_started(self) -> tuple[int, str]:
+        """Wait for a task that writes "PGID RUN_ID" to ./started; its group is killed at the end."""
+        marker = self.project.root / "started"
+        pgid, run_id = poll(lambda: marker.exists() and marker.read_text().split(), what="the task")
+        self.groups.append(int(pgid))
+        return int(pgid), run_id
+
+    def cleanup(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.kill()
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
+            process.wait()
+        for pgid in self.groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+
+
+@pytest.fixture
+def cli(project: ProjectDir) -> Iterator[Cli]:
+    runner = Cli(project)
+    yield runner
+    runner.cleanup()

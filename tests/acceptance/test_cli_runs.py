@@ -10,23 +10,17 @@ also exercises several runner processes on one store.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ProjectDir, RunnerCli, cli_env, json_lines, live_members, ok, poll
+from conftest import Cli, ProjectDir, Result, RunnerCli, json_lines, live_members, ok, poll
 
 pytestmark = pytest.mark.timeout(20)
 
-Result = subprocess.CompletedProcess[str]
 
 SECRET = "Zx9-acceptance-s3cret"
 
@@ -102,71 +96,6 @@ def assert_group_gone(pgid: int) -> None:
 def db_bytes(project: ProjectDir) -> bytes:
     """The store as it is on disk, write-ahead log included."""
     return b"".join(p.read_bytes() for p in sorted(project.db.parent.glob("runner.db*")))
-
-
-class Cli:
-    """Starts ``runner`` processes in the project; kills whatever a test left running."""
-
-    def __init__(self, project: ProjectDir) -> None:
-        self.project = project
-        self.started: list[subprocess.Popen[str]] = []
-        self.groups: list[int] = []
-
-    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "runner", "--project", str(self.project.root), *args],
-            cwd=self.project.root,
-            env={**cli_env(), **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.started.append(process)
-        return process
-
-    def finish(self, process: subprocess.Popen[str], *, within: float = 10) -> Result:
-        try:
-            stdout, stderr = process.communicate(timeout=within)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            stdout, stderr = process.communicate()
-            raise AssertionError(
-                f"runner did not exit within {within}s:\n{stdout}{stderr}"
-            ) from None
-        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-    def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
-        return self.finish(self.start(*args, env=env))
-
-    def side_by_side(self, *commands: tuple[str, ...]) -> list[Result]:
-        """Run independent commands at once; their results in the same order."""
-        return [self.finish(p) for p in [self.start(*args) for args in commands]]
-
-    def task_started(self) -> tuple[int, str]:
-        """Wait for a LONG task to start; its process group id and run id."""
-        marker = self.project.root / "started"
-        pgid, run_id = poll(lambda: marker.exists() and marker.read_text().split(), what="the task")
-        self.groups.append(int(pgid))
-        return int(pgid), run_id
-
-    def cleanup(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.kill()
-            for pipe in (process.stdout, process.stderr):
-                if pipe is not None:
-                    pipe.close()
-            process.wait()
-        for pgid in self.groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-
-
-@pytest.fixture
-def cli(project: ProjectDir) -> Iterator[Cli]:
-    runner = Cli(project)
-    yield runner
-    runner.cleanup()
 
 
 def write(project: ProjectDir, tasks: str) -> None:

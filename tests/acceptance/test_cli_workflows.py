@@ -11,7 +11,6 @@ test do so through files, polled with a deadline; the tests never sleep to let s
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
@@ -28,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ProjectDir, cli_env, json_lines, live_members, ok, poll
+from conftest import Cli, ProjectDir, Result, json_lines, live_members, ok, poll
 
 pytestmark = pytest.mark.timeout(20)
 
-Result = subprocess.CompletedProcess[str]
 
 PLUGIN = """
 from runner import Upstream
@@ -118,60 +116,6 @@ def overlap(one: dict[str, Any], other: dict[str, Any]) -> bool:
     return at(one, "started_at") < at(other, "finished_at") and at(other, "started_at") < at(
         one, "finished_at"
     )
-
-
-class Cli:
-    """Starts ``runner`` processes in the project; kills whatever a test left running."""
-
-    def __init__(self, project: ProjectDir) -> None:
-        self.project = project
-        self.started: list[subprocess.Popen[str]] = []
-        self.groups: list[int] = []
-
-    def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "runner", "--project", str(self.project.root), *args]
-
-    def start(self, *args: str, **popen: Any) -> subprocess.Popen[str]:
-        options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
-        process = subprocess.Popen(
-            self.argv(*args), cwd=self.project.root, env=cli_env(), text=True, **options
-        )
-        self.started.append(process)
-        return process
-
-    def finish(self, process: subprocess.Popen[str], *, within: float = 10) -> Result:
-        stdout, stderr = process.communicate(timeout=within)
-        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-    def __call__(self, *args: str) -> Result:
-        return self.finish(self.start(*args))
-
-    def side_by_side(self, *commands: tuple[str, ...]) -> list[Result]:
-        """Run independent commands at once; their results in the same order."""
-        return [self.finish(p) for p in [self.start(*args) for args in commands]]
-
-    def runs(self, *args: str) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = json.loads(ok(self("runs", "--json", *args)).stdout)
-        return found
-
-    def cleanup(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.kill()
-            for pipe in (process.stdout, process.stderr):
-                if pipe is not None:
-                    pipe.close()
-            process.wait()
-        for pgid in self.groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-
-
-@pytest.fixture
-def cli(project: ProjectDir) -> Iterator[Cli]:
-    runner = Cli(project)
-    yield runner
-    runner.cleanup()
 
 
 def write(project: ProjectDir, tasks: str) -> None:
