@@ -202,9 +202,10 @@ class Workflow:
     def target_run_id(self) -> str:
         return self.nodes[self.target].attempt.run_id
 
-    async def queue(self) -> None:
-        """Record every run of the workflow as ``queued`` (one transaction)."""
-        await self.engine.recorder.queued([node.attempt.row() for node in self.nodes.values()])
+    async def queue(self, **with_runs: Any) -> None:
+        """Record every run of the workflow as ``queued`` (one transaction, which also commits
+        ``with_runs``: a schedule's ``fires``, the triggers ``claimed``)."""
+        await self.engine.recorder.queued([node.attempt.row() for node in self.nodes.values()], **with_runs)
 
     async def execute(self, *, queued: bool = False) -> Run:
         """Run everything, needs first; return the target's final run."""
@@ -306,11 +307,13 @@ class Engine:
         with_needs: bool = True,
         trigger: str = "cli",
         parent_id: str | None = None,
+        run_id: str | None = None,
     ) -> Workflow:
         """Check that ``name`` (and its needs) can run with these parameters; nothing runs yet.
 
-        ``parameters`` override the target's own (not its needs'). Raises TaskNotRunnable
-        (unknown, disabled, orphaned, invalid, removed) or ParameterError.
+        ``parameters`` override the target's own (not its needs'); ``run_id`` is the id the
+        target's run gets (one is made otherwise). Raises TaskNotRunnable (unknown, disabled,
+        orphaned, invalid, removed) or ParameterError.
         """
         target = self._runnable(name)
         order = upstream_order(name, self._needs) if with_needs else [name]
@@ -322,9 +325,8 @@ class Engine:
             if task_name == name and parameters:
                 params = self._checked(stored.spec, {**params, **parameters})
             masker = Masker(readable_secrets(stored.spec.env, self.project))
-            attempt = _Attempt(
-                stored.spec, new_run_id(), 1, params, trigger, parent_id, invocation, masker=masker
-            )
+            own_id = run_id if run_id is not None and task_name == name else new_run_id()
+            attempt = _Attempt(stored.spec, own_id, 1, params, trigger, parent_id, invocation, masker=masker)
             nodes[task_name] = _Node(stored, attempt)
         return Workflow(self, nodes, name, invocation)
 

@@ -47,11 +47,18 @@ class Schedule:
     cron: str | None = None
     timezone: str | None = None
     every: float | None = None
+    misfire: str = "once"  # fires missed while no daemon ran: "once" (run one) or "skip"
+    overlap: str = "skip"  # a fire while the previous run goes on: "skip" (recorded) or "allow"
 
     def to_json(self) -> dict[str, Any]:
-        if self.every is not None:
-            return {"every": self.every}
-        return {"cron": self.cron, "timezone": self.timezone or "UTC"}
+        when: dict[str, Any] = (
+            {"every": self.every} if self.every is not None else {"cron": self.cron, "timezone": self.timezone or "UTC"}
+        )
+        if self.misfire != "once":
+            when["misfire"] = self.misfire
+        if self.overlap != "skip":
+            when["overlap"] = self.overlap
+        return when
 
 
 @dataclass(frozen=True)

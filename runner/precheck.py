@@ -58,11 +58,15 @@ def _checks() -> dict[str, Callable[[Any], bool]]:
             return True
         if type(value) is not dict:
             return False
+        if value.get("misfire", "once") not in ("once", "skip"):
+            return False
+        if value.get("overlap", "skip") not in ("skip", "allow"):
+            return False
         if "every" in value:
-            return value.keys() == {"every"} and duration(value["every"])
+            return value.keys() <= {"every", "misfire", "overlap"} and duration(value["every"])
         return (
             text(value.get("cron"))
-            and value.keys() <= {"cron", "timezone"}
+            and value.keys() <= {"cron", "timezone", "misfire", "overlap"}
             and ("timezone" not in value or text(value["timezone"]))
         )
 

@@ -8,6 +8,7 @@ is no timer: a lone run is committed at once, and under load batches grow by the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -66,8 +67,18 @@ class Recorder:
         if pending.error is not None:
             raise StoreError(f"cannot record the run: {pending.error}") from pending.error
 
-    async def queued(self, rows: list[dict[str, Any]]) -> None:
-        await self._commit(lambda b: b.inserts.extend(rows))
+    async def queued(
+        self, rows: list[dict[str, Any]], *, fires: Sequence[dict[str, Any]] = (), claimed: Sequence[str] = ()
+    ) -> None:
+        """Record runs queued; with them, in the same transaction, a schedule's fire and the
+        triggers these runs take up."""
+
+        def fill(batch: RunBatch) -> None:
+            batch.inserts.extend(rows)
+            batch.fires.extend(fires)
+            batch.claimed.extend(claimed)
+
+        await self._commit(fill)
 
     def started(self, run_id: str, at: float) -> None:
         """Record that a run started, without waiting: a run that lasts longer than a commit is

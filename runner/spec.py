@@ -435,7 +435,7 @@ def _expects_string(where: Path_) -> bool:
     if field_ == "env":
         return depth == 4
     if field_ == "schedule":
-        return depth == 3 or (depth == 4 and where[3] in ("cron", "timezone"))
+        return depth == 3 or (depth == 4 and where[3] in ("cron", "timezone", "misfire", "overlap"))
     return False
 
 
@@ -500,9 +500,10 @@ def _build_spec(file: TaskFile, name: str, body: dict[str, Any]) -> TaskSpec | N
     if raw_schedule is not None:
         from runner.schedule import check_timezone, normalize_cron
 
+        policy = {k: raw_schedule[k] for k in ("misfire", "overlap") if isinstance(raw_schedule, dict) and k in raw_schedule}
         if isinstance(raw_schedule, dict) and "every" in raw_schedule:
             every = duration(("schedule", "every"), raw_schedule["every"], positive=True)
-            schedule = Schedule(every=every)
+            schedule = Schedule(every=every, **policy)
         else:
             cron = raw_schedule if isinstance(raw_schedule, str) else raw_schedule["cron"]
             tz = raw_schedule.get("timezone", "UTC") if isinstance(raw_schedule, dict) else "UTC"
@@ -517,7 +518,7 @@ def _build_spec(file: TaskFile, name: str, body: dict[str, Any]) -> TaskSpec | N
             except ValueError as exc:
                 file.add((*where, "schedule", "timezone"), f"{_label(where)}: {exc}")
                 ok = False
-            schedule = Schedule(cron=cron, timezone=tz)
+            schedule = Schedule(cron=cron, timezone=tz, **policy)
 
     timeout = None
     if body.get("timeout") is not None:

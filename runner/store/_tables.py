@@ -77,6 +77,7 @@ run_logs = Table(
     Column("at", Float, nullable=False),
     Column("level", String(16), nullable=False),
     Column("message", Text, nullable=False),
+    Column("stream", String(8), nullable=False, server_default="log"),  # log, stdout, stderr
     Index("run_logs_run", "run_id", "id"),
 )
 
@@ -85,4 +86,35 @@ task_files = Table(
     metadata,
     Column("path", String(1024), primary_key=True),  # relative to the project
     Column("digest", String(64), nullable=False),  # SHA-256 of the bytes the stored tasks came from
+)
+
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("task", String(100), primary_key=True),
+    Column("schedule", Text, nullable=False),  # Schedule.to_json() the times below were computed for
+    Column("anchor", Float, nullable=False),  # when the schedule first appeared: every: counts from here
+    Column("next_fire_at", Float, nullable=False),
+    Column("last_fire_at", Float),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),  # "daemon": one daemon per store
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("pid_started", Float),
+    Column("acquired_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+)
+
+triggers = Table(
+    "triggers",
+    metadata,
+    Column("run_id", String(32), primary_key=True),  # the id the target's run will have
+    Column("task", String(100), nullable=False),
+    Column("parameters", Text, nullable=False),  # JSON overrides, as given to `runner trigger`
+    Column("with_needs", Boolean, nullable=False),
+    Column("requested_at", Float, nullable=False),
 )

@@ -27,7 +27,7 @@ from runner.processes import HOST, process_is_alive
 from runner.store import _tables as t
 from runner.sync import SyncPlan
 
-CURRENT_VERSION = 3
+CURRENT_VERSION = 4
 
 _RUN_COLUMNS = (
     t.runs.c.id,
@@ -91,10 +91,57 @@ class RunBatch:
     starts: list[tuple[str, float]] = field(default_factory=list)
     finishes: list[dict[str, Any]] = field(default_factory=list)
     logs: list[dict[str, Any]] = field(default_factory=list)
+    # Committed with the runs they start, so a fire or a trigger is never taken twice or lost:
+    fires: list[dict[str, Any]] = field(default_factory=list)  # task, next_fire_at, last_fire_at
+    claimed: list[str] = field(default_factory=list)  # run ids of triggers taken up
 
     @property
     def empty(self) -> bool:
-        return not (self.inserts or self.starts or self.finishes or self.logs)
+        return not (self.inserts or self.starts or self.finishes or self.logs or self.fires or self.claimed)
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    """Where a task's schedule stands: kept in the store so restarts neither repeat nor drop."""
+
+    task: str
+    schedule: str  # the JSON of the schedule these times were computed for
+    anchor: float
+    next_fire_at: float
+    last_fire_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who holds a named lease (the daemon's), since when, and when it last said it was alive."""
+
+    name: str
+    host: str
+    pid: int
+    pid_started: float | None
+    acquired_at: float
+    heartbeat_at: float
+
+
+class LeaseHeld(StoreError):
+    """Another live process holds the lease."""
+
+    def __init__(self, holder: Lease) -> None:
+        super().__init__(f"lease {holder.name!r} is held by pid {holder.pid} on {holder.host}")
+        self.holder = holder
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A request to the daemon to run a task (``runner trigger``), not yet taken up."""
+
+    run_id: str
+    task: str
+    parameters: dict[str, Any]
+    with_needs: bool
+    requested_at: float
+
+
 BUSY_TIMEOUT_MS = 30_000
 
 def _add_invocation(sync_conn: Any) -> None:
@@ -104,12 +151,20 @@ def _add_invocation(sync_conn: Any) -> None:
     Index("runs_invocation", t.runs.c.invocation).create(sync_conn)
 
 
+def _add_daemon_tables(sync_conn: Any) -> None:
+    from sqlalchemy import text
+
+    sync_conn.execute(text("ALTER TABLE run_logs ADD COLUMN stream VARCHAR(8) NOT NULL DEFAULT 'log'"))
+    t.metadata.create_all(sync_conn, tables=[t.schedules, t.leases, t.triggers])
+
+
 # MIGRATIONS[N - 1] takes a store from version N - 1 to N. A new store (version 0) is created at
 # the current version in one step, so MIGRATIONS[0] creates everything.
 MIGRATIONS: list[Callable[[Any], None]] = [
     t.metadata.create_all,
     lambda sync_conn: t.metadata.create_all(sync_conn, tables=[t.task_files]),
     _add_invocation,
+    _add_daemon_tables,
 ]
 
 
@@ -364,6 +419,15 @@ class Store:
                 )
             if batch.logs:
                 await conn.execute(t.run_logs.insert(), batch.logs)
+            if batch.fires:
+                await conn.execute(
+                    update(t.schedules)
+                    .where(t.schedules.c.task == bindparam("b_task"))
+                    .values(next_fire_at=bindparam("b_next"), last_fire_at=bindparam("b_last")),
+                    [{"b_task": f["task"], "b_next": f["next_fire_at"], "b_last": f["last_fire_at"]} for f in batch.fires],
+                )
+            if batch.claimed:
+                await conn.execute(t.triggers.delete().where(t.triggers.c.run_id.in_(batch.claimed)))
 
     async def run(self, run_id: str) -> Run:
         """One run with its log lines; RunNotFound if there is none with that id."""
@@ -437,6 +501,99 @@ class Store:
                 )
             )
         return dead
+
+    async def unfinished(self, task: str) -> list[tuple[str, str, int, float | None]]:
+        """The runs of ``task`` that are queued or running: (id, host, pid, pid_started) each."""
+        query = select(t.runs.c.id, t.runs.c.host, t.runs.c.pid, t.runs.c.pid_started).where(
+            t.runs.c.status.in_((RunStatus.QUEUED.value, RunStatus.RUNNING.value)), t.runs.c.task == task
+        )
+        async with self._read() as conn:
+            return [tuple(row) for row in await conn.execute(query)]
+
+    # -- schedules ------------------------------------------------------------------------------
+
+    async def schedule_states(self) -> dict[str, ScheduleState]:
+        async with self._read() as conn:
+            rows = await conn.execute(select(t.schedules))
+            return {row.task: ScheduleState(**row._mapping) for row in rows}
+
+    async def save_schedule_states(self, states: list[ScheduleState], drop: list[str]) -> None:
+        """Insert or replace ``states`` and forget the schedules of the tasks in ``drop``."""
+        if not states and not drop:
+            return
+        names = [s.task for s in states] + drop
+        async with self._write() as conn:
+            await conn.execute(t.schedules.delete().where(t.schedules.c.task.in_(names)))
+            if states:
+                await conn.execute(t.schedules.insert(), [vars(s) for s in states])
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    async def acquire_lease(
+        self, name: str, *, host: str, pid: int, pid_started: float | None, is_stale: Callable[[Lease], bool]
+    ) -> Lease | None:
+        """Take the lease ``name``; LeaseHeld if a holder that is not ``is_stale`` has it.
+
+        Returns the stale lease that was taken over, if there was one.
+        """
+        now = time.time()
+        async with self._write() as conn:
+            row = (await conn.execute(select(t.leases).where(t.leases.c.name == name))).first()
+            previous = Lease(**row._mapping) if row is not None else None
+            if previous is not None:
+                if not is_stale(previous) and (previous.host, previous.pid) != (host, pid):
+                    raise LeaseHeld(previous)
+                await conn.execute(t.leases.delete().where(t.leases.c.name == name))
+            await conn.execute(
+                t.leases.insert().values(
+                    name=name, host=host, pid=pid, pid_started=pid_started, acquired_at=now, heartbeat_at=now
+                )
+            )
+        return previous
+
+    async def renew_lease(self, name: str, *, host: str, pid: int) -> bool:
+        """Say the holder is alive; False if the lease is no longer this holder's."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(t.leases)
+                .where(t.leases.c.name == name, t.leases.c.host == host, t.leases.c.pid == pid)
+                .values(heartbeat_at=time.time())
+            )
+            return bool(result.rowcount)
+
+    async def release_lease(self, name: str, *, host: str, pid: int) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                t.leases.delete().where(t.leases.c.name == name, t.leases.c.host == host, t.leases.c.pid == pid)
+            )
+
+    async def lease(self, name: str) -> Lease | None:
+        async with self._read() as conn:
+            row = (await conn.execute(select(t.leases).where(t.leases.c.name == name))).first()
+            return Lease(**row._mapping) if row is not None else None
+
+    # -- triggers -------------------------------------------------------------------------------
+
+    async def add_trigger(self, trigger: Trigger) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                t.triggers.insert().values(
+                    run_id=trigger.run_id,
+                    task=trigger.task,
+                    parameters=json.dumps(trigger.parameters),
+                    with_needs=trigger.with_needs,
+                    requested_at=trigger.requested_at,
+                )
+            )
+
+    async def triggers(self) -> list[Trigger]:
+        """Triggers not yet taken up, oldest first."""
+        async with self._read() as conn:
+            rows = await conn.execute(select(t.triggers).order_by(t.triggers.c.requested_at))
+            return [
+                Trigger(r.run_id, r.task, json.loads(r.parameters), bool(r.with_needs), r.requested_at)
+                for r in rows
+            ]
 
     @property
     def engine(self) -> AsyncEngine:

@@ -571,7 +571,7 @@ def test_bad_schedules_point_at_the_bad_part(project: ProjectDir) -> None:
         "tasks.d/a.yaml:17:5: task 'typo': schedule: missing required key 'cron'",
         "tasks.d/a.yaml:17:16: task 'typo': schedule: unknown key 'crn' (did you mean 'cron'?)",
         "tasks.d/a.yaml:20:35: task 'both': schedule: unknown key 'every'"
-        " (known keys: cron, timezone)",
+        " (known keys: cron, timezone, misfire, overlap)",
     ]
 
 
