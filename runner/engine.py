@@ -207,6 +207,17 @@ class Workflow:
         ``with_runs``: a schedule's ``fires``, the triggers ``claimed``)."""
         await self.engine.recorder.queued([node.attempt.row() for node in self.nodes.values()], **with_runs)
 
+    async def skip(self, reason: str, **with_runs: Any) -> Run:
+        """Record the target ``skipped`` for ``reason`` without running anything (its needs are
+        not recorded): a schedule's fire while the task's previous run goes on."""
+        node = self.nodes[self.target]
+        await self.engine.recorder.queued([node.attempt.row()], **with_runs)
+        error = {"type": "Skipped", "message": reason, "traceback": None}
+        node.final = await self.engine._finish(node.attempt, None, RunStatus.SKIPPED, error=error)
+        self._record(node.final)
+        node.done.set()
+        return node.final
+
     async def execute(self, *, queued: bool = False) -> Run:
         """Run everything, needs first; return the target's final run."""
         if not queued:
@@ -308,11 +319,12 @@ class Engine:
         trigger: str = "cli",
         parent_id: str | None = None,
         run_id: str | None = None,
+        attempt: int = 1,
     ) -> Workflow:
         """Check that ``name`` (and its needs) can run with these parameters; nothing runs yet.
 
         ``parameters`` override the target's own (not its needs'); ``run_id`` is the id the
-        target's run gets (one is made otherwise). Raises TaskNotRunnable (unknown, disabled,
+        target's run gets (one is made otherwise), ``attempt`` its number. Raises TaskNotRunnable (unknown, disabled,
         orphaned, invalid, removed) or ParameterError.
         """
         target = self._runnable(name)
@@ -326,8 +338,9 @@ class Engine:
                 params = self._checked(stored.spec, {**params, **parameters})
             masker = Masker(readable_secrets(stored.spec.env, self.project))
             own_id = run_id if run_id is not None and task_name == name else new_run_id()
-            attempt = _Attempt(stored.spec, own_id, 1, params, trigger, parent_id, invocation, masker=masker)
-            nodes[task_name] = _Node(stored, attempt)
+            number = attempt if task_name == name else 1
+            first = _Attempt(stored.spec, own_id, number, params, trigger, parent_id, invocation, masker=masker)
+            nodes[task_name] = _Node(stored, first)
         return Workflow(self, nodes, name, invocation)
 
     async def run(self, name: str, **options: Any) -> Run:
@@ -396,29 +409,7 @@ class Engine:
     # -- checks -----------------------------------------------------------------------------
 
     def _runnable(self, name: str, needed_by: str | None = None) -> StoredTask:
-        stored = self.tasks.get(name)
-        subject = f"task {needed_by!r} needs {name!r}, which" if needed_by else f"task {name!r}"
-        if stored is None:
-            live = [n for n, t in self.tasks.items() if not t.removed]
-            close = difflib.get_close_matches(name, live, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else "; `runner list` shows the tasks"
-            raise TaskNotRunnable(f"{subject} is not declared in tasks.d{hint}")
-        if stored.removed:
-            raise TaskNotRunnable(
-                f"{subject} was removed from the task files; its history stays in `runner runs`"
-            )
-        if not stored.enabled:
-            reason = stored.disabled_reason or "declared"
-            where = stored.spec.source
-            if reason == "declared":
-                raise TaskNotRunnable(
-                    f"{subject} is disabled in {where} (enabled: false); enable it there"
-                )
-            kind, _, detail = reason.partition(": ")
-            raise TaskNotRunnable(
-                f"{subject} is {kind} ({where}): {detail}; fix it, then check with `runner validate`"
-            )
-        return stored
+        return runnable(self.tasks, name, needed_by)
 
     def _checked(self, spec: TaskSpec, params: dict[str, Any]) -> dict[str, Any]:
         """``params`` converted to what the callable's hints ask for; ParameterError if unfit."""
@@ -678,6 +669,33 @@ class Engine:
         attempt.final = run  # from here on the record is on its way, whatever happens
         await self.recorder.finished(fields, logs or [])
         return run
+
+
+def runnable(tasks: Mapping[str, StoredTask], name: str, needed_by: str | None = None) -> StoredTask:
+    """The stored task ``name`` if it can run; TaskNotRunnable saying why not (and where to look)."""
+    stored = tasks.get(name)
+    subject = f"task {needed_by!r} needs {name!r}, which" if needed_by else f"task {name!r}"
+    if stored is None:
+        live = [n for n, t in tasks.items() if not t.removed]
+        close = difflib.get_close_matches(name, live, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else "; `runner list` shows the tasks"
+        raise TaskNotRunnable(f"{subject} is not declared in tasks.d{hint}")
+    if stored.removed:
+        raise TaskNotRunnable(
+            f"{subject} was removed from the task files; its history stays in `runner runs`"
+        )
+    if not stored.enabled:
+        reason = stored.disabled_reason or "declared"
+        where = stored.spec.source
+        if reason == "declared":
+            raise TaskNotRunnable(
+                f"{subject} is disabled in {where} (enabled: false); enable it there"
+            )
+        kind, _, detail = reason.partition(": ")
+        raise TaskNotRunnable(
+            f"{subject} is {kind} ({where}): {detail}; fix it, then check with `runner validate`"
+        )
+    return stored
 
 
 def retry_delay(backoff: float, attempt: int) -> float:

@@ -7,6 +7,7 @@ caller's choice; the findings are the same.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,14 +112,18 @@ def check_callable(spec: TaskSpec, declared: Declared) -> CallableFinding | None
     return CallableFinding(spec.name, reference, reason, tuple(problems))
 
 
-_signatures: dict[Callable[..., Any], Any] = {}
+# Weak: a daemon that reloads plugins makes new functions; the old ones must be able to go.
+_signatures: weakref.WeakKeyDictionary[Callable[..., Any], Any] = weakref.WeakKeyDictionary()
 
 
 def signature_of(fn: Callable[..., Any]) -> Any:
     """``inspect_callable(fn)``, once per callable."""
     from runner.signature import inspect_callable
 
-    sig = _signatures.get(fn)
+    try:
+        sig = _signatures.get(fn)
+    except TypeError:  # an object that cannot be weakly referenced: inspected every time
+        return inspect_callable(fn)
     if sig is None:
         sig = _signatures[fn] = inspect_callable(fn)
     return sig

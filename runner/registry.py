@@ -68,17 +68,29 @@ def use_project(project: Path) -> None:
     if _project == root:
         return
     if _project is not None:
-        old = str(_project)
         with contextlib.suppress(ValueError):
-            sys.path.remove(old)
-        for name, module in list(sys.modules.items()):
-            origin = getattr(module, "__file__", None) or ""
-            if name == "plugins" or name.startswith("plugins.") or origin.startswith(old + os.sep):
-                del sys.modules[name]
-        forget()
-        importlib.invalidate_caches()
+            sys.path.remove(str(_project))
+        _drop_project_modules(_project)
     sys.path.insert(0, str(root))
     _project = root
+
+
+def reload_plugins() -> None:
+    """Forget the current project's imported modules and registrations, so that the next
+    ``import_plugins`` and ``resolve`` import them afresh (after a file under plugins/ changed).
+    Code already running keeps the functions it has."""
+    if _project is not None:
+        _drop_project_modules(_project)
+
+
+def _drop_project_modules(root: Path) -> None:
+    prefix = str(root) + os.sep
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None) or ""
+        if name == "plugins" or name.startswith("plugins.") or origin.startswith(prefix):
+            del sys.modules[name]
+    forget()
+    importlib.invalidate_caches()
 
 
 def import_plugins(project: Path) -> list[Problem]:

@@ -17,6 +17,7 @@ from runner.errors import ProjectError
 from runner.models import StoredTask, TaskSpec, TaskType
 
 if TYPE_CHECKING:
+    from runner.spec import Declared
     from runner.store import Store
 
 
@@ -110,26 +111,29 @@ def plan(
     )
 
 
-async def sync_project(root: Path, store: Store, *, dry_run: bool = False) -> SyncPlan:
+async def sync_project(
+    root: Path, store: Store, *, dry_run: bool = False, declared: Declared | None = None
+) -> SyncPlan:
     """Validate ``root``'s task files and reconcile ``store`` with them (``dry_run``: only plan).
 
     Invalid files raise ProjectError and leave the store untouched. Python tasks whose callable
     does not resolve or fit are stored disabled, each with a structured warning. When no task
     file changed since the last sync (same paths, same SHA-256), the stored definitions are
     used instead of parsing and validating the files again; callables are checked every time.
+    ``declared``: the files, read already (by the daemon, in a thread).
     """
     from runner.spec import gc_paused
 
     with gc_paused():
-        return await _sync_project(root, store, dry_run=dry_run)
+        return await _sync_project(root, store, dry_run=dry_run, declared=declared)
 
 
-async def _sync_project(root: Path, store: Store, *, dry_run: bool) -> SyncPlan:
+async def _sync_project(root: Path, store: Store, *, dry_run: bool, declared: Declared | None) -> SyncPlan:
     from runner.project import load_project
     from runner.spec import Declared, fingerprint, load_tasks
 
     stored_digests = await store.task_files()
-    digests = fingerprint(root)
+    digests = fingerprint(root) if declared is None else None
     if digests is not None:
         digests[RUNNER_KEY] = _runner_mark()
     scope: set[str] | None = None  # when set, only these tasks can change
@@ -140,7 +144,8 @@ async def _sync_project(root: Path, store: Store, *, dry_run: bool) -> SyncPlan:
         declared = Declared({name: task.spec for name, task in stored.items()}, {}, {}, [])
     else:
         stored = await store.tasks()
-        declared = load_tasks(root)
+        if declared is None:
+            declared = load_tasks(root)
         digests = {**declared.digests, RUNNER_KEY: _runner_mark()} if declared.digests else None
     project = load_project(root, declared)
     if project.problems:
