@@ -284,6 +284,151 @@ def run(
     sys.exit(EXIT_OK if all(r.succeeded for r in last.values()) else EXIT_RUN_FAILED)
 
 
+def _duration_option(text: str, option: str) -> float | None:
+    """A DURATION option's seconds; None for 0 (off)."""
+    from runner.spec import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from exc
+    return seconds or None
+
+
+@main.command()
+@click.option("--no-watch", is_flag=True, help="Do not reload when files in tasks.d/ or plugins/ change.")
+@click.option(
+    "--grace", default="30s", show_default=True, metavar="DURATION",
+    help="On SIGTERM/SIGINT, how long running runs may go on before they are cancelled.",
+)
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, metavar="N", help="Runs at once, at most (default 16).")
+@click.option(
+    "--retain", default="30d", show_default=True, metavar="DURATION",
+    help="Prune finished runs older than this (0: keep them).",
+)
+@click.option(
+    "--retain-runs", type=click.IntRange(min=0), default=1000, show_default=True, metavar="N",
+    help="Keep at most N finished runs per task (0: no limit).",
+)
+@click.pass_obj
+def daemon(
+    settings: Settings, no_watch: bool, grace: str, concurrency: int | None, retain: str, retain_runs: int
+) -> None:
+    """Sync, fire schedules, take triggers and reload on file changes, until SIGTERM/SIGINT.
+
+    On the first signal it stops firing and lets running runs finish within --grace, then
+    cancels the rest (process groups killed, runs recorded cancelled) and exits 0. A second
+    daemon on the same store exits 2 at once, naming the first.
+    """
+    import logging
+
+    from runner.daemon import Daemon, DaemonOptions
+    from runner.store import open_store
+
+    if log.logger.level > logging.INFO:
+        log.logger.setLevel(logging.INFO)
+    options = DaemonOptions(
+        watch=not no_watch,
+        grace=_duration_option(grace, "--grace") or 0.0,
+        max_concurrency=concurrency,
+        retain=_duration_option(retain, "--retain"),
+        retain_runs=retain_runs or None,
+    )
+
+    async def serve() -> None:
+        async with open_store(settings.store_location) as store:
+            await Daemon(settings.project, store, options).run()
+
+    _run_async(serve)
+    log.logger.info("daemon stopped", extra={"event": "daemon_stopped"})
+
+
+@main.command()
+@click.argument("name")
+@click.option("-p", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter of NAME (VALUE is read as YAML).")
+@click.option("--no-deps", is_flag=True, help="Run NAME alone, not its needs first.")
+@click.option("--wait", is_flag=True, help="Wait for the run to end; print and exit as `runner run` does.")
+@click.option("--json", "as_json", is_flag=True, help="With --wait: each run as a JSON line, NAME's last.")
+@click.pass_obj
+def trigger(settings: Settings, name: str, params: tuple[str, ...], no_deps: bool, wait: bool, as_json: bool) -> None:
+    """Ask the running daemon to run NAME (after its needs); print the run id.
+
+    Checks NAME as `runner run` does (exit 3 if it cannot run, 2 if a -p value does not fit).
+    With --wait, exits 0 when every run succeeded and 1 when one did not.
+    """
+    import time
+
+    from runner.daemon import describe_holder, request_run
+    from runner.engine import checked_parameters, runnable
+    from runner.graph import upstream_order
+    from runner.models import new_run_id
+    from runner.store import open_store
+    from runner.store.store import Trigger
+
+    overrides = dict(_parse_parameter(p) for p in params)
+
+    async def request() -> Any:
+        async with open_store(settings.store_location) as store:
+            tasks = await store.tasks()
+            stored = runnable(tasks, name)
+            if not no_deps:
+                needs = {n: t.spec.needs for n, t in tasks.items()}
+                for need in upstream_order(name, needs)[:-1]:
+                    runnable(tasks, need, needed_by=name)
+            if overrides and stored.spec.type.value == "python":
+                from runner import registry
+
+                registry.import_plugins(settings.project)
+                checked_parameters(stored.spec, {**stored.spec.parameters, **overrides})
+            run_id = new_run_id()
+            parameters = json.loads(json.dumps(overrides, default=str))
+            lease = await request_run(store, Trigger(run_id, name, parameters, not no_deps, time.time()))
+            click.echo(run_id)
+            if lease is None:
+                click.echo("runner: no daemon is running on this store; the run starts when one does", err=True)
+            else:
+                log.logger.info(f"asked the daemon ({describe_holder(lease)}) to run {name}")
+            if not wait:
+                return None
+            return await _wait_for(store, run_id)
+
+    try:
+        runs = _run_async(request)
+    except KeyboardInterrupt:
+        _fail("stopped waiting; the run goes on in the daemon (`runner logs -f RUN_ID` follows it)", 130)
+    if runs is None:
+        return
+    target = runs[-1]
+    if target.error and target.error.get("type") in ("TaskNotRunnable", "ParameterError"):
+        _fail(target.error["message"], EXIT_NOT_RUNNABLE if target.error["type"] == "TaskNotRunnable" else EXIT_USAGE)
+    if as_json:
+        for run_ in runs:
+            click.echo(json.dumps(run_.to_json()))
+    else:
+        _print_run_output(target)
+    last = {r.task: r for r in runs}
+    sys.exit(EXIT_OK if all(r.succeeded for r in last.values()) else EXIT_RUN_FAILED)
+
+
+async def _wait_for(store: Any, run_id: str) -> list[Any]:
+    """Every run of the invocation ``run_id`` heads, once that run is final (earliest first,
+    the target's last)."""
+    import anyio
+
+    unfinished = (RunStatus.QUEUED, RunStatus.RUNNING)
+    while True:
+        try:
+            target = await store.run(run_id)
+        except RunNotFound:
+            target = None  # the daemon has not taken it up yet
+        if target is not None and target.status not in unfinished:
+            break
+        await anyio.sleep(0.1)
+    others = [r for r in await store.runs(invocation=target.invocation, limit=None) if r.id != run_id]
+    others.sort(key=lambda r: (r.finished_at or 0.0, r.id))
+    return [*others, target]
+
+
 def _print_run_output(run: Any) -> None:
     if run.stdout:
         click.echo(run.stdout, nl=False)
@@ -364,3 +509,41 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
         click.echo("--- logs ---")
         for line in body["logs"]:
             click.echo(f"{line['at']} {line['level'].upper():<8} {line['message']}")
+
+
+@main.command()
+@click.option(
+    "--older-than", default="30d", show_default=True, metavar="DURATION",
+    help="Prune finished runs that ended longer ago than this (0: at any age).",
+)
+@click.option(
+    "--keep", type=click.IntRange(min=0), default=1000, show_default=True, metavar="N",
+    help="Prune finished runs beyond the newest N of each task (0: no limit).",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be pruned; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"pruned": N, "dry_run": bool}.')
+@click.pass_obj
+def prune(settings: Settings, older_than: str, keep: int, dry_run: bool, as_json: bool) -> None:
+    """Delete old finished runs and their log lines, so the store does not grow without bound.
+
+    A finished run goes when it ended longer ago than --older-than or is not among the newest
+    --keep runs of its task. Queued and running runs stay, and so does each task's latest
+    succeeded run. `runner daemon` does the same by itself (--retain, --retain-runs).
+    """
+    from runner.spec import parse_duration
+    from runner.store import open_store
+
+    try:
+        age = parse_duration(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from exc
+
+    async def go() -> int:
+        async with open_store(settings.store_location) as store:
+            return await store.prune_runs(older_than=age or None, keep_per_task=keep or None, dry_run=dry_run)
+
+    count = _run_async(go)
+    if as_json:
+        _emit_json({"pruned": count, "dry_run": dry_run})
+        return
+    click.echo(f"{'would prune' if dry_run else 'pruned'} {count} run{'' if count == 1 else 's'}")

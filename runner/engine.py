@@ -412,16 +412,7 @@ class Engine:
         return runnable(self.tasks, name, needed_by)
 
     def _checked(self, spec: TaskSpec, params: dict[str, Any]) -> dict[str, Any]:
-        """``params`` converted to what the callable's hints ask for; ParameterError if unfit."""
-        if spec.type is not TaskType.PYTHON:
-            return params
-        from runner.signature import check_parameters
-
-        sig = signature_of(registry.resolve(spec.callable or ""))
-        converted, issues = check_parameters(sig, params)
-        if issues:
-            raise ParameterError([f"task {spec.name!r}: {issue.message}" for issue in issues])
-        return converted
+        return checked_parameters(spec, params)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -696,6 +687,19 @@ def runnable(tasks: Mapping[str, StoredTask], name: str, needed_by: str | None =
             f"{subject} is {kind} ({where}): {detail}; fix it, then check with `runner validate`"
         )
     return stored
+
+
+def checked_parameters(spec: TaskSpec, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` converted to what the callable's hints ask for; ParameterError if unfit."""
+    if spec.type is not TaskType.PYTHON:
+        return params
+    from runner.signature import check_parameters
+
+    sig = signature_of(registry.resolve(spec.callable or ""))
+    converted, issues = check_parameters(sig, params)
+    if issues:
+        raise ParameterError([f"task {spec.name!r}: {issue.message}" for issue in issues])
+    return converted
 
 
 def retry_delay(backoff: float, attempt: int) -> float:

@@ -1,0 +1,459 @@
+"""The daemon: fires schedules, takes triggers, reloads on file changes, shuts down gently.
+
+One daemon per store holds the ``daemon`` lease (host, pid, heartbeat). Everything it decides is
+committed with the runs it starts: a schedule's next fire time moves in the same transaction
+that queues the fired runs, and a trigger is taken up in the transaction that queues its runs,
+so a crash or a restart neither repeats nor drops one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from runner import log, registry
+from runner.engine import Engine, Workflow
+from runner.errors import ParameterError, RunnerError, TaskNotRunnable
+from runner.models import Run, RunStatus, Schedule, iso
+from runner.processes import HOST, PID, PID_STARTED, process_is_alive
+from runner.schedule import next_fire
+from runner.store import Store
+from runner.store.store import Lease, LeaseHeld, ScheduleState, Trigger
+
+LEASE = "daemon"
+DEFAULT_GRACE = 30.0
+"""Seconds running runs get to finish after SIGTERM/SIGINT before they are cancelled."""
+
+HEARTBEAT = 5.0
+"""Seconds between renewals of the daemon's lease and sweeps for runs of dead processes."""
+
+STALE_AFTER = 30.0
+"""A lease held on another host and not renewed for this long is taken over."""
+
+TRIGGER_POLL = 0.1
+"""Seconds between looks for new triggers."""
+
+MISFIRE_GRACE = 60.0
+"""A fire more than this late counts as missed (the daemon was not running): ``misfire`` decides."""
+
+PRUNE_EVERY = 3600.0
+
+
+class DaemonRunning(RunnerError):
+    """Another live daemon holds the store."""
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    watch: bool = True
+    grace: float = DEFAULT_GRACE
+    max_concurrency: int | None = None
+    retain: float | None = 30 * 86400.0
+    retain_runs: int | None = 1000
+
+
+def describe_holder(lease: Lease) -> str:
+    return f"pid {lease.pid} on {lease.host}, since {iso(lease.acquired_at)}"
+
+
+def lease_is_stale(lease: Lease) -> bool:
+    """Whether the lease's holder is gone: a dead process on this host, or silent elsewhere."""
+    if lease.host == HOST:
+        return not process_is_alive(lease.pid, lease.pid_started)
+    return time.time() - lease.heartbeat_at > STALE_AFTER
+
+
+class Daemon:
+    """``runner daemon``: use ``await Daemon(root, store, options).run()``."""
+
+    def __init__(self, root: Path, store: Store, options: DaemonOptions = DaemonOptions()) -> None:
+        self.root = root.resolve()
+        self.store = store
+        self.options = options
+        self.states: dict[str, ScheduleState] = {}
+        self._wake = anyio.Event()
+        self._runs: TaskGroup | None = None
+        self._run_scopes: set[anyio.CancelScope] = set()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._engine: Engine | None = None
+        self._stop = anyio.Event()
+        self._hurry = anyio.Event()
+
+    @property
+    def engine(self) -> Engine:
+        assert self._engine is not None
+        return self._engine
+
+    # -- the whole life ---------------------------------------------------------------------
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """Hold the lease, sync, then fire, take triggers and reload until SIGTERM/SIGINT."""
+        try:
+            previous = await self.store.acquire_lease(
+                LEASE, host=HOST, pid=PID, pid_started=PID_STARTED, is_stale=lease_is_stale
+            )
+        except LeaseHeld as exc:
+            raise DaemonRunning(
+                f"another daemon is running on the store {self.store.url}: "
+                f"{describe_holder(exc.holder)}; stop it first (one daemon per store)"
+            ) from exc
+        if previous is not None:
+            log.logger.warning(
+                f"took over the lease of a daemon that is gone ({describe_holder(previous)})",
+                extra={"event": "lease_taken_over", "pid": previous.pid, "host": previous.host},
+            )
+        try:
+            await self._serve(previous, handle_signals)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.store.release_lease(LEASE, host=HOST, pid=PID)
+
+    async def _serve(self, previous: Lease | None, handle_signals: bool) -> None:
+        await self.store.mark_interrupted(HOST, process_is_alive)
+        await self._sync(None)
+        options: dict[str, Any] = {}
+        if self.options.max_concurrency:
+            options["max_concurrency"] = self.options.max_concurrency
+        async with Engine(self.store, self.root, **options) as engine, anyio.create_task_group() as life:
+            self._engine = engine
+            if handle_signals:
+                life.start_soon(self._on_signals)
+            self.states = await self.store.schedule_states()
+            await self._reschedule()
+            async with anyio.create_task_group() as runs:
+                self._runs = runs
+                if previous is not None:
+                    await self._retry_interrupted(previous)
+                async with anyio.create_task_group() as loops:
+                    loops.start_soon(self._fire_schedules)
+                    loops.start_soon(self._take_triggers)
+                    loops.start_soon(self._keep_lease)
+                    if self.options.watch:
+                        loops.start_soon(self._watch)
+                    log.logger.info(
+                        f"daemon started: pid {PID}, {len(engine.tasks)} tasks, {len(self.states)} scheduled",
+                        extra={"event": "daemon_started", "pid": PID, "scheduled": len(self.states)},
+                    )
+                    await self._stop.wait()
+                    loops.cancel_scope.cancel()
+                await self._drain()
+            life.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        """Stop firing and taking triggers; running runs get the grace period to finish."""
+        self._stop.set()
+
+    async def _on_signals(self) -> None:
+        """The first SIGTERM/SIGINT stops the daemon gently; a second one cuts the grace short."""
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if self._stop.is_set():
+                    self._hurry.set()
+                    continue
+                log.logger.info(
+                    f"stopping on {signal.Signals(signum).name}: no new runs; running ones get "
+                    f"{self.options.grace:g}s to finish (a second signal cancels them now)",
+                    extra={"event": "daemon_stopping", "signal": signum},
+                )
+                self.stop()
+
+    async def _drain(self) -> None:
+        """Let running runs finish within the grace period, then cancel them: their process
+        groups are killed and they are recorded cancelled."""
+        async with anyio.create_task_group() as waiting:
+
+            async def until(event: anyio.Event) -> None:
+                await event.wait()
+                waiting.cancel_scope.cancel()
+
+            waiting.start_soon(until, self._idle)
+            waiting.start_soon(until, self._hurry)
+            await anyio.sleep(self.options.grace)
+            waiting.cancel_scope.cancel()
+        if self._run_scopes:
+            log.logger.info(
+                f"cancelling {len(self._run_scopes)} running workflow(s)",
+                extra={"event": "daemon_cancelling", "count": len(self._run_scopes)},
+            )
+        for scope in list(self._run_scopes):
+            scope.cancel()
+        self.engine.cancel_submitted()
+
+    # -- running workflows -----------------------------------------------------------------
+
+    def _start(self, workflow: Workflow) -> None:
+        assert self._runs is not None
+        workflow.on_run = self._log_run
+        self._runs.start_soon(self._execute, workflow)
+
+    async def _execute(self, workflow: Workflow) -> None:
+        with anyio.CancelScope() as scope:
+            self._run_scopes.add(scope)
+            self._idle = anyio.Event()
+            try:
+                await workflow.execute(queued=True)
+            except RunnerError as exc:
+                log.logger.error(
+                    f"{workflow.target}: {exc}", extra={"event": "run_error", "task": workflow.target}
+                )
+            finally:
+                self._run_scopes.discard(scope)
+                if not self._run_scopes:
+                    self._idle.set()
+
+    def _log_run(self, run: Run) -> None:
+        took = f" in {run.duration_s:.3f}s" if run.duration_s is not None else ""
+        level = 20 if run.status in (RunStatus.SUCCEEDED, RunStatus.SKIPPED) else 30
+        why = f": {run.error['message']}" if run.error and run.status is not RunStatus.FAILED else ""
+        log.logger.log(
+            level,
+            f"{run.task}: run {run.id} {run.status.value}{took}{why}",
+            extra={
+                "event": "run_finished", "task": run.task, "run_id": run.id, "status": run.status.value,
+                "trigger": run.trigger, "duration_s": run.duration_s,
+            },
+        )
+
+    # -- schedules -------------------------------------------------------------------------
+
+    async def _reschedule(self) -> None:
+        """Bring the schedule states in line with the tasks: new and changed schedules start
+        from now; tasks that are no longer scheduled (or enabled, or declared) stop firing at
+        once (the in-memory states change before anything is awaited)."""
+        now = time.time()
+        wanted: dict[str, Schedule] = {
+            name: task.spec.schedule
+            for name, task in self.engine.tasks.items()
+            if task.spec.schedule is not None and task.enabled and not task.removed
+        }
+        gone = [name for name in self.states if name not in wanted]
+        for name in gone:
+            del self.states[name]
+        fresh = []
+        for name, schedule in wanted.items():
+            text = json.dumps(schedule.to_json(), sort_keys=True)
+            state = self.states.get(name)
+            if state is None or state.schedule != text:
+                state = self.states[name] = ScheduleState(name, text, now, next_fire(schedule, now, anchor=now))
+                fresh.append(state)
+        self._wake.set()
+        await self.store.save_schedule_states(fresh, gone)
+
+    async def _fire_schedules(self) -> None:
+        while True:
+            now = time.time()
+            for name, state in sorted(self.states.items(), key=lambda item: item[1].next_fire_at):
+                if state.next_fire_at > now:
+                    break
+                if self.states.get(name) is state:  # not changed by a reload meanwhile
+                    await self._fire(name, state, now)
+            upcoming = min((s.next_fire_at for s in self.states.values()), default=math.inf)
+            with anyio.move_on_after(max(upcoming - time.time(), 0.0) if upcoming < math.inf else 3600.0):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    async def _fire(self, name: str, state: ScheduleState, now: float) -> None:
+        task = self.engine.tasks[name]
+        schedule = task.spec.schedule
+        assert schedule is not None
+        advanced = ScheduleState(
+            name, state.schedule, state.anchor, next_fire(schedule, now, anchor=state.anchor), state.next_fire_at
+        )
+        self.states[name] = advanced
+        fires = [{"task": name, "next_fire_at": advanced.next_fire_at, "last_fire_at": advanced.last_fire_at}]
+        late = now - state.next_fire_at
+        if late > MISFIRE_GRACE and schedule.misfire == "skip":
+            log.logger.info(
+                f"{name}: missed the fire of {iso(state.next_fire_at)} (misfire: skip); next at "
+                f"{iso(advanced.next_fire_at)}",
+                extra={"event": "fire_missed", "task": name, "fire_at": iso(state.next_fire_at)},
+            )
+            await self.store.save_schedule_states([advanced], [])
+            return
+        try:
+            workflow = self.engine.workflow(name, trigger="schedule")
+        except (TaskNotRunnable, ParameterError) as exc:
+            log.logger.error(f"{name}: cannot fire: {exc}", extra={"event": "fire_failed", "task": name})
+            await self.store.save_schedule_states([advanced], [])
+            return
+        if schedule.overlap == "skip" and await self._still_running(name):
+            await workflow.skip("the previous run of this task is still going (overlap: skip)", fires=fires)
+            return
+        await workflow.queue(fires=fires)
+        log.logger.info(
+            f"{name}: fired run {workflow.target_run_id} (due {iso(state.next_fire_at)})",
+            extra={"event": "fired", "task": name, "run_id": workflow.target_run_id, "fire_at": iso(state.next_fire_at)},
+        )
+        self._start(workflow)
+
+    async def _still_running(self, name: str) -> bool:
+        """Whether a run of ``name`` is queued or running in a live process (any runner's)."""
+        unfinished = await self.store.unfinished(name)
+        if any(host != HOST or process_is_alive(pid, started) for _, host, pid, started in unfinished):
+            return True
+        if unfinished:  # all of dead processes: say so now rather than at the next sweep
+            await self.store.mark_interrupted(HOST, process_is_alive)
+        return False
+
+    # -- triggers --------------------------------------------------------------------------
+
+    async def _take_triggers(self) -> None:
+        while True:
+            for trigger in await self.store.triggers():
+                await self._take(trigger)
+            await anyio.sleep(TRIGGER_POLL)
+
+    async def _take(self, trigger: Trigger) -> None:
+        try:
+            workflow = self.engine.workflow(
+                trigger.task,
+                parameters=trigger.parameters,
+                with_needs=trigger.with_needs,
+                trigger="trigger",
+                run_id=trigger.run_id,
+            )
+        except (TaskNotRunnable, ParameterError) as exc:
+            await self._refuse(trigger, exc)
+            return
+        await workflow.queue(claimed=[trigger.run_id])
+        log.logger.info(
+            f"{trigger.task}: triggered run {trigger.run_id}",
+            extra={"event": "triggered", "task": trigger.task, "run_id": trigger.run_id},
+        )
+        self._start(workflow)
+
+    async def _refuse(self, trigger: Trigger, exc: RunnerError) -> None:
+        """Record a trigger that cannot run as a failed run with its id, saying why."""
+        stored = self.engine.tasks.get(trigger.task)
+        now = time.time()
+        row = {
+            "id": trigger.run_id, "task": trigger.task, "type": stored.spec.type.value if stored else "shell",
+            "status": RunStatus.QUEUED.value, "attempt": 1, "trigger": "trigger", "parent_id": None,
+            "invocation": trigger.run_id, "parameters": "{}", "queued_at": now,
+            "host": HOST, "pid": PID, "pid_started": PID_STARTED,
+        }
+        error = {"type": type(exc).__name__, "message": str(exc), "traceback": None}
+        finish = {"id": trigger.run_id, "status": RunStatus.FAILED.value, "finished_at": now, "error": json.dumps(error)}
+        await self.engine.recorder.queued([row], claimed=[trigger.run_id])
+        await self.engine.recorder.finished(finish, [])
+        log.logger.error(
+            f"{trigger.task}: trigger {trigger.run_id} refused: {exc}",
+            extra={"event": "trigger_refused", "task": trigger.task, "run_id": trigger.run_id},
+        )
+
+    # -- crash recovery --------------------------------------------------------------------
+
+    async def _retry_interrupted(self, previous: Lease) -> None:
+        """Retry the runs a dead daemon had started, where their task has retries left."""
+        for run in await self.store.started_runs_interrupted(previous.host, previous.pid):
+            stored = self.engine.tasks.get(run.task)
+            if stored is None or run.attempt > stored.spec.retries.count:
+                continue
+            try:
+                workflow = self.engine.workflow(
+                    run.task, parameters=run.parameters, with_needs=False, trigger="retry",
+                    parent_id=run.id, attempt=run.attempt + 1,
+                )
+            except (TaskNotRunnable, ParameterError) as exc:
+                log.logger.warning(f"{run.task}: interrupted run {run.id} not retried: {exc}")
+                continue
+            await workflow.queue()
+            log.logger.info(
+                f"{run.task}: retrying interrupted run {run.id} as {workflow.target_run_id}",
+                extra={"event": "retry_interrupted", "task": run.task, "run_id": workflow.target_run_id},
+            )
+            self._start(workflow)
+
+    async def _keep_lease(self) -> None:
+        last_prune = -math.inf
+        while True:
+            if not await self.store.renew_lease(LEASE, host=HOST, pid=PID):
+                log.logger.error(
+                    "lost the daemon lease (another daemon took it over); stopping",
+                    extra={"event": "lease_lost"},
+                )
+                raise DaemonRunning("another daemon took over this store's lease")
+            await self.store.mark_interrupted(HOST, process_is_alive)
+            if time.monotonic() - last_prune >= PRUNE_EVERY:
+                last_prune = time.monotonic()
+                await self._prune()
+            await anyio.sleep(HEARTBEAT)
+
+    async def _prune(self) -> None:
+        prune = getattr(self.store, "prune_runs", None)
+        if prune is None or (self.options.retain is None and self.options.retain_runs is None):
+            return
+        pruned = await prune(older_than=self.options.retain, keep_per_task=self.options.retain_runs)
+        if pruned:
+            log.logger.info(f"pruned {pruned} old runs", extra={"event": "pruned", "count": pruned})
+
+    # -- reloading -------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        from watchfiles import awatch
+
+        dirs = [d for d in (self.root / "tasks.d", self.root / "plugins") if d.is_dir()]
+        if not dirs:
+            return
+        # The watcher waits in a thread that a cancel cannot interrupt; the stop event can.
+        async for changes in awatch(*dirs, watch_filter=_relevant, debounce=100, step=20, stop_event=self._stop):
+            await self._sync({Path(path) for _, path in changes})
+
+    async def _sync(self, changed: Iterable[Path] | None) -> None:
+        """Validate and sync the files (``changed``: what changed, None at start); on success,
+        reschedule. Invalid files are logged and change nothing: the last good state runs on."""
+        from runner.errors import ProjectError
+        from runner.spec import load_tasks
+        from runner.sync import sync_project
+
+        started = time.monotonic()
+        declared = await anyio.to_thread.run_sync(load_tasks, self.root)
+        if changed is not None and any(p.suffix == ".py" for p in changed):
+            # At once, with no await between: a run that starts now finds its callable.
+            registry.reload_plugins()
+            registry.import_plugins(self.root)
+        try:
+            plan = await sync_project(self.root, self.store, declared=declared)
+        except ProjectError as exc:
+            for problem in exc.problems:
+                log.logger.error(
+                    str(problem),
+                    extra={"event": "invalid_task_file", "path": problem.path, "line": problem.line, "col": problem.col},
+                )
+            log.logger.error(
+                f"{len(exc.problems)} problem(s) in the task files; the last good definitions keep running",
+                extra={"event": "reload_failed", "problems": len(exc.problems)},
+            )
+            return
+        if self._engine is None:
+            return
+        await self.engine.reload()
+        await self._reschedule()
+        changes = {k: v for k, v in plan.to_json().items() if v}
+        log.logger.info(
+            f"reloaded in {time.monotonic() - started:.3f}s: "
+            + ("; ".join(f"{k} {', '.join(v)}" for k, v in changes.items()) or "no task changed"),
+            extra={"event": "reloaded", **changes},
+        )
+
+
+def _relevant(_change: Any, path: str) -> bool:
+    return path.endswith((".yaml", ".yml", ".py"))
+
+
+async def request_run(store: Store, trigger: Trigger) -> Lease | None:
+    """Ask the daemon to run a task (``runner trigger``); the daemon's lease, None if no live
+    daemon holds the store (the run starts when one does)."""
+    await store.add_trigger(trigger)
+    lease = await store.lease(LEASE)
+    return None if lease is None or lease_is_stale(lease) else lease
