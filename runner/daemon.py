@@ -34,16 +34,16 @@ DEFAULT_GRACE = 30.0
 """Seconds running runs get to finish after SIGTERM/SIGINT before they are cancelled."""
 
 HEARTBEAT = 5.0
-"""Seconds between renewals of the daemon's lease and sweeps for runs of dead processes."""
+"""Seconds between renewals of the daemon's lease."""
+
+SWEEP_EVERY = 1.0
+"""Seconds between looks for runs of dead processes on this host (marked interrupted)."""
 
 STALE_AFTER = 30.0
 """A lease held on another host and not renewed for this long is taken over."""
 
 TRIGGER_POLL = 0.1
 """Seconds between looks for new triggers."""
-
-MISFIRE_GRACE = 60.0
-"""A fire more than this late counts as missed (the daemon was not running): ``misfire`` decides."""
 
 PRUNE_EVERY = 3600.0
 
@@ -87,6 +87,7 @@ class Daemon:
         self._idle.set()
         self._engine: Engine | None = None
         self._stop = anyio.Event()
+        self._started_at = time.time()  # fire times before this were missed: no daemon ran
         self._hurry = anyio.Event()
 
     @property
@@ -271,8 +272,7 @@ class Daemon:
         )
         self.states[name] = advanced
         fires = [{"task": name, "next_fire_at": advanced.next_fire_at, "last_fire_at": advanced.last_fire_at}]
-        late = now - state.next_fire_at
-        if late > MISFIRE_GRACE and schedule.misfire == "skip":
+        if state.next_fire_at < self._started_at and schedule.misfire == "skip":
             log.logger.info(
                 f"{name}: missed the fire of {iso(state.next_fire_at)} (misfire: skip); next at "
                 f"{iso(advanced.next_fire_at)}",
@@ -281,7 +281,7 @@ class Daemon:
             await self.store.save_schedule_states([advanced], [])
             return
         try:
-            workflow = self.engine.workflow(name, trigger="schedule")
+            workflow = self.engine.workflow(name, trigger="schedule", scheduled_for=state.next_fire_at)
         except (TaskNotRunnable, ParameterError) as exc:
             log.logger.error(f"{name}: cannot fire: {exc}", extra={"event": "fire_failed", "task": name})
             await self.store.save_schedule_states([advanced], [])
@@ -375,19 +375,21 @@ class Daemon:
             self._start(workflow)
 
     async def _keep_lease(self) -> None:
-        last_prune = -math.inf
+        last_renewal = last_prune = -math.inf
         while True:
-            if not await self.store.renew_lease(LEASE, host=HOST, pid=PID):
-                log.logger.error(
-                    "lost the daemon lease (another daemon took it over); stopping",
-                    extra={"event": "lease_lost"},
+            if time.monotonic() - last_renewal >= HEARTBEAT:
+                last_renewal = time.monotonic()
+                if not await self.store.renew_lease(LEASE, host=HOST, pid=PID):
+                    raise DaemonRunning("another daemon took over this store's lease; stopping")
+            for run_id in await self.store.mark_interrupted(HOST, process_is_alive):
+                log.logger.warning(
+                    f"run {run_id} interrupted: the process running it died",
+                    extra={"event": "run_interrupted", "run_id": run_id},
                 )
-                raise DaemonRunning("another daemon took over this store's lease")
-            await self.store.mark_interrupted(HOST, process_is_alive)
             if time.monotonic() - last_prune >= PRUNE_EVERY:
                 last_prune = time.monotonic()
                 await self._prune()
-            await anyio.sleep(HEARTBEAT)
+            await anyio.sleep(SWEEP_EVERY)
 
     async def _prune(self) -> None:
         prune = getattr(self.store, "prune_runs", None)

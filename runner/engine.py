@@ -46,7 +46,7 @@ from runner.masking import Masker, SecretUnavailable, readable_secrets, resolve_
 from runner.models import LogLine, Run, RunStatus, StoredTask, TaskSpec, TaskType, new_run_id
 from runner.processes import HOST, PID, PID_STARTED
 from runner.project import signature_of
-from runner.recorder import Recorder
+from runner.recorder import LiveLog, Recorder
 from runner.store import Store
 
 DEFAULT_MAX_CONCURRENCY = 16
@@ -88,11 +88,13 @@ inject.set_provider(inject.ENGINE, lambda scope: scope.engine)
 
 
 class _RunLog(logging.Handler):
-    """Collects the lines a task writes to ``ctx.logger``."""
+    """Collects the lines a task writes to ``ctx.logger`` for its final run, and streams each
+    to the store as it is written (``live``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, live: LiveLog | None) -> None:
         super().__init__(logging.DEBUG)
         self.lines: list[tuple[float, str, str]] = []
+        self.live = live
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -101,7 +103,10 @@ class _RunLog(logging.Handler):
                 message += "\n" + "".join(traceback.format_exception(*record.exc_info))
         except Exception as exc:  # a bad format string must not fail the task
             message = f"{record.msg!r} (log formatting failed: {exc})"
-        self.lines.append((record.created, record.levelname.lower(), message))
+        line = (record.created, record.levelname.lower(), message)
+        self.lines.append(line)
+        if self.live is not None:
+            self.live.log(*line)
 
 
 _PACKAGE_DIR = str(Path(__file__).parent)
@@ -132,12 +137,14 @@ class _Attempt:
     trigger: str
     parent_id: str | None
     invocation: str
+    scheduled_for: float | None = None
     queued_at: float = field(default_factory=time.time)
     started: bool = False
     final: Run | None = None  # set once the final record is on its way
     value: Any = None  # what a python task returned, for the tasks that need it
     # Masks the task's secrets from the first record on: parameters are written when queued.
     masker: Masker = field(default_factory=Masker)
+    live: LiveLog | None = None  # its output and log lines on their way to the store
 
     def row(self) -> dict[str, Any]:
         return {
@@ -149,6 +156,7 @@ class _Attempt:
             "trigger": self.trigger,
             "parent_id": self.parent_id,
             "invocation": self.invocation,
+            "scheduled_for": self.scheduled_for,
             "parameters": json.dumps(self.masker.data(json_safe(self.parameters))),
             "queued_at": self.queued_at,
             "host": HOST,
@@ -320,11 +328,13 @@ class Engine:
         parent_id: str | None = None,
         run_id: str | None = None,
         attempt: int = 1,
+        scheduled_for: float | None = None,
     ) -> Workflow:
         """Check that ``name`` (and its needs) can run with these parameters; nothing runs yet.
 
         ``parameters`` override the target's own (not its needs'); ``run_id`` is the id the
-        target's run gets (one is made otherwise), ``attempt`` its number. Raises TaskNotRunnable (unknown, disabled,
+        target's run gets (one is made otherwise), ``attempt`` its number, ``scheduled_for`` the
+        fire time it runs for. Raises TaskNotRunnable (unknown, disabled,
         orphaned, invalid, removed) or ParameterError.
         """
         target = self._runnable(name)
@@ -338,8 +348,9 @@ class Engine:
                 params = self._checked(stored.spec, {**params, **parameters})
             masker = Masker(readable_secrets(stored.spec.env, self.project))
             own_id = run_id if run_id is not None and task_name == name else new_run_id()
-            number = attempt if task_name == name else 1
-            first = _Attempt(stored.spec, own_id, number, params, trigger, parent_id, invocation, masker=masker)
+            first = _Attempt(stored.spec, own_id, 1, params, trigger, parent_id, invocation, masker=masker)
+            if task_name == name:
+                first.number, first.scheduled_for = attempt, scheduled_for
             nodes[task_name] = _Node(stored, first)
         return Workflow(self, nodes, name, invocation)
 
@@ -506,6 +517,9 @@ class Engine:
         except SecretUnavailable as exc:
             return {"status": RunStatus.FAILED, "error": _error(exc, Masker(), with_traceback=False)}
         masker = Masker(secrets)
+        # The secrets known when it was queued, too, as in the final record.
+        live_masker = Masker([*secrets, *attempt.masker.secrets]) if attempt.masker else masker
+        attempt.live = self.recorder.live(attempt.run_id, live_masker, output_cap=self.output_cap)
         if attempt.spec.type is TaskType.SHELL:
             ending = await self._shell(attempt, env, masker, upstream)
         else:
@@ -547,6 +561,7 @@ class Engine:
                 timeout=spec.timeout,
                 output_cap=self.output_cap,
                 kill_grace=self.kill_grace,
+                on_output=attempt.live.output if attempt.live is not None else None,
             )
         except ShellStartError as exc:
             return {"status": RunStatus.FAILED, "error": _error(exc, masker, with_traceback=False)}
@@ -565,7 +580,7 @@ class Engine:
         self, attempt: _Attempt, env: dict[str, str], masker: Masker, upstream: Upstream
     ) -> dict[str, Any]:
         spec = attempt.spec
-        handler = _RunLog()
+        handler = _RunLog(attempt.live)
         logger = logging.Logger(f"runner.task.{spec.name}", logging.DEBUG)
         logger.addHandler(handler)
         context = RunContext(attempt.run_id, spec.name, attempt.number, attempt.parameters, logger, env)
@@ -586,10 +601,8 @@ class Engine:
                 )
             finally:
                 current_run.reset(token)
-        logs = [
-            {"run_id": attempt.run_id, "at": at, "level": level, "message": masker.text(message)}
-            for at, level, message in handler.lines
-        ]
+        # For the final run; the store has each line already (or gets it with the final record).
+        logs = tuple(LogLine(at, level, masker.text(message)) for at, level, message in handler.lines)
         if outcome.error is not None:
             status = RunStatus.TIMED_OUT if outcome.timed_out else RunStatus.FAILED
             error = _error(outcome.error, masker, with_traceback=not outcome.timed_out)
@@ -610,9 +623,13 @@ class Engine:
         has_result: bool = False,
         error: dict[str, Any] | None = None,
         masker: Masker | None = None,
-        logs: list[dict[str, Any]] | None = None,
+        logs: tuple[LogLine, ...] = (),
     ) -> Run:
-        """Record the run's final status (committed before this returns) and return the run."""
+        """Record the run's final status (committed before this returns) and return the run.
+
+        What the run's output and log lines had not streamed yet is written in the same
+        transaction, so whoever sees the run final sees all of its rows.
+        """
         # Skipped, cancelled and unstartable runs have no masker of their own.
         masker = Masker([*(masker.secrets if masker else ()), *attempt.masker.secrets])
         finished = time.time()
@@ -646,6 +663,7 @@ class Engine:
             trigger=attempt.trigger,
             parent_id=attempt.parent_id,
             invocation=attempt.invocation,
+            scheduled_for=attempt.scheduled_for,
             queued_at=attempt.queued_at,
             started_at=started,
             finished_at=finished,
@@ -655,10 +673,10 @@ class Engine:
             stderr=stderr,
             result=safe_result,
             error=error,
-            logs=tuple(LogLine(line["at"], line["level"], line["message"]) for line in logs or ()),
+            logs=logs,
         )
         attempt.final = run  # from here on the record is on its way, whatever happens
-        await self.recorder.finished(fields, logs or [])
+        await self.recorder.finished(fields, attempt.live.close() if attempt.live is not None else [])
         return run
 
 

@@ -225,6 +225,7 @@ class Run:
     parent_id: str | None
     queued_at: float
     invocation: str | None = None  # the `runner run` (or other start) this run was part of
+    scheduled_for: float | None = None  # the fire time, for the run a schedule started
     started_at: float | None = None
     finished_at: float | None = None
     duration_s: float | None = None
@@ -250,6 +251,7 @@ class Run:
             "trigger": self.trigger,
             "parent_id": self.parent_id,
             "invocation": self.invocation,
+            "scheduled_for": iso(self.scheduled_for),
             "queued_at": iso(self.queued_at),
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),

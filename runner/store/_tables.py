@@ -49,6 +49,7 @@ runs = Table(
     Column("trigger", String(16), nullable=False),  # cli, needs, schedule, retry, api, task
     Column("parent_id", String(32)),  # the run that started this one, or the earlier attempt
     Column("invocation", String(32)),  # one `runner run` (or fire, or submit): the whole workflow
+    Column("scheduled_for", Float),  # the fire time, for the run a schedule started
     Column("parameters", Text, nullable=False),  # JSON, secrets masked
     Column("queued_at", Float, nullable=False),
     Column("started_at", Float),

@@ -39,6 +39,7 @@ _RUN_COLUMNS = (
     t.runs.c.trigger,
     t.runs.c.parent_id,
     t.runs.c.invocation,
+    t.runs.c.scheduled_for,
     t.runs.c.queued_at,
     t.runs.c.started_at,
     t.runs.c.finished_at,
@@ -62,6 +63,7 @@ def _run_from_row(row: Any, logs: tuple[LogLine, ...] = ()) -> Run:
         trigger=row.trigger,
         parent_id=row.parent_id,
         invocation=row.invocation,
+        scheduled_for=row.scheduled_for,
         queued_at=row.queued_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
@@ -142,6 +144,21 @@ class Trigger:
     requested_at: float
 
 
+@dataclass(frozen=True)
+class LogEntry:
+    """One row of a run's log: a line of its ``ctx.logger`` (``stream`` "log"), or a chunk of
+    its stdout or stderr as it was streamed (``level`` None; "warning" for runner's note that
+    the stream stopped at the output cap). ``id`` grows with every row written."""
+
+    id: int
+    run_id: str
+    task: str
+    at: float
+    stream: str
+    level: str | None
+    message: str
+
+
 BUSY_TIMEOUT_MS = 30_000
 
 def _add_invocation(sync_conn: Any) -> None:
@@ -155,6 +172,7 @@ def _add_daemon_tables(sync_conn: Any) -> None:
     from sqlalchemy import text
 
     sync_conn.execute(text("ALTER TABLE run_logs ADD COLUMN stream VARCHAR(8) NOT NULL DEFAULT 'log'"))
+    sync_conn.execute(text("ALTER TABLE runs ADD COLUMN scheduled_for FLOAT"))
     t.metadata.create_all(sync_conn, tables=[t.schedules, t.leases, t.triggers])
 
 
@@ -430,17 +448,66 @@ class Store:
                 await conn.execute(t.triggers.delete().where(t.triggers.c.run_id.in_(batch.claimed)))
 
     async def run(self, run_id: str) -> Run:
-        """One run with its log lines; RunNotFound if there is none with that id."""
+        """One run with its log lines (not its streamed output: the record has that); RunNotFound
+        if there is none with that id."""
         async with self._read() as conn:
             row = (await conn.execute(select(*_RUN_COLUMNS).where(t.runs.c.id == run_id))).first()
             if row is None:
                 raise RunNotFound(f"no run with id {run_id!r}; `runner runs` lists recent ones")
             logs = await conn.execute(
                 select(t.run_logs.c.at, t.run_logs.c.level, t.run_logs.c.message)
-                .where(t.run_logs.c.run_id == run_id)
+                .where(t.run_logs.c.run_id == run_id, t.run_logs.c.stream == "log")
                 .order_by(t.run_logs.c.id)
             )
             return _run_from_row(row, tuple(LogLine(*line) for line in logs))
+
+    async def run_status(self, run_id: str) -> tuple[str, RunStatus]:
+        """A run's task and status, read cheaply (for following it); RunNotFound if none."""
+        async with self._read() as conn:
+            row = (await conn.execute(select(t.runs.c.task, t.runs.c.status).where(t.runs.c.id == run_id))).first()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}; `runner runs` lists recent ones")
+        return row.task, RunStatus(row.status)
+
+    async def log_lines(
+        self, run_id: str | None = None, *, task: str | None = None, after: int = 0, limit: int | None = None
+    ) -> list[LogEntry]:
+        """The log rows (logger lines and streamed output) with an id above ``after``, oldest
+        first: of the run ``run_id``, or of every run of ``task``. Rows are committed in id
+        order, so the last id seen is where the next call picks up."""
+        query = (
+            select(
+                t.run_logs.c.id,
+                t.run_logs.c.run_id,
+                t.runs.c.task,
+                t.run_logs.c.at,
+                t.run_logs.c.stream,
+                t.run_logs.c.level,
+                t.run_logs.c.message,
+            )
+            .join(t.runs, t.runs.c.id == t.run_logs.c.run_id)
+            .where(t.run_logs.c.id > after)
+            .order_by(t.run_logs.c.id)
+        )
+        if run_id is not None:
+            query = query.where(t.run_logs.c.run_id == run_id)
+        if task is not None:
+            query = query.where(t.runs.c.task == task)
+        if limit is not None:
+            query = query.limit(limit)
+        async with self._read() as conn:
+            return [
+                LogEntry(row.id, row.run_id, row.task, row.at, row.stream, row.level or None, row.message)
+                for row in await conn.execute(query)
+            ]
+
+    async def last_log_id(self) -> int:
+        """The id of the newest log row of any run (0 when there is none): where following
+        from now on starts."""
+        from sqlalchemy import func
+
+        async with self._read() as conn:
+            return int((await conn.execute(select(func.max(t.run_logs.c.id)))).scalar() or 0)
 
     async def runs(
         self,
@@ -509,6 +576,17 @@ class Store:
         )
         async with self._read() as conn:
             return [tuple(row) for row in await conn.execute(query)]
+
+    async def started_runs_interrupted(self, host: str, pid: int) -> list[Run]:
+        """The runs of process ``pid`` on ``host`` that started and were then interrupted."""
+        query = select(*_RUN_COLUMNS).where(
+            t.runs.c.status == RunStatus.INTERRUPTED.value,
+            t.runs.c.host == host,
+            t.runs.c.pid == pid,
+            t.runs.c.started_at.is_not(None),
+        )
+        async with self._read() as conn:
+            return [_run_from_row(row) for row in await conn.execute(query)]
 
     # -- schedules ------------------------------------------------------------------------------
 
@@ -595,6 +673,169 @@ class Store:
                 for r in rows
             ]
 
+    # -- retention ------------------------------------------------------------------------------
+
+    PRUNE_BATCH = 500  # runs per write transaction, at most
+    PRUNE_TRANSACTION = 0.02  # seconds a write transaction should take: batches shrink to fit
+    PRUNE_PAGE = 500  # candidate rows read per query
+
+    async def prune_runs(
+        self, *, older_than: float | None, keep_per_task: int | None, dry_run: bool = False
+    ) -> int:
+        """Delete old finished runs with their log lines, so the store does not grow without
+        bound; return how many runs were (with ``dry_run``, would be) deleted.
+
+        A run is deleted when it is finished and either ended (or, never started, was queued)
+        more than ``older_than`` seconds ago, or is not among the newest ``keep_per_task`` runs
+        of its task. None or 0 turns either part off. Queued and running runs always stay, and
+        so does each task's latest succeeded run: it stands in for a need's result when a task
+        runs without its needs.
+
+        Deletes go in transactions of at most ``PRUNE_BATCH`` runs, smaller when they take
+        longer than ``PRUNE_TRANSACTION``, each followed by a pause as long as it took, so the
+        write lock is free at least half the time and other writers (running tasks' records)
+        get in between. Candidates are read oldest first, which keeps each batch on few pages.
+        """
+        if (older_than or 0) < 0 or (keep_per_task or 0) < 0:
+            raise ValueError("older_than and keep_per_task must not be negative")
+        cutoff = time.time() - older_than if older_than else None
+        keep = keep_per_task or None
+        pruned = 0
+        pace = _Pace(self.PRUNE_BATCH, self.PRUNE_TRANSACTION)
+        if cutoff is not None:
+            latest: dict[str, str | None] = {}
+            after: tuple[float, str] | None = None
+            while True:
+                async with self._read() as conn:
+                    rows = await self._expired_page(conn, cutoff, after)
+                    await self._remember_latest_succeeded(conn, rows, latest)
+                if not rows:
+                    break
+                after = (rows[-1].queued_at, rows[-1].id)
+                ids = [row.id for row in rows if row.id != latest.get(row.task)]
+                pruned += len(ids) if dry_run else await self._delete_runs(ids, pace)
+        if keep is not None:
+            async with self._read() as conn:
+                bounds = await self._keep_bounds(conn, keep)
+            for task, bound in bounds.items():
+                pruned += await self._prune_surplus(task, bound, cutoff, pace, dry_run)
+        return pruned
+
+    async def _expired_page(
+        self, conn: AsyncConnection, cutoff: float, after: tuple[float, str] | None
+    ) -> list[Any]:
+        """Finished runs that ended before ``cutoff``, oldest first, from after ``after``."""
+        from sqlalchemy import func
+
+        runs = t.runs.c
+        query = (
+            select(runs.id, runs.task, runs.status, runs.queued_at)
+            .where(
+                runs.queued_at < cutoff,  # implied by the next line, but it is what the index serves
+                func.coalesce(runs.finished_at, runs.queued_at) < cutoff,
+                runs.status.not_in(_UNFINISHED),
+                *_after(after),
+            )
+            .order_by(runs.queued_at, runs.id)
+            .limit(self.PRUNE_PAGE)
+        )
+        return list(await conn.execute(query))
+
+    async def _remember_latest_succeeded(
+        self, conn: AsyncConnection, rows: list[Any], latest: dict[str, str | None]
+    ) -> None:
+        """Add to ``latest`` the id of the latest succeeded run of each task that has a
+        succeeded run among ``rows`` and is not in it yet."""
+        for task in {row.task for row in rows if row.status == RunStatus.SUCCEEDED.value} - set(latest):
+            latest[task] = await self._latest_succeeded(conn, task)
+
+    async def _latest_succeeded(self, conn: AsyncConnection, task: str) -> str | None:
+        runs = t.runs.c
+        return (
+            await conn.execute(
+                select(runs.id)
+                .where(runs.task == task, runs.status == RunStatus.SUCCEEDED.value)
+                .order_by(runs.queued_at.desc(), runs.id.desc())
+                .limit(1)
+            )
+        ).scalar()
+
+    async def _keep_bounds(self, conn: AsyncConnection, keep: int) -> dict[str, tuple[float, str]]:
+        """For each task with more than ``keep`` runs, the (queued_at, id) of its ``keep``-th
+        newest run: the runs before it are not among the newest ``keep``."""
+        from sqlalchemy import func
+
+        runs = t.runs.c
+        crowded = await conn.execute(
+            select(runs.task).group_by(runs.task).having(func.count() > keep).order_by(runs.task)
+        )
+        bounds = {}
+        for task in list(crowded.scalars()):
+            row = (
+                await conn.execute(
+                    select(runs.queued_at, runs.id)
+                    .where(runs.task == task)
+                    .order_by(runs.queued_at.desc(), runs.id.desc())
+                    .offset(keep - 1)
+                    .limit(1)
+                )
+            ).one()
+            bounds[task] = (row.queued_at, row.id)
+        return bounds
+
+    async def _prune_surplus(
+        self, task: str, bound: tuple[float, str], cutoff: float | None, pace: _Pace, dry_run: bool
+    ) -> int:
+        """Prune the finished runs of ``task`` older than ``bound`` (those that ended before
+        ``cutoff`` were the age limit's)."""
+        from sqlalchemy import func
+
+        runs = t.runs.c
+        pruned = 0
+        after: tuple[float, str] | None = None
+        while True:
+            async with self._read() as conn:
+                latest = await self._latest_succeeded(conn, task)
+                query = (
+                    select(runs.id, runs.queued_at)
+                    .where(
+                        runs.task == task,
+                        runs.queued_at <= bound[0],
+                        runs.status.not_in(_UNFINISHED),
+                        *_after(after),
+                    )
+                    .order_by(runs.queued_at, runs.id)
+                    .limit(self.PRUNE_PAGE)
+                )
+                if cutoff is not None:
+                    query = query.where(func.coalesce(runs.finished_at, runs.queued_at) >= cutoff)
+                rows = list(await conn.execute(query))
+            if not rows:
+                return pruned
+            after = (rows[-1].queued_at, rows[-1].id)
+            ids = [row.id for row in rows if (row.queued_at, row.id) < bound and row.id != latest]
+            pruned += len(ids) if dry_run else await self._delete_runs(ids, pace)
+            if after >= bound:
+                return pruned
+
+    async def _delete_runs(self, ids: list[str], pace: _Pace) -> int:
+        """Delete the finished runs among ``ids`` and their log lines, in paced batches."""
+        runs = t.runs.c
+        deleted = 0
+        while ids:
+            batch, ids = ids[: pace.size], ids[pace.size :]
+            await pace.wait()
+            started = time.monotonic()
+            async with self._write() as conn:
+                finished = select(runs.id).where(runs.id.in_(batch), runs.status.not_in(_UNFINISHED))
+                await conn.execute(t.run_logs.delete().where(t.run_logs.c.run_id.in_(finished)))
+                result = await conn.execute(
+                    t.runs.delete().where(runs.id.in_(batch), runs.status.not_in(_UNFINISHED))
+                )
+                deleted += result.rowcount
+            pace.took(time.monotonic() - started)
+        return deleted
+
     @property
     def engine(self) -> AsyncEngine:
         """The SQLAlchemy engine whose writes begin with BEGIN IMMEDIATE, for task sessions."""
@@ -603,6 +844,46 @@ class Store:
     async def close(self) -> None:
         await self._engine.dispose()
 
+
+
+_UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+
+
+def _after(key: tuple[float, str] | None) -> list[Any]:
+    """Conditions for the rows after ``key`` in (queued_at, id) order (keyset paging)."""
+    if key is None:
+        return []
+    from sqlalchemy import or_
+
+    return [t.runs.c.queued_at >= key[0], or_(t.runs.c.queued_at > key[0], t.runs.c.id > key[1])]
+
+
+class _Pace:
+    """Sizes the batches of a long series of write transactions and spaces them out.
+
+    A batch that took longer than ``target`` halves the next one, one that took under half of
+    it doubles it (up to ``most``). Before each batch, wait as long as the previous one took:
+    SQLite has no queue for its write lock, and a writer waiting in its busy handler only
+    retries now and then, so back-to-back transactions would keep it out.
+    """
+
+    def __init__(self, most: int, target: float) -> None:
+        self.size = most
+        self.most = most
+        self.target = target
+        self.last = 0.0
+
+    def took(self, seconds: float) -> None:
+        self.last = seconds
+        if seconds > self.target:
+            self.size = max(1, self.size // 2)
+        elif seconds < self.target / 2:
+            self.size = min(self.most, self.size * 2)
+
+    async def wait(self) -> None:
+        import anyio
+
+        await anyio.sleep(self.last)
 
 @asynccontextmanager
 async def open_store(db: str | Path) -> AsyncIterator[Store]:
