@@ -287,6 +287,7 @@ class Daemon:
             await self.store.save_schedule_states([advanced], [])
             return
         if schedule.overlap == "skip" and await self._still_running(name):
+            workflow.on_run = self._log_run
             await workflow.skip("the previous run of this task is still going (overlap: skip)", fires=fires)
             return
         await workflow.queue(fires=fires)

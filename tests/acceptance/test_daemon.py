@@ -1,0 +1,467 @@
+"""`runner daemon` as operators run it: a real process on a real store, files edited under it,
+signals, `kill -9`, a second daemon, triggers from other shells.
+
+The daemon logs JSON lines (``--log-format json``) to a file the tests read, so they wait for
+what the daemon says it did instead of for time to pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import sqlite3
+import time
+from contextlib import closing
+from typing import Any
+
+import pytest
+from conftest import Cli, ProjectDir, live_members, ok, poll
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Daemon:
+    """One `runner daemon` process and what it logged."""
+
+    def __init__(self, cli: Cli, *args: str) -> None:
+        self.cli = cli
+        self.log_path = cli.project.root / f"daemon-{len(cli.started)}.log"
+        self.log_file = self.log_path.open("w")
+        self.process = cli.start("--log-format", "json", "daemon", *args, stderr=self.log_file)
+
+    def events(self, event: str | None = None, **fields: Any) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                body = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line still being written
+            if (event is None or body.get("event") == event) and all(body.get(k) == v for k, v in fields.items()):
+                found.append(body)
+        return found
+
+    def wait_for(self, event: str, *, count: int = 1, within: float = 10, **fields: Any) -> list[dict[str, Any]]:
+        return poll(
+            lambda: (found := self.events(event, **fields)) and len(found) >= count and found,
+            within=within,
+            what=f"{count} {event} {fields or ''} in the daemon's log:\n{self.log_path.read_text()}",
+        )
+
+    def started(self) -> Daemon:
+        self.wait_for("daemon_started")
+        return self
+
+    def stop(self, signum: int = signal.SIGTERM, *, within: float = 15) -> int:
+        self.process.send_signal(signum)
+        try:
+            return self.process.wait(timeout=within)
+        finally:
+            self.log_file.close()
+
+
+def store_rows(project: ProjectDir, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    with closing(sqlite3.connect(project.db)) as conn:
+        return conn.execute(query, args).fetchall()
+
+
+def runs_of(project: ProjectDir, task: str) -> list[dict[str, Any]]:
+    with closing(sqlite3.connect(project.db)) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute("SELECT * FROM runs WHERE task = ? ORDER BY queued_at", (task,)).fetchall()
+        return [dict(row) for row in rows]
+
+
+TICK = """
+    version: 1
+    tasks:
+      tick:
+        command: echo tick
+        schedule: {every: 0.5s}
+"""
+
+
+# -- schedules ------------------------------------------------------------------------------------
+
+
+def test_an_every_schedule_fires_on_its_grid_and_records_the_fire_time(project: ProjectDir, cli: Cli) -> None:
+    project.tasks("a.yaml", TICK)
+    daemon = Daemon(cli).started()
+    daemon.wait_for("run_finished", count=3, task="tick")
+    assert daemon.stop() == 0
+
+    runs = runs_of(project, "tick")
+    assert len(runs) >= 3
+    assert {r["status"] for r in runs} == {"succeeded"} and {r["trigger"] for r in runs} == {"schedule"}
+    (anchor,) = store_rows(project, "SELECT anchor FROM schedules WHERE task = 'tick'")[0]
+    fires = [r["scheduled_for"] for r in runs]
+    assert [round((f - anchor) / 0.5) for f in fires] == list(range(1, len(runs) + 1))
+    for run in runs:
+        assert run["queued_at"] >= run["scheduled_for"]  # never early
+
+
+def test_a_restart_after_kill_9_neither_repeats_nor_drops_a_fire(project: ProjectDir, cli: Cli) -> None:
+    project.tasks("a.yaml", TICK)
+    first = Daemon(cli).started()
+    first.wait_for("run_finished", count=2, task="tick")
+    first.process.kill()
+    first.process.wait()
+    first.log_file.close()
+
+    second = Daemon(cli).started()
+    second.wait_for("run_finished", count=2, task="tick")
+    assert second.stop() == 0
+
+    (anchor,) = store_rows(project, "SELECT anchor FROM schedules WHERE task = 'tick'")[0]
+    slots = [round((r["scheduled_for"] - anchor) / 0.5) for r in runs_of(project, "tick")]
+    assert len(slots) == len(set(slots)), f"a fire ran twice: {slots}"
+    # Fires missed while no daemon ran are run once (misfire: once), so no slot is skipped
+    # except those that one catch-up run stands for.
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
+    assert gaps.count(1) >= len(gaps) - 1, f"fires dropped: {slots}"
+
+
+def test_missed_fires_follow_the_misfire_policy(project: ProjectDir, cli: Cli) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          once:
+            command: "true"
+            schedule: {every: 1h}
+          skipper:
+            command: "true"
+            schedule: {every: 1h, misfire: skip}
+        """,
+    )
+    first = Daemon(cli).started()
+    assert first.stop() == 0
+    # As if the daemon had been down for three hours: every fire time moves back.
+    past = time.time() - 3 * 3600 - 60
+    with closing(sqlite3.connect(project.db)) as conn, conn:
+        conn.execute("UPDATE schedules SET next_fire_at = ?, anchor = ?", (past, past - 3600))
+
+    second = Daemon(cli).started()
+    second.wait_for("run_finished", task="once")
+    second.wait_for("fire_missed", task="skipper")
+    assert second.stop() == 0
+
+    (once,) = runs_of(project, "once")
+    assert once["scheduled_for"] == pytest.approx(past) and once["status"] == "succeeded"
+    assert runs_of(project, "skipper") == []
+    (next_fire,) = store_rows(project, "SELECT next_fire_at FROM schedules WHERE task = 'skipper'")[0]
+    assert next_fire > time.time()
+
+
+def test_a_fire_while_the_previous_run_goes_on_is_recorded_skipped(project: ProjectDir, cli: Cli) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          slow:
+            command: sleep 1.2
+            schedule: {every: 0.5s}
+          both:
+            command: sleep 1.2
+            schedule: {every: 0.5s, overlap: allow}
+        """,
+    )
+    daemon = Daemon(cli).started()
+    daemon.wait_for("run_finished", task="slow", status="skipped")
+    daemon.wait_for("fired", count=3, task="both")
+    assert daemon.stop() == 0
+
+    skipped = [r for r in runs_of(project, "slow") if r["status"] == "skipped"]
+    assert skipped and "still going (overlap: skip)" in json.loads(skipped[0]["error"])["message"]
+    allowed = runs_of(project, "both")
+    assert "skipped" not in {r["status"] for r in allowed}
+    first, second = allowed[0], allowed[1]
+    assert second["started_at"] < first["finished_at"], "overlap: allow runs side by side"
+
+
+def test_a_schedule_fires_its_task_after_its_needs(project: ProjectDir, cli: Cli) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          fetch:
+            command: echo fetched
+          report:
+            command: cat "$RUNNER_UPSTREAM_FILE"
+            needs: [fetch]
+            schedule: {every: 0.5s}
+        """,
+    )
+    daemon = Daemon(cli).started()
+    daemon.wait_for("run_finished", task="report")
+    assert daemon.stop() == 0
+    report = runs_of(project, "report")[0]
+    (fetch,) = [r for r in runs_of(project, "fetch") if r["invocation"] == report["invocation"]]
+    assert fetch["finished_at"] <= report["started_at"]
+    assert json.loads(report["stdout"])["fetch"]["stdout"] == "fetched\n"
+
+
+# -- hot reload -----------------------------------------------------------------------------------
+
+
+def test_an_edited_task_file_is_live_without_a_restart(project: ProjectDir, cli: Cli) -> None:
+    path = project.tasks("a.yaml", TICK)
+    daemon = Daemon(cli).started()
+    daemon.wait_for("run_finished", task="tick")
+
+    path.write_text(path.read_text().replace("echo tick", "echo tock"))
+    daemon.wait_for("reloaded")
+    poll(lambda: any(r["stdout"] == "tock\n" for r in runs_of(project, "tick")), what="a run of the new command")
+
+    project.tasks("b.yaml", "version: 1\ntasks:\n  added:\n    command: echo new\n    schedule: {every: 0.5s}\n")
+    daemon.wait_for("run_finished", task="added")
+    assert daemon.stop() == 0
+
+
+def test_an_invalid_edit_is_logged_with_its_place_and_the_last_good_tasks_keep_running(
+    project: ProjectDir, cli: Cli
+) -> None:
+    path = project.tasks("a.yaml", TICK)
+    daemon = Daemon(cli).started()
+    daemon.wait_for("run_finished", task="tick")
+
+    path.write_text(path.read_text() + "      timeout: soon\n")
+    (problem,) = daemon.wait_for("invalid_task_file")
+    assert problem["path"] == "tasks.d/a.yaml" and problem["line"] == 6
+    assert problem["message"].startswith("tasks.d/a.yaml:6:")
+    daemon.wait_for("reload_failed")
+    finished = len(daemon.events("run_finished", task="tick"))
+    daemon.wait_for("run_finished", task="tick", count=finished + 2)
+    assert ok(cli("list", "--json")).stdout.count('"tick"') == 1
+    assert daemon.stop() == 0
+
+
+def test_a_removed_task_stops_firing_at_once(project: ProjectDir, cli: Cli) -> None:
+    project.tasks("a.yaml", TICK)
+    other = project.tasks("b.yaml", TICK.replace("tick", "tock"))
+    daemon = Daemon(cli).started()
+    daemon.wait_for("run_finished", task="tock")
+
+    other.unlink()
+    (reload,) = daemon.wait_for("reloaded")
+    assert reload["removed"] == ["tock"]
+    fired_after = len(daemon.events("fired", task="tick"))
+    daemon.wait_for("fired", task="tick", count=fired_after + 2)
+    assert daemon.stop() == 0
+    assert all(r["queued_at"] <= time.time() for r in runs_of(project, "tock"))
+    removed_at = json.loads(ok(cli("list", "--all", "--json")).stdout)
+    assert [t["disabled_reason"] for t in removed_at if t["name"] == "tock"] == ["removed"]
+    last_tock = max(r["queued_at"] for r in runs_of(project, "tock"))
+    assert last_tock < min(
+        r["queued_at"] for r in runs_of(project, "tick")[-2:]
+    ), "tock fired after it was removed"
+
+
+def test_a_changed_plugin_is_imported_afresh_and_orphans_are_found_again(project: ProjectDir, cli: Cli) -> None:
+    module = project.plugin("calc", "def answer() -> int:\n    return 1\n")
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          answer:
+            type: python
+            callable: plugins.calc:answer
+            schedule: {every: 0.5s}
+        """,
+    )
+    daemon = Daemon(cli).started()
+    daemon.wait_for("run_finished", task="answer")
+
+    module.write_text("def answer() -> int:\n    return 2\n")
+    poll(lambda: any(r["result_json"] == "2" for r in runs_of(project, "answer")), what="a run of the new code")
+
+    module.write_text("def renamed() -> int:\n    return 3\n")
+    daemon.wait_for("task_orphaned", task="answer")
+    tasks = json.loads(ok(cli("list", "--json")).stdout)
+    assert tasks[0]["enabled"] is False and tasks[0]["disabled_reason"].startswith("orphaned:")
+
+    module.write_text("def answer() -> int:\n    return 4\n")
+    poll(lambda: any(r["result_json"] == "4" for r in runs_of(project, "answer")), what="the task enabled again")
+    assert daemon.stop() == 0
+
+
+# -- triggers and one-shot runs beside the daemon ------------------------------------------------
+
+
+def test_trigger_asks_the_daemon_and_wait_reports_like_run(project: ProjectDir, cli: Cli) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          greet:
+            command: echo "hello $PARAM_WHO"
+            parameters: {who: world}
+          broken:
+            command: exit 4
+        """,
+    )
+    daemon = Daemon(cli).started()
+
+    result = ok(cli("trigger", "greet", "-p", "who=daemon", "--wait"))
+    run_id, output = result.stdout.split("\n", 1)
+    assert output == "hello daemon\n"
+    (run,) = runs_of(project, "greet")
+    assert run["id"] == run_id and run["trigger"] == "trigger" and run["pid"] == daemon.process.pid
+
+    quick = ok(cli("trigger", "greet"))
+    (queued_id,) = quick.stdout.split()
+    done = poll(lambda: [r for r in runs_of(project, "greet") if r["id"] == queued_id and r["finished_at"]])
+    assert done[0]["stdout"] == "hello world\n"
+
+    assert cli("trigger", "broken", "--wait").returncode == 1
+    missing = cli("trigger", "nope")
+    assert missing.returncode == 3 and "'nope' is not declared" in missing.stderr
+
+    one_shot = ok(cli("run", "greet"))
+    assert one_shot.stdout == "hello world\n"
+    assert daemon.stop() == 0
+
+
+def test_trigger_without_a_daemon_waits_for_one(project: ProjectDir, cli: Cli) -> None:
+    project.tasks("a.yaml", "version: 1\ntasks:\n  greet:\n    command: echo hi\n")
+    ok(cli("sync"))
+    queued = ok(cli("trigger", "greet"))
+    assert "no daemon is running" in queued.stderr
+    (run_id,) = queued.stdout.split()
+
+    daemon = Daemon(cli).started()
+    daemon.wait_for("run_finished", run_id=run_id, status="succeeded")
+    assert daemon.stop() == 0
+
+
+# -- crash recovery --------------------------------------------------------------------------------
+
+
+SLOW = """
+    version: 1
+    tasks:
+      slow:
+        command: echo "$(ps -o pgid= $$) $RUNNER_RUN_ID" > started; sleep 30
+        retries: {count: 1, backoff: 0s}
+"""
+
+
+def test_runs_of_a_daemon_killed_with_9_are_interrupted_and_retried(project: ProjectDir, cli: Cli) -> None:
+    project.tasks("a.yaml", SLOW)
+    first = Daemon(cli).started()
+    ok(cli("trigger", "slow"))
+    pgid, run_id = cli.task_started()
+    first.process.kill()
+    first.process.wait()
+    first.log_file.close()
+    os.killpg(pgid, signal.SIGKILL)  # what a machine reboot would do to the task
+    (cli.project.root / "started").unlink()
+
+    second = Daemon(cli, "--grace", "0s").started()
+    (taken,) = second.wait_for("lease_taken_over")
+    assert taken["pid"] == first.process.pid
+    _, retry_id = cli.task_started()
+    assert second.stop() == 0
+
+    runs = {r["id"]: r for r in runs_of(project, "slow")}
+    assert runs[run_id]["status"] == "interrupted"
+    retry = runs[retry_id]
+    assert (retry["attempt"], retry["trigger"], retry["parent_id"]) == (2, "retry", run_id)
+
+
+def test_a_one_shot_run_that_dies_is_interrupted_by_the_running_daemon(project: ProjectDir, cli: Cli) -> None:
+    project.tasks("a.yaml", SLOW)
+    daemon = Daemon(cli).started()
+    one_shot = cli.start("run", "slow")
+    pgid, run_id = cli.task_started()
+    one_shot.kill()
+    one_shot.wait()
+    daemon.wait_for("run_interrupted", run_id=run_id)
+    assert runs_of(project, "slow")[0]["status"] == "interrupted"
+    assert daemon.stop(within=20) == 0
+    os.killpg(pgid, signal.SIGKILL)
+
+
+# -- shutdown and the lease ----------------------------------------------------------------------
+
+
+def test_sigterm_lets_runs_finish_within_the_grace_period(project: ProjectDir, cli: Cli) -> None:
+    project.tasks(
+        "a.yaml",
+        'version: 1\ntasks:\n  short:\n    command: echo "$(ps -o pgid= $$) $RUNNER_RUN_ID" > started; sleep 0.5; echo done\n',
+    )
+    daemon = Daemon(cli, "--grace", "10s").started()
+    ok(cli("trigger", "short"))
+    cli.task_started()
+    assert daemon.stop() == 0
+    (run,) = runs_of(project, "short")
+    assert (run["status"], run["stdout"]) == ("succeeded", "done\n")
+
+
+def test_runs_still_going_after_the_grace_period_are_killed_and_recorded_cancelled(
+    project: ProjectDir, cli: Cli
+) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          stubborn:
+            command: sleep 30 & echo "$(ps -o pgid= $$) $RUNNER_RUN_ID" > started; wait
+        """,
+    )
+    daemon = Daemon(cli, "--grace", "0.3s").started()
+    ok(cli("trigger", "stubborn"))
+    pgid, _ = cli.task_started()
+    assert daemon.stop() == 0
+    (run,) = runs_of(project, "stubborn")
+    assert run["status"] == "cancelled"
+    assert live_members(pgid) == [], "the background sleep was left running"
+    assert store_rows(project, "SELECT * FROM leases") == []
+
+
+def test_a_second_daemon_exits_naming_the_first_and_a_stale_lease_is_taken_over(
+    project: ProjectDir, cli: Cli
+) -> None:
+    project.tasks("a.yaml", TICK)
+    first = Daemon(cli).started()
+
+    second = cli.finish(cli.start("daemon"))
+    assert second.returncode == 2
+    assert "another daemon is running on the store" in second.stderr
+    assert f"pid {first.process.pid} on " in second.stderr and "since 20" in second.stderr
+
+    first.process.kill()
+    first.process.wait()
+    first.log_file.close()
+    third = Daemon(cli).started()
+    assert third.events("lease_taken_over")[0]["pid"] == first.process.pid
+    assert third.stop() == 0
+
+
+def test_log_lines_are_structured_with_task_and_run_id(project: ProjectDir, cli: Cli) -> None:
+    project.tasks("a.yaml", TICK)
+    daemon = Daemon(cli).started()
+    (fired,) = daemon.wait_for("fired", task="tick")[:1]
+    (finished,) = daemon.wait_for("run_finished", run_id=fired["run_id"])
+    assert finished["task"] == "tick" and finished["status"] == "succeeded"
+    assert {"at", "level", "message"} <= set(finished)
+    assert daemon.stop() == 0
+
+
+def test_no_watch_ignores_file_changes(project: ProjectDir, cli: Cli) -> None:
+    path = project.tasks("a.yaml", TICK)
+    daemon = Daemon(cli, "--no-watch").started()
+    daemon.wait_for("run_finished", task="tick")
+    path.write_text(path.read_text().replace("echo tick", "echo tock"))
+    count = len(daemon.events("run_finished", task="tick"))
+    daemon.wait_for("run_finished", task="tick", count=count + 2)
+    assert daemon.events("reloaded") == []
+    assert daemon.stop() == 0
+    assert {r["stdout"] for r in runs_of(project, "tick")} == {"tick\n"}
