@@ -92,7 +92,8 @@ def test_example_project_shows_every_form() -> None:
         if isinstance(schedule, str):
             forms.add("schedule=cron")
         elif isinstance(schedule, dict):
-            forms.add("schedule=" + ",".join(sorted(schedule)))
+            forms.add("schedule=" + ",".join(sorted(set(schedule) - {"misfire", "overlap"})))
+            forms.update(f"schedule.{key}={schedule[key]}" for key in ("misfire", "overlap") if key in schedule)
         if "retries" in body:
             forms.add(f"retries={type(body['retries']).__name__}")
         for value in (body.get("env") or {}).values():
@@ -108,6 +109,7 @@ def test_example_project_shows_every_form() -> None:
         "schedule=cron",
         "schedule=cron,timezone",
         "schedule=every",
+        "schedule.misfire=skip",
         "retries=int",
         "retries=dict",
         "env=str",
