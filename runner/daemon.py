@@ -22,7 +22,7 @@ from anyio.abc import TaskGroup
 
 from runner import log, registry
 from runner.engine import Engine, Workflow
-from runner.errors import ParameterError, RunnerError, TaskNotRunnable
+from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnable
 from runner.models import Run, RunStatus, Schedule, iso
 from runner.processes import HOST, PID, PID_STARTED, process_is_alive
 from runner.schedule import next_fire
@@ -46,6 +46,9 @@ TRIGGER_POLL = 0.1
 """Seconds between looks for new triggers."""
 
 PRUNE_EVERY = 3600.0
+
+STORE_RETRY = 1.0
+"""Seconds to wait after the store failed a read or write before the daemon tries again."""
 
 
 class DaemonRunning(RunnerError):
@@ -256,8 +259,13 @@ class Daemon:
             for name, state in sorted(self.states.items(), key=lambda item: item[1].next_fire_at):
                 if state.next_fire_at > now:
                     break
-                if self.states.get(name) is state:  # not changed by a reload meanwhile
+                if self.states.get(name) is not state:  # changed by a reload meanwhile
+                    continue
+                try:
                     await self._fire(name, state, now)
+                except StoreError as exc:
+                    self.states[name] = state  # nothing was committed: the fire is still due
+                    await _store_trouble(exc)
             upcoming = min((s.next_fire_at for s in self.states.values()), default=math.inf)
             with anyio.move_on_after(max(upcoming - time.time(), 0.0) if upcoming < math.inf else 3600.0):
                 await self._wake.wait()
@@ -310,8 +318,11 @@ class Daemon:
 
     async def _take_triggers(self) -> None:
         while True:
-            for trigger in await self.store.triggers():
-                await self._take(trigger)
+            try:
+                for trigger in await self.store.triggers():
+                    await self._take(trigger)
+            except StoreError as exc:
+                await _store_trouble(exc)
             await anyio.sleep(TRIGGER_POLL)
 
     async def _take(self, trigger: Trigger) -> None:
@@ -378,18 +389,21 @@ class Daemon:
     async def _keep_lease(self) -> None:
         last_renewal = last_prune = -math.inf
         while True:
-            if time.monotonic() - last_renewal >= HEARTBEAT:
-                last_renewal = time.monotonic()
-                if not await self.store.renew_lease(LEASE, host=HOST, pid=PID):
-                    raise DaemonRunning("another daemon took over this store's lease; stopping")
-            for run_id in await self.store.mark_interrupted(HOST, process_is_alive):
-                log.logger.warning(
-                    f"run {run_id} interrupted: the process running it died",
-                    extra={"event": "run_interrupted", "run_id": run_id},
-                )
-            if time.monotonic() - last_prune >= PRUNE_EVERY:
-                last_prune = time.monotonic()
-                await self._prune()
+            try:
+                if time.monotonic() - last_renewal >= HEARTBEAT:
+                    if not await self.store.renew_lease(LEASE, host=HOST, pid=PID):
+                        raise DaemonRunning("another daemon took over this store's lease; stopping")
+                    last_renewal = time.monotonic()
+                for run_id in await self.store.mark_interrupted(HOST, process_is_alive):
+                    log.logger.warning(
+                        f"run {run_id} interrupted: the process running it died",
+                        extra={"event": "run_interrupted", "run_id": run_id},
+                    )
+                if time.monotonic() - last_prune >= PRUNE_EVERY:
+                    await self._prune()
+                    last_prune = time.monotonic()
+            except StoreError as exc:
+                await _store_trouble(exc)
             await anyio.sleep(SWEEP_EVERY)
 
     async def _prune(self) -> None:
@@ -410,7 +424,12 @@ class Daemon:
             return
         # The watcher waits in a thread that a cancel cannot interrupt; the stop event can.
         async for changes in awatch(*dirs, watch_filter=_relevant, debounce=100, step=20, stop_event=self._stop):
-            await self._sync({Path(path) for _, path in changes})
+            while True:
+                try:
+                    await self._sync({Path(path) for _, path in changes})
+                    break
+                except StoreError as exc:
+                    await _store_trouble(exc)
 
     async def _sync(self, changed: Iterable[Path] | None) -> None:
         """Validate and sync the files (``changed``: what changed, None at start); on success,
@@ -448,6 +467,13 @@ class Daemon:
             + ("; ".join(f"{k} {', '.join(v)}" for k, v in changes.items()) or "no task changed"),
             extra={"event": "reloaded", **changes},
         )
+
+
+async def _store_trouble(exc: StoreError) -> None:
+    """Log a store that cannot be read or written (a full disk, a lock held too long) and give
+    it a moment; the loop that met it tries again, and the daemon keeps running."""
+    log.logger.error(f"{exc}; trying again in {STORE_RETRY:g}s", extra={"event": "store_error"})
+    await anyio.sleep(STORE_RETRY)
 
 
 def _relevant(_change: Any, path: str) -> bool:

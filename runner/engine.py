@@ -32,7 +32,7 @@ from anyio.abc import TaskGroup
 
 from runner import inject, registry
 from runner.context import RunContext, Upstream, current_run
-from runner.errors import ParameterError, RunnerError, TaskNotRunnable
+from runner.errors import ParameterError, RunnerError, RunNotFound, TaskNotRunnable
 from runner.executors.python import PythonOutcome, call_python
 from runner.executors.shell import (
     DEFAULT_KILL_GRACE,
@@ -51,6 +51,9 @@ from runner.store import Store
 
 DEFAULT_MAX_CONCURRENCY = 16
 """Runs executing at once in one engine, unless told otherwise (``max_concurrency``)."""
+
+KEEP_FINISHED = 10_000
+"""Finished submitted workflows whose final run ``Engine.wait`` still knows."""
 
 MAX_BACKOFF = 3600.0
 """The longest pause between retries, unless a task's own ``backoff`` is longer."""
@@ -297,6 +300,7 @@ class Engine:
         self._submitted_scopes: set[anyio.CancelScope] = set()
         self._stopping = False
         self._submitted: dict[str, Workflow] = {}
+        self._finished: dict[str, Run] = {}  # the final runs of finished submitted workflows
 
     async def __aenter__(self) -> Engine:
         writer = await self._stack.enter_async_context(anyio.create_task_group())
@@ -388,6 +392,13 @@ class Engine:
                 await workflow.execute(queued=True)
             finally:
                 self._submitted_scopes.discard(scope)
+                # A daemon must not keep every workflow it ever ran: only the latest finals.
+                del self._submitted[workflow.target_run_id]
+                final = workflow.nodes[workflow.target].final
+                if final is not None:
+                    self._finished[workflow.target_run_id] = final
+                    if len(self._finished) > KEEP_FINISHED:
+                        del self._finished[next(iter(self._finished))]
 
     def cancel_submitted(self) -> None:
         """Cancel every run started with ``submit`` that has not finished (recorded cancelled);
@@ -402,7 +413,12 @@ class Engine:
         A task that waits gives its concurrency slot back meanwhile, so that a task waiting for
         the one it started cannot take the last slot that one needs.
         """
-        workflow = self._submitted[run_id]
+        workflow = self._submitted.get(run_id)
+        if workflow is None:
+            final = self._finished.get(run_id)
+            if final is None:
+                raise RunNotFound(f"no run {run_id!r} was submitted to this engine, or long ago")
+            return final
         node = workflow.nodes[workflow.target]
         try:
             self.limiter.release()
