@@ -26,6 +26,7 @@ from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnab
 from runner.models import Run, RunStatus, Schedule, iso
 from runner.processes import HOST, PID, PID_STARTED, process_is_alive
 from runner.schedule import next_fire
+from runner.spec import ParseCache
 from runner.store import Store
 from runner.store.store import Lease, LeaseHeld, ScheduleState, Trigger
 
@@ -89,6 +90,7 @@ class Daemon:
         self._idle = anyio.Event()
         self._idle.set()
         self._engine: Engine | None = None
+        self._parsed: ParseCache = {}  # task files as last read: a reload parses only changed ones
         self._stop = anyio.Event()
         self._started_at = time.time()  # fire times before this were missed: no daemon ran
         self._hurry = anyio.Event()
@@ -439,7 +441,7 @@ class Daemon:
         from runner.sync import sync_project
 
         started = time.monotonic()
-        declared = await anyio.to_thread.run_sync(load_tasks, self.root)
+        declared = await anyio.to_thread.run_sync(load_tasks, self.root, self._parsed)
         if changed is not None and any(p.suffix == ".py" for p in changed):
             # At once, with no await between: a run that starts now finds its callable.
             registry.reload_plugins()

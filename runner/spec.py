@@ -594,8 +594,25 @@ def fingerprint(project: Path) -> dict[str, str] | None:
     return found
 
 
-def load_tasks(project: Path) -> Declared:
-    """Read and check every task file of ``project``; the result lists all problems at once."""
+@dataclass
+class _Checked:
+    """One file as ``check_file`` left it, with its own problems (before cross-file checks)."""
+
+    file: TaskFile
+    specs: dict[str, TaskSpec]
+    problems: list[Problem]
+
+
+ParseCache = dict[str, _Checked]
+"""Checked files by path, for ``load_tasks`` to reuse while their bytes stay the same."""
+
+
+def load_tasks(project: Path, cache: ParseCache | None = None) -> Declared:
+    """Read and check every task file of ``project``; the result lists all problems at once.
+
+    With a ``cache`` (kept by the caller between calls, as the daemon does), a file whose bytes
+    have not changed since the last call is not parsed or checked again.
+    """
     root = project / TASKS_DIR
     if not root.is_dir():
         problem = Problem(
@@ -604,7 +621,28 @@ def load_tasks(project: Path) -> Declared:
         )
         return Declared({}, {}, {}, [problem])
     with gc_paused():
-        return _load_tasks(project)
+        return _load_tasks(project, cache)
+
+
+def _checked_file(project: Path, path: Path, cache: ParseCache | None) -> _Checked | None:
+    if cache is not None:
+        rel = path.relative_to(project).as_posix()
+        cached = cache.get(rel)
+        if cached is not None and cached.file.digest is not None:
+            try:
+                same = hashlib.sha256(path.read_bytes()).hexdigest() == cached.file.digest
+            except OSError:
+                same = False
+            if same:
+                cached.file.problems = list(cached.problems)
+                return cached
+    file = read_task_file(project, path)
+    if file is None:
+        return None
+    checked = _Checked(file, check_file(file), list(file.problems))
+    if cache is not None:
+        cache[file.path] = checked
+    return checked
 
 
 @contextlib.contextmanager
@@ -623,17 +661,17 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _load_tasks(project: Path) -> Declared:
+def _load_tasks(project: Path, cache: ParseCache | None) -> Declared:
     specs: dict[str, TaskSpec] = {}
     files: dict[str, TaskFile] = {}
     owner: dict[str, TaskFile] = {}
     problems: list[Problem] = []
     for path in list_task_files(project):
-        file = read_task_file(project, path)
-        if file is None:
+        checked = _checked_file(project, path, cache)
+        if checked is None:
             continue
+        file, file_specs = checked.file, checked.specs
         files[file.path] = file
-        file_specs = check_file(file)
         tasks = file.data.get("tasks") if isinstance(file.data, dict) else None
         for name in tasks if isinstance(tasks, dict) else ():
             first = owner.get(name)
@@ -663,6 +701,9 @@ def _load_tasks(project: Path) -> Declared:
     for file in files.values():
         problems.extend(file.problems)
     problems.sort()
+    if cache is not None:
+        for gone in set(cache) - set(files):
+            del cache[gone]
     return declared
 
 

@@ -681,3 +681,24 @@ def test_file_over_the_size_cap_is_refused_unread(project: ProjectDir, monkeypat
     project.tasks("big.yaml", "version: 1\ntasks:\n" + "".join(f"  t{i}:\n    command: echo\n" for i in range(20)))
     [problem] = problems(project)
     assert problem.startswith("tasks.d/big.yaml:1:1: file is ")
+
+
+def test_a_parse_cache_reuses_unchanged_files_and_rereads_changed_ones(project: ProjectDir) -> None:
+    project.tasks("a.yaml", "version: 1\ntasks:\n  a:\n    command: echo a\n")
+    b = project.tasks("b.yaml", "version: 1\ntasks:\n  b:\n    command: echo b\n  a:\n    command: echo again\n")
+    cache: spec_module.ParseCache = {}
+    first = load_tasks(project.root, cache)
+    assert [p.message for p in first.problems] == [
+        "task 'a' is also declared at tasks.d/b.yaml:5",
+        "task 'a' is already declared at tasks.d/a.yaml:3",
+    ]
+    built = cache["tasks.d/a.yaml"].specs["a"]
+
+    b.write_text("version: 1\ntasks:\n  b:\n    command: echo B\n")
+    second = load_tasks(project.root, cache)
+    assert second.problems == [], "problems from the last load must not stick to a reused file"
+    assert second.specs["a"] is built, "an unchanged file is not parsed again"
+    assert second.specs["b"].command == "echo B"
+
+    b.unlink()
+    assert set(load_tasks(project.root, cache).specs) == {"a"} and set(cache) == {"tasks.d/a.yaml"}
