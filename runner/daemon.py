@@ -48,6 +48,9 @@ TRIGGER_POLL = 0.1
 
 PRUNE_EVERY = 3600.0
 
+CLOCK_CHECK = 30.0
+"""The longest the scheduler sleeps without looking at the wall clock."""
+
 STORE_RETRY = 1.0
 """Seconds to wait after the store failed a read or write before the daemon tries again."""
 
@@ -269,7 +272,9 @@ class Daemon:
                     self.states[name] = state  # nothing was committed: the fire is still due
                     await _store_trouble(exc)
             upcoming = min((s.next_fire_at for s in self.states.values()), default=math.inf)
-            with anyio.move_on_after(max(upcoming - time.time(), 0.0) if upcoming < math.inf else 3600.0):
+            # Sleeping is on the monotonic clock, fire times on the wall clock: look at the wall
+            # clock again now and then, in case it jumped (NTP, a suspended machine).
+            with anyio.move_on_after(min(max(upcoming - time.time(), 0.0), CLOCK_CHECK)):
                 await self._wake.wait()
             self._wake = anyio.Event()
 

@@ -340,6 +340,20 @@ def test_trigger_without_a_daemon_waits_for_one(project: ProjectDir, cli: Cli) -
     assert daemon.stop() == 0
 
 
+def test_a_trigger_whose_task_went_away_is_recorded_failed_with_the_reason(project: ProjectDir, cli: Cli) -> None:
+    path = project.tasks("a.yaml", "version: 1\ntasks:\n  greet:\n    command: echo hi\n  other:\n    command: 'true'\n")
+    ok(cli("sync"))
+    (run_id,) = ok(cli("trigger", "greet")).stdout.split()
+    path.write_text("version: 1\ntasks:\n  other:\n    command: 'true'\n")
+
+    daemon = Daemon(cli).started()
+    daemon.wait_for("trigger_refused", run_id=run_id)
+    assert daemon.stop() == 0
+    shown = json.loads(ok(cli("show", run_id, "--json")).stdout)
+    assert shown["status"] == "failed" and shown["error"]["type"] == "TaskNotRunnable"
+    assert "removed from the task files" in shown["error"]["message"]
+
+
 # -- crash recovery --------------------------------------------------------------------------------
 
 
