@@ -414,10 +414,9 @@ class Daemon:
             await anyio.sleep(SWEEP_EVERY)
 
     async def _prune(self) -> None:
-        prune = getattr(self.store, "prune_runs", None)
-        if prune is None or (self.options.retain is None and self.options.retain_runs is None):
+        if self.options.retain is None and self.options.retain_runs is None:
             return
-        pruned = await prune(older_than=self.options.retain, keep_per_task=self.options.retain_runs)
+        pruned = await self.store.prune_runs(older_than=self.options.retain, keep_per_task=self.options.retain_runs)
         if pruned:
             log.logger.info(f"pruned {pruned} old runs", extra={"event": "pruned", "count": pruned})
 

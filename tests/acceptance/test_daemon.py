@@ -479,3 +479,21 @@ def test_no_watch_ignores_file_changes(project: ProjectDir, cli: Cli) -> None:
     assert daemon.events("reloaded") == []
     assert daemon.stop() == 0
     assert {r["stdout"] for r in runs_of(project, "tick")} == {"tick\n"}
+
+
+def test_the_daemon_prunes_old_runs_by_its_retention_options(project: ProjectDir, cli: Cli) -> None:
+    project.tasks("a.yaml", "version: 1\ntasks:\n  greet:\n    command: echo hi\n")
+    ok(cli("sync"))
+    long_ago = time.time() - 3 * 86400
+    with closing(sqlite3.connect(project.db)) as conn, conn:
+        conn.executemany(
+            "INSERT INTO runs (id, task, type, status, attempt, trigger, parameters, queued_at, finished_at, host, pid)"
+            " VALUES (?, 'greet', 'shell', ?, 1, 'cli', '{}', ?, ?, 'elsewhere', 1)",
+            [(f"old{i:029d}", "failed", long_ago + i, long_ago + i) for i in range(5)]
+            + [("latest-succeeded-is-kept-000000", "succeeded", long_ago, long_ago)],
+        )
+    daemon = Daemon(cli, "--retain", "1d").started()
+    (pruned,) = daemon.wait_for("pruned")
+    assert pruned["count"] == 5
+    assert daemon.stop() == 0
+    assert [r["id"] for r in runs_of(project, "greet")] == ["latest-succeeded-is-kept-000000"]
