@@ -512,6 +512,69 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("run_id", required=False)
+@click.option("--task", "task_name", metavar="NAME", help="The latest run of NAME instead; with -f, its later runs too.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output and log lines as they are written.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
+@click.pass_obj
+def logs(settings: Settings, run_id: str | None, task_name: str | None, follow: bool, as_json: bool) -> None:
+    """A run's output and log lines as they were written: RUN_ID's, or those of the latest run
+    of --task NAME. Output goes to stdout (the run's stderr to stderr), log lines as "LEVEL
+    message".
+
+    With -f, keeps printing as the run writes more, until it ends: then exits 0 if it
+    succeeded, 1 otherwise (130/143 if stopped by SIGINT/SIGTERM). With --task NAME -f, goes on
+    with NAME's later runs, until SIGINT/SIGTERM (then exits 0). Exits 3 if there is no such
+    run, or NAME has none.
+    """
+    from runner.follow import follow_logs
+    from runner.store import open_store
+
+    if (run_id is None) == (task_name is None):
+        raise click.UsageError("give either RUN_ID or --task NAME")
+    heading: list[str] = []  # with --task: the run whose rows were printed last
+
+    def emit(entry: Any) -> None:
+        if as_json:
+            click.echo(json.dumps(_log_entry_json(entry)))
+            return
+        if task_name is not None and heading != [entry.run_id]:
+            heading[:] = [entry.run_id]
+            click.echo(f"==> run {entry.run_id} of {entry.task} <==", err=True)
+        text, to_stderr = _log_entry_text(entry)
+        click.echo(text, nl=False, err=to_stderr)
+
+    async def go() -> Any:
+        async with open_store(settings.store_location) as store:
+            return await follow_logs(store, emit, run_id=run_id, task=task_name, follow=follow)
+
+    outcome = _run_async(go)
+    if outcome.stopped_by is not None:
+        sys.exit(EXIT_OK if task_name is not None else 128 + outcome.stopped_by)
+    if follow and run_id is not None:
+        sys.exit(EXIT_OK if outcome.status is RunStatus.SUCCEEDED else EXIT_RUN_FAILED)
+
+
+def _log_entry_json(entry: Any) -> dict[str, Any]:
+    from runner.models import iso
+
+    return {
+        "run_id": entry.run_id, "task": entry.task, "at": iso(entry.at),
+        "stream": entry.stream, "level": entry.level, "message": entry.message,
+    }
+
+
+def _log_entry_text(entry: Any) -> tuple[str, bool]:
+    """A log row as ``runner logs`` prints it, and whether it goes to stderr: output as it
+    was, a log line as "LEVEL message", runner's own note on a line of its own on stderr."""
+    if entry.stream == "log":
+        return f"{(entry.level or '').upper()} {entry.message}\n", False
+    if entry.level is not None:
+        return entry.message if entry.message.endswith("\n") else entry.message + "\n", True
+    return entry.message, entry.stream == "stderr"
+
+
+@main.command()
 @click.option(
     "--older-than", default="30d", show_default=True, metavar="DURATION",
     help="Prune finished runs that ended longer ago than this (0: at any age).",

@@ -4,10 +4,21 @@ Committing each state change on its own caps SQLAlchemy async on SQLite near 850
 (FIELD-NOTES). Instead every write joins the batch being gathered, and one writer commits that
 batch while the next one fills up; a caller returns only once its own write is committed. There
 is no timer: a lone run is committed at once, and under load batches grow by themselves.
+
+A run's output and log lines reach the store while it runs, through a ``LiveLog``: each run
+buffers what it produced, and every ``FLUSH_INTERVAL`` seconds one flusher moves what all runs
+have buffered into the batch being gathered (a run with more than ``FLUSH_BYTES`` buffered is
+moved at once). So a task that prints a line at a time costs a few rows and no commit of its
+own per second, and a task that prints nothing writes no rows at all.
 """
 
 from __future__ import annotations
 
+import asyncio
+import codecs
+import contextlib
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,8 +26,16 @@ import anyio
 from anyio.abc import TaskStatus
 
 from runner.errors import StoreError
+from runner.masking import Masker
 from runner.store import Store
 from runner.store.store import RunBatch
+
+FLUSH_INTERVAL = 0.2
+"""Seconds a run's new output and log lines wait, at most, before they join a batch."""
+
+FLUSH_BYTES = 64 * 1024
+"""Output buffered by one stream of one run that is moved to the batch without waiting; also
+how long a line without its end must grow before a part of it is written."""
 
 
 class _Pending:
@@ -34,6 +53,8 @@ class Recorder:
         self._pending = _Pending()
         self._wake = anyio.Event()
         self._closing = False
+        self._dirty: dict[int, LiveLog] = {}
+        self._dirty_event = anyio.Event()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The writer loop; start it with ``task_group.start`` and stop it with ``close``."""
@@ -41,18 +62,35 @@ class Recorder:
         # Shielded as a whole: when the engine's caller is cancelled, the runs it cancels still
         # have to record that they were, so the writer ends only when ``close`` says so.
         with anyio.CancelScope(shield=True):
-            while True:
-                await self._wake.wait()
-                self._wake = anyio.Event()
-                pending, self._pending = self._pending, _Pending()
-                if not pending.batch.empty:
-                    try:
-                        await self.store.write_runs(pending.batch)
-                    except Exception as exc:
-                        pending.error = exc
-                pending.committed.set()
-                if self._closing and self._pending.batch.empty:
-                    return
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._flush_periodically)
+                await self._write()
+                group.cancel_scope.cancel()
+
+    async def _write(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            pending, self._pending = self._pending, _Pending()
+            if not pending.batch.empty:
+                try:
+                    await self.store.write_runs(pending.batch)
+                except Exception as exc:
+                    pending.error = exc
+            pending.committed.set()
+            if self._closing and self._pending.batch.empty:
+                return
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await self._dirty_event.wait()
+            await anyio.sleep(FLUSH_INTERVAL)
+            self._dirty_event = anyio.Event()
+            dirty, self._dirty = self._dirty, {}
+            for live in dirty.values():
+                self._pending.batch.logs.extend(live.take())
+            if not self._pending.batch.empty:
+                self._wake.set()
 
     def close(self) -> None:
         """Let the writer commit what is pending, then end."""
@@ -87,8 +125,182 @@ class Recorder:
         self._wake.set()
 
     async def finished(self, fields: dict[str, Any], logs: list[dict[str, Any]]) -> None:
+        """Record a run's end, with the log rows it had not streamed yet, in one transaction."""
+
         def fill(batch: RunBatch) -> None:
             batch.finishes.append(fields)
             batch.logs.extend(logs)
 
         await self._commit(fill)
+
+    def live(self, run_id: str, masker: Masker, *, output_cap: int) -> LiveLog:
+        """A buffer for one run's output and log lines, flushed into batches while it runs."""
+        return LiveLog(self, run_id, masker, output_cap)
+
+    def _mark_dirty(self, live: LiveLog) -> None:
+        self._dirty[id(live)] = live
+        self._dirty_event.set()
+
+    def _flush_now(self, live: LiveLog) -> None:
+        self._pending.batch.logs.extend(live.take())
+        self._wake.set()
+
+
+class _Output:
+    """One output stream of a run on its way to the store: cut at line ends, capped, masked."""
+
+    def __init__(self, stream: str, cap: int) -> None:
+        self.stream = stream
+        self.cap = cap
+        self.buffer = bytearray()
+        self.first_at = 0.0  # when the oldest byte in ``buffer`` arrived
+        self.last_at = 0.0
+        self.accepted = 0
+        self.capped = False  # more than ``cap`` bytes arrived: the rest is not streamed
+        self.told = False  # the row that says so is written
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add(self, data: bytes, now: float) -> None:
+        if self.capped:
+            return
+        room = self.cap - self.accepted
+        if len(data) > room:
+            data = data[:room]
+            self.capped = True
+        if not self.buffer:
+            self.first_at = now
+        self.last_at = now
+        self.buffer += data
+        self.accepted += len(data)
+
+    def take(self, masker: Masker, secrets: list[bytes], run_id: str, *, final: bool) -> list[dict[str, Any]]:
+        """Rows for what can be written now: whole lines; a line without its end only when it
+        is long, at the cap, or at the end; never the start of a secret without the rest."""
+        ending = final or self.capped
+        buffer = self.buffer
+        if ending:
+            cut = len(buffer)
+        else:
+            cut = buffer.rfind(b"\n") + 1
+            if not cut and len(buffer) >= FLUSH_BYTES:
+                cut = len(buffer)
+        if secrets and not final:
+            cut = _before_secret_start(buffer, cut, secrets)
+        rows: list[dict[str, Any]] = []
+        if cut:
+            chunk = bytes(buffer[:cut])
+            text = masker.text(self.decoder.decode(chunk, final=ending))
+            if text:
+                rows.append(_row(run_id, self.first_at, self.stream, "", text))
+        if ending:
+            # What is left at the cap is the start of a secret: never written (the record has it).
+            buffer.clear()
+        else:
+            del buffer[:cut]
+            self.first_at = self.last_at
+        if self.capped and not self.told:
+            self.told = True
+            message = (
+                f"[runner: {self.stream} beyond {self.cap} bytes is not streamed; "
+                "the end is in the run's record]\n"
+            )
+            rows.append(_row(run_id, self.last_at, self.stream, "warning", message))
+        return rows
+
+
+def _before_secret_start(buffer: bytearray, cut: int, secrets: list[bytes]) -> int:
+    """``cut`` moved back so that no secret starts before it and ends after it."""
+    moved = True
+    while moved and cut:
+        moved = False
+        for secret in secrets:
+            for size in range(min(len(secret) - 1, cut), 0, -1):
+                if buffer[cut - size : cut] == secret[:size]:
+                    cut -= size
+                    moved = True
+                    break
+    return cut
+
+
+def _row(run_id: str, at: float, stream: str, level: str, message: str) -> dict[str, Any]:
+    return {"run_id": run_id, "at": at, "stream": stream, "level": level, "message": message}
+
+
+class LiveLog:
+    """One run's stdout, stderr and ``ctx.logger`` lines, on their way to the store.
+
+    Output chunks come in on the event loop (``output``), log lines from any thread (``log``);
+    the recorder's flusher ``take``s the rows to write, and ``close`` returns the last ones,
+    for the run's final record. Every row is masked with the run's ``masker``; output rows have
+    level ``""``. Each output stream is streamed up to ``output_cap`` bytes, like the tail the
+    record keeps, and one row (level ``warning``) says where it stopped.
+    """
+
+    def __init__(self, recorder: Recorder, run_id: str, masker: Masker, output_cap: int) -> None:
+        self._recorder = recorder
+        self._run_id = run_id
+        self._masker = masker
+        self._secrets = [secret.encode() for secret in masker.secrets]
+        self._output_cap = output_cap
+        self._outputs: dict[int, _Output] = {}
+        self._lines: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._dirty = False
+        self._closed = False
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+
+    def output(self, fd: int, data: bytes) -> None:
+        """A chunk of the run's stdout (fd 1) or stderr (fd 2); on the event loop."""
+        out = self._outputs.get(fd)
+        if out is None:
+            out = self._outputs[fd] = _Output("stdout" if fd == 1 else "stderr", self._output_cap)
+        if self._closed or out.told:
+            return
+        out.add(data, time.time())
+        if len(out.buffer) >= FLUSH_BYTES or (out.capped and not out.told):
+            self._recorder._flush_now(self)
+        elif not self._dirty:
+            self._dirty = True
+            self._recorder._mark_dirty(self)
+
+    def log(self, at: float, level: str, message: str) -> None:
+        """A line the task logged; from the event loop or a worker thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._lines.append(_row(self._run_id, at, "log", level, message))
+            if self._dirty:
+                return
+            self._dirty = True
+        if threading.get_ident() == self._loop_thread:
+            self._recorder._mark_dirty(self)
+        else:
+            # RuntimeError: the loop is closed, an abandoned thread outlived the runner.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._recorder._mark_dirty, self)
+
+    def take(self) -> list[dict[str, Any]]:
+        """The rows ready to be written; on the event loop."""
+        return self._take(final=False)
+
+    def close(self) -> list[dict[str, Any]]:
+        """Everything not written yet; later output and lines are dropped."""
+        rows = self._take(final=True)
+        self._closed = True
+        return rows
+
+    def _take(self, *, final: bool) -> list[dict[str, Any]]:
+        if self._closed:
+            return []
+        with self._lock:
+            lines, self._lines = self._lines, []
+            self._dirty = False
+            if final:
+                self._closed = True
+        rows = [{**line, "message": self._masker.text(line["message"])} for line in lines]
+        for out in self._outputs.values():
+            rows.extend(out.take(self._masker, self._secrets, self._run_id, final=final))
+        if len(rows) > 1:
+            rows.sort(key=lambda row: row["at"])
+        return rows

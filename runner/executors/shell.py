@@ -7,7 +7,9 @@ looked up on *its* ``PATH``) and stdin is ``/dev/null``.
 Output: one asyncio subprocess protocol (so this needs anyio's asyncio backend) collects stdout
 and stderr as they arrive, and each keeps only its last ``output_cap`` bytes
 (``DEFAULT_OUTPUT_CAP``, 1 MB), so a task that prints gigabytes costs a bounded amount of memory; the ``*_truncated`` flags say when the start was dropped. Bytes are decoded as UTF-8
-with invalid sequences replaced, never raising.
+with invalid sequences replaced, never raising. ``on_output(fd, data)``, when given, also sees
+every chunk as it arrives (fd 1 or 2), on the event loop: that is how a run's output reaches
+the store while it runs (``recorder.LiveLog``).
 
 Process group: the child starts in a new session, so it and everything it spawns share one
 process group that belongs to this run. When the run times out or is cancelled, the group gets
@@ -26,7 +28,7 @@ import os
 import signal
 import subprocess
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -88,13 +90,16 @@ class _Tail:
 class _Collect(asyncio.SubprocessProtocol):
     """Feeds the child's pipes into two tails and notes when it exited and the pipes closed."""
 
-    def __init__(self, output_cap: int) -> None:
+    def __init__(self, output_cap: int, on_output: Callable[[int, bytes], None] | None) -> None:
         self.tails = {1: _Tail(output_cap), 2: _Tail(output_cap)}
         self.exited, self.closed = asyncio.Event(), asyncio.Event()
         self.open_pipes = 2
+        self.on_output = on_output
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         self.tails[fd].add(data)
+        if self.on_output is not None:
+            self.on_output(fd, data)
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         self.open_pipes -= 1
@@ -135,6 +140,7 @@ async def run_shell(
     timeout: float | None = None,  # noqa: ASYNC109
     output_cap: int = DEFAULT_OUTPUT_CAP,
     kill_grace: float = DEFAULT_KILL_GRACE,
+    on_output: Callable[[int, bytes], None] | None = None,
 ) -> ShellOutcome:
     """Run ``command`` to completion, or until ``timeout`` seconds, and return what it did.
 
@@ -148,7 +154,7 @@ async def run_shell(
         # has already started. The cancellation is taken up right after, with the group killed.
         with anyio.CancelScope(shield=True):
             transport, child = await loop.subprocess_exec(
-                lambda: _Collect(output_cap),
+                lambda: _Collect(output_cap, on_output),
                 *argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,

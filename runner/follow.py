@@ -1,0 +1,137 @@
+"""Following a run's log as it is written, for ``runner logs``.
+
+A run's output and log lines reach the store while it runs (``recorder.LiveLog``); a follower
+in any process polls for the rows after the last one it printed. The rows a run had not
+streamed yet are committed with its final status, so once a follower sees a run final, one
+more read has all of its rows. Rows are committed in id order, so "after the last id seen"
+misses nothing and repeats nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+
+from runner.errors import RunNotFound
+from runner.models import RunStatus
+from runner.store import Store
+from runner.store.store import LogEntry
+
+POLL_INTERVAL = 0.15
+"""Seconds between two reads of the store while following."""
+
+_PAGE = 1000
+_UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING)
+
+Emit = Callable[[LogEntry], None]
+
+
+@dataclass(frozen=True)
+class Followed:
+    """How following ended: the run's status when it was read last (None for a task), or the
+    signal that stopped it."""
+
+    status: RunStatus | None = None
+    stopped_by: int | None = None
+
+
+async def follow_logs(
+    store: Store,
+    emit: Emit,
+    *,
+    run_id: str | None = None,
+    task: str | None = None,
+    follow: bool = False,
+    interval: float = POLL_INTERVAL,
+) -> Followed:
+    """Pass the stored rows of the run ``run_id`` (or of the latest run of ``task``) to ``emit``.
+
+    With ``follow``, keep passing new rows as they are committed: for a run, until it is final
+    (a queued run is waited for); for a task, those of its later runs too, until SIGINT or
+    SIGTERM. Raises RunNotFound when there is no such run or the task has none, except that a
+    task known to the store is followed before its first run.
+    """
+    work: Callable[[], Awaitable[RunStatus | None]]
+    if run_id is not None:
+        await store.run_status(run_id)  # RunNotFound before anything is printed
+        work = functools.partial(_run, store, emit, run_id, follow=follow, interval=interval)
+    elif task is not None:
+        await _check_task(store, task, follow=follow)
+        work = functools.partial(_task, store, emit, task, follow=follow, interval=interval)
+    else:
+        raise ValueError("follow_logs needs run_id or task")
+    if not follow:
+        return Followed(await work())
+    return await _until_signal(work)
+
+
+async def _until_signal(work: Callable[[], Awaitable[RunStatus | None]]) -> Followed:
+    ended: list[Followed] = []
+    async with anyio.create_task_group() as group:
+
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    ended.append(Followed(stopped_by=signum))
+                    group.cancel_scope.cancel()
+                    return
+
+        async def run_work() -> None:
+            ended.append(Followed(await work()))
+            group.cancel_scope.cancel()
+
+        group.start_soon(stop_on_signal)
+        group.start_soon(run_work)
+    return ended[0]
+
+
+async def _drain(store: Store, emit: Emit, after: int, **which: str) -> int:
+    """Emit every row of ``which`` above ``after``; return the last id emitted."""
+    while True:
+        rows = await store.log_lines(after=after, limit=_PAGE, **which)
+        for row in rows:
+            emit(row)
+        if rows:
+            after = rows[-1].id
+        if len(rows) < _PAGE:
+            return after
+
+
+async def _run(store: Store, emit: Emit, run_id: str, *, follow: bool, interval: float) -> RunStatus:
+    after = 0
+    while True:
+        # The status first: the rows committed with (or before) a final status are read after it.
+        _task, status = await store.run_status(run_id)
+        after = await _drain(store, emit, after, run_id=run_id)
+        if not follow or status not in _UNFINISHED:
+            return status
+        await anyio.sleep(interval)
+
+
+async def _check_task(store: Store, task: str, *, follow: bool) -> None:
+    if await store.runs(task=task, limit=1):
+        return
+    if not follow:
+        raise RunNotFound(f"task {task!r} has no runs yet; `runner runs` lists recent ones")
+    if task not in await store.tasks():
+        raise RunNotFound(f"task {task!r} has no runs and is not in the store; `runner list` shows the tasks")
+
+
+async def _task(store: Store, emit: Emit, task: str, *, follow: bool, interval: float) -> None:
+    # Where following starts, read before the latest run is looked up: rows of a run that
+    # starts in between are then followed below, not lost.
+    cursor = await store.last_log_id()
+    latest = await store.runs(task=task, limit=1)
+    if latest:
+        for row in await store.log_lines(latest[0].id):
+            if row.id <= cursor or not follow:
+                emit(row)
+    if not follow:
+        return
+    while True:
+        cursor = await _drain(store, emit, cursor, task=task)
+        await anyio.sleep(interval)
