@@ -18,11 +18,16 @@ import anyio
 
 from runner.errors import RunNotFound
 from runner.models import RunStatus
+from runner.processes import HOST, process_is_alive
 from runner.store import Store
 from runner.store.store import LogEntry
 
 POLL_INTERVAL = 0.15
 """Seconds between two reads of the store while following."""
+
+SWEEP_INTERVAL = 1.0
+"""Seconds between two checks, while following a run, that the processes running this host's
+unfinished runs are alive (a dead one's runs are marked ``interrupted``, as at every start)."""
 
 _PAGE = 1000
 _UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING)
@@ -103,12 +108,17 @@ async def _drain(store: Store, emit: Emit, after: int, **which: str) -> int:
 
 async def _run(store: Store, emit: Emit, run_id: str, *, follow: bool, interval: float) -> RunStatus:
     after = 0
+    swept = anyio.current_time()
     while True:
         # The status first: the rows committed with (or before) a final status are read after it.
         _task, status = await store.run_status(run_id)
         after = await _drain(store, emit, after, run_id=run_id)
         if not follow or status not in _UNFINISHED:
             return status
+        if anyio.current_time() - swept >= SWEEP_INTERVAL:
+            # A run whose runner died would otherwise be followed forever (on this host).
+            swept = anyio.current_time()
+            await store.mark_interrupted(HOST, process_is_alive)
         await anyio.sleep(interval)
 
 

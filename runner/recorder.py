@@ -243,7 +243,7 @@ class LiveLog:
         self._secrets = [secret.encode() for secret in masker.secrets]
         self._output_cap = output_cap
         self._outputs: dict[int, _Output] = {}
-        self._lines: list[dict[str, Any]] = []
+        self._lines: list[tuple[float, str, str]] = []
         self._lock = threading.Lock()
         self._dirty = False
         self._closed = False
@@ -269,7 +269,7 @@ class LiveLog:
         with self._lock:
             if self._closed:
                 return
-            self._lines.append(_row(self._run_id, at, "log", level, message))
+            self._lines.append((at, level, message))
             if self._dirty:
                 return
             self._dirty = True
@@ -298,9 +298,12 @@ class LiveLog:
             self._dirty = False
             if final:
                 self._closed = True
-        rows = [{**line, "message": self._masker.text(line["message"])} for line in lines]
+        text = self._masker.text if self._masker else str
+        rows = [_row(self._run_id, at, "log", level, text(message)) for at, level, message in lines]
         for out in self._outputs.values():
-            rows.extend(out.take(self._masker, self._secrets, self._run_id, final=final))
-        if len(rows) > 1:
-            rows.sort(key=lambda row: row["at"])
+            if out.buffer or (out.capped and not out.told):
+                taken = out.take(self._masker, self._secrets, self._run_id, final=final)
+                if taken:
+                    # Streams interleave: ids should follow the order things happened in.
+                    rows = sorted(rows + taken, key=lambda row: row["at"]) if rows else taken
         return rows

@@ -173,6 +173,28 @@ def test_follow_waits_for_a_queued_run(project: ProjectDir, cli: Cli) -> None:
     ok(cli.finish(run))
 
 
+def test_follow_ends_with_1_when_the_runner_running_the_run_dies(project: ProjectDir, cli: Cli) -> None:
+    write(
+        project,
+        f"""
+        version: 1
+        tasks:
+          slow:
+            command: 'echo first; {STARTED}; {GATE}'
+        """,
+    )
+    run = cli.start("run", "slow")
+    _pgid, run_id = cli.task_started()
+    follower = Follower(cli, run_id, "-f")
+    follower.shows("first")
+    run.kill()  # no chance to record anything
+    run.wait()
+    followed = follower.finish()
+    assert (followed.returncode, followed.stdout) == (1, "first\n"), followed.stderr
+    [record] = cli.runs("--task", "slow")
+    assert record["status"] == "interrupted"
+
+
 # -- following a task ---------------------------------------------------------------------------------
 
 
