@@ -27,6 +27,7 @@ from anyio.abc import TaskStatus
 
 from runner.errors import StoreError
 from runner.masking import Masker
+from runner.processes import process_start_time
 from runner.store import Store
 from runner.store.store import RunBatch
 
@@ -124,6 +125,12 @@ class Recorder:
         self._pending.batch.starts.append((run_id, at))
         self._wake.set()
 
+    def spawned(self, run_id: str, pgid: int) -> None:
+        """Record a shell run's process group, without waiting, so that if this process dies,
+        whoever marks the run interrupted can kill what the task left running."""
+        self._pending.batch.groups.append((run_id, pgid, process_start_time(pgid)))
+        self._wake.set()
+
     async def finished(self, fields: dict[str, Any], logs: list[dict[str, Any]]) -> None:
         """Record a run's end, with the log rows it had not streamed yet, in one transaction."""
 
@@ -187,7 +194,7 @@ class _Output:
         if secrets and not final:
             cut = _before_secret_start(buffer, cut, secrets)
         rows: list[dict[str, Any]] = []
-        if cut:
+        if cut or ending:  # at the end, also the start of a character a long line was cut in
             chunk = bytes(buffer[:cut])
             text = masker.text(self.decoder.decode(chunk, final=ending))
             if text:
@@ -301,7 +308,7 @@ class LiveLog:
         text = self._masker.text if self._masker else str
         rows = [_row(self._run_id, at, "log", level, text(message)) for at, level, message in lines]
         for out in self._outputs.values():
-            if out.buffer or (out.capped and not out.told):
+            if final or out.buffer or (out.capped and not out.told):
                 taken = out.take(self._masker, self._secrets, self._run_id, final=final)
                 if taken:
                     # Streams interleave: ids should follow the order things happened in.
