@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import json
 import logging
 import os
@@ -578,6 +579,7 @@ class Engine:
                 output_cap=self.output_cap,
                 kill_grace=self.kill_grace,
                 on_output=attempt.live.output if attempt.live is not None else None,
+                on_start=functools.partial(self.recorder.spawned, attempt.run_id),
             )
         except ShellStartError as exc:
             return {"status": RunStatus.FAILED, "error": _error(exc, masker, with_traceback=False)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 
 HOST = socket.gethostname()
@@ -31,3 +32,24 @@ def process_is_alive(pid: int, started: float | None) -> bool:
 
 PID = os.getpid()
 PID_STARTED = process_start_time(PID)
+
+
+def kill_orphaned_group(pgid: int, leader_started: float | None) -> bool:
+    """SIGKILL what is left of the process group a runner process that died had started for a
+    task (its own session: pgid is the pid of the group's first process, ``leader_started``
+    that process's start time). True if there was something to kill.
+
+    A group that is gone is left alone, and so is a pid that now belongs to another process:
+    while its first process lives its start time must match; once it has exited, Linux does not
+    hand its pid out again while the group has members, so members mean it is the same group.
+    """
+    if leader_started is None:
+        return False
+    leader = process_start_time(pgid)
+    if leader is not None and leader != leader_started:
+        return False
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

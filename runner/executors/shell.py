@@ -141,11 +141,13 @@ async def run_shell(
     output_cap: int = DEFAULT_OUTPUT_CAP,
     kill_grace: float = DEFAULT_KILL_GRACE,
     on_output: Callable[[int, bytes], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> ShellOutcome:
     """Run ``command`` to completion, or until ``timeout`` seconds, and return what it did.
 
     Raises ShellStartError when the command cannot be started. On cancellation the process
-    group is killed (TERM, grace, KILL) before the cancellation propagates.
+    group is killed (TERM, grace, KILL) before the cancellation propagates. ``on_output`` gets
+    each chunk of output as it comes (stream 1 or 2), ``on_start`` the process group's id.
     """
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     loop = asyncio.get_running_loop()
@@ -165,6 +167,8 @@ async def run_shell(
             )
     except OSError as exc:
         raise ShellStartError(f"cannot start command: {exc}") from exc
+    if on_start is not None:
+        on_start(transport.get_pid())  # its own session: the pid is the process group's id
 
     exited = False
     try:

@@ -64,6 +64,8 @@ runs = Table(
     Column("host", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
     Column("pid_started", Float),  # the process's start time, so a reused pid is not taken for it
+    Column("pgid", Integer),  # a shell run's process group, killed if its runner dies
+    Column("pgid_started", Float),  # the start time of the group's first process
     Index("runs_task_queued", "task", "queued_at"),
     Index("runs_status", "status"),
     Index("runs_queued", "queued_at"),

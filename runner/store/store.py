@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from runner.errors import RunNotFound, StoreError, StoreVersionError
 from runner.models import LogLine, Run, RunStatus, Source, StoredTask, TaskSpec, TaskType
-from runner.processes import HOST, process_is_alive
+from runner.processes import HOST, kill_orphaned_group, process_is_alive
 from runner.store import _tables as t
 from runner.sync import SyncPlan
 
@@ -91,6 +91,7 @@ class RunBatch:
 
     inserts: list[dict[str, Any]] = field(default_factory=list)
     starts: list[tuple[str, float]] = field(default_factory=list)
+    groups: list[tuple[str, int, float | None]] = field(default_factory=list)  # run id, pgid, its start
     finishes: list[dict[str, Any]] = field(default_factory=list)
     logs: list[dict[str, Any]] = field(default_factory=list)
     # Committed with the runs they start, so a fire or a trigger is never taken twice or lost:
@@ -99,7 +100,9 @@ class RunBatch:
 
     @property
     def empty(self) -> bool:
-        return not (self.inserts or self.starts or self.finishes or self.logs or self.fires or self.claimed)
+        return not (
+            self.inserts or self.starts or self.groups or self.finishes or self.logs or self.fires or self.claimed
+        )
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,8 @@ def _add_daemon_tables(sync_conn: Any) -> None:
 
     sync_conn.execute(text("ALTER TABLE run_logs ADD COLUMN stream VARCHAR(8) NOT NULL DEFAULT 'log'"))
     sync_conn.execute(text("ALTER TABLE runs ADD COLUMN scheduled_for FLOAT"))
+    sync_conn.execute(text("ALTER TABLE runs ADD COLUMN pgid INTEGER"))
+    sync_conn.execute(text("ALTER TABLE runs ADD COLUMN pgid_started FLOAT"))
     t.metadata.create_all(sync_conn, tables=[t.schedules, t.leases, t.triggers])
 
 
@@ -438,6 +443,13 @@ class Store:
                     .values(status=RunStatus.RUNNING.value, started_at=bindparam("b_started_at")),
                     [{"b_id": run_id, "b_started_at": at} for run_id, at in batch.starts],
                 )
+            if batch.groups:
+                await conn.execute(
+                    update(t.runs)
+                    .where(t.runs.c.id == bindparam("b_id"))
+                    .values(pgid=bindparam("b_pgid"), pgid_started=bindparam("b_pgid_started")),
+                    [{"b_id": i, "b_pgid": g, "b_pgid_started": s} for i, g, s in batch.groups],
+                )
             for fields in _grouped_by_keys(batch.finishes):
                 await conn.execute(
                     update(t.runs)
@@ -555,20 +567,21 @@ class Store:
         return json.loads(row.result_json) if row.result_json is not None else None
 
     async def mark_interrupted(self, host: str, is_alive: Callable[[int, float | None], bool]) -> list[str]:
-        """Mark the unfinished runs of dead processes on ``host`` interrupted; return their ids."""
+        """Mark the unfinished runs of dead processes on ``host`` interrupted, kill what is left
+        of their shell tasks' process groups, and return their ids."""
         unfinished = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
-        query = select(t.runs.c.id, t.runs.c.pid, t.runs.c.pid_started).where(
+        query = select(t.runs.c.id, t.runs.c.pid, t.runs.c.pid_started, t.runs.c.pgid, t.runs.c.pgid_started).where(
             t.runs.c.status.in_(unfinished), t.runs.c.host == host
         )
         async with self._read() as conn:
-            dead = [row.id for row in await conn.execute(query) if not is_alive(row.pid, row.pid_started)]
+            dead = [row for row in await conn.execute(query) if not is_alive(row.pid, row.pid_started)]
         if not dead:
             return []
         now = time.time()
         async with self._write() as conn:
             await conn.execute(
                 update(t.runs)
-                .where(t.runs.c.id.in_(dead), t.runs.c.status.in_(unfinished))
+                .where(t.runs.c.id.in_([row.id for row in dead]), t.runs.c.status.in_(unfinished))
                 .values(
                     status=RunStatus.INTERRUPTED.value,
                     finished_at=now,
@@ -577,7 +590,10 @@ class Store:
                     ),
                 )
             )
-        return dead
+        for row in dead:
+            if row.pgid is not None and host == HOST:
+                kill_orphaned_group(row.pgid, row.pgid_started)
+        return [row.id for row in dead]
 
     async def unfinished(self, task: str) -> list[tuple[str, str, int, float | None]]:
         """The runs of ``task`` that are queued or running: (id, host, pid, pid_started) each."""
@@ -898,6 +914,7 @@ class _Pace:
         import anyio
 
         await anyio.sleep(self.last)
+
 
 @asynccontextmanager
 async def open_store(db: str | Path) -> AsyncIterator[Store]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
 import sqlite3
 import time
@@ -374,12 +373,13 @@ def test_runs_of_a_daemon_killed_with_9_are_interrupted_and_retried(project: Pro
     first.process.kill()
     first.process.wait()
     first.log_file.close()
-    os.killpg(pgid, signal.SIGKILL)  # what a machine reboot would do to the task
+    assert live_members(pgid), "the task outlives its daemon until someone notices"
     (cli.project.root / "started").unlink()
 
     second = Daemon(cli, "--grace", "0s").started()
     (taken,) = second.wait_for("lease_taken_over")
     assert taken["pid"] == first.process.pid
+    poll(lambda: live_members(pgid) == [], what="the dead daemon's task to be killed")
     _, retry_id = cli.task_started()
     assert second.stop() == 0
 
@@ -398,8 +398,8 @@ def test_a_one_shot_run_that_dies_is_interrupted_by_the_running_daemon(project: 
     one_shot.wait()
     daemon.wait_for("run_interrupted", run_id=run_id)
     assert runs_of(project, "slow")[0]["status"] == "interrupted"
-    assert daemon.stop(within=20) == 0
-    os.killpg(pgid, signal.SIGKILL)
+    poll(lambda: live_members(pgid) == [], what="the dead run's sleep to be killed")
+    assert daemon.stop() == 0
 
 
 # -- shutdown and the lease ----------------------------------------------------------------------
