@@ -9,6 +9,7 @@ so a crash or a restart neither repeats nor drops one.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import time
@@ -47,6 +48,7 @@ TRIGGER_POLL = 0.1
 """Seconds between looks for new triggers."""
 
 PRUNE_EVERY = 3600.0
+"""Seconds between prunings of old runs (the first is at start)."""
 
 CLOCK_CHECK = 30.0
 """The longest the scheduler sleeps without looking at the wall clock."""
@@ -203,12 +205,16 @@ class Daemon:
     def _start(self, workflow: Workflow) -> None:
         assert self._runs is not None
         workflow.on_run = self._log_run
-        self._runs.start_soon(self._execute, workflow)
-
-    async def _execute(self, workflow: Workflow) -> None:
-        with anyio.CancelScope() as scope:
-            self._run_scopes.add(scope)
+        # Counted from now, not from when the task gets going: a stop that comes in between
+        # must wait for it (and be able to cancel it) like any other.
+        scope = anyio.CancelScope()
+        self._run_scopes.add(scope)
+        if self._idle.is_set():
             self._idle = anyio.Event()
+        self._runs.start_soon(self._execute, workflow, scope)
+
+    async def _execute(self, workflow: Workflow, scope: anyio.CancelScope) -> None:
+        with scope:
             try:
                 await workflow.execute(queued=True)
             except RunnerError as exc:
@@ -222,7 +228,7 @@ class Daemon:
 
     def _log_run(self, run: Run) -> None:
         took = f" in {run.duration_s:.3f}s" if run.duration_s is not None else ""
-        level = 20 if run.status in (RunStatus.SUCCEEDED, RunStatus.SKIPPED) else 30
+        level = logging.INFO if run.status in (RunStatus.SUCCEEDED, RunStatus.SKIPPED) else logging.WARNING
         why = f": {run.error['message']}" if run.error and run.status is not RunStatus.FAILED else ""
         log.logger.log(
             level,
