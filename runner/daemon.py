@@ -261,8 +261,8 @@ class Daemon:
             if state is None or state.schedule != text:
                 state = self.states[name] = ScheduleState(name, text, now, next_fire(schedule, now, anchor=now))
                 fresh.append(state)
-        self._wake.set()
         await self.store.save_schedule_states(fresh, gone)
+        self._wake.set()  # only now: a fire moves its schedule's stored row, which must exist
 
     async def _fire_schedules(self) -> None:
         while True:
