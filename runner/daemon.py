@@ -267,16 +267,18 @@ class Daemon:
     async def _fire_schedules(self) -> None:
         while True:
             now = time.time()
-            for name, state in sorted(self.states.items(), key=lambda item: item[1].next_fire_at):
-                if state.next_fire_at > now:
-                    break
-                if self.states.get(name) is not state:  # changed by a reload meanwhile
-                    continue
+            due = [(name, state) for name, state in self.states.items() if state.next_fire_at <= now]
+            if due:
                 try:
-                    await self._fire(name, state, now)
+                    busy = await self._still_running([name for name, _ in due])
                 except StoreError as exc:
-                    self.states[name] = state  # nothing was committed: the fire is still due
                     await _store_trouble(exc)
+                    continue
+                # Side by side: their records share transactions (group commit), so a hundred
+                # tasks due at the same second are queued in one or two commits, not a hundred.
+                async with anyio.create_task_group() as firing:
+                    for name, state in due:
+                        firing.start_soon(self._fire, name, state, now, name in busy)
             upcoming = min((s.next_fire_at for s in self.states.values()), default=math.inf)
             # Sleeping is on the monotonic clock, fire times on the wall clock: look at the wall
             # clock again now and then, in case it jumped (NTP, a suspended machine).
@@ -284,15 +286,35 @@ class Daemon:
                 await self._wake.wait()
             self._wake = anyio.Event()
 
-    async def _fire(self, name: str, state: ScheduleState, now: float) -> None:
-        task = self.engine.tasks[name]
-        schedule = task.spec.schedule
+    async def _fire(self, name: str, state: ScheduleState, now: float, busy: bool) -> None:
+        """Fire ``name``'s schedule once (``busy``: its previous run is still going)."""
+        if self.states.get(name) is not state:  # changed by a reload meanwhile
+            return
+        schedule = self.engine.tasks[name].spec.schedule
         assert schedule is not None
         advanced = ScheduleState(
             name, state.schedule, state.anchor, next_fire(schedule, now, anchor=state.anchor), state.next_fire_at
         )
         self.states[name] = advanced
         fires = [{"task": name, "next_fire_at": advanced.next_fire_at, "last_fire_at": advanced.last_fire_at}]
+        try:
+            # Shielded: a stop that comes while the fire is being committed must not leave its
+            # runs queued but never started.
+            with anyio.CancelScope(shield=True):
+                await self._fire_once(name, schedule, state, advanced, fires, busy)
+        except StoreError as exc:
+            self.states[name] = state  # nothing was committed: the fire is still due
+            await _store_trouble(exc)
+
+    async def _fire_once(
+        self,
+        name: str,
+        schedule: Schedule,
+        state: ScheduleState,
+        advanced: ScheduleState,
+        fires: list[dict[str, Any]],
+        busy: bool,
+    ) -> None:
         if state.next_fire_at < self._started_at and schedule.misfire == "skip":
             log.logger.info(
                 f"{name}: missed the fire of {iso(state.next_fire_at)} (misfire: skip); next at "
@@ -307,7 +329,7 @@ class Daemon:
             log.logger.error(f"{name}: cannot fire: {exc}", extra={"event": "fire_failed", "task": name})
             await self.store.save_schedule_states([advanced], [])
             return
-        if schedule.overlap == "skip" and await self._still_running(name):
+        if busy and schedule.overlap == "skip":
             workflow.on_run = self._log_run
             await workflow.skip("the previous run of this task is still going (overlap: skip)", fires=fires)
             return
@@ -318,14 +340,17 @@ class Daemon:
         )
         self._start(workflow)
 
-    async def _still_running(self, name: str) -> bool:
-        """Whether a run of ``name`` is queued or running in a live process (any runner's)."""
-        unfinished = await self.store.unfinished(name)
-        if any(host != HOST or process_is_alive(pid, started) for _, host, pid, started in unfinished):
-            return True
-        if unfinished:  # all of dead processes: say so now rather than at the next sweep
+    async def _still_running(self, names: list[str]) -> set[str]:
+        """Those of ``names`` with a run queued or running in a live process (any runner's)."""
+        unfinished = await self.store.unfinished(names)
+        busy = {
+            name
+            for name, runs in unfinished.items()
+            if any(host != HOST or process_is_alive(pid, started) for host, pid, started in runs)
+        }
+        if set(unfinished) - busy:  # runs of dead processes only: say so now, not at the next sweep
             await self.store.mark_interrupted(HOST, process_is_alive)
-        return False
+        return busy
 
     # -- triggers --------------------------------------------------------------------------
 
@@ -348,14 +373,16 @@ class Daemon:
                 run_id=trigger.run_id,
             )
         except (TaskNotRunnable, ParameterError) as exc:
-            await self._refuse(trigger, exc)
+            with anyio.CancelScope(shield=True):
+                await self._refuse(trigger, exc)
             return
-        await workflow.queue(claimed=[trigger.run_id])
+        with anyio.CancelScope(shield=True):  # taken up means started, even when a stop comes
+            await workflow.queue(claimed=[trigger.run_id])
+            self._start(workflow)
         log.logger.info(
             f"{trigger.task}: triggered run {trigger.run_id}",
             extra={"event": "triggered", "task": trigger.task, "run_id": trigger.run_id},
         )
-        self._start(workflow)
 
     async def _refuse(self, trigger: Trigger, exc: RunnerError) -> None:
         """Record a trigger that cannot run as a failed run with its id, saying why."""

@@ -595,13 +595,17 @@ class Store:
                 kill_orphaned_group(row.pgid, row.pgid_started)
         return [row.id for row in dead]
 
-    async def unfinished(self, task: str) -> list[tuple[str, str, int, float | None]]:
-        """The runs of ``task`` that are queued or running: (id, host, pid, pid_started) each."""
-        query = select(t.runs.c.id, t.runs.c.host, t.runs.c.pid, t.runs.c.pid_started).where(
-            t.runs.c.status.in_((RunStatus.QUEUED.value, RunStatus.RUNNING.value)), t.runs.c.task == task
+    async def unfinished(self, tasks: list[str]) -> dict[str, list[tuple[str, int, float | None]]]:
+        """The runs of these tasks that are queued or running, by task: (host, pid, pid_started)
+        of the process running each."""
+        query = select(t.runs.c.task, t.runs.c.host, t.runs.c.pid, t.runs.c.pid_started).where(
+            t.runs.c.status.in_((RunStatus.QUEUED.value, RunStatus.RUNNING.value)), t.runs.c.task.in_(tasks)
         )
+        found: dict[str, list[tuple[str, int, float | None]]] = {}
         async with self._read() as conn:
-            return [tuple(row) for row in await conn.execute(query)]
+            for task, host, pid, started in await conn.execute(query):
+                found.setdefault(task, []).append((host, pid, started))
+        return found
 
     async def started_runs_interrupted(self, host: str, pid: int) -> list[Run]:
         """The runs of process ``pid`` on ``host`` that started and were then interrupted."""

@@ -418,6 +418,19 @@ def test_sigterm_lets_runs_finish_within_the_grace_period(project: ProjectDir, c
     assert (run["status"], run["stdout"]) == ("succeeded", "done\n")
 
 
+def test_a_stop_just_after_a_fire_still_runs_what_the_fire_queued(project: ProjectDir, cli: Cli) -> None:
+    project.tasks("a.yaml", TICK)
+    daemon = Daemon(cli).started()
+    daemon.wait_for("run_finished", task="tick")
+    (anchor,) = store_rows(project, "SELECT anchor FROM schedules WHERE task = 'tick'")[0]
+    # Aim the signal a few milliseconds after a fire time, while that fire is being committed.
+    next_fire = anchor + 0.5 * (int((time.time() - anchor) / 0.5) + 2)
+    time.sleep(next_fire + 0.003 - time.time())
+    assert daemon.stop() == 0
+    statuses = [r["status"] for r in runs_of(project, "tick")]
+    assert set(statuses) == {"succeeded"}, statuses
+
+
 def test_runs_still_going_after_the_grace_period_are_killed_and_recorded_cancelled(
     project: ProjectDir, cli: Cli
 ) -> None:
