@@ -496,6 +496,7 @@ class Daemon:
                 extra={"event": "reload_failed", "problems": len(exc.problems)},
             )
             return
+        self.store.remember_specs(declared.specs.values())
         if self._engine is None:
             return
         await self.engine.reload()

@@ -81,9 +81,11 @@ def plan(
                 disabled.append(name)
             continue
         was_enabled = have.enabled and not have.removed
-        definition_changed = have.removed or have.spec.definition_json != want.spec.definition_json
+        same = have.spec is want.spec  # a daemon's reload shares the unchanged ones
+        definition_changed = have.removed or (not same and have.spec.definition_json != want.spec.definition_json)
         # A task that only moved (a line added above it) is rewritten but not reported.
-        moved = str(have.spec.source) != str(want.spec.source)
+        here, there = have.spec.source, want.spec.source
+        moved = not same and (here.line != there.line or here.path != there.path)
         state_changed = was_enabled != want.enabled or (
             not want.enabled and have.disabled_reason != want.reason
         )
@@ -132,7 +134,9 @@ async def _sync_project(root: Path, store: Store, *, dry_run: bool, declared: De
     from runner.project import load_project
     from runner.spec import Declared, fingerprint, load_tasks
 
-    stored_digests = await store.task_files()
+    # Files read already (the daemon's, after a change) have changed: no first plan, below.
+    changed = declared is not None and not dry_run
+    stored_digests = {} if changed else await store.task_files()
     digests = fingerprint(root) if declared is None else None
     if digests is not None:
         digests[RUNNER_KEY] = _runner_mark()
@@ -143,7 +147,7 @@ async def _sync_project(root: Path, store: Store, *, dry_run: bool, declared: De
         scope = set(stored)
         declared = Declared({name: task.spec for name, task in stored.items()}, {}, {}, [])
     else:
-        stored = await store.tasks()
+        stored = {} if changed else await store.tasks()
         if declared is None:
             declared = load_tasks(root)
         digests = {**declared.digests, RUNNER_KEY: _runner_mark()} if declared.digests else None
@@ -173,6 +177,8 @@ async def _sync_project(root: Path, store: Store, *, dry_run: bool, declared: De
 
     # Plan from what was read; only a plan that changes something is made again under the
     # write lock and applied, so a sync with nothing to change writes nothing.
+    if changed:
+        return await store.sync_tasks(planner)
     first = planner(stored, stored_digests)
     if dry_run or first.is_empty:
         return first
