@@ -1,0 +1,95 @@
+"""Keep docs/deployment.md in step with what it describes.
+
+The unit file shown in the doc is docs/runner.service, byte for byte; its ExecStart parses as a
+runner command line; the option tables for ``runner daemon`` and ``runner prune`` list exactly
+the options those commands have; and every link to a section of another doc finds its heading.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import click
+import pytest
+
+from runner.cli import main
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+GUIDE = DOCS / "deployment.md"
+UNIT = DOCS / "runner.service"
+
+
+def _text() -> str:
+    return GUIDE.read_text(encoding="utf-8")
+
+
+def _headings(text: str) -> list[tuple[int, str, int]]:
+    """(level, title, offset of the line after it) of each heading outside code blocks."""
+    found, fenced, offset = [], False, 0
+    for line in text.splitlines(keepends=True):
+        offset += len(line)
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (match := re.match(r"(#+) (.+)$", line.rstrip("\n"))):
+            found.append((len(match.group(1)), match.group(2), offset))
+    return found
+
+
+def _section(heading: str) -> str:
+    """The text under ``heading`` up to the next heading of the same or a higher level."""
+    text = _text()
+    headings = _headings(text)
+    level, title = len(heading.split(" ", 1)[0]), heading.split(" ", 1)[1]
+    at = next(i for i, (lv, t, _) in enumerate(headings) if (lv, t) == (level, title))
+    start = headings[at][2]
+    end = next((off for lv, t, off in headings[at + 1 :] if lv <= level), None)
+    if end is None:
+        return text[start:]
+    return text[start : text.rindex("\n", 0, end - 1) + 1]
+
+
+def test_the_unit_in_the_guide_is_the_unit_file() -> None:
+    blocks = re.findall(r"```ini\n(.*?)```", _section("## The unit"), re.DOTALL)
+    assert blocks, "no ```ini block under '## The unit'"
+    assert blocks[0] == UNIT.read_text(encoding="utf-8")
+
+
+def test_the_units_command_line_parses() -> None:
+    line = next(x for x in UNIT.read_text(encoding="utf-8").splitlines() if x.startswith("ExecStart="))
+    argv = shlex.split(line.removeprefix("ExecStart="))
+    assert Path(argv[0]).name == "runner"
+    at = next(i for i, arg in enumerate(argv) if arg in main.commands)
+    group = main.make_context("runner", argv[1 : at + 1])
+    main.commands[argv[at]].make_context(argv[at], argv[at + 1 :], parent=group)
+
+
+def _documented_options(heading: str) -> set[str]:
+    rows = re.findall(r"^\| `(--[a-z-]+)", _section(heading), re.MULTILINE)
+    return set(rows)
+
+
+def _options(command: str) -> set[str]:
+    found = main.commands[command]
+    return {opt for param in found.params if isinstance(param, click.Option) for opt in param.opts if opt.startswith("--")} - {"--help"}
+
+
+@pytest.mark.parametrize(
+    ("heading", "command"), [("## The daemon, in brief", "daemon"), ("### `runner prune`", "prune")]
+)
+def test_the_option_tables_list_every_option(heading: str, command: str) -> None:
+    assert _documented_options(heading) == _options(command)
+
+
+def _slug(heading: str) -> str:
+    """The anchor GitHub gives a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_links_to_sections_find_their_headings() -> None:
+    for target, anchor in re.findall(r"\]\(([\w.-]*\.md|)#([\w-]+)\)", _text()):
+        page = DOCS / target if target else GUIDE
+        headings = _headings(page.read_text(encoding="utf-8"))
+        assert anchor in {_slug(title) for _, title, _ in headings}, f"{target or 'deployment.md'}#{anchor}: no such heading"
