@@ -355,10 +355,16 @@ class Daemon:
     # -- triggers --------------------------------------------------------------------------
 
     async def _take_triggers(self) -> None:
+        seen: int | None = None
         while True:
             try:
-                for trigger in await self.store.triggers():
-                    await self._take(trigger)
+                # Read the triggers only when something was committed since the last look: an
+                # idle daemon then costs next to no CPU.
+                version = self.store.data_version()
+                if version is None or version != seen:
+                    for trigger in await self.store.triggers():
+                        await self._take(trigger)
+                    seen = version
             except StoreError as exc:
                 await _store_trouble(exc)
             await anyio.sleep(TRIGGER_POLL)

@@ -258,6 +258,7 @@ class Store:
         # The specs built by the last full read of the tasks, by name: a daemon reads them all
         # after every reload, and rebuilding 10,000 costs a fifth of a second.
         self._specs: dict[str, TaskSpec] = {}
+        self._version_conn: Any = None  # a plain sqlite3 connection for data_version()
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -879,7 +880,26 @@ class Store:
         """The SQLAlchemy engine whose writes begin with BEGIN IMMEDIATE, for task sessions."""
         return self._writer
 
+    def data_version(self) -> int | None:
+        """A number that changes whenever another connection commits to the store: SQLite's
+        ``PRAGMA data_version`` on a connection kept for it (microseconds, no thread hop), so a
+        poller can skip reading while nothing changed. None when the store is not SQLite."""
+        path = _sqlite_path(self.url)
+        if path is None:
+            return None
+        import sqlite3
+
+        try:
+            if self._version_conn is None:
+                self._version_conn = sqlite3.connect(path, check_same_thread=False)
+            version: int = self._version_conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the store at {self.url}: {exc}") from exc
+        return version
+
     async def close(self) -> None:
+        if self._version_conn is not None:
+            self._version_conn.close()
         await self._engine.dispose()
 
 
