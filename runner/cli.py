@@ -593,17 +593,13 @@ def prune(settings: Settings, older_than: str, keep: int, dry_run: bool, as_json
     --keep runs of its task. Queued and running runs stay, and so does each task's latest
     succeeded run. `runner daemon` does the same by itself (--retain, --retain-runs).
     """
-    from runner.spec import parse_duration
     from runner.store import open_store
 
-    try:
-        age = parse_duration(older_than)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--older-than") from exc
+    age = _duration_option(older_than, "--older-than")
 
     async def go() -> int:
         async with open_store(settings.store_location) as store:
-            return await store.prune_runs(older_than=age or None, keep_per_task=keep or None, dry_run=dry_run)
+            return await store.prune_runs(older_than=age, keep_per_task=keep or None, dry_run=dry_run)
 
     count = _run_async(go)
     if as_json:

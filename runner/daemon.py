@@ -149,6 +149,7 @@ class Daemon:
                     loops.start_soon(self._fire_schedules)
                     loops.start_soon(self._take_triggers)
                     loops.start_soon(self._keep_lease)
+                    loops.start_soon(self._prune)
                     if self.options.watch:
                         loops.start_soon(self._watch)
                     log.logger.info(
@@ -433,7 +434,7 @@ class Daemon:
             self._start(workflow)
 
     async def _keep_lease(self) -> None:
-        last_renewal = last_prune = -math.inf
+        last_renewal = -math.inf
         while True:
             try:
                 if time.monotonic() - last_renewal >= HEARTBEAT:
@@ -445,19 +446,26 @@ class Daemon:
                         f"run {run_id} interrupted: the process running it died",
                         extra={"event": "run_interrupted", "run_id": run_id},
                     )
-                if time.monotonic() - last_prune >= PRUNE_EVERY:
-                    await self._prune()
-                    last_prune = time.monotonic()
             except StoreError as exc:
                 await _store_trouble(exc)
             await anyio.sleep(SWEEP_EVERY)
 
     async def _prune(self) -> None:
+        """Prune old runs at start and every hour; in a loop of its own, since a backlog can
+        take many seconds (in short transactions) and the lease must be renewed meanwhile."""
         if self.options.retain is None and self.options.retain_runs is None:
             return
-        pruned = await self.store.prune_runs(older_than=self.options.retain, keep_per_task=self.options.retain_runs)
-        if pruned:
-            log.logger.info(f"pruned {pruned} old runs", extra={"event": "pruned", "count": pruned})
+        while True:
+            try:
+                pruned = await self.store.prune_runs(
+                    older_than=self.options.retain, keep_per_task=self.options.retain_runs
+                )
+            except StoreError as exc:
+                await _store_trouble(exc)
+                continue
+            if pruned:
+                log.logger.info(f"pruned {pruned} old runs", extra={"event": "pruned", "count": pruned})
+            await anyio.sleep(PRUNE_EVERY)
 
     # -- reloading -------------------------------------------------------------------------
 
