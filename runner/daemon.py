@@ -68,6 +68,25 @@ class DaemonOptions:
     max_concurrency: int | None = None
     retain: float | None = 30 * 86400.0
     retain_runs: int | None = 1000
+    http: HttpOptions | None = None  # serve the HTTP API (runner[http]) while the daemon runs
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    allow_trigger: bool = False  # POST /api/v1/tasks/{name}/runs, with the bearer token
+    auth_read: bool = False  # the read endpoints want the token too
+    token: str | None = None  # RUNNER_HTTP_TOKEN
+
+
+@dataclass
+class SyncState:
+    """How the last syncs of the task files went, for health checks and metrics."""
+
+    last_ok_at: float | None = None
+    last_error: str | None = None  # of the last sync, None when it succeeded
+    errors: int = 0  # syncs that failed since the daemon started
 
 
 def describe_holder(lease: Lease) -> str:
@@ -99,6 +118,7 @@ class Daemon:
         self._stop = anyio.Event()
         self._started_at = time.time()  # fire times before this were missed: no daemon ran
         self._hurry = anyio.Event()
+        self.sync_state = SyncState()
 
     @property
     def engine(self) -> Engine:
@@ -410,6 +430,19 @@ class Daemon:
             extra={"event": "trigger_refused", "task": trigger.task, "run_id": trigger.run_id},
         )
 
+    async def run_now(self, name: str, parameters: dict[str, Any]) -> str:
+        """Run ``name`` after its needs, as a trigger would (the HTTP API's POST); its run id
+        once queued. Raises TaskNotRunnable or ParameterError, before anything is recorded."""
+        workflow = self.engine.workflow(name, parameters=parameters, trigger="api")
+        with anyio.CancelScope(shield=True):
+            await workflow.queue()
+            self._start(workflow)
+        log.logger.info(
+            f"{name}: run {workflow.target_run_id} requested over HTTP",
+            extra={"event": "triggered", "task": name, "run_id": workflow.target_run_id},
+        )
+        return workflow.target_run_id
+
     # -- crash recovery --------------------------------------------------------------------
 
     async def _retry_interrupted(self, previous: Lease) -> None:
@@ -509,7 +542,10 @@ class Daemon:
                 f"{len(exc.problems)} problem(s) in the task files; the last good definitions keep running",
                 extra={"event": "reload_failed", "problems": len(exc.problems)},
             )
+            self.sync_state.errors += 1
+            self.sync_state.last_error = "; ".join(str(problem) for problem in exc.problems[:20])
             return
+        self.sync_state.last_ok_at, self.sync_state.last_error = time.time(), None
         self.store.remember_specs(declared.specs.values())
         if self._engine is None:
             return
