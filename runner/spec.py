@@ -78,8 +78,21 @@ def parse_duration(value: float | int | str) -> float:
 
 
 @dataclass
+class _Shed:
+    """Where a shed file's position tables can be read again, and its tasks' own lines if not."""
+
+    origin: Path
+    specs: dict[str, TaskSpec]
+    tried: bool = False  # read again and changed: the tables hold each task's line only
+
+
+@dataclass
 class TaskFile:
-    """One task file: its data, where each key and value stands, and what is wrong with it."""
+    """One task file: its data, where each key and value stands, and what is wrong with it.
+
+    A cached file without problems sheds ``keys``, ``values`` and ``traps`` (see ``shed``); read
+    positions through ``position`` or ``at``, which read them again when a problem needs one.
+    """
 
     path: str
     data: Any = None
@@ -88,18 +101,59 @@ class TaskFile:
     traps: dict[Path_, str] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     digest: str | None = None  # of the bytes read, so a sync can tell an unchanged file
+    _shed: _Shed | None = field(default=None, init=False, repr=False, compare=False)
+    _asked: bool = field(default=False, init=False, repr=False, compare=False)
 
-    def at(self, where: Path_, message: str, *, key: bool = False) -> Problem:
-        """A problem positioned at ``where`` (its key if ``key``), or its nearest parent."""
+    def position(self, where: Path_, *, key: bool = False) -> tuple[int, int]:
+        """Line and column of ``where`` (its key if ``key``), or of its nearest parent."""
+        self._asked = True
+        if self._shed is not None and not self._shed.tried:
+            self._restore(self._shed)
         table = self.keys if key else self.values
         probe = where
         while probe:
             pos = table.get(probe) or self.values.get(probe)
             if pos:
-                return Problem(self.path, pos[0], pos[1], message)
+                return pos
             probe = probe[:-1]
-        line, col = self.values.get((), (1, 1))
+        return self.values.get((), (1, 1))
+
+    def at(self, where: Path_, message: str, *, key: bool = False) -> Problem:
+        """A problem positioned at ``where`` (its key if ``key``), or its nearest parent."""
+        line, col = self.position(where, key=key)
         return Problem(self.path, line, col, message)
+
+    def shed(self, origin: Path, specs: dict[str, TaskSpec]) -> None:
+        """Drop the position tables and traps of a checked file without problems (``origin``:
+        where it was read, ``specs``: the tasks built from it).
+
+        Such a file needs positions only when a problem spanning files points into it; they are
+        then read again from ``origin``. Tables read again and used since the last ``shed`` are
+        kept, as the problem that wanted them is likely still there.
+        """
+        asked, self._asked = self._asked, False
+        if asked and self._shed is None:
+            return
+        self.keys, self.values, self.traps = {}, {}, {}
+        self._shed = _Shed(origin, specs)
+
+    def _restore(self, shed: _Shed) -> None:
+        try:
+            raw: bytes | None = shed.origin.read_bytes()
+        except OSError:
+            raw = None
+        if raw is not None and hashlib.sha256(raw).hexdigest() == self.digest:
+            again = TaskFile(self.path)
+            _parse(again, raw)
+            self.keys, self.values, self.traps = again.keys, again.values, again.traps
+            self._shed = None
+            return
+        # Not the bytes the tasks were built from: each task's own line is all that still holds.
+        own: dict[Path_, tuple[int, int]] = {
+            ("tasks", name): (spec.source.line, spec.source.col) for name, spec in shed.specs.items()
+        }
+        self.keys, self.values = own, dict(own)
+        shed.tried = True
 
     def add(self, where: Path_, message: str, *, key: bool = False) -> None:
         self.problems.append(self.at(where, message, key=key))
@@ -230,6 +284,13 @@ def read_task_file(project: Path, path: Path) -> TaskFile | None:
     except OSError as exc:
         file.add((), f"cannot read: {exc.strerror or exc}")
         return file
+    _parse(file, raw)
+    return file
+
+
+def _parse(file: TaskFile, raw: bytes) -> None:
+    """Fill ``file`` from the bytes read: digest, data and positions, or what is wrong with them."""
+    rel = file.path
     file.digest = hashlib.sha256(raw).hexdigest()
     try:
         text = raw.decode("utf-8-sig")
@@ -239,7 +300,7 @@ def read_task_file(project: Path, path: Path) -> TaskFile | None:
         file.problems.append(
             Problem(rel, line, col, f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); task files are UTF-8 YAML")
         )
-        return file
+        return
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.reader.ReaderError as exc:
@@ -251,19 +312,19 @@ def read_task_file(project: Path, path: Path) -> TaskFile | None:
         file.problems.append(
             Problem(rel, line, col, f"YAML error: unacceptable character #x{exc.character:04x}: {exc.reason}")
         )
-        return file
+        return
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         what = " ".join(filter(None, [exc.context, exc.problem]))
         file.problems.append(Problem(rel, line, col, f"YAML syntax error: {what}"))
-        return file
+        return
     except yaml.YAMLError as exc:
         file.add((), f"YAML error: {exc}")
-        return file
+        return
     if node is None:
         file.add((), "empty file; a task file holds 'version: 1' and 'tasks:'")
-        return file
+        return
     try:
         file.data = _Builder(file).build(node, ())
     except _TooLarge:
@@ -276,7 +337,6 @@ def read_task_file(project: Path, path: Path) -> TaskFile | None:
         names: dict[type, str] = {list: "a list", str: "a string"}
         kind = names.get(type(file.data), type(file.data).__name__)
         file.add((), f"expected a mapping with 'version: 1' and 'tasks:', found {kind}")
-    return file
 
 
 def list_task_files(project: Path) -> list[Path]:
@@ -635,6 +695,8 @@ def _checked_file(project: Path, path: Path, cache: ParseCache | None) -> _Check
                 same = False
             if same:
                 cached.file.problems = list(cached.problems)
+                if not cached.problems:
+                    cached.file.shed(path, cached.specs)
                 return cached
     file = read_task_file(project, path)
     if file is None:
@@ -642,6 +704,8 @@ def _checked_file(project: Path, path: Path, cache: ParseCache | None) -> _Check
     checked = _Checked(file, check_file(file), list(file.problems))
     if cache is not None:
         cache[file.path] = checked
+        if not checked.problems:
+            file.shed(path, checked.specs)
     return checked
 
 
@@ -676,7 +740,8 @@ def _load_tasks(project: Path, cache: ParseCache | None) -> Declared:
         for name in tasks if isinstance(tasks, dict) else ():
             first = owner.get(name)
             if first is not None:
-                here, there = file.keys[("tasks", name)], first.keys[("tasks", name)]
+                here = file.position(("tasks", name), key=True)
+                there = first.position(("tasks", name), key=True)
                 first.add(("tasks", name), f"task {name!r} is also declared at {file.path}:{here[0]}", key=True)
                 file.add(("tasks", name), f"task {name!r} is already declared at {first.path}:{there[0]}", key=True)
                 specs.pop(name, None)

@@ -702,3 +702,154 @@ def test_a_parse_cache_reuses_unchanged_files_and_rereads_changed_ones(project: 
 
     b.unlink()
     assert set(load_tasks(project.root, cache).specs) == {"a"} and set(cache) == {"tasks.d/a.yaml"}
+
+
+# -- positions of files kept in the parse cache --------------------------------------------------
+
+
+def shed(cache: spec_module.ParseCache, rel: str) -> bool:
+    """Whether the cache holds ``tasks.d/rel`` without its position tables."""
+    file = cache[f"tasks.d/{rel}"].file
+    return not file.keys and not file.values
+
+
+def test_a_cached_file_places_a_task_declared_again_in_another_file(project: ProjectDir) -> None:
+    project.tasks("a.yaml", "version: 1\n# tasks\ntasks:\n  x:\n    command: echo\n  a:\n    command: echo 1\n")
+    cache: spec_module.ParseCache = {}
+    assert load_tasks(project.root, cache).problems == []
+    assert shed(cache, "a.yaml"), "a file without problems keeps no positions"
+
+    project.tasks("b.yml", "version: 1\ntasks:\n  a: {command: echo 2}\n")
+    expected = [
+        "tasks.d/a.yaml:6:3: task 'a' is also declared at tasks.d/b.yml:3",
+        "tasks.d/b.yml:3:3: task 'a' is already declared at tasks.d/a.yaml:6",
+    ]
+    assert [str(p) for p in load_tasks(project.root).problems] == expected
+    assert [str(p) for p in load_tasks(project.root, cache).problems] == expected
+    assert [str(p) for p in load_tasks(project.root, cache).problems] == expected
+
+
+def test_a_cached_file_places_unknown_needs_and_cycles(project: ProjectDir) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          a:
+            command: echo
+            needs:
+              - c
+              - b
+          c: {command: echo}
+        """,
+    )
+    b = project.tasks("b.yaml", "version: 1\ntasks:\n  b:\n    command: echo\n")
+    cache: spec_module.ParseCache = {}
+    assert load_tasks(project.root, cache).problems == []
+    assert shed(cache, "a.yaml")
+
+    b.write_text("version: 1\ntasks:\n  bb:\n    command: echo\n")
+    expected = ["tasks.d/a.yaml:7:9: task 'a' needs 'b', which is not declared (did you mean 'bb'?)"]
+    assert [str(p) for p in load_tasks(project.root).problems] == expected
+    assert [str(p) for p in load_tasks(project.root, cache).problems] == expected
+
+    b.write_text("version: 1\ntasks:\n  b:\n    command: echo\n    needs: [a]\n")
+    expected = ["tasks.d/a.yaml:5:5: cycle in needs: a -> b -> a"]
+    assert [str(p) for p in load_tasks(project.root).problems] == expected
+    assert [str(p) for p in load_tasks(project.root, cache).problems] == expected
+
+
+def test_a_cached_file_places_problems_with_python_callables(
+    project: ProjectDir, fresh_plugins: None
+) -> None:
+    from runner.project import load_project
+
+    project.plugin("jobs", "def run(a: int, b: str) -> str:\n    return b * a\n")
+    project.tasks(
+        "jobs.yaml",
+        """
+        version: 1
+        tasks:
+          missing:
+            type: python
+            callable: plugins.jobs:nope
+          short:
+            type: python
+            callable: plugins.jobs:run
+            parameters: {a: 1}
+          wrong:
+            type: python
+            callable: plugins.jobs:run
+            parameters: {a: one, b: x}
+        """,
+    )
+    cache: spec_module.ParseCache = {}
+    assert load_tasks(project.root, cache).problems == []
+    assert shed(cache, "jobs.yaml")
+
+    cached = [str(p) for p in load_project(project.root, load_tasks(project.root, cache)).strict_problems()]
+    assert cached == [str(p) for p in load_project(project.root).strict_problems()]
+    assert cached == [
+        "tasks.d/jobs.yaml:5:15: task 'missing': callable 'plugins.jobs:nope': "
+        "module plugins.jobs has no attribute 'nope'",
+        "tasks.d/jobs.yaml:9:5: task 'short': missing parameter 'b' (str)",
+        "tasks.d/jobs.yaml:13:21: task 'wrong': parameter 'a': expected int, got str 'one'",
+    ]
+
+
+@pytest.mark.parametrize("change", ["rewritten", "deleted"])
+def test_a_cached_file_changed_since_it_was_read_places_problems_at_the_task(
+    project: ProjectDir, change: str
+) -> None:
+    a = project.tasks("a.yaml", "version: 1\ntasks:\n  x: {command: echo}\n  a:\n    command: echo\n    needs: [x]\n")
+    cache: spec_module.ParseCache = {}
+    declared = load_tasks(project.root, cache)
+    assert shed(cache, "a.yaml")
+
+    if change == "rewritten":
+        a.write_text("# moved\n\nversion: 1\ntasks:\n  x: {command: echo}\n  a:\n    command: echo\n    needs: [x]\n")
+    else:
+        a.unlink()
+    # The positions of other bytes would be wrong; the task's own line, as read, still holds.
+    assert str(declared.at("a", "needs", 0, message="m")) == "tasks.d/a.yaml:4:3: m"
+    assert str(declared.at("a", "needs", message="m", key=True)) == "tasks.d/a.yaml:4:3: m"
+    assert str(declared.owner["a"].at((), "m")) == "tasks.d/a.yaml:1:1: m"
+
+    if change == "rewritten":
+        a.write_text("# moved\n\nversion: 1\ntasks:\n  a:\n    command: echo\n    needs: [x]\n")
+        assert [str(p) for p in load_tasks(project.root, cache).problems] == [
+            "tasks.d/a.yaml:7:13: task 'a' needs 'x', which is not declared"
+        ]
+
+
+def test_a_cached_file_keeps_positions_read_again_only_while_problems_need_them(
+    project: ProjectDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[str] = []
+    parse = spec_module._parse
+
+    def counting(file: spec_module.TaskFile, raw: bytes) -> None:
+        parsed.append(file.path)
+        parse(file, raw)
+
+    monkeypatch.setattr(spec_module, "_parse", counting)
+    project.tasks("a.yaml", "version: 1\ntasks:\n  a:\n    command: echo 1\n")
+    b = project.tasks("b.yaml", "version: 1\ntasks:\n  b:\n    command: echo\n  a:\n    command: echo 2\n")
+    cache: spec_module.ParseCache = {}
+    expected = [
+        "tasks.d/a.yaml:3:3: task 'a' is also declared at tasks.d/b.yaml:5",
+        "tasks.d/b.yaml:5:3: task 'a' is already declared at tasks.d/a.yaml:3",
+    ]
+    assert [str(p) for p in load_tasks(project.root, cache).problems] == expected
+    assert parsed == ["tasks.d/a.yaml", "tasks.d/b.yaml", "tasks.d/b.yaml", "tasks.d/a.yaml"]
+
+    parsed.clear()
+    assert [str(p) for p in load_tasks(project.root, cache).problems] == expected
+    assert parsed == [], "positions read again for a problem that is still there are kept"
+
+    b.write_text("version: 1\ntasks:\n  b:\n    command: echo\n")
+    assert load_tasks(project.root, cache).problems == []
+    assert parsed == ["tasks.d/b.yaml"]
+    assert shed(cache, "b.yaml") and not shed(cache, "a.yaml")
+    assert load_tasks(project.root, cache).problems == []
+    assert shed(cache, "a.yaml"), "a load that needed no position of a file sheds them again"
