@@ -295,6 +295,31 @@ def _duration_option(text: str, option: str) -> float | None:
     return seconds or None
 
 
+def _http_options(listen: str | None, allow_trigger: bool, auth_read: bool) -> Any:
+    """The daemon's HttpOptions for --http and its flags (None without --http); exit 2 on a
+    bad address, a flag without --http or the token, or without the runner[http] extra."""
+    import importlib.util
+    import os
+
+    from runner.daemon import HttpOptions
+
+    if listen is None:
+        if allow_trigger or auth_read:
+            _fail("--http-allow-trigger and --http-auth-read need --http [HOST:]PORT", EXIT_USAGE)
+        return None
+    if any(importlib.util.find_spec(module) is None for module in ("starlette", "uvicorn")):
+        _fail("--http needs the HTTP extra: pip install 'runner[http]'", EXIT_USAGE)
+    host, _, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+    if not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535 or any(c.isspace() for c in host):
+        _fail(f"--http: {listen!r} is not [HOST:]PORT (a port from 0 to 65535, e.g. 127.0.0.1:8080)", EXIT_USAGE)
+    token = os.environ.get("RUNNER_HTTP_TOKEN") or None
+    if (allow_trigger or auth_read) and token is None:
+        flag = "--http-allow-trigger" if allow_trigger else "--http-auth-read"
+        _fail(f"{flag} needs a bearer token: set RUNNER_HTTP_TOKEN (e.g. to `openssl rand -hex 32`)", EXIT_USAGE)
+    return HttpOptions(host=host, port=int(port), allow_trigger=allow_trigger, auth_read=auth_read, token=token)
+
+
 @main.command()
 @click.option("--no-watch", is_flag=True, help="Do not reload when files in tasks.d/ or plugins/ change.")
 @click.option(
@@ -310,9 +335,16 @@ def _duration_option(text: str, option: str) -> float | None:
     "--retain-runs", type=click.IntRange(min=0), default=1000, show_default=True, metavar="N",
     help="Keep at most N finished runs per task (0: no limit).",
 )
+@click.option(
+    "--http", "http", default=None, metavar="[HOST:]PORT",
+    help="Serve the HTTP API here (host 127.0.0.1 unless given); needs runner[http].",
+)
+@click.option("--http-allow-trigger", is_flag=True, help="Let POST /api/v1/tasks/NAME/runs start runs (needs RUNNER_HTTP_TOKEN).")
+@click.option("--http-auth-read", is_flag=True, help="Ask for the token on the read endpoints too (needs RUNNER_HTTP_TOKEN).")
 @click.pass_obj
 def daemon(
-    settings: Settings, no_watch: bool, grace: str, concurrency: int | None, retain: str, retain_runs: int
+    settings: Settings, no_watch: bool, grace: str, concurrency: int | None, retain: str, retain_runs: int,
+    http: str | None, http_allow_trigger: bool, http_auth_read: bool,
 ) -> None:
     """Sync, fire schedules, take triggers and reload on file changes, until SIGTERM/SIGINT.
 
@@ -325,6 +357,7 @@ def daemon(
     from runner.daemon import Daemon, DaemonOptions
     from runner.store import open_store
 
+    http_options = _http_options(http, http_allow_trigger, http_auth_read)
     if log.logger.level > logging.INFO:
         log.logger.setLevel(logging.INFO)
     options = DaemonOptions(
@@ -333,6 +366,7 @@ def daemon(
         max_concurrency=concurrency,
         retain=_duration_option(retain, "--retain"),
         retain_runs=retain_runs or None,
+        http=http_options,
     )
 
     async def serve() -> None:

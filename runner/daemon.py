@@ -172,6 +172,10 @@ class Daemon:
                     loops.start_soon(self._prune)
                     if self.options.watch:
                         loops.start_soon(self._watch)
+                    if self.options.http is not None:
+                        from runner.http import serve
+
+                        await loops.start(serve, self, self.options.http)
                     log.logger.info(
                         f"daemon started: pid {PID}, {len(engine.tasks)} tasks, {len(self.states)} scheduled",
                         extra={"event": "daemon_started", "pid": PID, "scheduled": len(self.states)},

@@ -875,6 +875,64 @@ class Store:
             pace.took(time.monotonic() - started)
         return deleted
 
+    # -- http ---------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Read one row: StoreError if the store cannot be read (for health checks)."""
+        from sqlalchemy import text
+
+        async with self._read() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def runs_before(
+        self, *, task: str | None = None, status: str | None = None, before: str | None = None, limit: int = 50
+    ) -> list[Run]:
+        """A page of run history, newest first: the runs older than the run ``before`` (in
+        (queued_at, id) order, so pages neither repeat nor skip a run); RunNotFound if there
+        is no run ``before``."""
+        from sqlalchemy import and_, or_
+
+        runs = t.runs.c
+        query = select(*_RUN_COLUMNS).order_by(runs.queued_at.desc(), runs.id.desc()).limit(limit)
+        if task is not None:
+            query = query.where(runs.task == task)
+        if status is not None:
+            query = query.where(runs.status == status)
+        async with self._read() as conn:
+            if before is not None:
+                queued_at = (await conn.execute(select(runs.queued_at).where(runs.id == before))).scalar()
+                if queued_at is None:
+                    raise RunNotFound(f"no run with id {before!r}")
+                query = query.where(
+                    runs.queued_at <= queued_at,
+                    or_(runs.queued_at < queued_at, and_(runs.queued_at == queued_at, runs.id < before)),
+                )
+            return [_run_from_row(row) for row in await conn.execute(query)]
+
+    async def run_totals(self) -> list[tuple[str, str, int, float]]:
+        """For every task and status: how many runs the store holds, and their durations'
+        sum (in seconds; 0 where none has a duration)."""
+        from sqlalchemy import func
+
+        runs = t.runs.c
+        query = select(
+            runs.task, runs.status, func.count(), func.coalesce(func.sum(runs.duration_s), 0.0)
+        ).group_by(runs.task, runs.status)
+        async with self._read() as conn:
+            return [(task, status, int(n), float(total)) for task, status, n, total in await conn.execute(query)]
+
+    async def recent_durations(self, since: float, *, limit: int = 10_000) -> list[tuple[str, float]]:
+        """(task, duration) of the runs that finished after ``since``, newest first."""
+        runs = t.runs.c
+        query = (
+            select(runs.task, runs.duration_s)
+            .where(runs.finished_at > since, runs.duration_s.is_not(None))
+            .order_by(runs.finished_at.desc())
+            .limit(limit)
+        )
+        async with self._read() as conn:
+            return [(task, float(duration)) for task, duration in await conn.execute(query)]
+
     @property
     def engine(self) -> AsyncEngine:
         """The SQLAlchemy engine whose writes begin with BEGIN IMMEDIATE, for task sessions."""
