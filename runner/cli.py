@@ -373,6 +373,10 @@ def daemon(
         async with open_store(settings.store_location) as store:
             await Daemon(settings.project, store, options).run()
 
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: where it is stuck
     _run_async(serve)
     log.logger.info("daemon stopped", extra={"event": "daemon_stopped"})
 

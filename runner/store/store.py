@@ -941,7 +941,8 @@ class Store:
     def data_version(self) -> int | None:
         """A number that changes whenever another connection commits to the store: SQLite's
         ``PRAGMA data_version`` on a connection kept for it (microseconds, no thread hop), so a
-        poller can skip reading while nothing changed. None when the store is not SQLite."""
+        poller can skip reading while nothing changed. None when it cannot tell (the store is
+        not SQLite, or the file is busy this instant): then read."""
         path = _sqlite_path(self.url)
         if path is None:
             return None
@@ -949,10 +950,11 @@ class Store:
 
         try:
             if self._version_conn is None:
-                self._version_conn = sqlite3.connect(path, check_same_thread=False)
+                # timeout 0: this runs on the event loop, which must never wait for a lock
+                self._version_conn = sqlite3.connect(path, timeout=0, check_same_thread=False)
             version: int = self._version_conn.execute("PRAGMA data_version").fetchone()[0]
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the store at {self.url}: {exc}") from exc
+        except sqlite3.OperationalError:
+            return None
         return version
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ import itertools
 import json
 import signal
 import sqlite3
+import subprocess
 import time
 from contextlib import closing
 from typing import Any
@@ -56,6 +57,10 @@ class Daemon:
         self.process.send_signal(signum)
         try:
             return self.process.wait(timeout=within)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGUSR1)  # the daemon dumps its stacks to its log
+            time.sleep(0.5)
+            raise AssertionError(f"the daemon did not stop within {within}s:\n{self.log_path.read_text()}") from None
         finally:
             self.log_file.close()
 
