@@ -7,6 +7,7 @@ caller's choice; the findings are the same.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,13 @@ class CallableFinding:
     task: str
     callable: str
     reason: str  # "orphaned: ..." or "invalid: ..."
-    problems: tuple[Problem, ...]
+    place: Callable[[], tuple[Problem, ...]] = field(repr=False, compare=False)
+
+    @functools.cached_property
+    def problems(self) -> tuple[Problem, ...]:
+        """The problems as ``validate`` prints them, placed in the task file only when asked:
+        ``sync`` and the daemon need just the reason, and placing one may read the file again."""
+        return self.place()
 
 
 @dataclass
@@ -92,24 +99,32 @@ def check_callable(spec: TaskSpec, declared: Declared) -> CallableFinding | None
     try:
         fn = registry.resolve(reference)
     except CallableNotFound as exc:
-        problem = declared.at(spec.name, "callable", message=f"task {spec.name!r}: callable {reference!r}: {exc}")
-        return CallableFinding(spec.name, reference, f"orphaned: {exc}", (problem,))
+        message = f"task {spec.name!r}: callable {reference!r}: {exc}"
+        return CallableFinding(
+            spec.name, reference, f"orphaned: {exc}", lambda: (declared.at(spec.name, "callable", message=message),)
+        )
     try:
         sig = signature_of(fn)
     except SignatureError as exc:
-        problem = declared.at(spec.name, "callable", message=f"task {spec.name!r}: {reference}: {exc}")
-        return CallableFinding(spec.name, reference, f"invalid: {exc}", (problem,))
+        message = f"task {spec.name!r}: {reference}: {exc}"
+        return CallableFinding(
+            spec.name, reference, f"invalid: {exc}", lambda: (declared.at(spec.name, "callable", message=message),)
+        )
     _, issues = check_parameters(sig, spec.parameters)
     if not issues:
         return None
-    problems = []
-    for issue in issues:
-        where: tuple[str, ...] = ("parameters", issue.name) if issue.name in spec.parameters else ("parameters",)
-        problems.append(
-            declared.at(spec.name, *where, message=f"task {spec.name!r}: {issue.message}", key=len(where) == 1)
-        )
+
+    def place() -> tuple[Problem, ...]:
+        problems = []
+        for issue in issues:
+            where: tuple[str, ...] = ("parameters", issue.name) if issue.name in spec.parameters else ("parameters",)
+            problems.append(
+                declared.at(spec.name, *where, message=f"task {spec.name!r}: {issue.message}", key=len(where) == 1)
+            )
+        return tuple(problems)
+
     reason = "invalid: " + "; ".join(issue.message for issue in issues)
-    return CallableFinding(spec.name, reference, reason, tuple(problems))
+    return CallableFinding(spec.name, reference, reason, place)
 
 
 # Weak: a daemon that reloads plugins makes new functions; the old ones must be able to go.
