@@ -4,6 +4,15 @@ SQLite is used as FIELD-NOTES measured it works with several processes: WAL, ``s
 a long busy timeout, and ``BEGIN IMMEDIATE`` for every transaction that writes (a deferred BEGIN
 fails with "database is locked" when two writers meet). Readers use a plain BEGIN. Transactions
 are kept short; none is held open while a task runs.
+
+PostgreSQL (``postgresql+psycopg://``) gets the same schema and the same behaviour. Each of the
+store's write transactions there first takes one transaction-level advisory lock
+(``pg_advisory_xact_lock``), the counterpart of SQLite's BEGIN IMMEDIATE: store writes happen
+one at a time, so every read-modify-write (a sync's plan, a lease takeover, replacing schedule
+states) sees the state it changes, with no retry loop around a planner and no row locks to
+get right for rows that do not exist yet (a new task, a first lease), which SELECT ... FOR
+UPDATE cannot lock. It also keeps ``run_logs.id`` in commit order (see ``log_lines``). Task
+sessions (``Store.engine``) do not take it: PostgreSQL locks their rows itself.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import pickle
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +172,7 @@ class LogEntry:
 
 
 BUSY_TIMEOUT_MS = 30_000
+PG_WRITE_LOCK = 0x72756E6E6572  # "runner": the advisory lock key of the store's writers
 
 def _add_invocation(sync_conn: Any) -> None:
     from sqlalchemy import Index, text
@@ -192,13 +202,29 @@ MIGRATIONS: list[Callable[[Any], None]] = [
 
 
 def database_url(db: str | Path) -> str:
-    """A SQLAlchemy async URL for ``--db``: a bare path means a SQLite file."""
+    """A SQLAlchemy async URL for ``--db``: a bare path means a SQLite file; ``sqlite://`` and
+    ``postgresql://`` (or ``postgres://``) without a driver get the async one."""
     text = str(db)
     if "://" not in text:
         return f"sqlite+aiosqlite:///{Path(text).expanduser().resolve()}"
     if text.startswith("sqlite://"):
         return "sqlite+aiosqlite://" + text[len("sqlite://") :]
+    for bare in ("postgresql://", "postgres://"):
+        if text.startswith(bare):
+            return "postgresql+psycopg://" + text[len(bare) :]
     return text
+
+
+def _shown(url: str) -> str:
+    """The URL as messages show it: without its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url
+    return url if parsed.password is None else parsed.render_as_string(hide_password=True)
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -252,8 +278,9 @@ class Store:
     """Tasks and runs, kept in one database. Open with ``open_store``."""
 
     def __init__(self, engine: AsyncEngine, url: str) -> None:
-        self.url = url
+        self.url = _shown(url)
         self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
         self._writer = engine.execution_options(runner_write=True)
         # The specs built by the last full read of the tasks, by name: a daemon reads them all
         # after every reload, and rebuilding 10,000 costs a fifth of a second.
@@ -272,6 +299,8 @@ class Store:
     async def _write(self) -> AsyncIterator[AsyncConnection]:
         try:
             async with self._writer.begin() as conn:
+                if self._postgres:
+                    await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
                 yield conn
         except (OperationalError, DBAPIError) as exc:
             raise StoreError(f"cannot write the store at {self.url}: {exc.orig}") from exc
@@ -327,21 +356,22 @@ class Store:
     ) -> dict[str, StoredTask]:
         # Plain SQL and plain tuples: for 10,000 tasks, SQLAlchemy's row objects cost three
         # times the query (a daemon reads them all after every reload).
+        # Sorted here, not by ORDER BY: PostgreSQL would sort by its collation, not by code point.
         conditions, params = [], {}
         if not include_removed:
-            conditions.append("removed = 0")
+            conditions.append("NOT removed")
         if task_type is not None:
-            conditions.append("type = :type")
+            conditions.append("type = %(type)s" if conn.dialect.paramstyle == "pyformat" else "type = :type")
             params["type"] = task_type.value
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         result = await conn.exec_driver_sql(
-            f"SELECT name, definition, source, enabled, disabled_reason, removed FROM tasks{where} ORDER BY name",
+            f"SELECT name, definition, source, enabled, disabled_reason, removed FROM tasks{where}",
             params,
         )
         found = {}
         known = self._specs
         specs: dict[str, TaskSpec] = {}
-        rows: list[Any] = list(result.all())
+        rows: list[Any] = sorted(result.all(), key=lambda row: row[0])
         for name, definition, source, enabled, reason, removed in rows:
             spec = known.get(name)
             if spec is None or spec.definition_json != definition or str(spec.source) != source:
@@ -441,6 +471,8 @@ class Store:
         """Apply a batch of run writes in one transaction: inserts, then starts, then finishes."""
         if batch.empty:
             return
+        if self._postgres:
+            batch = _without_nul(batch)
         async with self._write() as conn:
             if batch.inserts:
                 await conn.execute(t.runs.insert(), batch.inserts)
@@ -504,7 +536,10 @@ class Store:
     ) -> list[LogEntry]:
         """The log rows (logger lines and streamed output) with an id above ``after``, oldest
         first: of the run ``run_id``, or of every run of ``task``. Rows are committed in id
-        order, so the last id seen is where the next call picks up."""
+        order, so the last id seen is where the next call picks up: on SQLite because writes
+        are serialised; on PostgreSQL, where a sequence hands out ids before commit, because
+        run_logs are only written under the store's write lock, which is released after the
+        commit is visible."""
         query = (
             select(
                 t.run_logs.c.id,
@@ -964,6 +999,21 @@ class Store:
 
 
 
+def _without_nul(batch: RunBatch) -> RunBatch:
+    """The batch with NUL characters in output and log lines replaced by U+FFFD: PostgreSQL's
+    text cannot hold them, and one stray NUL must not lose a run's record."""
+
+    def clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {k: v.replace("\x00", "\ufffd") if isinstance(v, str) else v for k, v in row.items()}
+            if any(isinstance(v, str) and "\x00" in v for v in row.values())
+            else row
+            for row in rows
+        ]
+
+    return replace(batch, inserts=clean(batch.inserts), finishes=clean(batch.finishes), logs=clean(batch.logs))
+
+
 _UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 
 
@@ -1024,7 +1074,8 @@ async def open_store(db: str | Path) -> AsyncIterator[Store]:
     try:
         engine = create_async_engine(url)
     except Exception as exc:  # a malformed URL or a missing driver
-        raise StoreError(f"cannot open the store {url!r}: {exc}") from exc
+        hint = "; pip install 'runner[postgres]'" if isinstance(exc, ImportError) and "psycopg" in url else ""
+        raise StoreError(f"cannot open the store {_shown(url)!r}: {exc}{hint}") from exc
     if url.startswith("sqlite"):
         _configure_sqlite(engine)
     store = Store(engine, url)

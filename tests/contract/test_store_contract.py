@@ -1,0 +1,436 @@
+"""One contract for every store: the same tests on a SQLite file and on a real PostgreSQL.
+
+What SQLite alone has (WAL, ``data_version``, the file) is tested in
+tests/integration/test_store.py; here only behaviour a caller can see through ``Store``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import cli_env
+from pg import pg_server, pg_url  # noqa: F401
+
+from runner.errors import RunNotFound, StoreVersionError
+from runner.models import RunStatus, Source, TaskSpec, TaskType
+from runner.store import CURRENT_VERSION, Store, open_store
+from runner.store.store import Lease, LeaseHeld, RunBatch, ScheduleState, Trigger, database_url
+from runner.sync import Wanted, plan
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+
+NOW = time.time()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return database_url(tmp_path / "runner.db")
+    found: str = request.getfixturevalue("pg_url")
+    return found
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[Store]:
+    async with open_store(url) as opened:
+        yield opened
+
+
+async def execute(url: str, sql: str, **params: Any) -> list[Any]:
+    """Run one statement on the database from outside the store; its rows, if any."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(text(sql), params)
+            return list(result.all()) if result.returns_rows else []
+    finally:
+        await engine.dispose()
+
+
+def spec(name: str, command: str = "echo") -> TaskSpec:
+    return TaskSpec(name=name, type=TaskType.SHELL, source=Source("tasks.d/a.yaml", 3, 3), command=command)
+
+
+def wanted(*specs: TaskSpec) -> dict[str, Wanted]:
+    return {s.name: Wanted(s, True, None) for s in specs}
+
+
+async def sync(store: Store, want: dict[str, Wanted]) -> dict[str, list[str]]:
+    result = await store.sync_tasks(lambda stored, _digests: plan(want, stored))
+    return {k: v for k, v in result.to_json().items() if v}
+
+
+def run_row(run_id: str, task: str = "a", *, status: str = "queued", queued: float = NOW, **more: Any) -> dict[str, Any]:
+    return {
+        "id": run_id, "task": task, "type": "shell", "status": status, "attempt": 1, "trigger": "cli",
+        "parameters": "{}", "queued_at": queued, "host": "elsewhere", "pid": 1, **more,
+    }
+
+
+# -- schema and versions -------------------------------------------------------------------------
+
+
+async def test_a_new_store_is_created_at_the_current_version(url: str) -> None:
+    async with open_store(url) as store:
+        assert await store.tasks() == {}
+        await store.ping()
+    assert await execute(url, "SELECT version FROM schema_version") == [(CURRENT_VERSION,)]
+    async with open_store(url) as store:
+        assert await store.runs() == []
+    assert await execute(url, "SELECT version FROM schema_version") == [(CURRENT_VERSION,)]
+
+
+async def test_a_store_at_version_0_gets_the_whole_schema(url: str) -> None:
+    await execute(url, "CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    await execute(url, "INSERT INTO schema_version VALUES (0)")
+    async with open_store(url) as store:
+        assert await sync(store, wanted(spec("a"))) == {"added": ["a"]}
+    assert await execute(url, "SELECT version FROM schema_version") == [(CURRENT_VERSION,)]
+
+
+async def test_a_newer_store_is_refused_and_left_alone(url: str) -> None:
+    async with open_store(url) as store:
+        await sync(store, wanted(spec("a")))
+    await execute(url, "UPDATE schema_version SET version = :v", v=CURRENT_VERSION + 1)
+    with pytest.raises(StoreVersionError, match=f"understands up to {CURRENT_VERSION}"):
+        async with open_store(url):
+            pytest.fail("a newer store was opened")
+    assert await execute(url, "SELECT version FROM schema_version") == [(CURRENT_VERSION + 1,)]
+    assert await execute(url, "SELECT name FROM tasks") == [("a",)]
+
+
+# -- tasks ---------------------------------------------------------------------------------------
+
+
+async def test_sync_adds_updates_removes_disables_and_enables(store: Store) -> None:
+    full = TaskSpec(
+        name="full", type=TaskType.PYTHON, source=Source("tasks.d/sub/b.yml", 12, 3), callable="plugins.jobs:run",
+        parameters={"a": 1, "nested": {"b": [1, 2], "ü": "ø"}}, needs=("a",), timeout=300.0, tags=("x",),
+    )
+    assert await sync(store, {**wanted(spec("a"), spec("b")), "full": Wanted(full, False, "orphaned: nope")}) == {
+        "added": ["a", "b", "full"], "disabled": ["full"],
+    }
+    stored = await store.tasks()
+    assert list(stored) == ["a", "b", "full"]
+    assert stored["full"].spec.definition() == full.definition()
+    assert str(stored["full"].spec.source) == "tasks.d/sub/b.yml:12"
+    assert (stored["full"].enabled, stored["full"].disabled_reason, stored["full"].removed) == (False, "orphaned: nope", False)
+    assert (stored["a"].enabled, stored["a"].disabled_reason) == (True, None)
+
+    assert await sync(store, {**wanted(spec("a", "echo changed")), "full": Wanted(full, True, None)}) == {
+        "updated": ["a"], "removed": ["b"], "enabled": ["full"],
+    }
+    stored = await store.tasks()
+    assert stored["a"].spec.command == "echo changed"
+    assert (stored["b"].removed, stored["b"].enabled, stored["b"].disabled_reason) == (True, False, "removed")
+    assert (stored["full"].enabled, stored["full"].disabled_reason) == (True, None)
+    assert list(await store.tasks(include_removed=False)) == ["a", "full"]
+    assert list(await store.tasks(task_type=TaskType.PYTHON)) == ["full"]
+    assert list(await store.tasks(include_removed=False, task_type=TaskType.SHELL)) == ["a"]
+
+    assert await sync(store, {**wanted(spec("a", "echo changed")), "full": Wanted(full, True, None)}) == {}
+    assert await sync(store, wanted(spec("a", "echo changed"), spec("b"), full)) == {"added": ["b"]}
+
+
+async def test_tasks_come_sorted_by_code_point(store: Store) -> None:
+    names = ["B", "a", "a-b", "a.b", "a_b", "Z9", "0x"]
+    await sync(store, wanted(*(spec(n) for n in names)))
+    assert list(await store.tasks()) == sorted(names)
+
+
+async def test_task_file_digests_are_kept(store: Store) -> None:
+    def planner(stored: Any, _digests: Any) -> Any:
+        return plan(wanted(spec("a")), stored, digests={"tasks.d/a.yaml": "f" * 64})
+
+    await store.sync_tasks(planner)
+    assert await store.task_files() == {"tasks.d/a.yaml": "f" * 64}
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+class Odd:
+    """Not JSON: only the pickle keeps it."""
+
+    def __init__(self, value: Fraction) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Odd) and other.value == self.value
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+async def test_runs_round_trip_through_a_batch(store: Store) -> None:
+    result = Odd(Fraction(1, 3))
+    await store.write_runs(
+        RunBatch(
+            inserts=[run_row("r1", parameters='{"a": 1, "s": "ü"}', invocation="inv"), run_row("r2", queued=NOW + 1, invocation=None)],
+            starts=[("r1", NOW + 0.5)],
+            groups=[("r1", 4242, NOW + 0.25)],
+        )
+    )
+    assert [r.id for r in await store.runs()] == ["r2", "r1"]
+    assert (await store.run("r1")).status is RunStatus.RUNNING
+    assert await store.run_status("r1") == ("a", RunStatus.RUNNING)
+    await store.write_runs(
+        RunBatch(
+            finishes=[
+                {"id": "r1", "status": "succeeded", "finished_at": NOW + 2, "duration_s": 1.5,
+                 "result_json": '{"_type": "Odd"}', "result_pickle": pickle.dumps(result)},
+                {"id": "r2", "status": "failed", "finished_at": NOW + 3, "exit_code": 3,
+                 "stdout": "out ü\n", "stderr": "err\n"},
+            ],
+            logs=[{"run_id": "r1", "at": NOW + 1, "level": "info", "message": "hello ü"}],
+        )
+    )
+    r1 = await store.run("r1")
+    assert (r1.status, r1.parameters, r1.invocation, r1.started_at, r1.finished_at, r1.duration_s) == (
+        RunStatus.SUCCEEDED, {"a": 1, "s": "ü"}, "inv", NOW + 0.5, NOW + 2, 1.5,
+    )
+    assert r1.queued_at == NOW  # a float timestamp keeps every bit
+    assert r1.result == {"_type": "Odd"}
+    assert [(line.level, line.message) for line in r1.logs] == [("info", "hello ü")]
+    assert await store.load_result("r1") == result
+    r2 = await store.run("r2")
+    assert (r2.status, r2.exit_code, r2.stdout, r2.stderr, r2.result) == (RunStatus.FAILED, 3, "out ü\n", "err\n", None)
+    assert await store.load_result("r2") is None
+    assert [r.id for r in await store.runs(status="failed")] == ["r2"]
+    assert [r.id for r in await store.runs(invocation="inv")] == ["r1"]
+    assert [r.id for r in await store.runs(limit=1)] == ["r2"]
+    assert [r.id for r in await store.runs_before(before="r2")] == ["r1"]
+    with pytest.raises(RunNotFound):
+        await store.run("nope")
+    with pytest.raises(RunNotFound):
+        await store.load_result("nope")
+    assert sorted(await store.run_totals()) == [("a", "failed", 1, 0.0), ("a", "succeeded", 1, 1.5)]
+
+
+async def test_runs_queued_at_one_moment_are_ordered_by_id(store: Store) -> None:
+    ids = ["0190aaaa", "0190aaab", "0190aab0", "0190ab00"]
+    await store.write_runs(RunBatch(inserts=[run_row(i, queued=NOW) for i in reversed(ids)]))
+    assert [r.id for r in await store.runs()] == ids[::-1]
+    assert [r.id for r in await store.runs_before(before=ids[2], limit=10)] == ids[1::-1]
+
+
+async def test_log_lines_page_by_id(store: Store) -> None:
+    await sync(store, wanted(spec("a"), spec("b")))
+    await store.write_runs(RunBatch(inserts=[run_row("ra"), run_row("rb", "b")]))
+    assert await store.last_log_id() == 0
+    lines = [("ra", "log", "info", "one"), ("rb", "stdout", None, "two\n"), ("ra", "stderr", None, "three\n")]
+    for run_id, stream, level, message in lines:
+        await store.write_runs(
+            RunBatch(logs=[{"run_id": run_id, "at": NOW, "stream": stream, "level": level or "", "message": message}])
+        )
+    every = await store.log_lines()
+    assert [(e.run_id, e.task, e.stream, e.level, e.message) for e in every] == [
+        ("ra", "a", "log", "info", "one"), ("rb", "b", "stdout", None, "two\n"), ("ra", "a", "stderr", None, "three\n"),
+    ]
+    ids = [e.id for e in every]
+    assert ids == sorted(ids) and await store.last_log_id() == ids[-1]
+    assert [e.message for e in await store.log_lines("ra")] == ["one", "three\n"]
+    assert [e.message for e in await store.log_lines(task="b")] == ["two\n"]
+    assert [e.message for e in await store.log_lines(after=ids[0], limit=1)] == ["two\n"]
+
+
+async def test_output_with_a_nul_is_recorded(store: Store) -> None:
+    await store.write_runs(RunBatch(inserts=[run_row("r")]))
+    await store.write_runs(
+        RunBatch(
+            finishes=[{"id": "r", "status": "succeeded", "stdout": "a\x00b", "stderr": None}],
+            logs=[{"run_id": "r", "at": NOW, "stream": "stdout", "level": "", "message": "a\x00b"}],
+        )
+    )
+    stdout = (await store.run("r")).stdout
+    assert stdout is not None and stdout[0] == "a" and stdout[-1] == "b"
+    assert [len(e.message) for e in await store.log_lines("r")] == [3]
+
+
+async def test_runs_of_dead_processes_are_marked_interrupted(store: Store) -> None:
+    await store.write_runs(
+        RunBatch(
+            inserts=[
+                run_row("dead", host="h", pid=10, status="running"),
+                run_row("alive", host="h", pid=11, status="running"),
+                run_row("done", host="h", pid=10, status="succeeded"),
+                run_row("other-host", host="g", pid=10),
+            ],
+            starts=[("dead", NOW)],
+        )
+    )
+    assert await store.mark_interrupted("h", lambda pid, _started: pid == 11) == ["dead"]
+    dead = await store.run("dead")
+    assert dead.status is RunStatus.INTERRUPTED and dead.error is not None
+    assert dead.error["type"] == "Interrupted"
+    assert {r.id: r.status.value for r in await store.runs()} == {
+        "dead": "interrupted", "alive": "running", "done": "succeeded", "other-host": "queued",
+    }
+    assert [r.id for r in await store.started_runs_interrupted("h", 10)] == ["dead"]
+    assert {task: sorted(found) for task, found in (await store.unfinished(["a"])).items()} == {
+        "a": [("g", 10, None), ("h", 11, None)]
+    }
+    assert await store.mark_interrupted("h", lambda pid, _started: pid == 11) == []
+
+
+async def test_prune_runs_keeps_unfinished_and_the_latest_success(store: Store) -> None:
+    day = 86_400.0
+    await store.write_runs(
+        RunBatch(
+            inserts=[
+                run_row("old-ok", status="succeeded", queued=NOW - 40 * day, finished_at=NOW - 40 * day),
+                run_row("old-failed", status="failed", queued=NOW - 39 * day, finished_at=NOW - 39 * day),
+                run_row("old-running", status="running", queued=NOW - 50 * day, finished_at=None),
+                run_row("new-failed", status="failed", queued=NOW - 60, finished_at=NOW - 60),
+            ],
+            logs=[{"run_id": "old-failed", "at": NOW, "level": "info", "message": "x"}],
+        )
+    )
+    assert await store.prune_runs(older_than=30 * day, keep_per_task=None, dry_run=True) == 1
+    assert await store.prune_runs(older_than=30 * day, keep_per_task=None) == 1
+    assert {r.id for r in await store.runs()} == {"old-ok", "old-running", "new-failed"}
+    assert await store.log_lines() == []
+    assert await store.prune_runs(older_than=None, keep_per_task=1) == 0  # old-ok is a's latest success
+    await store.write_runs(RunBatch(inserts=[run_row("newer-ok", status="succeeded", queued=NOW - 30, finished_at=NOW)]))
+    assert await store.prune_runs(older_than=None, keep_per_task=1) == 2
+    assert {r.id for r in await store.runs()} == {"old-running", "newer-ok"}
+
+
+# -- leases, triggers, schedules -----------------------------------------------------------------
+
+
+async def test_a_lease_is_taken_held_renewed_taken_over_and_released(store: Store) -> None:
+    def never(_lease: Lease) -> bool:
+        return False
+
+    assert await store.acquire_lease("daemon", host="h", pid=1, pid_started=5.0, is_stale=never) is None
+    held = await store.lease("daemon")
+    assert held is not None and (held.host, held.pid, held.pid_started) == ("h", 1, 5.0)
+    with pytest.raises(LeaseHeld) as caught:
+        await store.acquire_lease("daemon", host="h", pid=2, pid_started=None, is_stale=never)
+    assert caught.value.holder.pid == 1
+    assert await store.renew_lease("daemon", host="h", pid=1)
+    assert not await store.renew_lease("daemon", host="h", pid=2)
+    renewed = await store.lease("daemon")
+    assert renewed is not None and renewed.heartbeat_at >= held.heartbeat_at
+    taken = await store.acquire_lease("daemon", host="g", pid=2, pid_started=None, is_stale=lambda lease: lease.pid == 1)
+    assert taken is not None and taken.pid == 1
+    now = await store.lease("daemon")
+    assert now is not None and (now.host, now.pid) == ("g", 2)
+    await store.release_lease("daemon", host="h", pid=1)  # not the holder: nothing happens
+    assert await store.lease("daemon") is not None
+    await store.release_lease("daemon", host="g", pid=2)
+    assert await store.lease("daemon") is None
+
+
+async def test_triggers_wait_until_a_batch_claims_them(store: Store) -> None:
+    await store.add_trigger(Trigger("t2", "b", {"x": [1, "ü"]}, False, NOW + 1))
+    await store.add_trigger(Trigger("t1", "a", {}, True, NOW))
+    assert await store.triggers() == [Trigger("t1", "a", {}, True, NOW), Trigger("t2", "b", {"x": [1, "ü"]}, False, NOW + 1)]
+    await store.write_runs(RunBatch(inserts=[run_row("t1")], claimed=["t1"]))
+    assert [t.run_id for t in await store.triggers()] == ["t2"]
+
+
+async def test_schedule_states_are_saved_replaced_and_dropped(store: Store) -> None:
+    a = ScheduleState("a", '{"every": 60}', NOW, NOW + 60)
+    b = ScheduleState("b", '{"cron": "* * * * *"}', NOW, NOW + 1, NOW - 59)
+    await store.save_schedule_states([a, b], [])
+    assert await store.schedule_states() == {"a": a, "b": b}
+    a2 = ScheduleState("a", '{"every": 60}', NOW, NOW + 120, NOW + 60)
+    await store.save_schedule_states([a2], ["b"])
+    assert await store.schedule_states() == {"a": a2}
+    await store.write_runs(
+        RunBatch(inserts=[run_row("f", scheduled_for=NOW + 120)], fires=[{"task": "a", "next_fire_at": NOW + 180, "last_fire_at": NOW + 120}])
+    )
+    assert await store.schedule_states() == {"a": ScheduleState("a", '{"every": 60}', NOW, NOW + 180, NOW + 120)}
+
+
+# -- several processes at once -------------------------------------------------------------------
+
+# Each process adds its own tasks, one sync at a time, keeping every task it finds, and counts
+# its syncs in the command of the task "counter": a read-modify-write. Two syncs planned from
+# one snapshot would lose a count. The processes start together: each says "ready", then waits
+# for "go".
+WORKER = textwrap.dedent(
+    """
+    import sys
+    import anyio
+    from runner.models import Source, TaskSpec, TaskType
+    from runner.store import open_store
+    from runner.sync import Wanted, plan
+
+    db, me, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+    def keep_all_and_add(name):
+        spec = TaskSpec(name=name, type=TaskType.SHELL, source=Source("tasks.d/a.yaml", 3), command="echo " + name)
+
+        def planner(stored, _digests):
+            want = {n: Wanted(t.spec, t.enabled, t.disabled_reason) for n, t in stored.items() if not t.removed}
+            want[name] = Wanted(spec, True, None)
+            count = int(stored["counter"].spec.command.split()[1]) + 1
+            want["counter"] = Wanted(TaskSpec(name="counter", type=TaskType.SHELL, source=Source("tasks.d/a.yaml", 3),
+                                              command=f"echo {count}"), True, None)
+            return plan(want, stored)
+
+        return planner
+
+    async def main():
+        async with open_store(db) as store:
+            print("ready", flush=True)
+            sys.stdin.readline()
+            for i in range(rounds):
+                done = await store.sync_tasks(keep_all_and_add(f"{me}-{i}"))
+                assert done.added == (f"{me}-{i}",) and done.updated == ("counter",) and not done.removed, done
+            await store.acquire_lease("daemon", host=me, pid=0, pid_started=None, is_stale=lambda lease: True)
+
+    anyio.run(main)
+    """
+)
+
+
+def run_together(commands: list[list[str]]) -> None:
+    """Start the processes, let them go at once, and check that each succeeded."""
+    procs = [
+        subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+        for cmd in commands
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n", proc.communicate()[1]
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in procs:
+            _, err = proc.communicate(timeout=25)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+async def test_processes_syncing_at_once_lose_no_update(url: str) -> None:
+    async with open_store(url) as store:
+        await sync(store, wanted(spec("counter", "echo 0")))
+    workers, rounds = 4, 5
+    run_together([[sys.executable, "-c", WORKER, url, f"p{w}", str(rounds)] for w in range(workers)])
+    async with open_store(url) as store:
+        stored = await store.tasks()
+        lease = await store.lease("daemon")
+    assert set(stored) == {"counter"} | {f"p{w}-{i}" for w in range(workers) for i in range(rounds)}
+    assert stored["counter"].spec.command == f"echo {workers * rounds}"
+    assert [name for name, task in stored.items() if task.removed or not task.enabled] == []
+    assert lease is not None and lease.host in {f"p{w}" for w in range(workers)}
