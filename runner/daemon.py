@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from runner import log, registry
 from runner.engine import Engine, Workflow
@@ -150,15 +150,23 @@ class Daemon:
                 await self.store.release_lease(LEASE, host=HOST, pid=PID)
 
     async def _serve(self, previous: Lease | None, handle_signals: bool) -> None:
-        await self.store.mark_interrupted(HOST, process_is_alive)
-        await self._sync(None)
+        async with anyio.create_task_group() as life:
+            if handle_signals:
+                # From the first moment: a signal during a long first sync stops the daemon
+                # gently too, once the sync is done.
+                await life.start(self._on_signals)
+            await self.store.mark_interrupted(HOST, process_is_alive)
+            await self._sync(None)
+            if not self._stop.is_set():
+                await self._run_engine(previous)
+            life.cancel_scope.cancel()
+
+    async def _run_engine(self, previous: Lease | None) -> None:
         options: dict[str, Any] = {}
         if self.options.max_concurrency:
             options["max_concurrency"] = self.options.max_concurrency
-        async with Engine(self.store, self.root, **options) as engine, anyio.create_task_group() as life:
+        async with Engine(self.store, self.root, **options) as engine:
             self._engine = engine
-            if handle_signals:
-                life.start_soon(self._on_signals)
             self.states = await self.store.schedule_states()
             await self._reschedule()
             async with anyio.create_task_group() as runs:
@@ -183,15 +191,15 @@ class Daemon:
                     await self._stop.wait()
                     loops.cancel_scope.cancel()
                 await self._drain()
-            life.cancel_scope.cancel()
 
     def stop(self) -> None:
         """Stop firing and taking triggers; running runs get the grace period to finish."""
         self._stop.set()
 
-    async def _on_signals(self) -> None:
+    async def _on_signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The first SIGTERM/SIGINT stops the daemon gently; a second one cuts the grace short."""
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
             async for signum in signals:
                 if self._stop.is_set():
                     self._hurry.set()
