@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import math
 import zoneinfo
-from collections.abc import Iterator
 from datetime import datetime
 
 from runner.models import Schedule
@@ -66,10 +65,3 @@ def next_fire(schedule: Schedule, after: float, *, anchor: float) -> float:
     start = datetime.fromtimestamp(after, zone)
     return float(next(CronSim(schedule.cron or "", start)).timestamp())
 
-
-def fires_between(schedule: Schedule, start: float, end: float, *, anchor: float) -> Iterator[float]:
-    """Every fire time in ``(start, end]``, in order: what a daemon that was down missed."""
-    fire = next_fire(schedule, start, anchor=anchor)
-    while fire <= end:
-        yield fire
-        fire = next_fire(schedule, fire, anchor=anchor)

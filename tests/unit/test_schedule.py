@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from runner.models import Schedule
-from runner.schedule import fires_between, next_fire, normalize_cron
+from runner.schedule import next_fire, normalize_cron
 
 OSLO = ZoneInfo("Europe/Oslo")
 
 
 def at(*args: int, tz: ZoneInfo = OSLO) -> float:
     return datetime(*args, tzinfo=tz).timestamp()
+
+
+def fires_between(schedule: Schedule, start: float, end: float, *, anchor: float) -> Iterator[float]:
+    """Every fire time in ``(start, end]``, as a daemon running all along would take them."""
+    fire = next_fire(schedule, start, anchor=anchor)
+    while fire <= end:
+        yield fire
+        fire = next_fire(schedule, fire, anchor=anchor)
 
 
 def local(timestamp: float) -> str:
