@@ -354,7 +354,7 @@ def daemon(
     """
     import logging
 
-    from runner.daemon import Daemon, DaemonOptions
+    from runner.daemon import Daemon, DaemonOptions, end_leftover_tasks
     from runner.store import open_store
 
     http_options = _http_options(http, http_allow_trigger, http_auth_read)
@@ -372,6 +372,7 @@ def daemon(
     async def serve() -> None:
         async with open_store(settings.store_location) as store:
             await Daemon(settings.project, store, options).run()
+        await end_leftover_tasks()
 
     import faulthandler
     import signal

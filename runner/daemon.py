@@ -8,6 +8,7 @@ so a crash or a restart neither repeats nor drops one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -520,14 +521,17 @@ class Daemon:
         dirs = [d for d in (self.root / "tasks.d", self.root / "plugins") if d.is_dir()]
         if not dirs:
             return
-        # The watcher waits in a thread that a cancel cannot interrupt; the stop event can.
-        async for changes in awatch(*dirs, watch_filter=_relevant, debounce=100, step=20, stop_event=self._stop):
-            while True:
-                try:
-                    await self._sync({Path(path) for _, path in changes})
-                    break
-                except StoreError as exc:
-                    await _store_trouble(exc)
+        # The watcher waits in a thread that a cancel cannot interrupt; the stop event can. The
+        # generator is closed here, not by asyncio's finalizer in a task of its own.
+        watcher = awatch(*dirs, watch_filter=_relevant, debounce=100, step=20, stop_event=self._stop)
+        async with contextlib.aclosing(watcher):
+            async for changes in watcher:
+                while True:
+                    try:
+                        await self._sync({Path(path) for _, path in changes})
+                        break
+                    except StoreError as exc:
+                        await _store_trouble(exc)
 
     async def _sync(self, changed: Iterable[Path] | None) -> None:
         """Validate and sync the files (``changed``: what changed, None at start); on success,
@@ -569,6 +573,33 @@ class Daemon:
             + ("; ".join(f"{k} {', '.join(v)}" for k, v in changes.items()) or "no task changed"),
             extra={"event": "reloaded", **changes},
         )
+
+
+async def end_leftover_tasks(within: float = 1.0) -> None:
+    """Cancel the tasks that outlived the daemon's own: started by a library outside its task
+    groups. asyncio.run waits for them at exit, forever if one ignores the cancel; so each is
+    logged with where it stands, and one still going after ``within`` seconds ends the process
+    (everything is recorded and the lease released by then)."""
+    import asyncio
+    import io
+    import os
+    import sys
+
+    current = asyncio.current_task()
+    leftover = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+    for task in leftover:
+        stack = io.StringIO()
+        task.print_stack(file=stack)
+        log.logger.warning(f"a task outlived the daemon: {task!r}", extra={"event": "leftover_task", "stack": stack.getvalue()})
+        task.cancel()
+    if not leftover:
+        return
+    with anyio.move_on_after(within):
+        await asyncio.wait(leftover)
+    if any(not task.done() for task in leftover):
+        log.logger.warning("leftover tasks ignored the cancel; exiting without them", extra={"event": "daemon_stopped"})
+        sys.stderr.flush()
+        os._exit(0)
 
 
 async def _store_trouble(exc: StoreError) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 from sqlalchemy import bindparam, event, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -289,21 +290,26 @@ class Store:
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._engine.connect() as conn, conn.begin():
-                yield conn
-        except (OperationalError, DBAPIError) as exc:
-            raise StoreError(f"cannot read the store at {self.url}: {exc.orig}") from exc
+        # Every store operation is shielded (they last milliseconds): cancelled halfway, the
+        # pool would throw the connection away and close it in a task of its own, which can
+        # outlive the event loop and keep the process from exiting.
+        with anyio.CancelScope(shield=True):
+            try:
+                async with self._engine.connect() as conn, conn.begin():
+                    yield conn
+            except (OperationalError, DBAPIError) as exc:
+                raise StoreError(f"cannot read the store at {self.url}: {exc.orig}") from exc
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        try:
-            async with self._writer.begin() as conn:
-                if self._postgres:
-                    await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
-                yield conn
-        except (OperationalError, DBAPIError) as exc:
-            raise StoreError(f"cannot write the store at {self.url}: {exc.orig}") from exc
+        with anyio.CancelScope(shield=True):  # as in _read
+            try:
+                async with self._writer.begin() as conn:
+                    if self._postgres:
+                        await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
+                    yield conn
+            except (OperationalError, DBAPIError) as exc:
+                raise StoreError(f"cannot write the store at {self.url}: {exc.orig}") from exc
 
     async def _prepare(self) -> None:
         """Create the schema on a new store, upgrade an older one, refuse a newer one."""

@@ -56,7 +56,9 @@ class Daemon:
     def stop(self, signum: int = signal.SIGTERM, *, within: float = 15) -> int:
         self.process.send_signal(signum)
         try:
-            return self.process.wait(timeout=within)
+            code = self.process.wait(timeout=within)
+            assert self.events("leftover_task") == [], "a task outlived the daemon's own"
+            return code
         except subprocess.TimeoutExpired:
             self.process.send_signal(signal.SIGUSR1)  # the daemon dumps its stacks to its log
             time.sleep(0.5)
