@@ -247,9 +247,11 @@ def _parse_parameter(text: str) -> tuple[str, Any]:
     help="Runs at once, at most (default 16).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print each run as a JSON line as it finishes, NAME's last.")
+@click.option("--remote", is_flag=True, help="Run on a worker (`runner worker`; PostgreSQL store), and wait for it.")
 @click.pass_obj
 def run(
-    settings: Settings, name: str, params: tuple[str, ...], no_deps: bool, concurrency: int | None, as_json: bool
+    settings: Settings, name: str, params: tuple[str, ...], no_deps: bool, concurrency: int | None, as_json: bool,
+    remote: bool,
 ) -> None:
     """Sync, then run NAME after its needs, recording every run.
 
@@ -262,6 +264,8 @@ def run(
     from runner.store import open_store
 
     overrides = dict(_parse_parameter(p) for p in params)
+    if remote:
+        _run_remote(settings, name, overrides, with_needs=not no_deps, as_json=as_json)
     options: dict[str, Any] = {"max_concurrency": concurrency} if concurrency else {}
     reporter = Reporter(as_json=as_json)
 
@@ -281,6 +285,42 @@ def run(
     if not as_json:
         _print_run_output(target)
     last = {r.task: r for r in outcome.runs}  # each task's final attempt
+    sys.exit(EXIT_OK if all(r.succeeded for r in last.values()) else EXIT_RUN_FAILED)
+
+
+def _run_remote(settings: Settings, name: str, overrides: dict[str, Any], *, with_needs: bool, as_json: bool) -> NoReturn:
+    from runner.remote import send, wait_remote
+    from runner.store import open_store
+    from runner.sync import sync_project
+
+    async def go() -> Any:
+        async with open_store(settings.store_location) as store:
+            await sync_project(settings.project, store)
+            run_id = await send(
+                settings.project, store, name, parameters=overrides, with_needs=with_needs, trigger="cli"
+            )
+            log.logger.info(f"{name}: run {run_id} queued for a worker")
+            return await wait_remote(store, run_id)
+
+    runs, stopped_by = _run_async(go)
+    _exit_with_runs(runs, as_json=as_json, stopped_by=stopped_by)
+
+
+def _exit_with_runs(runs: list[Any], *, as_json: bool, stopped_by: int | None = None) -> NoReturn:
+    """Print the runs of a workflow that ran elsewhere (the target's last) as `runner run`
+    does, and exit as it does."""
+    target = runs[-1]
+    if target.error and target.error.get("type") in ("TaskNotRunnable", "ParameterError"):
+        _fail(target.error["message"], EXIT_NOT_RUNNABLE if target.error["type"] == "TaskNotRunnable" else EXIT_USAGE)
+    if as_json:
+        for run_ in runs:
+            click.echo(json.dumps(run_.to_json()))
+    else:
+        _print_run_output(target)
+    if stopped_by is not None:
+        click.echo(f"runner: stopped by signal {stopped_by}; unfinished runs recorded cancelled", err=True)
+        sys.exit(128 + stopped_by)
+    last = {r.task: r for r in runs}
     sys.exit(EXIT_OK if all(r.succeeded for r in last.values()) else EXIT_RUN_FAILED)
 
 
@@ -341,10 +381,11 @@ def _http_options(listen: str | None, allow_trigger: bool, auth_read: bool) -> A
 )
 @click.option("--http-allow-trigger", is_flag=True, help="Let POST /api/v1/tasks/NAME/runs start runs (needs RUNNER_HTTP_TOKEN).")
 @click.option("--http-auth-read", is_flag=True, help="Ask for the token on the read endpoints too (needs RUNNER_HTTP_TOKEN).")
+@click.option("--remote", is_flag=True, help="Send runs to workers (`runner worker`; PostgreSQL store) instead of running them here.")
 @click.pass_obj
 def daemon(
     settings: Settings, no_watch: bool, grace: str, concurrency: int | None, retain: str, retain_runs: int,
-    http: str | None, http_allow_trigger: bool, http_auth_read: bool,
+    http: str | None, http_allow_trigger: bool, http_auth_read: bool, remote: bool,
 ) -> None:
     """Sync, fire schedules, take triggers and reload on file changes, until SIGTERM/SIGINT.
 
@@ -367,6 +408,7 @@ def daemon(
         retain=_duration_option(retain, "--retain"),
         retain_runs=retain_runs or None,
         http=http_options,
+        remote=remote,
     )
 
     async def serve() -> None:
@@ -383,13 +425,54 @@ def daemon(
 
 
 @main.command()
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True, metavar="N", help="Runs at once, at most.")
+@click.option(
+    "--queue", "queues", multiple=True, metavar="NAME",
+    help="Take runs of this queue only (repeat for several; default: every queue).",
+)
+@click.option(
+    "--grace", default="30s", show_default=True, metavar="DURATION",
+    help="On SIGTERM/SIGINT, how long running runs may go on before they are cancelled.",
+)
+@click.pass_obj
+def worker(settings: Settings, concurrency: int, queues: tuple[str, ...], grace: str) -> None:
+    """Take runs off the queue of a PostgreSQL store and run them, until SIGTERM/SIGINT.
+
+    Runs come from `runner daemon --remote`, `runner run --remote` and `runner trigger
+    --remote`, as the store's definitions say (the daemon syncs the files); python callables
+    are imported from this machine's plugins/. On the first signal it takes no more runs and
+    lets running ones finish within --grace, then cancels them and exits 0.
+    """
+    import logging
+
+    from runner.daemon import end_leftover_tasks
+    from runner.remote import Worker
+    from runner.store import open_store
+
+    if log.logger.level > logging.INFO:
+        log.logger.setLevel(logging.INFO)
+    seconds = _duration_option(grace, "--grace") or 0.0
+
+    async def serve() -> None:
+        async with open_store(settings.store_location) as store:
+            await Worker(settings.project, store, queues=list(queues) or None, concurrency=concurrency, grace=seconds).run()
+        await end_leftover_tasks()
+
+    _run_async(serve)
+    log.logger.info("worker stopped", extra={"event": "worker_stopped"})
+
+
+@main.command()
 @click.argument("name")
 @click.option("-p", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter of NAME (VALUE is read as YAML).")
 @click.option("--no-deps", is_flag=True, help="Run NAME alone, not its needs first.")
 @click.option("--wait", is_flag=True, help="Wait for the run to end; print and exit as `runner run` does.")
 @click.option("--json", "as_json", is_flag=True, help="With --wait: each run as a JSON line, NAME's last.")
+@click.option("--remote", is_flag=True, help="Queue it for a worker (`runner worker`; PostgreSQL store), not the daemon.")
 @click.pass_obj
-def trigger(settings: Settings, name: str, params: tuple[str, ...], no_deps: bool, wait: bool, as_json: bool) -> None:
+def trigger(
+    settings: Settings, name: str, params: tuple[str, ...], no_deps: bool, wait: bool, as_json: bool, remote: bool
+) -> None:
     """Ask the running daemon to run NAME (after its needs); print the run id.
 
     Checks NAME as `runner run` does (exit 3 if it cannot run, 2 if a -p value does not fit).
@@ -399,6 +482,7 @@ def trigger(settings: Settings, name: str, params: tuple[str, ...], no_deps: boo
 
     from runner.daemon import describe_holder, request_run
     from runner.engine import checked_parameters, runnable
+    from runner.follow import wait_for
     from runner.graph import upstream_order
     from runner.models import new_run_id
     from runner.store import open_store
@@ -408,6 +492,14 @@ def trigger(settings: Settings, name: str, params: tuple[str, ...], no_deps: boo
 
     async def request() -> Any:
         async with open_store(settings.store_location) as store:
+            if remote:
+                from runner.remote import send
+
+                run_id = await send(
+                    settings.project, store, name, parameters=overrides, with_needs=not no_deps, trigger="trigger"
+                )
+                click.echo(run_id)
+                return await wait_for(store, run_id) if wait else None
             tasks = await store.tasks()
             stored = runnable(tasks, name)
             if not no_deps:
@@ -427,9 +519,7 @@ def trigger(settings: Settings, name: str, params: tuple[str, ...], no_deps: boo
                 click.echo("runner: no daemon is running on this store; the run starts when one does", err=True)
             else:
                 log.logger.info(f"asked the daemon ({describe_holder(lease)}) to run {name}")
-            if not wait:
-                return None
-            return await _wait_for(store, run_id)
+            return await wait_for(store, run_id) if wait else None
 
     try:
         runs = _run_async(request)
@@ -437,35 +527,7 @@ def trigger(settings: Settings, name: str, params: tuple[str, ...], no_deps: boo
         _fail("stopped waiting; the run goes on in the daemon (`runner logs -f RUN_ID` follows it)", 130)
     if runs is None:
         return
-    target = runs[-1]
-    if target.error and target.error.get("type") in ("TaskNotRunnable", "ParameterError"):
-        _fail(target.error["message"], EXIT_NOT_RUNNABLE if target.error["type"] == "TaskNotRunnable" else EXIT_USAGE)
-    if as_json:
-        for run_ in runs:
-            click.echo(json.dumps(run_.to_json()))
-    else:
-        _print_run_output(target)
-    last = {r.task: r for r in runs}
-    sys.exit(EXIT_OK if all(r.succeeded for r in last.values()) else EXIT_RUN_FAILED)
-
-
-async def _wait_for(store: Any, run_id: str) -> list[Any]:
-    """Every run of the invocation ``run_id`` heads, once that run is final (earliest first,
-    the target's last)."""
-    import anyio
-
-    unfinished = (RunStatus.QUEUED, RunStatus.RUNNING)
-    while True:
-        try:
-            target = await store.run(run_id)
-        except RunNotFound:
-            target = None  # the daemon has not taken it up yet
-        if target is not None and target.status not in unfinished:
-            break
-        await anyio.sleep(0.1)
-    others = [r for r in await store.runs(invocation=target.invocation, limit=None) if r.id != run_id]
-    others.sort(key=lambda r: (r.finished_at or 0.0, r.id))
-    return [*others, target]
+    _exit_with_runs(runs, as_json=as_json)
 
 
 def _print_run_output(run: Any) -> None:

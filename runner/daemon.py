@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import signal
 import time
@@ -25,8 +24,9 @@ from anyio.abc import TaskGroup, TaskStatus
 from runner import log, registry
 from runner.engine import Engine, Workflow
 from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnable
-from runner.models import Run, RunStatus, Schedule, iso
+from runner.models import RunStatus, Schedule, iso
 from runner.processes import HOST, PID, PID_STARTED, process_is_alive
+from runner.revision import Revision, project_revision
 from runner.schedule import next_fire
 from runner.spec import ParseCache
 from runner.store import Store
@@ -70,6 +70,7 @@ class DaemonOptions:
     retain: float | None = 30 * 86400.0
     retain_runs: int | None = 1000
     http: HttpOptions | None = None  # serve the HTTP API (runner[http]) while the daemon runs
+    remote: bool = False  # send runs to workers (runner worker) instead of running them here
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class Daemon:
         self._started_at = time.time()  # fire times before this were missed: no daemon ran
         self._hurry = anyio.Event()
         self.sync_state = SyncState()
+        self._revision: Revision | None = None  # of the files last synced
 
     @property
     def engine(self) -> Engine:
@@ -163,9 +165,11 @@ class Daemon:
             life.cancel_scope.cancel()
 
     async def _run_engine(self, previous: Lease | None) -> None:
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {"revision": self._revision}
         if self.options.max_concurrency:
             options["max_concurrency"] = self.options.max_concurrency
+        if self.options.remote:
+            await self.store.ensure_queue()
         async with Engine(self.store, self.root, **options) as engine:
             self._engine = engine
             self.states = await self.store.schedule_states()
@@ -179,6 +183,8 @@ class Daemon:
                     loops.start_soon(self._take_triggers)
                     loops.start_soon(self._keep_lease)
                     loops.start_soon(self._prune)
+                    if self.options.remote:
+                        loops.start_soon(self._recover_stalled)
                     if self.options.watch:
                         loops.start_soon(self._watch)
                     if self.options.http is not None:
@@ -236,9 +242,18 @@ class Daemon:
 
     # -- running workflows -----------------------------------------------------------------
 
+    async def _dispatch(self, workflow: Workflow, **with_runs: Any) -> None:
+        """Queue the workflow's runs (committing ``with_runs`` with them) and start it here, or
+        send it to the workers (``--remote``)."""
+        if self.options.remote:
+            await workflow.send(**with_runs)
+        else:
+            await workflow.queue(**with_runs)
+            self._start(workflow)
+
     def _start(self, workflow: Workflow) -> None:
         assert self._runs is not None
-        workflow.on_run = self._log_run
+        workflow.on_run = log.run_finished
         # Counted from now, not from when the task gets going: a stop that comes in between
         # must wait for it (and be able to cancel it) like any other.
         scope = anyio.CancelScope()
@@ -259,19 +274,6 @@ class Daemon:
                 self._run_scopes.discard(scope)
                 if not self._run_scopes:
                     self._idle.set()
-
-    def _log_run(self, run: Run) -> None:
-        took = f" in {run.duration_s:.3f}s" if run.duration_s is not None else ""
-        level = logging.INFO if run.status in (RunStatus.SUCCEEDED, RunStatus.SKIPPED) else logging.WARNING
-        why = f": {run.error['message']}" if run.error and run.status is not RunStatus.FAILED else ""
-        log.logger.log(
-            level,
-            f"{run.task}: run {run.id} {run.status.value}{took}{why}",
-            extra={
-                "event": "run_finished", "task": run.task, "run_id": run.id, "status": run.status.value,
-                "trigger": run.trigger, "duration_s": run.duration_s,
-            },
-        )
 
     # -- schedules -------------------------------------------------------------------------
 
@@ -364,15 +366,14 @@ class Daemon:
             await self.store.save_schedule_states([advanced], [])
             return
         if busy and schedule.overlap == "skip":
-            workflow.on_run = self._log_run
+            workflow.on_run = log.run_finished
             await workflow.skip("the previous run of this task is still going (overlap: skip)", fires=fires)
             return
-        await workflow.queue(fires=fires)
+        await self._dispatch(workflow, fires=fires)
         log.logger.info(
             f"{name}: fired run {workflow.target_run_id} (due {iso(state.next_fire_at)})",
             extra={"event": "fired", "task": name, "run_id": workflow.target_run_id, "fire_at": iso(state.next_fire_at)},
         )
-        self._start(workflow)
 
     async def _still_running(self, names: list[str]) -> set[str]:
         """Those of ``names`` with a run queued or running in a live process (any runner's)."""
@@ -417,8 +418,7 @@ class Daemon:
                 await self._refuse(trigger, exc)
             return
         with anyio.CancelScope(shield=True):  # taken up means started, even when a stop comes
-            await workflow.queue(claimed=[trigger.run_id])
-            self._start(workflow)
+            await self._dispatch(workflow, claimed=[trigger.run_id])
         log.logger.info(
             f"{trigger.task}: triggered run {trigger.run_id}",
             extra={"event": "triggered", "task": trigger.task, "run_id": trigger.run_id},
@@ -448,8 +448,7 @@ class Daemon:
         once queued. Raises TaskNotRunnable or ParameterError, before anything is recorded."""
         workflow = self.engine.workflow(name, parameters=parameters, trigger="api")
         with anyio.CancelScope(shield=True):
-            await workflow.queue()
-            self._start(workflow)
+            await self._dispatch(workflow)
         log.logger.info(
             f"{name}: run {workflow.target_run_id} requested over HTTP",
             extra={"event": "triggered", "task": name, "run_id": workflow.target_run_id},
@@ -472,12 +471,11 @@ class Daemon:
             except (TaskNotRunnable, ParameterError) as exc:
                 log.logger.warning(f"{run.task}: interrupted run {run.id} not retried: {exc}")
                 continue
-            await workflow.queue()
+            await self._dispatch(workflow)
             log.logger.info(
                 f"{run.task}: retrying interrupted run {run.id} as {workflow.target_run_id}",
                 extra={"event": "retry_interrupted", "task": run.task, "run_id": workflow.target_run_id},
             )
-            self._start(workflow)
 
     async def _keep_lease(self) -> None:
         last_renewal = -math.inf
@@ -495,6 +493,13 @@ class Daemon:
             except StoreError as exc:
                 await _store_trouble(exc)
             await anyio.sleep(SWEEP_EVERY)
+
+    async def _recover_stalled(self) -> None:
+        from runner.remote import RECOVER_EVERY, recover_stalled
+
+        while True:
+            await recover_stalled(self.store, self.engine)
+            await anyio.sleep(RECOVER_EVERY)
 
     async def _prune(self) -> None:
         """Prune old runs at start and every hour; in a loop of its own, since a backlog can
@@ -563,8 +568,10 @@ class Daemon:
             return
         self.sync_state.last_ok_at, self.sync_state.last_error = time.time(), None
         self.store.remember_specs(declared.specs.values())
+        self._revision = await anyio.to_thread.run_sync(project_revision, self.root)
         if self._engine is None:
             return
+        self.engine.revision = self._revision
         await self.engine.reload()
         await self._reschedule()
         changes = {k: v for k, v in plan.to_json().items() if v}

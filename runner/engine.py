@@ -48,10 +48,14 @@ from runner.models import LogLine, Run, RunStatus, StoredTask, TaskSpec, TaskTyp
 from runner.processes import HOST, PID, PID_STARTED
 from runner.project import signature_of
 from runner.recorder import LiveLog, Recorder
+from runner.revision import Revision
 from runner.store import Store
 
 DEFAULT_MAX_CONCURRENCY = 16
 """Runs executing at once in one engine, unless told otherwise (``max_concurrency``)."""
+
+DEFAULT_QUEUE = "default"
+"""The workers' queue of the tasks that name none."""
 
 KEEP_FINISHED = 10_000
 """Finished submitted workflows whose final run ``Engine.wait`` still knows."""
@@ -186,11 +190,14 @@ class _Node:
 class Workflow:
     """A task and its needs, checked and ready to run; ``runs`` fills as runs finish."""
 
-    def __init__(self, engine: Engine, nodes: dict[str, _Node], target: str, invocation: str) -> None:
+    def __init__(
+        self, engine: Engine, nodes: dict[str, _Node], target: str, invocation: str, request: dict[str, Any]
+    ) -> None:
         self.engine = engine
         self.nodes = nodes
         self.target = target
         self.invocation = invocation
+        self.request = request  # how it was asked for: what a worker needs to make it again
         self.runs: list[Run] = []  # every run made, as each finished
         self.on_run: Callable[[Run], None] | None = None  # told of each run as it finishes
 
@@ -217,7 +224,22 @@ class Workflow:
     async def queue(self, **with_runs: Any) -> None:
         """Record every run of the workflow as ``queued`` (one transaction, which also commits
         ``with_runs``: a schedule's ``fires``, the triggers ``claimed``)."""
-        await self.engine.recorder.queued([node.attempt.row() for node in self.nodes.values()], **with_runs)
+        await self.engine.recorder.queued([self.engine._row(node.attempt) for node in self.nodes.values()], **with_runs)
+
+    async def send(self, **with_runs: Any) -> None:
+        """Record every run of the workflow as ``queued`` for a worker, with the job that takes
+        the workflow to one on the target's queue, in one transaction (see ``queue``)."""
+        queue = self.nodes[self.target].task.spec.queue or DEFAULT_QUEUE
+        unowned = {"host": "", "pid": 0, "pid_started": None, "queue": queue}
+        rows = [{**self.engine._row(node.attempt), **unowned} for node in self.nodes.values()]
+        revision = self.engine.revision
+        job = {
+            **self.request,
+            "invocation": self.invocation,
+            "runs": {name: node.attempt.run_id for name, node in self.nodes.items()},
+            "revision": revision.digest if revision else None,
+        }
+        await self.engine.recorder.queued(rows, jobs=[{"queue": queue, "args": job}], **with_runs)
 
     async def skip(self, reason: str, **with_runs: Any) -> Run:
         """Record the target ``skipped`` for ``reason`` without running anything (its needs are
@@ -284,9 +306,11 @@ class Engine:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         output_cap: int = DEFAULT_OUTPUT_CAP,
         kill_grace: float = DEFAULT_KILL_GRACE,
+        revision: Revision | None = None,
     ) -> None:
         self.store = store
         self.project = project.resolve()
+        self.revision = revision  # of the files the runs are queued or run with, recorded on each
         self.recorder = Recorder(store)
         self.limiter = anyio.CapacityLimiter(max_concurrency)
         self.output_cap = output_cap
@@ -334,17 +358,29 @@ class Engine:
         run_id: str | None = None,
         attempt: int = 1,
         scheduled_for: float | None = None,
+        run_ids: Mapping[str, str] | None = None,
+        invocation: str | None = None,
     ) -> Workflow:
         """Check that ``name`` (and its needs) can run with these parameters; nothing runs yet.
 
         ``parameters`` override the target's own (not its needs'); ``run_id`` is the id the
         target's run gets (one is made otherwise), ``attempt`` its number, ``scheduled_for`` the
-        fire time it runs for. Raises TaskNotRunnable (unknown, disabled,
-        orphaned, invalid, removed) or ParameterError.
+        fire time it runs for. A worker makes a queued workflow again with the ids its runs
+        have (``run_ids``, by task) and its ``invocation``. Raises TaskNotRunnable (unknown,
+        disabled, orphaned, invalid, removed) or ParameterError.
         """
+        request = {
+            "task": name, "parameters": json_safe(dict(parameters or {})), "with_needs": with_needs,
+            "trigger": trigger, "parent_id": parent_id, "attempt": attempt, "scheduled_for": scheduled_for,
+        }
         target = self._runnable(name)
         order = upstream_order(name, self._needs) if with_needs else [name]
-        invocation = new_run_id()
+        if run_ids is not None and set(order) != set(run_ids):
+            raise TaskNotRunnable(
+                f"the needs of {name!r} changed since its runs were queued (then: {', '.join(sorted(run_ids))}; "
+                f"now: {', '.join(order)}); run it again"
+            )
+        invocation = invocation or new_run_id()
         nodes: dict[str, _Node] = {}
         for task_name in order:
             stored = target if task_name == name else self._runnable(task_name, needed_by=name)
@@ -352,12 +388,15 @@ class Engine:
             if task_name == name and parameters:
                 params = self._checked(stored.spec, {**params, **parameters})
             masker = Masker(readable_secrets(stored.spec.env, self.project))
-            own_id = run_id if run_id is not None and task_name == name else new_run_id()
+            if run_ids is not None:
+                own_id = run_ids[task_name]
+            else:
+                own_id = run_id if run_id is not None and task_name == name else new_run_id()
             first = _Attempt(stored.spec, own_id, 1, params, trigger, parent_id, invocation, masker=masker)
             if task_name == name:
                 first.number, first.scheduled_for = attempt, scheduled_for
             nodes[task_name] = _Node(stored, first)
-        return Workflow(self, nodes, name, invocation)
+        return Workflow(self, nodes, name, invocation, request)
 
     async def run(self, name: str, **options: Any) -> Run:
         """Run ``name`` after its needs and return its final run."""
@@ -459,7 +498,7 @@ class Engine:
             # The next attempt is queued before the pause, so that a stop during the pause
             # records it cancelled (it never started) instead of reporting this run twice.
             node.attempt = attempt.retry()
-            await self.recorder.queued([node.attempt.row()])
+            await self.recorder.queued([self._row(node.attempt)])
             await anyio.sleep(retry_delay(attempt.spec.retries.backoff, attempt.number))
 
     async def _skip(self, attempt: _Attempt, blocked: list[_Node]) -> Run:
@@ -490,6 +529,12 @@ class Engine:
                 with anyio.CancelScope(shield=True):
                     await self._cancelled(attempt, started)
             raise
+
+    def _row(self, attempt: _Attempt) -> dict[str, Any]:
+        row = attempt.row()
+        if self.revision is not None:
+            row["revision"], row["git_commit"] = self.revision.digest, self.revision.commit
+        return row
 
     def _task_limiter(self, spec: TaskSpec) -> AbstractAsyncContextManager[Any]:
         if spec.concurrency is None:

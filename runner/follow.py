@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import anyio
 
 from runner.errors import RunNotFound
-from runner.models import RunStatus
+from runner.models import Run, RunStatus
 from runner.processes import HOST, process_is_alive
 from runner.store import Store
 from runner.store.store import LogEntry
@@ -28,6 +28,9 @@ POLL_INTERVAL = 0.15
 SWEEP_INTERVAL = 1.0
 """Seconds between two checks, while following a run, that the processes running this host's
 unfinished runs are alive (a dead one's runs are marked ``interrupted``, as at every start)."""
+
+WAIT_INTERVAL = 0.05
+"""Seconds between two looks at the status of a run being waited for."""
 
 _PAGE = 1000
 _UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING)
@@ -145,3 +148,20 @@ async def _task(store: Store, emit: Emit, task: str, *, follow: bool, interval: 
     while True:
         cursor = await _drain(store, emit, cursor, task=task)
         await anyio.sleep(interval)
+
+
+async def wait_for(store: Store, run_id: str) -> list[Run]:
+    """Every run of the invocation ``run_id`` heads, once that run is final (earliest first,
+    the target's last)."""
+    while True:
+        try:
+            _, status = await store.run_status(run_id)
+        except RunNotFound:
+            status = None  # the daemon has not taken it up yet
+        if status is not None and status not in _UNFINISHED:
+            break
+        await anyio.sleep(WAIT_INTERVAL)
+    target = await store.run(run_id)
+    others = [r for r in await store.runs(invocation=target.invocation, limit=None) if r.id != run_id]
+    others.sort(key=lambda r: (r.finished_at or 0.0, r.id))
+    return [*others, target]

@@ -10,7 +10,10 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runner.models import Run
 
 logger = logging.getLogger("runner")
 
@@ -47,3 +50,20 @@ def configure(log_format: str = "text", verbose: int = 0) -> None:
 def warn(event: str, message: str, **fields: Any) -> None:
     """A warning with a machine-readable ``event`` name and fields."""
     logger.warning(message, extra={"event": event, **fields})
+
+
+def run_finished(run: Run) -> None:
+    """Log a run's end: info when it succeeded or was skipped, a warning otherwise."""
+    from runner.models import RunStatus
+
+    took = f" in {run.duration_s:.3f}s" if run.duration_s is not None else ""
+    level = logging.INFO if run.status in (RunStatus.SUCCEEDED, RunStatus.SKIPPED) else logging.WARNING
+    why = f": {run.error['message']}" if run.error and run.status is not RunStatus.FAILED else ""
+    logger.log(
+        level,
+        f"{run.task}: run {run.id} {run.status.value}{took}{why}",
+        extra={
+            "event": "run_finished", "task": run.task, "run_id": run.id, "status": run.status.value,
+            "trigger": run.trigger, "duration_s": run.duration_s,
+        },
+    )

@@ -101,6 +101,7 @@ class TaskSpec:
     cwd: str | None = None
     tags: tuple[str, ...] = ()
     concurrency: int | None = None  # runs of this task at once; None: only the global limit
+    queue: str | None = None  # the workers' queue its remote runs go to; None: "default"
 
     def definition(self) -> dict[str, Any]:
         """The declared fields as JSON data: what the store keeps and compares."""
@@ -121,6 +122,8 @@ class TaskSpec:
             "cwd": self.cwd,
             "tags": list(self.tags),
             "concurrency": self.concurrency,
+            # Only when set: the definitions stored before queues existed stay equal.
+            **({"queue": self.queue} if self.queue is not None else {}),
         }
 
     @functools.cached_property
@@ -153,6 +156,7 @@ class TaskSpec:
             cwd=data.get("cwd"),
             tags=tuple(data.get("tags") or ()),
             concurrency=data.get("concurrency"),
+            queue=data.get("queue"),
         )
 
 

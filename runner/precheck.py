@@ -21,7 +21,7 @@ from runner.spec import load_schema
 _TASK_KEYS = frozenset(
     {
         "type", "command", "callable", "parameters", "enabled", "description", "needs",
-        "schedule", "timeout", "retries", "env", "cwd", "tags", "concurrency",
+        "schedule", "timeout", "retries", "env", "cwd", "tags", "concurrency", "queue",
     }
 )
 
@@ -108,12 +108,13 @@ def _checks() -> dict[str, Callable[[Any], bool]]:
         "cwd": text,
         "tags": unique_texts,
         "concurrency": lambda v: type(v) is int and v >= 1,
+        "queue": matcher(task["queue"]["pattern"]),
     }
 
 
 _OPTIONAL = (
     "parameters", "enabled", "description", "needs", "schedule", "timeout", "retries", "env",
-    "cwd", "tags", "concurrency",
+    "cwd", "tags", "concurrency", "queue",
 )
 
 

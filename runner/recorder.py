@@ -107,15 +107,21 @@ class Recorder:
             raise StoreError(f"cannot record the run: {pending.error}") from pending.error
 
     async def queued(
-        self, rows: list[dict[str, Any]], *, fires: Sequence[dict[str, Any]] = (), claimed: Sequence[str] = ()
+        self,
+        rows: list[dict[str, Any]],
+        *,
+        fires: Sequence[dict[str, Any]] = (),
+        claimed: Sequence[str] = (),
+        jobs: Sequence[dict[str, Any]] = (),
     ) -> None:
-        """Record runs queued; with them, in the same transaction, a schedule's fire and the
-        triggers these runs take up."""
+        """Record runs queued; with them, in the same transaction, a schedule's fire, the
+        triggers these runs take up, and the jobs that take them to workers."""
 
         def fill(batch: RunBatch) -> None:
             batch.inserts.extend(rows)
             batch.fires.extend(fires)
             batch.claimed.extend(claimed)
+            batch.jobs.extend(jobs)
 
         await self._commit(fill)
 

@@ -610,6 +610,7 @@ def _build_spec(file: TaskFile, name: str, body: dict[str, Any]) -> TaskSpec | N
         cwd=body.get("cwd"),
         tags=tuple(body.get("tags") or ()),
         concurrency=body.get("concurrency"),
+        queue=body.get("queue"),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -66,10 +67,18 @@ runs = Table(
     Column("pid_started", Float),  # the process's start time, so a reused pid is not taken for it
     Column("pgid", Integer),  # a shell run's process group, killed if its runner dies
     Column("pgid_started", Float),  # the start time of the group's first process
+    # The revision of the task files and plugins it ran with (revision.py); its git commit.
+    Column("revision", String(32)),
+    Column("git_commit", String(64)),
+    # Runs for workers: the queue, and the queue's job that carries them. Until a worker takes
+    # them up, host is "" and pid 0: no process of the enqueuer's is answerable for them.
+    Column("queue", String(64)),
+    Column("job_id", BigInteger),
     Index("runs_task_queued", "task", "queued_at"),
     Index("runs_status", "status"),
     Index("runs_queued", "queued_at"),
     Index("runs_invocation", "invocation"),
+    Index("runs_job", "job_id"),
 )
 
 run_logs = Table(

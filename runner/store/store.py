@@ -20,24 +20,33 @@ from __future__ import annotations
 import json
 import pickle
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import anyio
-from sqlalchemy import bindparam, event, select, update
+from sqlalchemy import bindparam, event, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from runner.errors import RunNotFound, StoreError, StoreVersionError
-from runner.models import LogLine, Run, RunStatus, Source, StoredTask, TaskSpec, TaskType
-from runner.processes import HOST, kill_orphaned_group, process_is_alive
+from runner.models import (
+    LogLine,
+    Run,
+    RunStatus,
+    Source,
+    StoredTask,
+    TaskSpec,
+    TaskType,
+    new_run_id,
+)
+from runner.processes import HOST, PID, PID_STARTED, kill_orphaned_group, process_is_alive
 from runner.store import _tables as t
 from runner.sync import SyncPlan
 
-CURRENT_VERSION = 4
+CURRENT_VERSION = 5
 
 _RUN_COLUMNS = (
     t.runs.c.id,
@@ -107,11 +116,14 @@ class RunBatch:
     # Committed with the runs they start, so a fire or a trigger is never taken twice or lost:
     fires: list[dict[str, Any]] = field(default_factory=list)  # task, next_fire_at, last_fire_at
     claimed: list[str] = field(default_factory=list)  # run ids of triggers taken up
+    # Committed with the runs they carry, so a run for workers is never queued without its job:
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # queue, args (see remote.py)
 
     @property
     def empty(self) -> bool:
         return not (
-            self.inserts or self.starts or self.groups or self.finishes or self.logs or self.fires or self.claimed
+            self.inserts or self.starts or self.groups or self.finishes or self.logs or self.fires
+            or self.claimed or self.jobs
         )
 
 
@@ -138,6 +150,10 @@ class Lease:
     heartbeat_at: float
 
 
+class _Taken(Exception):
+    """Rolls back a claim on runs that are not all free to take."""
+
+
 class LeaseHeld(StoreError):
     """Another live process holds the lease."""
 
@@ -158,6 +174,16 @@ class Trigger:
 
 
 @dataclass(frozen=True)
+class Recovery:
+    """How a stalled job was settled (``Store.recover_job``)."""
+
+    job_id: int
+    requeued: bool = False  # no worker had taken its runs up: queued again as they were
+    interrupted: list[str] = field(default_factory=list)
+    retried: list[tuple[str, str]] = field(default_factory=list)  # (interrupted run, its retry)
+
+
+@dataclass(frozen=True)
 class LogEntry:
     """One row of a run's log: a line of its ``ctx.logger`` (``stream`` "log"), or a chunk of
     its stdout or stderr as it was streamed (``level`` None; "warning" for runner's note that
@@ -172,24 +198,35 @@ class LogEntry:
     message: str
 
 
+_UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+# The same, for statements run many times over (an expanding IN cannot be).
+_unfinished = or_(t.runs.c.status == RunStatus.QUEUED.value, t.runs.c.status == RunStatus.RUNNING.value)
+
 BUSY_TIMEOUT_MS = 30_000
 PG_WRITE_LOCK = 0x72756E6E6572  # "runner": the advisory lock key of the store's writers
+JOB_TASK = "runner.run"  # the queue's name for the one kind of job runner defers: run a workflow
 
 def _add_invocation(sync_conn: Any) -> None:
-    from sqlalchemy import Index, text
+    from sqlalchemy import Index
 
     sync_conn.execute(text("ALTER TABLE runs ADD COLUMN invocation VARCHAR(32)"))
     Index("runs_invocation", t.runs.c.invocation).create(sync_conn)
 
 
 def _add_daemon_tables(sync_conn: Any) -> None:
-    from sqlalchemy import text
-
     sync_conn.execute(text("ALTER TABLE run_logs ADD COLUMN stream VARCHAR(8) NOT NULL DEFAULT 'log'"))
     sync_conn.execute(text("ALTER TABLE runs ADD COLUMN scheduled_for FLOAT"))
     sync_conn.execute(text("ALTER TABLE runs ADD COLUMN pgid INTEGER"))
     sync_conn.execute(text("ALTER TABLE runs ADD COLUMN pgid_started FLOAT"))
     t.metadata.create_all(sync_conn, tables=[t.schedules, t.leases, t.triggers])
+
+
+def _add_remote_columns(sync_conn: Any) -> None:
+    from sqlalchemy import Index
+
+    for column in ("revision VARCHAR(32)", "git_commit VARCHAR(64)", "queue VARCHAR(64)", "job_id BIGINT"):
+        sync_conn.execute(text(f"ALTER TABLE runs ADD COLUMN {column}"))
+    Index("runs_job", t.runs.c.job_id).create(sync_conn)
 
 
 # MIGRATIONS[N - 1] takes a store from version N - 1 to N. A new store (version 0) is created at
@@ -199,6 +236,7 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     lambda sync_conn: t.metadata.create_all(sync_conn, tables=[t.task_files]),
     _add_invocation,
     _add_daemon_tables,
+    _add_remote_columns,
 ]
 
 
@@ -485,7 +523,7 @@ class Store:
             if batch.starts:
                 await conn.execute(
                     update(t.runs)
-                    .where(t.runs.c.id == bindparam("b_id"))
+                    .where(t.runs.c.id == bindparam("b_id"), _unfinished)
                     .values(status=RunStatus.RUNNING.value, started_at=bindparam("b_started_at")),
                     [{"b_id": run_id, "b_started_at": at} for run_id, at in batch.starts],
                 )
@@ -496,10 +534,14 @@ class Store:
                     .values(pgid=bindparam("b_pgid"), pgid_started=bindparam("b_pgid_started")),
                     [{"b_id": i, "b_pgid": g, "b_pgid_started": s} for i, g, s in batch.groups],
                 )
+            if batch.jobs:
+                await self._defer(conn, batch.jobs)
             for fields in _grouped_by_keys(batch.finishes):
+                # A run has one final status: a worker thought dead whose run was marked
+                # interrupted (and retried) does not overwrite that when it ends after all.
                 await conn.execute(
                     update(t.runs)
-                    .where(t.runs.c.id == bindparam("b_id"))
+                    .where(t.runs.c.id == bindparam("b_id"), _unfinished)
                     .values({k: bindparam(f"b_{k}") for k in fields[0] if k != "id"}),
                     [{f"b_{k}": v for k, v in row.items()} for row in fields],
                 )
@@ -618,9 +660,8 @@ class Store:
     async def mark_interrupted(self, host: str, is_alive: Callable[[int, float | None], bool]) -> list[str]:
         """Mark the unfinished runs of dead processes on ``host`` interrupted, kill what is left
         of their shell tasks' process groups, and return their ids."""
-        unfinished = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
         query = select(t.runs.c.id, t.runs.c.pid, t.runs.c.pid_started, t.runs.c.pgid, t.runs.c.pgid_started).where(
-            t.runs.c.status.in_(unfinished), t.runs.c.host == host
+            t.runs.c.status.in_(_UNFINISHED), t.runs.c.host == host
         )
         async with self._read() as conn:
             dead = [row for row in await conn.execute(query) if not is_alive(row.pid, row.pid_started)]
@@ -630,7 +671,7 @@ class Store:
         async with self._write() as conn:
             await conn.execute(
                 update(t.runs)
-                .where(t.runs.c.id.in_([row.id for row in dead]), t.runs.c.status.in_(unfinished))
+                .where(t.runs.c.id.in_([row.id for row in dead]), t.runs.c.status.in_(_UNFINISHED))
                 .values(
                     status=RunStatus.INTERRUPTED.value,
                     finished_at=now,
@@ -751,6 +792,208 @@ class Store:
                 Trigger(r.run_id, r.task, json.loads(r.parameters), bool(r.with_needs), r.requested_at)
                 for r in rows
             ]
+
+    # -- runs for workers (PostgreSQL; remote.py) -----------------------------------------------
+
+    async def ensure_queue(self) -> None:
+        """Install the job queue's tables (procrastinate's schema) in this store, once."""
+        if not self._postgres:
+            raise StoreError(
+                f"runs for workers need a PostgreSQL store (--db postgresql://...); {self.url} is SQLite"
+            )
+        async with self._read() as conn:
+            if (await conn.exec_driver_sql("SELECT to_regclass('procrastinate_jobs')")).scalar() is not None:
+                return
+        from procrastinate.schema import SchemaManager
+
+        async with self._write() as conn:
+            if (await conn.exec_driver_sql("SELECT to_regclass('procrastinate_jobs')")).scalar() is None:
+                # Straight to psycopg: the script is many statements, with no parameters.
+                raw = (await conn.get_raw_connection()).driver_connection
+                assert raw is not None
+                await raw.execute(SchemaManager.get_schema())
+
+    async def _defer(self, conn: AsyncConnection, jobs: list[dict[str, Any]]) -> None:
+        """Put ``jobs`` on the queue, in the transaction that queues their runs, and note each
+        job's id on its runs (a job carries one workflow: the runs of one invocation)."""
+        ids = (
+            await conn.execute(
+                text(
+                    "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY("
+                    "SELECT CAST(ROW(q, :task, 0, NULL, NULL, a, NULL) AS procrastinate_job_to_defer_v1)"
+                    " FROM unnest(CAST(:queues AS varchar[]), CAST(:args AS jsonb[])) AS u(q, a))))"
+                ),
+                {
+                    "task": JOB_TASK,
+                    "queues": [job["queue"] for job in jobs],
+                    "args": [json.dumps(job["args"]) for job in jobs],
+                },
+            )
+        ).scalars().all()
+        await conn.execute(
+            text(
+                "UPDATE runs SET job_id = j.id FROM procrastinate_jobs j"
+                " WHERE j.id = ANY(:ids) AND runs.invocation = j.args->>'invocation'"
+            ),
+            {"ids": list(ids)},
+        )
+
+    async def claim_runs(
+        self,
+        run_ids: list[str],
+        *,
+        revision: str | None,
+        git_commit: str | None,
+        notes: Sequence[dict[str, Any]] = (),
+    ) -> bool:
+        """Take up a job's queued runs for this process, with ``notes`` for their logs; False if
+        they are not all waiting for a worker any more (taken up already, or cancelled): then
+        nothing changes."""
+        try:
+            async with self._write() as conn:
+                result = await conn.execute(
+                    update(t.runs)
+                    .where(t.runs.c.id.in_(run_ids), t.runs.c.status == RunStatus.QUEUED.value, t.runs.c.host == "")
+                    .values(host=HOST, pid=PID, pid_started=PID_STARTED, revision=revision, git_commit=git_commit)
+                )
+                if result.rowcount != len(run_ids):
+                    raise _Taken
+                if notes:
+                    await conn.execute(t.run_logs.insert(), list(notes))
+        except _Taken:
+            return False
+        return True
+
+    async def finish_queued(self, run_ids: list[str], status: RunStatus, error: dict[str, Any]) -> list[str]:
+        """End the runs among ``run_ids`` that are still queued, with ``status`` and ``error``;
+        their ids."""
+        async with self._write() as conn:
+            rows = await conn.execute(
+                update(t.runs)
+                .where(t.runs.c.id.in_(run_ids), t.runs.c.status == RunStatus.QUEUED.value)
+                .values(status=status.value, finished_at=time.time(), error=json.dumps(error))
+                .returning(t.runs.c.id)
+            )
+            return list(rows.scalars())
+
+    async def job_id(self, run_id: str) -> int | None:
+        """The id of the queue's job that carries a run to a worker; None for a run not sent."""
+        async with self._read() as conn:
+            return (await conn.execute(select(t.runs.c.job_id).where(t.runs.c.id == run_id))).scalar()
+
+    async def cancel_job(self, job_id: int) -> bool:
+        """Cancel the workflow a job carries: at once if no worker has taken it up (its queued
+        runs are recorded cancelled; True), else by asking its worker to stop it (False)."""
+        async with self._write() as conn:
+            gone = (
+                await conn.execute(
+                    text("DELETE FROM procrastinate_jobs WHERE id = :id AND status = 'todo' RETURNING id"),
+                    {"id": job_id},
+                )
+            ).first()
+            if gone is not None:
+                error = {"type": "Cancelled", "message": "stopped on request before it started", "traceback": None}
+                await conn.execute(
+                    update(t.runs)
+                    .where(t.runs.c.job_id == job_id, t.runs.c.status == RunStatus.QUEUED.value)
+                    .values(status=RunStatus.CANCELLED.value, finished_at=time.time(), error=json.dumps(error))
+                )
+                return True
+            await conn.execute(text("SELECT procrastinate_cancel_job_v1(:id, true, false)"), {"id": job_id})
+            return False
+
+    async def stalled_jobs(
+        self, stale_after: float, is_alive: Callable[[int, float | None], bool]
+    ) -> list[int]:
+        """Jobs being worked on by a worker that is gone: one whose runs belong to a dead
+        process on this host, or whose worker has not beaten its heart for ``stale_after``
+        seconds (or was pruned for that)."""
+        async with self._read() as conn:
+            silent = await conn.execute(
+                text(
+                    "SELECT j.id FROM procrastinate_jobs j"
+                    " LEFT JOIN procrastinate_workers w ON w.id = j.worker_id"
+                    " WHERE j.status = 'doing' AND j.task_name = :task"
+                    " AND (w.id IS NULL OR w.last_heartbeat < now() - make_interval(secs => :stale))"
+                ),
+                {"task": JOB_TASK, "stale": stale_after},
+            )
+            found = set(silent.scalars())
+            here = await conn.execute(
+                text(
+                    "SELECT DISTINCT j.id, r.pid, r.pid_started FROM procrastinate_jobs j"
+                    " JOIN runs r ON r.job_id = j.id WHERE j.status = 'doing' AND r.host = :host"
+                ),
+                {"host": HOST},
+            )
+            found.update(job for job, pid, started in here if not is_alive(pid, started))
+        return sorted(found)
+
+    async def recover_job(self, job_id: int, retries: Callable[[str], int | None]) -> Recovery | None:
+        """Take a stalled job off the queue and settle its runs, in one transaction: never
+        taken up, they are queued again as they were; else the unfinished ones are marked
+        interrupted, and each that had started gets another attempt (a job of its own) if
+        ``retries(task)`` says its task has one left. None if another process settled it."""
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    text("DELETE FROM procrastinate_jobs WHERE id = :id AND status = 'doing' RETURNING queue_name, args"),
+                    {"id": job_id},
+                )
+            ).first()
+            if row is None:
+                return None
+            queue, args = row.queue_name, row.args
+            runs = (
+                await conn.execute(
+                    select(*_RUN_COLUMNS, t.runs.c.host, t.runs.c.pgid, t.runs.c.pgid_started).where(
+                        t.runs.c.id.in_(list(args["runs"].values()))
+                    )
+                )
+            ).all()
+            if all(run.host == "" for run in runs):
+                await self._defer(conn, [{"queue": queue, "args": args}])
+                return Recovery(job_id, requeued=True)
+            now = time.time()
+            error = {"type": "Interrupted", "message": "the worker running it died", "traceback": None}
+            interrupted = (
+                await conn.execute(
+                    update(t.runs)
+                    .where(t.runs.c.id.in_([run.id for run in runs]), t.runs.c.status.in_(_UNFINISHED))
+                    .values(status=RunStatus.INTERRUPTED.value, finished_at=now, error=json.dumps(error))
+                    .returning(t.runs.c.id)
+                )
+            ).scalars().all()
+            retried: list[tuple[str, str]] = []
+            jobs: list[dict[str, Any]] = []
+            inserts: list[dict[str, Any]] = []
+            for run in runs:
+                left = retries(run.task)
+                if run.started_at is None or run.status not in (*_UNFINISHED, RunStatus.INTERRUPTED.value):
+                    continue
+                if left is None or run.attempt > left:
+                    continue
+                new_id = new_run_id()
+                own = args["parameters"] if run.task == args["task"] else {}
+                inserts.append({
+                    "id": new_id, "task": run.task, "type": run.type, "status": RunStatus.QUEUED.value,
+                    "attempt": run.attempt + 1, "trigger": "retry", "parent_id": run.id, "invocation": new_id,
+                    "scheduled_for": run.scheduled_for, "parameters": run.parameters, "queued_at": now,
+                    "host": "", "pid": 0, "pid_started": None, "queue": queue,
+                })
+                jobs.append({"queue": queue, "args": {
+                    **args, "task": run.task, "parameters": own, "with_needs": False, "trigger": "retry",
+                    "parent_id": run.id, "attempt": run.attempt + 1, "scheduled_for": run.scheduled_for,
+                    "invocation": new_id, "runs": {run.task: new_id},
+                }})
+                retried.append((run.id, new_id))
+            if inserts:
+                await conn.execute(t.runs.insert(), inserts)
+                await self._defer(conn, jobs)
+        for run in runs:
+            if run.id in interrupted and run.pgid is not None and run.host == HOST:
+                kill_orphaned_group(run.pgid, run.pgid_started)
+        return Recovery(job_id, interrupted=list(interrupted), retried=retried)
 
     # -- retention ------------------------------------------------------------------------------
 
@@ -920,7 +1163,6 @@ class Store:
 
     async def ping(self) -> None:
         """Read one row: StoreError if the store cannot be read (for health checks)."""
-        from sqlalchemy import text
 
         async with self._read() as conn:
             await conn.execute(text("SELECT 1"))
@@ -1018,9 +1260,6 @@ def _without_nul(batch: RunBatch) -> RunBatch:
         ]
 
     return replace(batch, inserts=clean(batch.inserts), finishes=clean(batch.finishes), logs=clean(batch.logs))
-
-
-_UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 
 
 def _after(key: tuple[float, str] | None) -> list[Any]:

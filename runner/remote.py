@@ -1,0 +1,286 @@
+"""Runs on workers: ``runner worker`` takes workflows off a queue kept in the PostgreSQL store;
+the daemon (``--remote``), ``runner run --remote`` and ``runner trigger --remote`` put them there.
+
+The queue is procrastinate's (docs/distributed.md says why): jobs are rows that workers take
+with ``SELECT ... FOR UPDATE SKIP LOCKED``, woken by LISTEN/NOTIFY. A job carries one workflow
+(a task and the needs it runs after): its runs are written ``queued`` in the transaction that
+defers the job, so neither exists without the other. A worker takes the runs up with a
+compare-and-set before it runs anything (a job delivered twice runs once), then runs the
+workflow with the same engine as ``runner run``: timeouts, retries, output, cancellation.
+
+A worker that dies is noticed by whoever runs beside it: on its host at once (its pid is
+gone), from anywhere when its heartbeat is older than ``STALE_AFTER``. Its job is then taken
+off the queue, its unfinished runs are marked interrupted, and each that had started is
+retried if its task has retries left, all in one transaction (``Store.recover_job``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from runner import log, registry
+from runner.engine import Engine, Workflow
+from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnable
+from runner.models import RunStatus
+from runner.processes import HOST, PID, process_is_alive
+from runner.revision import Revision, project_revision
+from runner.store import Store
+from runner.store.store import JOB_TASK
+
+HEARTBEAT = 2.0
+"""Seconds between a worker's heartbeats (procrastinate's worker table)."""
+
+STALE_AFTER = float(os.environ.get("RUNNER_WORKER_STALE_AFTER", "15"))
+"""A worker whose heartbeat is older than this is taken for dead, and its runs recovered."""
+
+RECOVER_EVERY = 2.0
+"""Seconds between looks for the jobs of dead workers."""
+
+DEFAULT_GRACE = 30.0
+
+
+def conninfo(store: Store) -> str:
+    """The libpq connection string of a PostgreSQL store (password included: not for messages)."""
+    return store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _app(store: Store) -> Any:
+    import procrastinate
+
+    connector = procrastinate.PsycopgConnector(conninfo=conninfo(store), min_size=1, max_size=4)
+    return procrastinate.App(connector=connector)
+
+
+class Worker:
+    """``runner worker``: ``await Worker(root, store, queues=..., concurrency=...).run()``."""
+
+    def __init__(
+        self, root: Path, store: Store, *, queues: list[str] | None = None, concurrency: int = 4,
+        grace: float = DEFAULT_GRACE,
+    ) -> None:
+        self.root = root.resolve()
+        self.store = store
+        self.queues = queues
+        self.concurrency = concurrency
+        self.grace = grace
+        self.revision = project_revision(self.root)
+        self._seen_revision = self.revision.digest  # the last revision a job came with
+        self._warned: set[tuple[str, str]] = set()
+        self._engine: Engine | None = None
+        self._scopes: set[anyio.CancelScope] = set()
+        self._stopping = False
+
+    @property
+    def engine(self) -> Engine:
+        assert self._engine is not None
+        return self._engine
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """Take jobs until SIGTERM/SIGINT; then running workflows get the grace period, and are
+        cancelled after it (or at a second signal)."""
+        from procrastinate.worker import Worker as QueueWorker
+
+        await self.store.ensure_queue()
+        registry.import_plugins(self.root)
+        app = _app(self.store)
+        app.task(name=JOB_TASK, pass_context=False)(self._job)
+        async with Engine(self.store, self.root, max_concurrency=self.concurrency, revision=self.revision) as engine:
+            self._engine = engine
+            async with app.open_async(), anyio.create_task_group() as group:
+                worker = QueueWorker(
+                    app, queues=self.queues, name=f"runner@{HOST}:{PID}", concurrency=self.concurrency,
+                    install_signal_handlers=False, delete_jobs="always", shutdown_graceful_timeout=self.grace,
+                    update_heartbeat_interval=HEARTBEAT, stalled_worker_timeout=STALE_AFTER,
+                )
+                if handle_signals:
+                    await group.start(self._on_signals, worker)
+                group.start_soon(self._recover)
+                log.logger.info(
+                    f"worker started: pid {PID}, queues {', '.join(self.queues or ['(all)'])}, "
+                    f"concurrency {self.concurrency}, revision {self.revision}",
+                    extra={"event": "worker_started", "pid": PID, "revision": self.revision.digest},
+                )
+                await worker.run()  # type: ignore[no-untyped-call]
+                group.cancel_scope.cancel()
+
+    async def _on_signals(self, worker: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                if self._stopping:
+                    for scope in list(self._scopes):
+                        scope.cancel()
+                    continue
+                self._stopping = True
+                log.logger.info(
+                    f"stopping on {signal.Signals(signum).name}: no new jobs; running ones get "
+                    f"{self.grace:g}s to finish (a second signal cancels them now)",
+                    extra={"event": "worker_stopping", "signal": signum},
+                )
+                worker.stop()
+
+    async def _job(self, **args: Any) -> None:
+        with anyio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                await self.execute(args)
+            finally:
+                self._scopes.discard(scope)
+
+    async def execute(self, args: dict[str, Any]) -> None:
+        """Run the workflow a job carries, unless its runs were taken up or ended meanwhile."""
+        run_ids = list(args["runs"].values())
+        notes = await self._check_revision(args)
+        try:
+            workflow = await self._workflow(args)
+        except (TaskNotRunnable, ParameterError) as exc:
+            error = {"type": type(exc).__name__, "message": str(exc), "traceback": None}
+            if await self.store.finish_queued(run_ids, RunStatus.FAILED, error):
+                log.logger.error(
+                    f"{args['task']}: run {args['runs'][args['task']]} cannot run here: {exc}",
+                    extra={"event": "job_refused", "task": args["task"], "run_id": args["runs"][args["task"]]},
+                )
+            return
+        notes_rows = [
+            {"run_id": workflow.target_run_id, "at": time.time(), "level": "warning", "message": note, "stream": "log"}
+            for note in notes
+        ]
+        revision = self.revision
+        if not await self.store.claim_runs(run_ids, revision=revision.digest, git_commit=revision.commit, notes=notes_rows):
+            log.logger.info(
+                f"{args['task']}: run {workflow.target_run_id} was taken up or ended elsewhere; skipped",
+                extra={"event": "job_skipped", "task": args["task"], "run_id": workflow.target_run_id},
+            )
+            return
+        workflow.on_run = log.run_finished
+        try:
+            await workflow.execute(queued=True)
+        except RunnerError as exc:
+            log.logger.error(f"{workflow.target}: {exc}", extra={"event": "run_error", "task": workflow.target})
+
+    async def _workflow(self, args: dict[str, Any]) -> Workflow:
+        def make() -> Workflow:
+            return self.engine.workflow(
+                args["task"], parameters=args["parameters"], with_needs=args["with_needs"],
+                trigger=args["trigger"], parent_id=args["parent_id"], attempt=args["attempt"],
+                scheduled_for=args["scheduled_for"], run_ids=args["runs"], invocation=args["invocation"],
+            )
+
+        try:
+            return make()
+        except TaskNotRunnable:
+            await self.engine.reload()  # synced since this worker last read the tasks?
+            return make()
+
+    async def _check_revision(self, args: dict[str, Any]) -> list[str]:
+        """Notice a job queued at another revision of the files: read the tasks again, and the
+        plugins if this worker's files changed too; say so when the revisions still differ."""
+        theirs = args.get("revision")
+        if theirs is None or theirs == self.revision.digest:
+            return []
+        if theirs != self._seen_revision:
+            self._seen_revision = theirs
+            await self.engine.reload()
+            mine = await anyio.to_thread.run_sync(project_revision, self.root)
+            if mine.digest != self.revision.digest:
+                registry.reload_plugins()
+                registry.import_plugins(self.root)
+                log.logger.info(
+                    f"this worker's files changed: revision {self.revision} -> {mine}; plugins reloaded",
+                    extra={"event": "worker_reloaded", "revision": mine.digest},
+                )
+                self.revision = self.engine.revision = mine
+        if theirs == self.revision.digest:
+            return []
+        message = (
+            f"this worker runs revision {self.revision} of the task files and plugins, but the run was "
+            f"queued at revision {theirs}; deploy the same revision to the workers and the daemon"
+        )
+        if (theirs, self.revision.digest) not in self._warned:
+            self._warned.add((theirs, self.revision.digest))
+            log.logger.warning(message, extra={"event": "revision_mismatch", "theirs": theirs, "ours": self.revision.digest})
+        return [message]
+
+    async def _recover(self) -> None:
+        while True:
+            await recover_stalled(self.store, self.engine)
+            await anyio.sleep(RECOVER_EVERY)
+
+
+async def recover_stalled(store: Store, engine: Engine) -> None:
+    """Settle the jobs of dead workers (see the module's doc), and mark the runs of dead
+    processes on this host interrupted; problems with the store are logged, not raised."""
+    def retries(task: str) -> int | None:
+        stored = engine.tasks.get(task)
+        return stored.spec.retries.count if stored is not None else None
+
+    try:
+        await store.mark_interrupted(HOST, process_is_alive)
+        for job_id in await store.stalled_jobs(STALE_AFTER, process_is_alive):
+            recovery = await store.recover_job(job_id, retries)
+            if recovery is None:
+                continue
+            if recovery.requeued:
+                log.logger.warning(
+                    f"job {job_id}: its worker died before taking its runs up; queued again",
+                    extra={"event": "job_requeued", "job_id": job_id},
+                )
+            for run_id in recovery.interrupted:
+                log.logger.warning(
+                    f"run {run_id} interrupted: the worker running it died",
+                    extra={"event": "run_interrupted", "run_id": run_id},
+                )
+            for run_id, retry_id in recovery.retried:
+                log.logger.info(
+                    f"retrying interrupted run {run_id} as {retry_id}",
+                    extra={"event": "retry_interrupted", "run_id": retry_id, "parent_id": run_id},
+                )
+    except StoreError as exc:
+        log.logger.error(f"{exc}", extra={"event": "store_error"})
+
+
+async def send(
+    root: Path, store: Store, name: str, *, parameters: dict[str, Any], with_needs: bool, trigger: str,
+    revision: Revision | None = None,
+) -> str:
+    """Queue ``name`` (after its needs) for a worker; its run id. Raises TaskNotRunnable or
+    ParameterError before anything is recorded."""
+    await store.ensure_queue()
+    if parameters:
+        registry.import_plugins(root)  # to check them against the callable's hints
+    async with Engine(store, root, revision=revision or project_revision(root)) as engine:
+        workflow = engine.workflow(name, parameters=parameters, with_needs=with_needs, trigger=trigger)
+        await workflow.send()
+        return workflow.target_run_id
+
+
+async def wait_remote(store: Store, run_id: str) -> tuple[list[Any], int | None]:
+    """Every run of the invocation ``run_id`` heads once that run is final (the target's
+    last), and the signal that stopped the wait, if one did: SIGINT/SIGTERM cancel the
+    workflow, on its worker or before one takes it up, and the wait goes on until it ends."""
+    from runner.follow import wait_for
+
+    stopped_by: int | None = None
+    async with anyio.create_task_group() as group:
+
+        async def cancel_on_signal() -> None:
+            nonlocal stopped_by
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    stopped_by = signum
+                    job_id = await store.job_id(run_id)
+                    if job_id is not None:
+                        await store.cancel_job(job_id)
+                    return
+
+        group.start_soon(cancel_on_signal)
+        runs = await wait_for(store, run_id)
+        group.cancel_scope.cancel()
+    return runs, stopped_by
