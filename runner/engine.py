@@ -153,6 +153,7 @@ class _Attempt:
     # Masks the task's secrets from the first record on: parameters are written when queued.
     masker: Masker = field(default_factory=Masker)
     live: LiveLog | None = None  # its output and log lines on their way to the store
+    next: _Attempt | None = None  # the retry this run's end queues
 
     def row(self) -> dict[str, Any]:
         return {
@@ -491,14 +492,10 @@ class Engine:
         while True:
             attempt = node.attempt
             run = await self._attempt(attempt, upstream)
-            retryable = run.status in (RunStatus.FAILED, RunStatus.TIMED_OUT)
-            if not retryable or attempt.number > attempt.spec.retries.count:
+            if attempt.next is None:
                 return run
             retried(run)
-            # The next attempt is queued before the pause, so that a stop during the pause
-            # records it cancelled (it never started) instead of reporting this run twice.
-            node.attempt = attempt.retry()
-            await self.recorder.queued([self._row(node.attempt)])
+            node.attempt = attempt.next
             await anyio.sleep(retry_delay(attempt.spec.retries.backoff, attempt.number))
 
     async def _skip(self, attempt: _Attempt, blocked: list[_Node]) -> Run:
@@ -522,6 +519,11 @@ class Engine:
                 attempt.started = True
                 self.recorder.started(attempt.run_id, started)
                 ending = await self._execute(attempt, upstream)
+            retryable = ending["status"] in (RunStatus.FAILED, RunStatus.TIMED_OUT)
+            if retryable and attempt.number <= attempt.spec.retries.count:
+                # Queued with this run's end, before the pause: whoever sees this run final
+                # sees its retry, and a stop during the pause records the retry cancelled.
+                attempt.next = attempt.retry()
             # The slot is free again while the record is committed with other runs' records.
             return await self._finish(attempt, started, **ending)
         except anyio.get_cancelled_exc_class():
@@ -739,7 +741,8 @@ class Engine:
             logs=logs,
         )
         attempt.final = run  # from here on the record is on its way, whatever happens
-        await self.recorder.finished(fields, attempt.live.close() if attempt.live is not None else [])
+        then = [self._row(attempt.next)] if attempt.next is not None else []
+        await self.recorder.finished(fields, attempt.live.close() if attempt.live is not None else [], then)
         return run
 
 

@@ -151,17 +151,24 @@ async def _task(store: Store, emit: Emit, task: str, *, follow: bool, interval: 
 
 
 async def wait_for(store: Store, run_id: str) -> list[Run]:
-    """Every run of the invocation ``run_id`` heads, once that run is final (earliest first,
-    the target's last)."""
+    """Every run of the invocation ``run_id`` heads, once that run and its retries are final
+    (earliest first, the last attempt last)."""
+    invocations: list[str] = []
     while True:
         try:
             _, status = await store.run_status(run_id)
         except RunNotFound:
             status = None  # the daemon has not taken it up yet
-        if status is not None and status not in _UNFINISHED:
+        if status is None or status in _UNFINISHED:
+            await anyio.sleep(WAIT_INTERVAL)
+            continue
+        target = await store.run(run_id)
+        if target.invocation is not None and target.invocation not in invocations:
+            invocations.append(target.invocation)
+        retry = await store.retry_of(run_id)  # queued with its end, if it has one
+        if retry is None:
             break
-        await anyio.sleep(WAIT_INTERVAL)
-    target = await store.run(run_id)
-    others = [r for r in await store.runs(invocation=target.invocation, limit=None) if r.id != run_id]
-    others.sort(key=lambda r: (r.finished_at or 0.0, r.id))
+        run_id = retry
+    found = {r.id: r for invocation in invocations for r in await store.runs(invocation=invocation, limit=None)}
+    others = sorted((r for r in found.values() if r.id != run_id), key=lambda r: (r.finished_at or 0.0, r.id))
     return [*others, target]

@@ -137,12 +137,16 @@ class Recorder:
         self._pending.batch.groups.append((run_id, pgid, process_start_time(pgid)))
         self._wake.set()
 
-    async def finished(self, fields: dict[str, Any], logs: list[dict[str, Any]]) -> None:
-        """Record a run's end, with the log rows it had not streamed yet, in one transaction."""
+    async def finished(
+        self, fields: dict[str, Any], logs: list[dict[str, Any]], then: Sequence[dict[str, Any]] = ()
+    ) -> None:
+        """Record a run's end, with the log rows it had not streamed yet and the runs it queues
+        (``then``: its retry), in one transaction."""
 
         def fill(batch: RunBatch) -> None:
             batch.finishes.append(fields)
             batch.logs.extend(logs)
+            batch.inserts.extend(then)
 
         await self._commit(fill)
 

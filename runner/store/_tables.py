@@ -79,6 +79,7 @@ runs = Table(
     Index("runs_queued", "queued_at"),
     Index("runs_invocation", "invocation"),
     Index("runs_job", "job_id"),
+    Index("runs_parent", "parent_id"),
 )
 
 run_logs = Table(

@@ -227,6 +227,7 @@ def _add_remote_columns(sync_conn: Any) -> None:
     for column in ("revision VARCHAR(32)", "git_commit VARCHAR(64)", "queue VARCHAR(64)", "job_id BIGINT"):
         sync_conn.execute(text(f"ALTER TABLE runs ADD COLUMN {column}"))
     Index("runs_job", t.runs.c.job_id).create(sync_conn)
+    Index("runs_parent", t.runs.c.parent_id).create(sync_conn)
 
 
 # MIGRATIONS[N - 1] takes a store from version N - 1 to N. A new store (version 0) is created at
@@ -875,6 +876,12 @@ class Store:
                 .returning(t.runs.c.id)
             )
             return list(rows.scalars())
+
+    async def retry_of(self, run_id: str) -> str | None:
+        """The id of the run that retries ``run_id``, if there is one."""
+        query = select(t.runs.c.id).where(t.runs.c.parent_id == run_id, t.runs.c.trigger == "retry")
+        async with self._read() as conn:
+            return (await conn.execute(query)).scalar()
 
     async def job_id(self, run_id: str) -> int | None:
         """The id of the queue's job that carries a run to a worker; None for a run not sent."""
