@@ -246,7 +246,7 @@ class Workflow:
         """Record the target ``skipped`` for ``reason`` without running anything (its needs are
         not recorded): a schedule's fire while the task's previous run goes on."""
         node = self.nodes[self.target]
-        await self.engine.recorder.queued([node.attempt.row()], **with_runs)
+        await self.engine.recorder.queued([self.engine._row(node.attempt)], **with_runs)
         error = {"type": "Skipped", "message": reason, "traceback": None}
         node.final = await self.engine._finish(node.attempt, None, RunStatus.SKIPPED, error=error)
         self._record(node.final)
@@ -739,6 +739,9 @@ class Engine:
             result=safe_result,
             error=error,
             logs=logs,
+            host=HOST,
+            revision=self.revision.digest if self.revision else None,
+            git_commit=self.revision.commit if self.revision else None,
         )
         attempt.final = run  # from here on the record is on its way, whatever happens
         then = [self._row(attempt.next)] if attempt.next is not None else []

@@ -239,6 +239,10 @@ class Run:
     result: Any = None
     error: Mapping[str, Any] | None = None
     logs: tuple[LogLine, ...] = ()
+    host: str | None = None  # of the process that ran it (None: not taken up by a worker yet)
+    revision: str | None = None  # of the task files and plugins it ran with (revision.py)
+    git_commit: str | None = None
+    queue: str | None = None  # the workers' queue it was sent to; None: not sent to workers
 
     @property
     def succeeded(self) -> bool:
@@ -265,6 +269,10 @@ class Run:
             "stderr": self.stderr,
             "result": self.result,
             "error": dict(self.error) if self.error is not None else None,
+            "host": self.host,
+            "revision": self.revision,
+            "git_commit": self.git_commit,
+            "queue": self.queue,
         }
         if with_logs:
             body["logs"] = [line.to_json() for line in self.logs]

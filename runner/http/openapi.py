@@ -87,6 +87,10 @@ _SCHEMAS: dict[str, Any] = {
             "stderr": _nullable("string"),
             "result": {"description": "the JSON of a python task's return value"},
             "error": _nullable("object"),
+            "host": _nullable("string"),
+            "revision": _nullable("string"),
+            "git_commit": _nullable("string"),
+            "queue": _nullable("string"),
             "logs": {
                 "type": "array",
                 "items": {

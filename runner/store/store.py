@@ -68,6 +68,10 @@ _RUN_COLUMNS = (
     t.runs.c.stderr,
     t.runs.c.result_json,
     t.runs.c.error,
+    t.runs.c.host,
+    t.runs.c.revision,
+    t.runs.c.git_commit,
+    t.runs.c.queue,
 )
 
 
@@ -93,6 +97,10 @@ def _run_from_row(row: Any, logs: tuple[LogLine, ...] = ()) -> Run:
         result=json.loads(row.result_json) if row.result_json is not None else None,
         error=json.loads(row.error) if row.error is not None else None,
         logs=logs,
+        host=row.host or None,
+        revision=row.revision,
+        git_commit=row.git_commit,
+        queue=row.queue,
     )
 
 
@@ -519,8 +527,8 @@ class Store:
         if self._postgres:
             batch = _without_nul(batch)
         async with self._write() as conn:
-            if batch.inserts:
-                await conn.execute(t.runs.insert(), batch.inserts)
+            for rows in _grouped_by_keys(batch.inserts):
+                await conn.execute(t.runs.insert(), rows)
             if batch.starts:
                 await conn.execute(
                     update(t.runs)
@@ -802,17 +810,27 @@ class Store:
             raise StoreError(
                 f"runs for workers need a PostgreSQL store (--db postgresql://...); {self.url} is SQLite"
             )
+        # Not to_regclass(): it reads the catalog cache, which a wait for the write lock does not
+        # refresh, so behind another process installing the schema it still said "none".
+        installed = (
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_class"
+            " WHERE relname = 'procrastinate_jobs' AND pg_catalog.pg_table_is_visible(oid))"
+        )
         async with self._read() as conn:
-            if (await conn.exec_driver_sql("SELECT to_regclass('procrastinate_jobs')")).scalar() is not None:
+            if (await conn.exec_driver_sql(installed)).scalar():
                 return
+        import psycopg
         from procrastinate.schema import SchemaManager
 
         async with self._write() as conn:
-            if (await conn.exec_driver_sql("SELECT to_regclass('procrastinate_jobs')")).scalar() is None:
+            if not (await conn.exec_driver_sql(installed)).scalar():
                 # Straight to psycopg: the script is many statements, with no parameters.
                 raw = (await conn.get_raw_connection()).driver_connection
                 assert raw is not None
-                await raw.execute(SchemaManager.get_schema())
+                try:
+                    await raw.execute(SchemaManager.get_schema())
+                except psycopg.Error as exc:
+                    raise StoreError(f"cannot install the job queue in the store at {self.url}: {exc}") from exc
 
     async def _defer(self, conn: AsyncConnection, jobs: list[dict[str, Any]]) -> None:
         """Put ``jobs`` on the queue, in the transaction that queues their runs, and note each
@@ -953,7 +971,7 @@ class Store:
             queue, args = row.queue_name, row.args
             runs = (
                 await conn.execute(
-                    select(*_RUN_COLUMNS, t.runs.c.host, t.runs.c.pgid, t.runs.c.pgid_started).where(
+                    select(*_RUN_COLUMNS, t.runs.c.pgid, t.runs.c.pgid_started).where(
                         t.runs.c.id.in_(list(args["runs"].values()))
                     )
                 )
