@@ -24,7 +24,9 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
+from sqlalchemy.exc import OperationalError
 
+from runner import log
 from runner.errors import StoreError
 from runner.masking import Masker
 from runner.processes import process_start_time
@@ -33,6 +35,9 @@ from runner.store.store import RunBatch
 
 FLUSH_INTERVAL = 0.2
 """Seconds a run's new output and log lines wait, at most, before they join a batch."""
+
+OUTAGE_PATIENCE = 60.0
+"""Seconds a batch of run records is tried again while the store cannot be reached."""
 
 FLUSH_BYTES = 64 * 1024
 """Output buffered by one stream of one run that is moved to the batch without waiting; also
@@ -75,12 +80,30 @@ class Recorder:
             pending, self._pending = self._pending, _Pending()
             if not pending.batch.empty:
                 try:
-                    await self.store.write_runs(pending.batch)
+                    await self._write_through_outages(pending.batch)
                 except Exception as exc:
                     pending.error = exc
             pending.committed.set()
             if self._closing and self._pending.batch.empty:
                 return
+
+    async def _write_through_outages(self, batch: RunBatch) -> None:
+        """Write the batch; while the store cannot be reached (a database restarting, a lock
+        held too long), try again every second for up to ``OUTAGE_PATIENCE`` seconds, so that
+        a short outage does not leave runs recorded ``running`` that ended meanwhile."""
+        deadline = time.monotonic() + OUTAGE_PATIENCE
+        warned = False
+        while True:
+            try:
+                await self.store.write_runs(batch)
+                return
+            except StoreError as exc:
+                if not isinstance(exc.__cause__, OperationalError) or time.monotonic() > deadline:
+                    raise
+                if not warned:
+                    log.logger.error(f"{exc}; trying again every second", extra={"event": "store_error"})
+                    warned = True
+            await anyio.sleep(1.0)
 
     async def _flush_periodically(self) -> None:
         while True:

@@ -441,3 +441,33 @@ async def test_log_lines_after_an_id_and_by_task(project: ProjectDir, store: Sto
     assert await store.log_lines(one.id, after=cursor) == []
     assert len(await store.log_lines(limit=2)) == 2
     assert await store.last_log_id() == max(r.id for r in await store.log_lines())
+
+
+@pytest.mark.anyio
+async def test_a_run_ends_recorded_through_a_short_outage_of_the_store(project: ProjectDir, tmp_path: Path) -> None:
+    """The store going away for a moment (a database restarting) is something we cannot cause
+    for a file: its writes fail twice, as the driver reports a lost connection, and the run's
+    records still arrive once it answers again."""
+    from sqlalchemy.exc import OperationalError
+
+    from runner.errors import StoreError
+    from runner.store.store import RunBatch
+
+    write(project, "version: 1\ntasks:\n  hello: {command: echo hi}\n")
+    async with open_store(tmp_path / "runner.db") as store:
+        write_runs, failures = store.write_runs, [2]
+
+        async def flaky(batch: RunBatch) -> None:
+            if failures[0]:
+                failures[0] -= 1
+                cause = OperationalError("COMMIT", {}, Exception("connection refused"))
+                raise StoreError("cannot write the store") from cause
+            await write_runs(batch)
+
+        store.write_runs = flaky  # type: ignore[method-assign]
+        outcome = await run(project, store, "hello")
+        store.write_runs = write_runs  # type: ignore[method-assign]
+        assert outcome.target is not None and outcome.target.status is RunStatus.SUCCEEDED
+        assert failures == [0]
+        stored = await store.run(outcome.target.id)
+        assert (stored.status, stored.stdout) == (RunStatus.SUCCEEDED, "hi\n")
