@@ -16,6 +16,7 @@ import anyio
 
 from runner.engine import Engine
 from runner.models import Run
+from runner.revision import project_revision
 from runner.store import Store
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ async def run_once(
     """Sync ``root`` into ``store``, then run ``name`` after its needs (unless ``with_needs`` is
     false). Raises ProjectError, TaskNotRunnable or ParameterError before anything runs."""
     await sync_project(root, store)
+    engine_options.setdefault("revision", project_revision(root))
     async with Engine(store, root, **engine_options) as engine:
         workflow = engine.workflow(name, parameters=parameters, with_needs=with_needs)
         stopped_by: int | None = None
