@@ -3,6 +3,7 @@
 The unit file shown in the doc is docs/runner.service, byte for byte; its ExecStart parses as a
 runner command line; the option tables for ``runner daemon`` and ``runner prune`` list exactly
 the options those commands have; and every link to a section of another doc finds its heading.
+The worker's unit in docs/distributed.md is docs/runner-worker.service, and parses too.
 """
 
 from __future__ import annotations
@@ -93,3 +94,16 @@ def test_links_to_sections_find_their_headings() -> None:
         page = DOCS / target if target else GUIDE
         headings = _headings(page.read_text(encoding="utf-8"))
         assert anchor in {_slug(title) for _, title, _ in headings}, f"{target or 'deployment.md'}#{anchor}: no such heading"
+
+
+WORKER_UNIT = DOCS / "runner-worker.service"
+
+
+def test_the_worker_unit_in_the_distributed_guide_is_the_unit_file_and_parses() -> None:
+    guide = (DOCS / "distributed.md").read_text(encoding="utf-8")
+    assert WORKER_UNIT.read_text(encoding="utf-8") in re.findall(r"```ini\n(.*?)```", guide, re.DOTALL)
+    line = next(x for x in WORKER_UNIT.read_text(encoding="utf-8").splitlines() if x.startswith("ExecStart="))
+    argv = shlex.split(line.removeprefix("ExecStart="))
+    at = argv.index("worker")
+    group = main.make_context("runner", argv[1 : at + 1])
+    main.commands["worker"].make_context("worker", argv[at + 1 :], parent=group)
