@@ -154,6 +154,7 @@ class _Attempt:
     masker: Masker = field(default_factory=Masker)
     live: LiveLog | None = None  # its output and log lines on their way to the store
     next: _Attempt | None = None  # the retry this run's end queues
+    queue: str | None = None  # the workers' queue it came by, for a worker's runs
 
     def row(self) -> dict[str, Any]:
         return {
@@ -171,12 +172,13 @@ class _Attempt:
             "host": HOST,
             "pid": PID,
             "pid_started": PID_STARTED,
+            "queue": self.queue,
         }
 
     def retry(self) -> _Attempt:
         return _Attempt(
             self.spec, new_run_id(), self.number + 1, self.parameters, "retry", self.run_id,
-            self.invocation, masker=self.masker,
+            self.invocation, masker=self.masker, queue=self.queue,
         )
 
 
@@ -239,6 +241,7 @@ class Workflow:
             "invocation": self.invocation,
             "runs": {name: node.attempt.run_id for name, node in self.nodes.items()},
             "revision": revision.digest if revision else None,
+            "queue": queue,
         }
         await self.engine.recorder.queued(rows, jobs=[{"queue": queue, "args": job}], **with_runs)
 
@@ -361,13 +364,15 @@ class Engine:
         scheduled_for: float | None = None,
         run_ids: Mapping[str, str] | None = None,
         invocation: str | None = None,
+        queue: str | None = None,
     ) -> Workflow:
         """Check that ``name`` (and its needs) can run with these parameters; nothing runs yet.
 
         ``parameters`` override the target's own (not its needs'); ``run_id`` is the id the
         target's run gets (one is made otherwise), ``attempt`` its number, ``scheduled_for`` the
         fire time it runs for. A worker makes a queued workflow again with the ids its runs
-        have (``run_ids``, by task) and its ``invocation``. Raises TaskNotRunnable (unknown,
+        have (``run_ids``, by task), its ``invocation`` and the ``queue`` it came by (its
+        retries are queued as the runs of that queue). Raises TaskNotRunnable (unknown,
         disabled, orphaned, invalid, removed) or ParameterError.
         """
         request = {
@@ -393,7 +398,7 @@ class Engine:
                 own_id = run_ids[task_name]
             else:
                 own_id = run_id if run_id is not None and task_name == name else new_run_id()
-            first = _Attempt(stored.spec, own_id, 1, params, trigger, parent_id, invocation, masker=masker)
+            first = _Attempt(stored.spec, own_id, 1, params, trigger, parent_id, invocation, masker=masker, queue=queue)
             if task_name == name:
                 first.number, first.scheduled_for = attempt, scheduled_for
             nodes[task_name] = _Node(stored, first)
