@@ -955,10 +955,11 @@ class Store:
         return sorted(found)
 
     async def recover_job(self, job_id: int, retries: Callable[[str], int | None]) -> Recovery | None:
-        """Take a stalled job off the queue and settle its runs, in one transaction: never
-        taken up, they are queued again as they were; else the unfinished ones are marked
-        interrupted, and each that had started gets another attempt (a job of its own) if
-        ``retries(task)`` says its task has one left. None if another process settled it."""
+        """Take a stalled job off the queue and settle its runs (those it carried, and the
+        retries its worker queued for them), in one transaction: never taken up, they are
+        queued again as they were; else the unfinished ones are marked interrupted, and each
+        that had started gets another attempt (a job of its own) if ``retries(task)`` says its
+        task has one left. None if another process settled it."""
         async with self._write() as conn:
             row = (
                 await conn.execute(
@@ -972,7 +973,8 @@ class Store:
             runs = (
                 await conn.execute(
                     select(*_RUN_COLUMNS, t.runs.c.pgid, t.runs.c.pgid_started).where(
-                        t.runs.c.id.in_(list(args["runs"].values()))
+                        # With the retries its worker queued itself: they share the invocation.
+                        or_(t.runs.c.id.in_(list(args["runs"].values())), t.runs.c.invocation == args["invocation"])
                     )
                 )
             ).all()
