@@ -89,6 +89,9 @@ class Worker:
 
         await self.store.ensure_queue()
         registry.import_plugins(self.root)
+        # As every runner process does at start; dead workers' jobs first, so their runs are
+        # interrupted and retried in one transaction (see recover_stalled).
+        await recover_stalled(self.store, sweep=True)
         app = _app(self.store)
         app.task(name=JOB_TASK, pass_context=False)(self._job)
         async with Engine(self.store, self.root, max_concurrency=self.concurrency, revision=self.revision) as engine:
@@ -210,20 +213,31 @@ class Worker:
 
     async def _recover(self) -> None:
         while True:
-            await recover_stalled(self.store, self.engine)
             await anyio.sleep(RECOVER_EVERY)
+            await recover_stalled(self.store)
 
 
-async def recover_stalled(store: Store, engine: Engine) -> None:
-    """Settle the jobs of dead workers (see the module's doc), and mark the runs of dead
-    processes on this host interrupted; problems with the store are logged, not raised."""
-    def retries(task: str) -> int | None:
-        stored = engine.tasks.get(task)
-        return stored.spec.retries.count if stored is not None else None
+async def recover_stalled(store: Store, engine: Engine | None = None, *, sweep: bool = False) -> None:
+    """Settle the jobs of dead workers (see the module's doc); with ``sweep``, then mark the
+    runs of other dead processes on this host interrupted. Problems with the store are logged,
+    not raised.
+
+    Not the other way round, and not sweeping every time: a sweep marks a dead worker's run
+    interrupted without queueing its retry, and whoever waits for the run (``run --remote``)
+    would see it end there. The retries come from the store's tasks as they are now, not from
+    ``engine`` (unused): a worker reads the tasks only when a job needs it, and may not have
+    read them since they were synced."""
+    del engine  # the daemon's; see above
 
     try:
-        await store.mark_interrupted(HOST, process_is_alive)
-        for job_id in await store.stalled_jobs(STALE_AFTER, process_is_alive):
+        stalled = await store.stalled_jobs(STALE_AFTER, process_is_alive)
+        tasks = await store.tasks() if stalled else {}
+
+        def retries(task: str) -> int | None:
+            stored = tasks.get(task)
+            return stored.spec.retries.count if stored is not None else None
+
+        for job_id in stalled:
             recovery = await store.recover_job(job_id, retries)
             if recovery is None:
                 continue
@@ -242,6 +256,8 @@ async def recover_stalled(store: Store, engine: Engine) -> None:
                     f"retrying interrupted run {run_id} as {retry_id}",
                     extra={"event": "retry_interrupted", "run_id": retry_id, "parent_id": run_id},
                 )
+        if sweep:
+            await store.mark_interrupted(HOST, process_is_alive)
     except StoreError as exc:
         log.logger.error(f"{exc}", extra={"event": "store_error"})
 
