@@ -174,6 +174,7 @@ class Worker:
                 args["task"], parameters=args["parameters"], with_needs=args["with_needs"],
                 trigger=args["trigger"], parent_id=args["parent_id"], attempt=args["attempt"],
                 scheduled_for=args["scheduled_for"], run_ids=args["runs"], invocation=args["invocation"],
+                queue=args.get("queue"),
             )
 
         try:

@@ -668,9 +668,13 @@ class Store:
 
     async def mark_interrupted(self, host: str, is_alive: Callable[[int, float | None], bool]) -> list[str]:
         """Mark the unfinished runs of dead processes on ``host`` interrupted, kill what is left
-        of their shell tasks' process groups, and return their ids."""
+        of their shell tasks' process groups, and return their ids.
+
+        Not the runs of workers (sent to a queue): ``recover_job`` settles those, marking them
+        interrupted in the transaction that queues their retries, so that whoever waits for a
+        run never sees it interrupted before its retry exists."""
         query = select(t.runs.c.id, t.runs.c.pid, t.runs.c.pid_started, t.runs.c.pgid, t.runs.c.pgid_started).where(
-            t.runs.c.status.in_(_UNFINISHED), t.runs.c.host == host
+            t.runs.c.status.in_(_UNFINISHED), t.runs.c.host == host, t.runs.c.queue.is_(None)
         )
         async with self._read() as conn:
             dead = [row for row in await conn.execute(query) if not is_alive(row.pid, row.pid_started)]
