@@ -365,14 +365,33 @@ class Daemon:
             return
         if busy and schedule.overlap == "skip":
             workflow.on_run = self._log_run
-            await workflow.skip("the previous run of this task is still going (overlap: skip)", fires=fires)
+            if await workflow.skip("the previous run of this task is still going (overlap: skip)", fires=fires) is None:
+                await self._fire_lost(name, state, advanced)
             return
-        await workflow.queue(fires=fires)
+        if await workflow.queue(fires=fires):
+            await self._fire_lost(name, state, advanced)
+            return
         log.logger.info(
             f"{name}: fired run {workflow.target_run_id} (due {iso(state.next_fire_at)})",
             extra={"event": "fired", "task": name, "run_id": workflow.target_run_id, "fire_at": iso(state.next_fire_at)},
         )
         self._start(workflow)
+
+    async def _fire_lost(self, name: str, state: ScheduleState, advanced: ScheduleState) -> None:
+        """Another daemon fired this schedule first (two led at once, for a moment): nothing
+        was recorded. Go on from where the store has the schedule."""
+        log.logger.warning(
+            f"{name}: the fire of {iso(state.next_fire_at)} was taken by another daemon; not run here",
+            extra={"event": "fire_lost", "task": name, "fire_at": iso(state.next_fire_at)},
+        )
+        stored = (await self.store.schedule_states()).get(name)
+        if self.states.get(name) is not advanced:  # changed by a reload meanwhile
+            return
+        if stored is not None:
+            self.states[name] = stored
+        else:  # the row went missing (a failed save): put it back, and fire again
+            self.states[name] = state
+            await self.store.save_schedule_states([state], [])
 
     async def _still_running(self, names: list[str]) -> set[str]:
         """Those of ``names`` with a run queued or running in a live process (any runner's)."""

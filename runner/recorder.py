@@ -44,6 +44,7 @@ class _Pending:
         self.batch = RunBatch()
         self.committed = anyio.Event()
         self.error: BaseException | None = None
+        self.lost: list[str] = []  # the tasks whose fire was lost (Store.write_runs)
 
 
 class Recorder:
@@ -75,7 +76,7 @@ class Recorder:
             pending, self._pending = self._pending, _Pending()
             if not pending.batch.empty:
                 try:
-                    await self.store.write_runs(pending.batch)
+                    pending.lost = await self.store.write_runs(pending.batch)
                 except Exception as exc:
                     pending.error = exc
             pending.committed.set()
@@ -98,26 +99,31 @@ class Recorder:
         self._closing = True
         self._wake.set()
 
-    async def _commit(self, fill: Any) -> None:
+    async def _commit(self, fill: Any) -> _Pending:
         pending = self._pending
         fill(pending.batch)
         self._wake.set()
         await pending.committed.wait()
         if pending.error is not None:
             raise StoreError(f"cannot record the run: {pending.error}") from pending.error
+        return pending
 
     async def queued(
         self, rows: list[dict[str, Any]], *, fires: Sequence[dict[str, Any]] = (), claimed: Sequence[str] = ()
-    ) -> None:
+    ) -> list[str]:
         """Record runs queued; with them, in the same transaction, a schedule's fire and the
-        triggers these runs take up."""
+        triggers these runs take up. Returns the tasks of ``fires`` whose fire was lost
+        (another daemon fired it first): then these runs were not recorded."""
 
         def fill(batch: RunBatch) -> None:
             batch.inserts.extend(rows)
-            batch.fires.extend(fires)
+            if fires:
+                ids = [row["id"] for row in rows]
+                batch.fires.extend({**fire, "runs": ids} for fire in fires)
             batch.claimed.extend(claimed)
 
-        await self._commit(fill)
+        pending = await self._commit(fill)
+        return [fire["task"] for fire in fires if fire["task"] in pending.lost]
 
     def started(self, run_id: str, at: float) -> None:
         """Record that a run started, without waiting: a run that lasts longer than a commit is

@@ -104,8 +104,10 @@ class RunBatch:
     groups: list[tuple[str, int, float | None]] = field(default_factory=list)  # run id, pgid, its start
     finishes: list[dict[str, Any]] = field(default_factory=list)
     logs: list[dict[str, Any]] = field(default_factory=list)
-    # Committed with the runs they start, so a fire or a trigger is never taken twice or lost:
-    fires: list[dict[str, Any]] = field(default_factory=list)  # task, next_fire_at, last_fire_at
+    # Committed with the runs they start, so a fire or a trigger is never taken twice or lost.
+    # A fire: task, next_fire_at, last_fire_at (the fire's time: where the schedule must still
+    # stand, see write_runs), runs (the ids of the inserts queued with it).
+    fires: list[dict[str, Any]] = field(default_factory=list)
     claimed: list[str] = field(default_factory=list)  # run ids of triggers taken up
 
     @property
@@ -473,15 +475,26 @@ class Store:
 
     # -- runs -----------------------------------------------------------------------------------
 
-    async def write_runs(self, batch: RunBatch) -> None:
-        """Apply a batch of run writes in one transaction: inserts, then starts, then finishes."""
+    async def write_runs(self, batch: RunBatch) -> list[str]:
+        """Apply a batch of run writes in one transaction: inserts, then starts, then finishes.
+
+        A fire is a compare-and-set: it moves its schedule on only if the schedule still
+        stands at the fire's time (its ``last_fire_at``). Otherwise another daemon fired it
+        first, and the runs queued with it are not written; the rest of the batch is. Returns
+        the tasks whose fire was lost."""
         if batch.empty:
-            return
+            return []
         if self._postgres:
             batch = _without_nul(batch)
         async with self._write() as conn:
-            if batch.inserts:
-                await conn.execute(t.runs.insert(), batch.inserts)
+            # Under the write lock: no other writer can move a schedule between read and update.
+            lost = await self._lost_fires(conn, batch.fires) if batch.fires else []
+            inserts = batch.inserts
+            if lost:
+                dropped = {run_id for fire in batch.fires if fire["task"] in lost for run_id in fire.get("runs", ())}
+                inserts = [row for row in inserts if row["id"] not in dropped]
+            if inserts:
+                await conn.execute(t.runs.insert(), inserts)
             if batch.starts:
                 await conn.execute(
                     update(t.runs)
@@ -505,15 +518,25 @@ class Store:
                 )
             if batch.logs:
                 await conn.execute(t.run_logs.insert(), batch.logs)
-            if batch.fires:
+            fires = [f for f in batch.fires if f["task"] not in lost]
+            if fires:
                 await conn.execute(
                     update(t.schedules)
-                    .where(t.schedules.c.task == bindparam("b_task"))
+                    .where(t.schedules.c.task == bindparam("b_task"), t.schedules.c.next_fire_at == bindparam("b_last"))
                     .values(next_fire_at=bindparam("b_next"), last_fire_at=bindparam("b_last")),
-                    [{"b_task": f["task"], "b_next": f["next_fire_at"], "b_last": f["last_fire_at"]} for f in batch.fires],
+                    [{"b_task": f["task"], "b_next": f["next_fire_at"], "b_last": f["last_fire_at"]} for f in fires],
                 )
             if batch.claimed:
                 await conn.execute(t.triggers.delete().where(t.triggers.c.run_id.in_(batch.claimed)))
+        return lost
+
+    async def _lost_fires(self, conn: AsyncConnection, fires: list[dict[str, Any]]) -> list[str]:
+        """The tasks of ``fires`` whose schedule no longer stands at the fire's time."""
+        query = select(t.schedules.c.task, t.schedules.c.next_fire_at).where(
+            t.schedules.c.task.in_([f["task"] for f in fires])
+        )
+        stands = {task: next_fire_at for task, next_fire_at in await conn.execute(query)}
+        return [f["task"] for f in fires if stands.get(f["task"]) != f["last_fire_at"]]
 
     async def run(self, run_id: str) -> Run:
         """One run with its log lines (not its streamed output: the record has that); RunNotFound
