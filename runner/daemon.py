@@ -1,9 +1,11 @@
 """The daemon: fires schedules, takes triggers, reloads on file changes, shuts down gently.
 
-One daemon per store holds the ``daemon`` lease (host, pid, heartbeat). Everything it decides is
-committed with the runs it starts: a schedule's next fire time moves in the same transaction
-that queues the fired runs, and a trigger is taken up in the transaction that queues its runs,
-so a crash or a restart neither repeats nor drops one.
+One daemon per store holds the ``daemon`` lease (host, pid, heartbeat). On PostgreSQL several
+may run: the one that wins the election leads and holds the lease, the others wait as
+standbys (runner/leader.py). Everything the leader decides is committed with the runs it
+starts: a schedule's next fire time moves in the same transaction that queues the fired runs,
+and a trigger is taken up in the transaction that queues its runs, so a crash or a restart
+neither repeats nor drops one.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from runner import log, registry
+from runner import leader, log, registry
 from runner.engine import Engine, Workflow
 from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnable
 from runner.models import Run, RunStatus, Schedule, iso
@@ -94,6 +96,10 @@ def describe_holder(lease: Lease) -> str:
     return f"pid {lease.pid} on {lease.host}, since {iso(lease.acquired_at)}"
 
 
+def _gone(_lease: Lease) -> bool:
+    return True
+
+
 def lease_is_stale(lease: Lease) -> bool:
     """Whether the lease's holder is gone: a dead process on this host, or silent elsewhere."""
     if lease.host == HOST:
@@ -129,10 +135,31 @@ class Daemon:
     # -- the whole life ---------------------------------------------------------------------
 
     async def run(self, *, handle_signals: bool = True) -> None:
-        """Hold the lease, sync, then fire, take triggers and reload until SIGTERM/SIGINT."""
+        """Lead, sync, then fire, take triggers and reload until SIGTERM/SIGINT.
+
+        Leading is holding the store's ``daemon`` lease. On PostgreSQL a daemon must first win
+        the election (runner/leader.py): while another daemon leads, it waits as a standby."""
+        async with anyio.create_task_group() as life:
+            if handle_signals:
+                # From the first moment: a signal to a standby, or during a long first sync,
+                # stops the daemon gently too.
+                await life.start(self._on_signals)
+            async with leader.election(self.store, LEASE, lease_is_stale) as election:
+                if await election.campaign(self._stop):
+                    async with election.leading(self.stop):
+                        await self._lead(election.proven)
+            life.cancel_scope.cancel()
+        if election.lost is not None:
+            raise leader.LeadershipLost(
+                f"this daemon lost the leadership on the store {self.store.url}: {election.lost}; "
+                "another daemon may lead now. Start it again (a supervisor does): it waits as a standby"
+            )
+
+    async def _lead(self, proven: bool) -> None:
+        """Hold the lease while serving (``proven``: the election proved its holder gone)."""
         try:
             previous = await self.store.acquire_lease(
-                LEASE, host=HOST, pid=PID, pid_started=PID_STARTED, is_stale=lease_is_stale
+                LEASE, host=HOST, pid=PID, pid_started=PID_STARTED, is_stale=_gone if proven else lease_is_stale
             )
         except LeaseHeld as exc:
             raise DaemonRunning(
@@ -145,22 +172,16 @@ class Daemon:
                 extra={"event": "lease_taken_over", "pid": previous.pid, "host": previous.host},
             )
         try:
-            await self._serve(previous, handle_signals)
+            await self._serve(previous)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.store.release_lease(LEASE, host=HOST, pid=PID)
 
-    async def _serve(self, previous: Lease | None, handle_signals: bool) -> None:
-        async with anyio.create_task_group() as life:
-            if handle_signals:
-                # From the first moment: a signal during a long first sync stops the daemon
-                # gently too, once the sync is done.
-                await life.start(self._on_signals)
-            await self.store.mark_interrupted(HOST, process_is_alive)
-            await self._sync(None)
-            if not self._stop.is_set():
-                await self._run_engine(previous)
-            life.cancel_scope.cancel()
+    async def _serve(self, previous: Lease | None) -> None:
+        await self.store.mark_interrupted(HOST, process_is_alive)
+        await self._sync(None)
+        if not self._stop.is_set():
+            await self._run_engine(previous)
 
     async def _run_engine(self, previous: Lease | None) -> None:
         options: dict[str, Any] = {}
