@@ -5,7 +5,9 @@ a daemon does. The others are standbys: they say once who leads, try for the loc
 ``RETRY_EVERY`` seconds, and do nothing else. On SQLite there is nothing to elect (one daemon
 per store, the lease decides: daemon.py), and ``election`` gives a stand-in that leads at once.
 
-Why a session-level advisory lock, on a connection of its own:
+Why a session-level advisory lock, on a connection of its own (rather than a lease row with
+a heartbeat, whose takeover waits out a timeout and trusts clocks, or a row lock, which needs a
+transaction held open):
 
 - PostgreSQL ends it with the session, with no clock and no heartbeat row to trust. A leader
   that dies (``kill -9``, an OOM kill) closes its socket, and the lock is free at once. A
@@ -16,16 +18,18 @@ Why a session-level advisory lock, on a connection of its own:
   (``PG_WRITE_LOCK``), which each store write takes for its transaction only.
 - Not from SQLAlchemy's pool, whose connections are reset, recycled and thrown away at will.
 
-A leader asks its session ``SELECT 1`` every ``CHECK_EVERY`` seconds. A session that is gone,
+A leader asks its session ``SELECT 1`` every ``CHECK_EVERY`` seconds, and at once when the
+server says something unasked (it does when it ends the session). A session that is gone,
 or does not answer within ``CHECK_TIMEOUT``, may have lost the lock to another daemon: the
 leader stops firing and taking triggers at once, lets its running runs finish within the
 grace period, and exits non-zero (``LeadershipLost``), for its supervisor to start it again as
 a standby; a daemon that cannot tell whether it leads must not go on as if it did. A leader cut
 off from the server gives up after ``CHECK_EVERY + CHECK_TIMEOUT`` seconds, before the server
-frees the lock (``SERVER_GIVES_UP``). When the session ends while the leader still reaches
-the store (``pg_terminate_backend``, a proxy that dropped it), two daemons can both lead for
-up to ``CHECK_EVERY``: a fire is then still run once, because a fire moves its schedule on
-only from where it stands (a compare-and-set in ``Store.write_runs``).
+frees the lock (``SERVER_GIVES_UP``). A session the server ends (``pg_terminate_backend``, a
+restart) is seen within milliseconds, before a standby's next try. Should two daemons still
+both lead for a moment (a session dropped by a proxy without a word, a leader's whole host
+paused for longer than ``SERVER_GIVES_UP``), a fire is still run once: a fire moves its schedule on only from
+where it stands, a compare-and-set in ``Store.write_runs``.
 """
 
 from __future__ import annotations
@@ -241,7 +245,11 @@ class AdvisoryLockElection(Election):
         assert self._conn is not None
         _checking.set(True)  # in this task only
         while True:
-            await anyio.sleep(CHECK_EVERY)
+            # The session says nothing unasked, except when the server ends it (its last word,
+            # then the socket closes): look at once then, so that a leader whose session was
+            # ended steps down before a standby's next try for the lock.
+            with anyio.move_on_after(CHECK_EVERY) as quiet:
+                await anyio.wait_readable(self._conn.fileno())
             try:
                 with anyio.fail_after(CHECK_TIMEOUT):
                     await self._conn.execute("SELECT 1")
@@ -251,6 +259,8 @@ class AdvisoryLockElection(Election):
                 self.lost = f"its session did not answer within {CHECK_TIMEOUT:g}s"
             if self.lost is not None:
                 break
+            if not quiet.cancelled_caught:  # it said something harmless: never a busy loop
+                await anyio.sleep(0.1)
         # Still open, it would keep the lock from the next leader.
         await self.close()
         log.logger.error(
