@@ -482,13 +482,18 @@ class Store:
         stands at the fire's time (its ``last_fire_at``). Otherwise another daemon fired it
         first, and the runs queued with it are not written; the rest of the batch is. Returns
         the tasks whose fire was lost."""
+        try:
+            return await self._write_runs(batch, fire_by_fire=False)
+        except _WhichFire:
+            return await self._write_runs(batch, fire_by_fire=True)
+
+    async def _write_runs(self, batch: RunBatch, *, fire_by_fire: bool) -> list[str]:
         if batch.empty:
             return []
         if self._postgres:
             batch = _without_nul(batch)
         async with self._write() as conn:
-            # Under the write lock: no other writer can move a schedule between read and update.
-            lost = await self._lost_fires(conn, batch.fires) if batch.fires else []
+            lost = await self._move_schedules(conn, batch.fires, fire_by_fire) if batch.fires else []
             inserts = batch.inserts
             if lost:
                 dropped = {run_id for fire in batch.fires if fire["task"] in lost for run_id in fire.get("runs", ())}
@@ -518,25 +523,30 @@ class Store:
                 )
             if batch.logs:
                 await conn.execute(t.run_logs.insert(), batch.logs)
-            fires = [f for f in batch.fires if f["task"] not in lost]
-            if fires:
-                await conn.execute(
-                    update(t.schedules)
-                    .where(t.schedules.c.task == bindparam("b_task"), t.schedules.c.next_fire_at == bindparam("b_last"))
-                    .values(next_fire_at=bindparam("b_next"), last_fire_at=bindparam("b_last")),
-                    [{"b_task": f["task"], "b_next": f["next_fire_at"], "b_last": f["last_fire_at"]} for f in fires],
-                )
             if batch.claimed:
                 await conn.execute(t.triggers.delete().where(t.triggers.c.run_id.in_(batch.claimed)))
         return lost
 
-    async def _lost_fires(self, conn: AsyncConnection, fires: list[dict[str, Any]]) -> list[str]:
-        """The tasks of ``fires`` whose schedule no longer stands at the fire's time."""
-        query = select(t.schedules.c.task, t.schedules.c.next_fire_at).where(
-            t.schedules.c.task.in_([f["task"] for f in fires])
+    async def _move_schedules(self, conn: AsyncConnection, fires: list[dict[str, Any]], fire_by_fire: bool) -> list[str]:
+        """Move each fire's schedule on, if it still stands at the fire's time; return the
+        tasks of the fires whose schedule did not. Several fires go in one statement, as
+        before the compare-and-set; if one of them was lost (rare), ``_WhichFire`` rolls the
+        batch back, to be written again ``fire_by_fire``."""
+        move = (
+            update(t.schedules)
+            .where(t.schedules.c.task == bindparam("b_task"), t.schedules.c.next_fire_at == bindparam("b_last"))
+            .values(next_fire_at=bindparam("b_next"), last_fire_at=bindparam("b_last"))
         )
-        stands = {task: next_fire_at for task, next_fire_at in await conn.execute(query)}
-        return [f["task"] for f in fires if stands.get(f["task"]) != f["last_fire_at"]]
+        params = [{"b_task": f["task"], "b_next": f["next_fire_at"], "b_last": f["last_fire_at"]} for f in fires]
+        if fire_by_fire or len(fires) == 1:
+            lost = []
+            for fire, one in zip(fires, params, strict=True):
+                if (await conn.execute(move, one)).rowcount != 1:
+                    lost.append(fire["task"])
+            return lost
+        if (await conn.execute(move, params)).rowcount != len(fires):
+            raise _WhichFire
+        return []
 
     async def run(self, run_id: str) -> Run:
         """One run with its log lines (not its streamed output: the record has that); RunNotFound
@@ -1026,6 +1036,10 @@ class Store:
             self._version_conn.close()
         await self._engine.dispose()
 
+
+
+class _WhichFire(Exception):
+    """A fire of several in one statement was lost; which one, only a statement each can tell."""
 
 
 def _without_nul(batch: RunBatch) -> RunBatch:
