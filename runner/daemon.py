@@ -1,9 +1,11 @@
 """The daemon: fires schedules, takes triggers, reloads on file changes, shuts down gently.
 
-One daemon per store holds the ``daemon`` lease (host, pid, heartbeat). Everything it decides is
-committed with the runs it starts: a schedule's next fire time moves in the same transaction
-that queues the fired runs, and a trigger is taken up in the transaction that queues its runs,
-so a crash or a restart neither repeats nor drops one.
+One daemon per store holds the ``daemon`` lease (host, pid, heartbeat). On PostgreSQL several
+may run: the one that wins the election leads and holds the lease, the others wait as
+standbys (runner/leader.py). Everything the leader decides is committed with the runs it
+starts: a schedule's next fire time moves in the same transaction that queues the fired runs,
+and a trigger is taken up in the transaction that queues its runs, so a crash or a restart
+neither repeats nor drops one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from runner import log, registry
+from runner import leader, log, registry
 from runner.engine import Engine, Workflow
 from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnable
 from runner.models import RunStatus, Schedule, iso
@@ -95,6 +97,10 @@ def describe_holder(lease: Lease) -> str:
     return f"pid {lease.pid} on {lease.host}, since {iso(lease.acquired_at)}"
 
 
+def _gone(_lease: Lease) -> bool:
+    return True
+
+
 def lease_is_stale(lease: Lease) -> bool:
     """Whether the lease's holder is gone: a dead process on this host, or silent elsewhere."""
     if lease.host == HOST:
@@ -131,10 +137,31 @@ class Daemon:
     # -- the whole life ---------------------------------------------------------------------
 
     async def run(self, *, handle_signals: bool = True) -> None:
-        """Hold the lease, sync, then fire, take triggers and reload until SIGTERM/SIGINT."""
+        """Lead, sync, then fire, take triggers and reload until SIGTERM/SIGINT.
+
+        Leading is holding the store's ``daemon`` lease. On PostgreSQL a daemon must first win
+        the election (runner/leader.py): while another daemon leads, it waits as a standby."""
+        async with anyio.create_task_group() as life:
+            if handle_signals:
+                # From the first moment: a signal to a standby, or during a long first sync,
+                # stops the daemon gently too.
+                await life.start(self._on_signals)
+            async with leader.election(self.store, LEASE, lease_is_stale) as election:
+                if await election.campaign(self._stop):
+                    async with election.leading(self.stop):
+                        await self._lead(election.proven)
+            life.cancel_scope.cancel()
+        if election.lost is not None:
+            raise leader.LeadershipLost(
+                f"this daemon lost the leadership on the store {self.store.url}: {election.lost}; "
+                "another daemon may lead now. Start it again (a supervisor does): it waits as a standby"
+            )
+
+    async def _lead(self, proven: bool) -> None:
+        """Hold the lease while serving (``proven``: the election proved its holder gone)."""
         try:
             previous = await self.store.acquire_lease(
-                LEASE, host=HOST, pid=PID, pid_started=PID_STARTED, is_stale=lease_is_stale
+                LEASE, host=HOST, pid=PID, pid_started=PID_STARTED, is_stale=_gone if proven else lease_is_stale
             )
         except LeaseHeld as exc:
             raise DaemonRunning(
@@ -147,22 +174,16 @@ class Daemon:
                 extra={"event": "lease_taken_over", "pid": previous.pid, "host": previous.host},
             )
         try:
-            await self._serve(previous, handle_signals)
+            await self._serve(previous)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.store.release_lease(LEASE, host=HOST, pid=PID)
 
-    async def _serve(self, previous: Lease | None, handle_signals: bool) -> None:
-        async with anyio.create_task_group() as life:
-            if handle_signals:
-                # From the first moment: a signal during a long first sync stops the daemon
-                # gently too, once the sync is done.
-                await life.start(self._on_signals)
-            await self.store.mark_interrupted(HOST, process_is_alive)
-            await self._sync(None)
-            if not self._stop.is_set():
-                await self._run_engine(previous)
-            life.cancel_scope.cancel()
+    async def _serve(self, previous: Lease | None) -> None:
+        await self.store.mark_interrupted(HOST, process_is_alive)
+        await self._sync(None)
+        if not self._stop.is_set():
+            await self._run_engine(previous)
 
     async def _run_engine(self, previous: Lease | None) -> None:
         options: dict[str, Any] = {"revision": self._revision}
@@ -242,14 +263,16 @@ class Daemon:
 
     # -- running workflows -----------------------------------------------------------------
 
-    async def _dispatch(self, workflow: Workflow, **with_runs: Any) -> None:
+    async def _dispatch(self, workflow: Workflow, **with_runs: Any) -> list[str]:
         """Queue the workflow's runs (committing ``with_runs`` with them) and start it here, or
-        send it to the workers (``--remote``)."""
+        send it to the workers (``--remote``). Returns the tasks whose fire in ``with_runs``
+        was lost (see ``Workflow.queue``): then nothing was queued or started."""
         if self.options.remote:
-            await workflow.send(**with_runs)
-        else:
-            await workflow.queue(**with_runs)
+            return await workflow.send(**with_runs)
+        lost = await workflow.queue(**with_runs)
+        if not lost:
             self._start(workflow)
+        return lost
 
     def _start(self, workflow: Workflow) -> None:
         assert self._runs is not None
@@ -367,13 +390,32 @@ class Daemon:
             return
         if busy and schedule.overlap == "skip":
             workflow.on_run = log.run_finished
-            await workflow.skip("the previous run of this task is still going (overlap: skip)", fires=fires)
+            if await workflow.skip("the previous run of this task is still going (overlap: skip)", fires=fires) is None:
+                await self._fire_lost(name, state, advanced)
             return
-        await self._dispatch(workflow, fires=fires)
+        if await self._dispatch(workflow, fires=fires):
+            await self._fire_lost(name, state, advanced)
+            return
         log.logger.info(
             f"{name}: fired run {workflow.target_run_id} (due {iso(state.next_fire_at)})",
             extra={"event": "fired", "task": name, "run_id": workflow.target_run_id, "fire_at": iso(state.next_fire_at)},
         )
+
+    async def _fire_lost(self, name: str, state: ScheduleState, advanced: ScheduleState) -> None:
+        """Another daemon fired this schedule first (two led at once, for a moment): nothing
+        was recorded. Go on from where the store has the schedule."""
+        log.logger.warning(
+            f"{name}: the fire of {iso(state.next_fire_at)} was taken by another daemon; not run here",
+            extra={"event": "fire_lost", "task": name, "fire_at": iso(state.next_fire_at)},
+        )
+        stored = (await self.store.schedule_states()).get(name)
+        if self.states.get(name) is not advanced:  # changed by a reload meanwhile
+            return
+        if stored is not None:
+            self.states[name] = stored
+        else:  # the row went missing (a failed save): put it back, and fire again
+            self.states[name] = state
+            await self.store.save_schedule_states([state], [])
 
     async def _still_running(self, names: list[str]) -> set[str]:
         """Those of ``names`` with a run queued or running in a live process (any runner's)."""

@@ -224,12 +224,15 @@ class Workflow:
     def target_run_id(self) -> str:
         return self.nodes[self.target].attempt.run_id
 
-    async def queue(self, **with_runs: Any) -> None:
+    async def queue(self, **with_runs: Any) -> list[str]:
         """Record every run of the workflow as ``queued`` (one transaction, which also commits
-        ``with_runs``: a schedule's ``fires``, the triggers ``claimed``)."""
-        await self.engine.recorder.queued([self.engine._row(node.attempt) for node in self.nodes.values()], **with_runs)
+        ``with_runs``: a schedule's ``fires``, the triggers ``claimed``). Returns the tasks of
+        ``fires`` whose fire was lost to another daemon: then nothing was recorded."""
+        return await self.engine.recorder.queued(
+            [self.engine._row(node.attempt) for node in self.nodes.values()], **with_runs
+        )
 
-    async def send(self, **with_runs: Any) -> None:
+    async def send(self, **with_runs: Any) -> list[str]:
         """Record every run of the workflow as ``queued`` for a worker, with the job that takes
         the workflow to one on the target's queue, in one transaction (see ``queue``)."""
         queue = self.nodes[self.target].task.spec.queue or DEFAULT_QUEUE
@@ -243,13 +246,15 @@ class Workflow:
             "revision": revision.digest if revision else None,
             "queue": queue,
         }
-        await self.engine.recorder.queued(rows, jobs=[{"queue": queue, "args": job}], **with_runs)
+        return await self.engine.recorder.queued(rows, jobs=[{"queue": queue, "args": job}], **with_runs)
 
-    async def skip(self, reason: str, **with_runs: Any) -> Run:
+    async def skip(self, reason: str, **with_runs: Any) -> Run | None:
         """Record the target ``skipped`` for ``reason`` without running anything (its needs are
-        not recorded): a schedule's fire while the task's previous run goes on."""
+        not recorded): a schedule's fire while the task's previous run goes on. None if the
+        fire was lost to another daemon (nothing recorded)."""
         node = self.nodes[self.target]
-        await self.engine.recorder.queued([self.engine._row(node.attempt)], **with_runs)
+        if await self.engine.recorder.queued([self.engine._row(node.attempt)], **with_runs):
+            return None
         error = {"type": "Skipped", "message": reason, "traceback": None}
         node.final = await self.engine._finish(node.attempt, None, RunStatus.SKIPPED, error=error)
         self._record(node.final)

@@ -49,6 +49,7 @@ class _Pending:
         self.batch = RunBatch()
         self.committed = anyio.Event()
         self.error: BaseException | None = None
+        self.lost: list[str] = []  # the tasks whose fire was lost (Store.write_runs)
 
 
 class Recorder:
@@ -80,14 +81,14 @@ class Recorder:
             pending, self._pending = self._pending, _Pending()
             if not pending.batch.empty:
                 try:
-                    await self._write_through_outages(pending.batch)
+                    pending.lost = await self._write_through_outages(pending.batch)
                 except Exception as exc:
                     pending.error = exc
             pending.committed.set()
             if self._closing and self._pending.batch.empty:
                 return
 
-    async def _write_through_outages(self, batch: RunBatch) -> None:
+    async def _write_through_outages(self, batch: RunBatch) -> list[str]:
         """Write the batch; while the store cannot be reached (a database restarting, a lock
         held too long), try again every second for up to ``OUTAGE_PATIENCE`` seconds, so that
         a short outage does not leave runs recorded ``running`` that ended meanwhile."""
@@ -95,8 +96,7 @@ class Recorder:
         warned = False
         while True:
             try:
-                await self.store.write_runs(batch)
-                return
+                return await self.store.write_runs(batch)
             except StoreError as exc:
                 if not isinstance(exc.__cause__, OperationalError) or time.monotonic() > deadline:
                     raise
@@ -121,13 +121,14 @@ class Recorder:
         self._closing = True
         self._wake.set()
 
-    async def _commit(self, fill: Any) -> None:
+    async def _commit(self, fill: Any) -> _Pending:
         pending = self._pending
         fill(pending.batch)
         self._wake.set()
         await pending.committed.wait()
         if pending.error is not None:
             raise StoreError(f"cannot record the run: {pending.error}") from pending.error
+        return pending
 
     async def queued(
         self,
@@ -136,17 +137,22 @@ class Recorder:
         fires: Sequence[dict[str, Any]] = (),
         claimed: Sequence[str] = (),
         jobs: Sequence[dict[str, Any]] = (),
-    ) -> None:
+    ) -> list[str]:
         """Record runs queued; with them, in the same transaction, a schedule's fire, the
-        triggers these runs take up, and the jobs that take them to workers."""
+        triggers these runs take up, and the jobs that take them to workers. Returns the tasks
+        of ``fires`` whose fire was lost (another daemon fired it first): then these runs and
+        their jobs were not recorded."""
 
         def fill(batch: RunBatch) -> None:
             batch.inserts.extend(rows)
-            batch.fires.extend(fires)
+            if fires:
+                ids = [row["id"] for row in rows]
+                batch.fires.extend({**fire, "runs": ids} for fire in fires)
             batch.claimed.extend(claimed)
             batch.jobs.extend(jobs)
 
-        await self._commit(fill)
+        pending = await self._commit(fill)
+        return [fire["task"] for fire in fires if fire["task"] in pending.lost]
 
     def started(self, run_id: str, at: float) -> None:
         """Record that a run started, without waiting: a run that lasts longer than a commit is

@@ -121,8 +121,10 @@ class RunBatch:
     groups: list[tuple[str, int, float | None]] = field(default_factory=list)  # run id, pgid, its start
     finishes: list[dict[str, Any]] = field(default_factory=list)
     logs: list[dict[str, Any]] = field(default_factory=list)
-    # Committed with the runs they start, so a fire or a trigger is never taken twice or lost:
-    fires: list[dict[str, Any]] = field(default_factory=list)  # task, next_fire_at, last_fire_at
+    # Committed with the runs they start, so a fire or a trigger is never taken twice or lost.
+    # A fire: task, next_fire_at, last_fire_at (the fire's time: where the schedule must still
+    # stand, see write_runs), runs (the ids of the inserts queued with it).
+    fires: list[dict[str, Any]] = field(default_factory=list)
     claimed: list[str] = field(default_factory=list)  # run ids of triggers taken up
     # Committed with the runs they carry, so a run for workers is never queued without its job:
     jobs: list[dict[str, Any]] = field(default_factory=list)  # queue, args (see remote.py)
@@ -520,14 +522,31 @@ class Store:
 
     # -- runs -----------------------------------------------------------------------------------
 
-    async def write_runs(self, batch: RunBatch) -> None:
-        """Apply a batch of run writes in one transaction: inserts, then starts, then finishes."""
+    async def write_runs(self, batch: RunBatch) -> list[str]:
+        """Apply a batch of run writes in one transaction: inserts, then starts, then finishes.
+
+        A fire is a compare-and-set: it moves its schedule on only if the schedule still
+        stands at the fire's time (its ``last_fire_at``). Otherwise another daemon fired it
+        first, and the runs queued with it are not written; the rest of the batch is. Returns
+        the tasks whose fire was lost."""
+        try:
+            return await self._write_runs(batch, fire_by_fire=False)
+        except _WhichFire:
+            return await self._write_runs(batch, fire_by_fire=True)
+
+    async def _write_runs(self, batch: RunBatch, *, fire_by_fire: bool) -> list[str]:
         if batch.empty:
-            return
+            return []
         if self._postgres:
             batch = _without_nul(batch)
         async with self._write() as conn:
-            for rows in _grouped_by_keys(batch.inserts):
+            lost = await self._move_schedules(conn, batch.fires, fire_by_fire) if batch.fires else []
+            inserts, jobs = batch.inserts, batch.jobs
+            if lost:
+                dropped = {run_id for fire in batch.fires if fire["task"] in lost for run_id in fire.get("runs", ())}
+                inserts = [row for row in inserts if row["id"] not in dropped]
+                jobs = [job for job in jobs if not dropped.intersection(job["args"]["runs"].values())]
+            for rows in _grouped_by_keys(inserts):
                 await conn.execute(t.runs.insert(), rows)
             if batch.starts:
                 await conn.execute(
@@ -543,8 +562,8 @@ class Store:
                     .values(pgid=bindparam("b_pgid"), pgid_started=bindparam("b_pgid_started")),
                     [{"b_id": i, "b_pgid": g, "b_pgid_started": s} for i, g, s in batch.groups],
                 )
-            if batch.jobs:
-                await self._defer(conn, batch.jobs)
+            if jobs:
+                await self._defer(conn, jobs)
             for fields in _grouped_by_keys(batch.finishes):
                 # A run has one final status: a worker thought dead whose run was marked
                 # interrupted (and retried) does not overwrite that when it ends after all.
@@ -556,15 +575,30 @@ class Store:
                 )
             if batch.logs:
                 await conn.execute(t.run_logs.insert(), batch.logs)
-            if batch.fires:
-                await conn.execute(
-                    update(t.schedules)
-                    .where(t.schedules.c.task == bindparam("b_task"))
-                    .values(next_fire_at=bindparam("b_next"), last_fire_at=bindparam("b_last")),
-                    [{"b_task": f["task"], "b_next": f["next_fire_at"], "b_last": f["last_fire_at"]} for f in batch.fires],
-                )
             if batch.claimed:
                 await conn.execute(t.triggers.delete().where(t.triggers.c.run_id.in_(batch.claimed)))
+        return lost
+
+    async def _move_schedules(self, conn: AsyncConnection, fires: list[dict[str, Any]], fire_by_fire: bool) -> list[str]:
+        """Move each fire's schedule on, if it still stands at the fire's time; return the
+        tasks of the fires whose schedule did not. Several fires go in one statement, as
+        before the compare-and-set; if one of them was lost (rare), ``_WhichFire`` rolls the
+        batch back, to be written again ``fire_by_fire``."""
+        move = (
+            update(t.schedules)
+            .where(t.schedules.c.task == bindparam("b_task"), t.schedules.c.next_fire_at == bindparam("b_last"))
+            .values(next_fire_at=bindparam("b_next"), last_fire_at=bindparam("b_last"))
+        )
+        params = [{"b_task": f["task"], "b_next": f["next_fire_at"], "b_last": f["last_fire_at"]} for f in fires]
+        if fire_by_fire or len(fires) == 1:
+            lost = []
+            for fire, one in zip(fires, params, strict=True):
+                if (await conn.execute(move, one)).rowcount != 1:
+                    lost.append(fire["task"])
+            return lost
+        if (await conn.execute(move, params)).rowcount != len(fires):
+            raise _WhichFire
+        return []
 
     async def run(self, run_id: str) -> Run:
         """One run with its log lines (not its streamed output: the record has that); RunNotFound
@@ -1276,6 +1310,10 @@ class Store:
             self._version_conn.close()
         await self._engine.dispose()
 
+
+
+class _WhichFire(Exception):
+    """A fire of several in one statement was lost; which one, only a statement each can tell."""
 
 
 def _without_nul(batch: RunBatch) -> RunBatch:

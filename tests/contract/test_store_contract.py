@@ -356,6 +356,41 @@ async def test_schedule_states_are_saved_replaced_and_dropped(store: Store) -> N
     assert await store.schedule_states() == {"a": ScheduleState("a", '{"every": 60}', NOW, NOW + 180, NOW + 120)}
 
 
+async def test_a_fire_moves_its_schedule_only_from_where_it_stands_or_writes_nothing(store: Store) -> None:
+    """Two daemons firing one fire (both led for a moment): the second's runs are not written;
+    the rest of its batch is."""
+    await store.save_schedule_states(
+        [ScheduleState("a", '{"every": 60}', NOW, NOW + 60), ScheduleState("b", '{"every": 60}', NOW, NOW + 60)], []
+    )
+    await store.write_runs(RunBatch(inserts=[run_row("other", "b")]))
+    unscheduled = {"scheduled_for": None}  # the rows of one insert have the same keys
+
+    def fire(task: str, run_id: str) -> RunBatch:
+        return RunBatch(
+            inserts=[run_row(run_id, task, scheduled_for=NOW + 60), run_row(f"{run_id}-need", "n", **unscheduled)],
+            fires=[{"task": task, "next_fire_at": NOW + 120, "last_fire_at": NOW + 60, "runs": [run_id, f"{run_id}-need"]}],
+        )
+
+    assert await store.write_runs(fire("a", "first")) == []
+    second = fire("a", "second")
+    second.inserts.append(run_row("unrelated", **unscheduled))
+    second.finishes.append({"id": "other", "status": "succeeded", "finished_at": NOW})
+    b = fire("b", "b-fire")
+    assert await store.write_runs(
+        RunBatch(
+            inserts=second.inserts + b.inserts, finishes=second.finishes, fires=second.fires + b.fires
+        )
+    ) == ["a"]
+    assert sorted(r.id for r in await store.runs()) == ["b-fire", "b-fire-need", "first", "first-need", "other", "unrelated"]
+    assert (await store.run("other")).status is RunStatus.SUCCEEDED
+    assert await store.schedule_states() == {
+        "a": ScheduleState("a", '{"every": 60}', NOW, NOW + 120, NOW + 60),
+        "b": ScheduleState("b", '{"every": 60}', NOW, NOW + 120, NOW + 60),
+    }
+    assert await store.write_runs(fire("gone", "nowhere")) == ["gone"]  # no schedule row: nothing to move
+    assert "nowhere" not in {r.id for r in await store.runs()}
+
+
 # -- several processes at once -------------------------------------------------------------------
 
 # Each process adds its own tasks, one sync at a time, keeping every task it finds, and counts
