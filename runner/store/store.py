@@ -984,10 +984,12 @@ class Store:
             found = set(silent.scalars())
             here = await conn.execute(
                 text(
+                    # By invocation: with the retries its worker queued, which have no job id.
                     "SELECT DISTINCT j.id, r.pid, r.pid_started FROM procrastinate_jobs j"
-                    " JOIN runs r ON r.job_id = j.id WHERE j.status = 'doing' AND r.host = :host"
+                    " JOIN runs r ON r.invocation = j.args->>'invocation'"
+                    " WHERE j.status = 'doing' AND j.task_name = :task AND r.host = :host"
                 ),
-                {"host": HOST},
+                {"task": JOB_TASK, "host": HOST},
             )
             found.update(job for job, pid, started in here if not is_alive(pid, started))
         return sorted(found)
