@@ -594,7 +594,7 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
     if as_json:
         _emit_json(body)
         return
-    for key in ("id", "task", "type", "status", "attempt", "trigger", "parent_id", "invocation", "scheduled_for", "queued_at", "started_at", "finished_at", "duration_s", "exit_code"):
+    for key in ("id", "task", "type", "status", "attempt", "trigger", "parent_id", "invocation", "scheduled_for", "queued_at", "started_at", "finished_at", "duration_s", "exit_code", "host", "queue", "revision", "git_commit"):
         if body[key] is not None:
             click.echo(f"{key + ':':<13}{body[key]}")
     click.echo(f"{'parameters:':<13}{json.dumps(body['parameters'])}")
