@@ -89,9 +89,7 @@ class Worker:
 
         await self.store.ensure_queue()
         registry.import_plugins(self.root)
-        # As every runner process does at start; dead workers' jobs first, so their runs are
-        # interrupted and retried in one transaction (see recover_stalled).
-        await recover_stalled(self.store, sweep=True)
+        await recover_stalled(self.store, sweep=True)  # as every runner process does at start
         app = _app(self.store)
         app.task(name=JOB_TASK, pass_context=False)(self._job)
         async with Engine(self.store, self.root, max_concurrency=self.concurrency, revision=self.revision) as engine:
@@ -215,20 +213,18 @@ class Worker:
     async def _recover(self) -> None:
         while True:
             await anyio.sleep(RECOVER_EVERY)
-            await recover_stalled(self.store)
+            await recover_stalled(self.store, sweep=True)
 
 
 async def recover_stalled(store: Store, engine: Engine | None = None, *, sweep: bool = False) -> None:
-    """Settle the jobs of dead workers (see the module's doc); with ``sweep``, then mark the
-    runs of other dead processes on this host interrupted. Problems with the store are logged,
-    not raised.
+    """Settle the jobs of dead workers (see the module's doc); with ``sweep``, also mark the
+    runs of other dead processes on this host interrupted (``mark_interrupted`` leaves the runs
+    sent to workers to ``recover_job``). Problems with the store are logged, not raised.
 
-    Not the other way round, and not sweeping every time: a sweep marks a dead worker's run
-    interrupted without queueing its retry, and whoever waits for the run (``run --remote``)
-    would see it end there. The retries come from the store's tasks as they are now, not from
-    ``engine`` (unused): a worker reads the tasks only when a job needs it, and may not have
-    read them since they were synced."""
-    del engine  # the daemon's; see above
+    The retries come from the store's tasks as they are now, not from ``engine`` (unused; the
+    daemon passes its own): a worker reads the tasks only when a job needs it, and may not
+    have read them since they were synced."""
+    del engine
 
     try:
         stalled = await store.stalled_jobs(STALE_AFTER, process_is_alive)
