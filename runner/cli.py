@@ -42,6 +42,18 @@ class Settings:
         return self.db or str(self.project / ".runner" / "runner.db")
 
 
+def _require_postgres(settings: Settings, what: str) -> None:
+    """Exit 2 before anything is opened when ``what`` (workers, --remote) meets a SQLite store."""
+    from runner.store.store import database_url
+
+    if not database_url(settings.store_location).startswith("postgresql"):
+        _fail(
+            f"{what} needs a PostgreSQL store (--db postgresql://... or RUNNER_DB); "
+            f"{settings.store_location} is SQLite. See docs/distributed.md",
+            EXIT_USAGE,
+        )
+
+
 def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"runner: {message}", err=True)
     sys.exit(code)
@@ -265,6 +277,7 @@ def run(
 
     overrides = dict(_parse_parameter(p) for p in params)
     if remote:
+        _require_postgres(settings, "runner run --remote")
         _run_remote(settings, name, overrides, with_needs=not no_deps, as_json=as_json)
     options: dict[str, Any] = {"max_concurrency": concurrency} if concurrency else {}
     reporter = Reporter(as_json=as_json)
@@ -289,18 +302,22 @@ def run(
 
 
 def _run_remote(settings: Settings, name: str, overrides: dict[str, Any], *, with_needs: bool, as_json: bool) -> NoReturn:
-    from runner.remote import send, wait_remote
+    from runner.remote import send, send_and_wait
     from runner.store import open_store
     from runner.sync import sync_project
 
     async def go() -> Any:
         async with open_store(settings.store_location) as store:
             await sync_project(settings.project, store)
-            run_id = await send(
-                settings.project, store, name, parameters=overrides, with_needs=with_needs, trigger="cli"
-            )
-            log.logger.info(f"{name}: run {run_id} queued for a worker")
-            return await wait_remote(store, run_id)
+
+            async def queue_it() -> str:
+                run_id = await send(
+                    settings.project, store, name, parameters=overrides, with_needs=with_needs, trigger="cli"
+                )
+                log.logger.info(f"{name}: run {run_id} queued for a worker")
+                return run_id
+
+            return await send_and_wait(store, queue_it)
 
     runs, stopped_by = _run_async(go)
     _exit_with_runs(runs, as_json=as_json, stopped_by=stopped_by)
@@ -399,6 +416,8 @@ def daemon(
     from runner.store import open_store
 
     http_options = _http_options(http, http_allow_trigger, http_auth_read)
+    if remote:
+        _require_postgres(settings, "runner daemon --remote")
     if log.logger.level > logging.INFO:
         log.logger.setLevel(logging.INFO)
     options = DaemonOptions(
@@ -449,6 +468,7 @@ def worker(settings: Settings, concurrency: int, queues: tuple[str, ...], grace:
     from runner.remote import Worker
     from runner.store import open_store
 
+    _require_postgres(settings, "runner worker")
     if log.logger.level > logging.INFO:
         log.logger.setLevel(logging.INFO)
     seconds = _duration_option(grace, "--grace") or 0.0
@@ -489,6 +509,8 @@ def trigger(
     from runner.store.store import Trigger
 
     overrides = dict(_parse_parameter(p) for p in params)
+    if remote:
+        _require_postgres(settings, "runner trigger --remote")
 
     async def request() -> Any:
         async with open_store(settings.store_location) as store:

@@ -754,8 +754,12 @@ class Engine:
             git_commit=self.revision.commit if self.revision else None,
         )
         attempt.final = run  # from here on the record is on its way, whatever happens
-        then = [self._row(attempt.next)] if attempt.next is not None else []
-        await self.recorder.finished(fields, attempt.live.close() if attempt.live is not None else [], then)
+        retry = self._row(attempt.next) if attempt.next is not None else None
+        unstreamed = attempt.live.close() if attempt.live is not None else []
+        if not await self.recorder.finished(fields, unstreamed, retry):
+            # Marked interrupted meanwhile (this worker was taken for dead) and retried
+            # elsewhere: the retry queued here was not written, and must not run.
+            attempt.next = None
         return run
 
 

@@ -31,7 +31,7 @@ from runner.errors import StoreError
 from runner.masking import Masker
 from runner.processes import process_start_time
 from runner.store import Store
-from runner.store.store import RunBatch
+from runner.store.store import RunBatch, Written
 
 FLUSH_INTERVAL = 0.2
 """Seconds a run's new output and log lines wait, at most, before they join a batch."""
@@ -49,7 +49,7 @@ class _Pending:
         self.batch = RunBatch()
         self.committed = anyio.Event()
         self.error: BaseException | None = None
-        self.lost: list[str] = []  # the tasks whose fire was lost (Store.write_runs)
+        self.written = Written()  # what of it was not written after all (Store.write_runs)
 
 
 class Recorder:
@@ -81,14 +81,14 @@ class Recorder:
             pending, self._pending = self._pending, _Pending()
             if not pending.batch.empty:
                 try:
-                    pending.lost = await self._write_through_outages(pending.batch)
+                    pending.written = await self._write_through_outages(pending.batch)
                 except Exception as exc:
                     pending.error = exc
             pending.committed.set()
             if self._closing and self._pending.batch.empty:
                 return
 
-    async def _write_through_outages(self, batch: RunBatch) -> list[str]:
+    async def _write_through_outages(self, batch: RunBatch) -> Written:
         """Write the batch; while the store cannot be reached (a database restarting, a lock
         held too long), try again every second for up to ``OUTAGE_PATIENCE`` seconds, so that
         a short outage does not leave runs recorded ``running`` that ended meanwhile."""
@@ -152,7 +152,7 @@ class Recorder:
             batch.jobs.extend(jobs)
 
         pending = await self._commit(fill)
-        return [fire["task"] for fire in fires if fire["task"] in pending.lost]
+        return [fire["task"] for fire in fires if fire["task"] in pending.written.lost_fires]
 
     def started(self, run_id: str, at: float) -> None:
         """Record that a run started, without waiting: a run that lasts longer than a commit is
@@ -167,17 +167,20 @@ class Recorder:
         self._wake.set()
 
     async def finished(
-        self, fields: dict[str, Any], logs: list[dict[str, Any]], then: Sequence[dict[str, Any]] = ()
-    ) -> None:
-        """Record a run's end, with the log rows it had not streamed yet and the runs it queues
-        (``then``: its retry), in one transaction."""
+        self, fields: dict[str, Any], logs: list[dict[str, Any]], retry: dict[str, Any] | None = None
+    ) -> bool:
+        """Record a run's end, with the log rows it had not streamed yet and the ``retry`` it
+        queues, in one transaction. False if the run had ended already (taken for dead): then
+        neither its end nor its retry was written."""
 
         def fill(batch: RunBatch) -> None:
             batch.finishes.append(fields)
             batch.logs.extend(logs)
-            batch.inserts.extend(then)
+            if retry is not None:
+                batch.retries.append(retry)
 
-        await self._commit(fill)
+        pending = await self._commit(fill)
+        return retry is None or retry["id"] not in pending.written.dropped_retries
 
     def live(self, run_id: str, masker: Masker, *, output_cap: int) -> LiveLog:
         """A buffer for one run's output and log lines, flushed into batches while it runs."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -274,26 +275,38 @@ async def send(
         return workflow.target_run_id
 
 
-async def wait_remote(store: Store, run_id: str) -> tuple[list[Any], int | None]:
-    """Every run of the invocation ``run_id`` heads once that run is final (the target's
-    last), and the signal that stopped the wait, if one did: SIGINT/SIGTERM cancel the
-    workflow, on its worker or before one takes it up, and the wait goes on until it ends."""
+async def send_and_wait(store: Store, send: Callable[[], Awaitable[str]]) -> tuple[list[Any], int | None]:
+    """``send()`` a workflow to the workers; then every run of its invocation once the target
+    is final (the target's last), and the signal that stopped it, if one did. SIGINT/SIGTERM
+    cancel the workflow, on its worker or before one takes it up, and the wait goes on until
+    it ends; one that comes while it is being sent cancels it once it is queued."""
     from runner.follow import wait_for
 
     stopped_by: int | None = None
-    async with anyio.create_task_group() as group:
+    run_id: str | None = None
 
-        async def cancel_on_signal() -> None:
-            nonlocal stopped_by
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    async def cancel() -> None:
+        assert run_id is not None
+        job_id = await store.job_id(run_id)
+        if job_id is not None:
+            await store.cancel_job(job_id)
+
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as group:
+
+            async def cancel_on_signal() -> None:
+                nonlocal stopped_by
                 async for signum in signals:
                     stopped_by = signum
-                    job_id = await store.job_id(run_id)
-                    if job_id is not None:
-                        await store.cancel_job(job_id)
+                    if run_id is not None:
+                        await cancel()
                     return
 
-        group.start_soon(cancel_on_signal)
-        runs = await wait_for(store, run_id)
-        group.cancel_scope.cancel()
+            group.start_soon(cancel_on_signal)
+            with anyio.CancelScope(shield=True):
+                run_id = sent = await send()
+            if stopped_by is not None:
+                await cancel()
+            runs = await wait_for(store, sent)
+            group.cancel_scope.cancel()
     return runs, stopped_by

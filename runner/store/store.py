@@ -128,13 +128,23 @@ class RunBatch:
     claimed: list[str] = field(default_factory=list)  # run ids of triggers taken up
     # Committed with the runs they carry, so a run for workers is never queued without its job:
     jobs: list[dict[str, Any]] = field(default_factory=list)  # queue, args (see remote.py)
+    # Queued by a run's end (its retry, with "parent_id"): written only if that end was.
+    retries: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not (
             self.inserts or self.starts or self.groups or self.finishes or self.logs or self.fires
-            or self.claimed or self.jobs
+            or self.claimed or self.jobs or self.retries
         )
+
+
+@dataclass(frozen=True)
+class Written:
+    """What of a batch was not written (``Store.write_runs``)."""
+
+    lost_fires: list[str] = field(default_factory=list)  # tasks whose fire another daemon took
+    dropped_retries: list[str] = field(default_factory=list)  # retries of ends not written
 
 
 @dataclass(frozen=True)
@@ -214,6 +224,7 @@ _unfinished = or_(t.runs.c.status == RunStatus.QUEUED.value, t.runs.c.status == 
 
 BUSY_TIMEOUT_MS = 30_000
 PG_WRITE_LOCK = 0x72756E6E6572  # "runner": the advisory lock key of the store's writers
+WRITER_IDLE_LIMIT = "10s"  # PostgreSQL: how long a write transaction may wait on its client
 JOB_TASK = "runner.run"  # the queue's name for the one kind of job runner defers: run a workflow
 
 def _add_invocation(sync_conn: Any) -> None:
@@ -355,7 +366,12 @@ class Store:
             try:
                 async with self._writer.begin() as conn:
                     if self._postgres:
-                        await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
+                        # A writer that stops in the middle (a paused process, a lost host)
+                        # must not hold every other writer up: the server ends its session.
+                        await conn.exec_driver_sql(
+                            f"SELECT set_config('idle_in_transaction_session_timeout', '{WRITER_IDLE_LIMIT}', true),"
+                            f" pg_advisory_xact_lock({PG_WRITE_LOCK})"
+                        )
                     yield conn
             except (OperationalError, DBAPIError) as exc:
                 raise StoreError(f"cannot write the store at {self.url}: {exc.orig}") from exc
@@ -522,21 +538,23 @@ class Store:
 
     # -- runs -----------------------------------------------------------------------------------
 
-    async def write_runs(self, batch: RunBatch) -> list[str]:
+    async def write_runs(self, batch: RunBatch) -> Written:
         """Apply a batch of run writes in one transaction: inserts, then starts, then finishes.
 
         A fire is a compare-and-set: it moves its schedule on only if the schedule still
         stands at the fire's time (its ``last_fire_at``). Otherwise another daemon fired it
-        first, and the runs queued with it are not written; the rest of the batch is. Returns
-        the tasks whose fire was lost."""
+        first, and the runs queued with it are not written; the rest of the batch is. A run's
+        final status is written once: a finish of a run that already has one (a worker taken
+        for dead, whose run was marked interrupted and retried elsewhere) is not written, and
+        neither is the retry it queues. Returns what was not written."""
         try:
             return await self._write_runs(batch, fire_by_fire=False)
         except _WhichFire:
             return await self._write_runs(batch, fire_by_fire=True)
 
-    async def _write_runs(self, batch: RunBatch, *, fire_by_fire: bool) -> list[str]:
+    async def _write_runs(self, batch: RunBatch, *, fire_by_fire: bool) -> Written:
         if batch.empty:
-            return []
+            return Written()
         if self._postgres:
             batch = _without_nul(batch)
         async with self._write() as conn:
@@ -565,19 +583,32 @@ class Store:
             if jobs:
                 await self._defer(conn, jobs)
             for fields in _grouped_by_keys(batch.finishes):
-                # A run has one final status: a worker thought dead whose run was marked
-                # interrupted (and retried) does not overwrite that when it ends after all.
                 await conn.execute(
                     update(t.runs)
                     .where(t.runs.c.id == bindparam("b_id"), _unfinished)
                     .values({k: bindparam(f"b_{k}") for k in fields[0] if k != "id"}),
                     [{f"b_{k}": v for k, v in row.items()} for row in fields],
                 )
+            unwritten = await self._queue_retries(conn, batch) if batch.retries else []
             if batch.logs:
                 await conn.execute(t.run_logs.insert(), batch.logs)
             if batch.claimed:
                 await conn.execute(t.triggers.delete().where(t.triggers.c.run_id.in_(batch.claimed)))
-        return lost
+        return Written(lost, unwritten)
+
+    async def _queue_retries(self, conn: AsyncConnection, batch: RunBatch) -> list[str]:
+        """Insert the retries whose parent's end was written (it has the status and end time
+        this batch gave it); the ids of the others."""
+        ended = {f["id"]: (f["status"], f["finished_at"]) for f in batch.finishes}
+        parents = [row["parent_id"] for row in batch.retries]
+        found = await conn.execute(
+            select(t.runs.c.id, t.runs.c.status, t.runs.c.finished_at).where(t.runs.c.id.in_(parents))
+        )
+        written = {run_id for run_id, status, at in found if ended.get(run_id) == (status, at)}
+        keep = [row for row in batch.retries if row["parent_id"] in written]
+        for rows in _grouped_by_keys(keep):
+            await conn.execute(t.runs.insert(), rows)
+        return [row["id"] for row in batch.retries if row["parent_id"] not in written]
 
     async def _move_schedules(self, conn: AsyncConnection, fires: list[dict[str, Any]], fire_by_fire: bool) -> list[str]:
         """Move each fire's schedule on, if it still stands at the fire's time; return the

@@ -371,23 +371,22 @@ async def test_a_fire_moves_its_schedule_only_from_where_it_stands_or_writes_not
             fires=[{"task": task, "next_fire_at": NOW + 120, "last_fire_at": NOW + 60, "runs": [run_id, f"{run_id}-need"]}],
         )
 
-    assert await store.write_runs(fire("a", "first")) == []
+    assert (await store.write_runs(fire("a", "first"))).lost_fires == []
     second = fire("a", "second")
     second.inserts.append(run_row("unrelated", **unscheduled))
     second.finishes.append({"id": "other", "status": "succeeded", "finished_at": NOW})
     b = fire("b", "b-fire")
-    assert await store.write_runs(
-        RunBatch(
-            inserts=second.inserts + b.inserts, finishes=second.finishes, fires=second.fires + b.fires
-        )
-    ) == ["a"]
+    written = await store.write_runs(
+        RunBatch(inserts=second.inserts + b.inserts, finishes=second.finishes, fires=second.fires + b.fires)
+    )
+    assert written.lost_fires == ["a"]
     assert sorted(r.id for r in await store.runs()) == ["b-fire", "b-fire-need", "first", "first-need", "other", "unrelated"]
     assert (await store.run("other")).status is RunStatus.SUCCEEDED
     assert await store.schedule_states() == {
         "a": ScheduleState("a", '{"every": 60}', NOW, NOW + 120, NOW + 60),
         "b": ScheduleState("b", '{"every": 60}', NOW, NOW + 120, NOW + 60),
     }
-    assert await store.write_runs(fire("gone", "nowhere")) == ["gone"]  # no schedule row: nothing to move
+    assert (await store.write_runs(fire("gone", "nowhere"))).lost_fires == ["gone"]  # no schedule row: nothing to move
     assert "nowhere" not in {r.id for r in await store.runs()}
 
 

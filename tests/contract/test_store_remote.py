@@ -195,13 +195,32 @@ async def test_a_final_status_is_written_once(store: Store) -> None:
     assert await store.claim_runs(["r1"], revision=None, git_commit=None)
     await store.write_runs(RunBatch(starts=[("r1", time.time())]))
     await store.recover_job(job_id, lambda task: None)
-    # The worker was not dead after all: its late start and end do not change the record.
-    await store.write_runs(
-        RunBatch(starts=[("r1", time.time())], finishes=[{"id": "r1", "status": "succeeded", "finished_at": time.time()}])
+    # The worker was not dead after all: its late start and end do not change the record, and
+    # the retry it queues with its end (the run failed) is not written: one is queued already.
+    written = await store.write_runs(
+        RunBatch(
+            starts=[("r1", time.time())],
+            finishes=[{"id": "r1", "status": "failed", "finished_at": time.time()}],
+            retries=[unowned("r1-retry", parent_id="r1", attempt=2, trigger="retry")],
+        )
     )
+    assert written.dropped_retries == ["r1-retry"]
     run = await store.run("r1")
     assert run.status is RunStatus.INTERRUPTED
     assert run.error is not None and "worker" in run.error["message"]
+    assert await store.retry_of("r1") is None
+
+
+async def test_a_retry_is_written_with_the_end_that_queues_it(store: Store) -> None:
+    await store.write_runs(RunBatch(inserts=[unowned("r1")]))
+    written = await store.write_runs(
+        RunBatch(
+            finishes=[{"id": "r1", "status": "failed", "finished_at": time.time()}],
+            retries=[unowned("r2", parent_id="r1", attempt=2, trigger="retry")],
+        )
+    )
+    assert written.dropped_retries == []
+    assert await store.retry_of("r1") == "r2"
 
 
 async def test_a_silent_worker_is_found_by_its_heartbeat(store: Store) -> None:

@@ -209,10 +209,10 @@ async def test_output_is_written_in_batches_not_a_commit_per_line(
     commits: list[int] = []
     write_runs = store.write_runs
 
-    async def counting(batch: Any) -> None:
+    async def counting(batch: Any) -> Any:
         if batch.logs:
             commits.append(len(batch.logs))
-        await write_runs(batch)
+        return await write_runs(batch)
 
     monkeypatch.setattr(store, "write_runs", counting)
     started = anyio.current_time()
@@ -451,18 +451,18 @@ async def test_a_run_ends_recorded_through_a_short_outage_of_the_store(project: 
     from sqlalchemy.exc import OperationalError
 
     from runner.errors import StoreError
-    from runner.store.store import RunBatch
+    from runner.store.store import RunBatch, Written
 
     write(project, "version: 1\ntasks:\n  hello: {command: echo hi}\n")
     async with open_store(tmp_path / "runner.db") as store:
         write_runs, failures = store.write_runs, [2]
 
-        async def flaky(batch: RunBatch) -> None:
+        async def flaky(batch: RunBatch) -> Written:
             if failures[0]:
                 failures[0] -= 1
                 cause = OperationalError("COMMIT", {}, Exception("connection refused"))
                 raise StoreError("cannot write the store") from cause
-            await write_runs(batch)
+            return await write_runs(batch)
 
         store.write_runs = flaky  # type: ignore[method-assign]
         outcome = await run(project, store, "hello")
