@@ -540,7 +540,7 @@ class Daemon:
         from runner.remote import RECOVER_EVERY, recover_stalled
 
         while True:
-            await recover_stalled(self.store, self.engine)
+            await recover_stalled(self.store)  # this host's dead runs: _keep_lease sweeps
             await anyio.sleep(RECOVER_EVERY)
 
     async def _prune(self) -> None:

@@ -31,7 +31,7 @@ from runner.engine import Engine, Workflow
 from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnable
 from runner.models import RunStatus
 from runner.processes import HOST, PID, process_is_alive
-from runner.revision import Revision, project_revision
+from runner.revision import project_revision
 from runner.store import Store
 from runner.store.store import JOB_TASK
 
@@ -217,16 +217,13 @@ class Worker:
             await recover_stalled(self.store, sweep=True)
 
 
-async def recover_stalled(store: Store, engine: Engine | None = None, *, sweep: bool = False) -> None:
+async def recover_stalled(store: Store, *, sweep: bool = False) -> None:
     """Settle the jobs of dead workers (see the module's doc); with ``sweep``, also mark the
     runs of other dead processes on this host interrupted (``mark_interrupted`` leaves the runs
     sent to workers to ``recover_job``). Problems with the store are logged, not raised.
 
-    The retries come from the store's tasks as they are now, not from ``engine`` (unused; the
-    daemon passes its own): a worker reads the tasks only when a job needs it, and may not
-    have read them since they were synced."""
-    del engine
-
+    The retries come from the store's tasks as they are now: a worker reads the tasks only
+    when a job needs it, and may not have read them since they were synced."""
     try:
         stalled = await store.stalled_jobs(STALE_AFTER, process_is_alive)
         tasks = await store.tasks() if stalled else {}
@@ -261,15 +258,14 @@ async def recover_stalled(store: Store, engine: Engine | None = None, *, sweep: 
 
 
 async def send(
-    root: Path, store: Store, name: str, *, parameters: dict[str, Any], with_needs: bool, trigger: str,
-    revision: Revision | None = None,
+    root: Path, store: Store, name: str, *, parameters: dict[str, Any], with_needs: bool, trigger: str
 ) -> str:
     """Queue ``name`` (after its needs) for a worker; its run id. Raises TaskNotRunnable or
     ParameterError before anything is recorded."""
     await store.ensure_queue()
     if parameters:
         registry.import_plugins(root)  # to check them against the callable's hints
-    async with Engine(store, root, revision=revision or project_revision(root)) as engine:
+    async with Engine(store, root, revision=project_revision(root)) as engine:
         workflow = engine.workflow(name, parameters=parameters, with_needs=with_needs, trigger=trigger)
         await workflow.send()
         return workflow.target_run_id
