@@ -44,6 +44,9 @@ STALE_AFTER = float(os.environ.get("RUNNER_WORKER_STALE_AFTER", "15"))
 RECOVER_EVERY = 2.0
 """Seconds between looks for the jobs of dead workers."""
 
+FETCH_POLL = 1.0
+"""Seconds an idle worker waits, at most, before it looks for jobs again without a wake-up."""
+
 DEFAULT_GRACE = 30.0
 
 
@@ -100,6 +103,9 @@ class Worker:
                     app, queues=self.queues, name=f"runner@{HOST}:{PID}", concurrency=self.concurrency,
                     install_signal_handlers=False, delete_jobs="always", shutdown_graceful_timeout=self.grace,
                     update_heartbeat_interval=HEARTBEAT, stalled_worker_timeout=STALE_AFTER,
+                    # A job committed while a fetch finds nothing wakes no one (procrastinate
+                    # 3.10 clears its wake-up after the fetch): look again at least this often.
+                    fetch_job_polling_interval=FETCH_POLL,
                 )
                 if handle_signals:
                     await group.start(self._on_signals, worker)
