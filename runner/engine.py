@@ -241,6 +241,7 @@ class Workflow:
         revision = self.engine.revision
         job = {
             **self.request,
+            "parameters": json_safe(dict(self.request["parameters"] or {})),
             "invocation": self.invocation,
             "runs": {name: node.attempt.run_id for name, node in self.nodes.items()},
             "revision": revision.digest if revision else None,
@@ -381,8 +382,8 @@ class Engine:
         disabled, orphaned, invalid, removed) or ParameterError.
         """
         request = {
-            "task": name, "parameters": json_safe(dict(parameters or {})), "with_needs": with_needs,
-            "trigger": trigger, "parent_id": parent_id, "attempt": attempt, "scheduled_for": scheduled_for,
+            "task": name, "parameters": parameters, "with_needs": with_needs, "trigger": trigger,
+            "parent_id": parent_id, "attempt": attempt, "scheduled_for": scheduled_for,
         }
         target = self._runnable(name)
         order = upstream_order(name, self._needs) if with_needs else [name]

@@ -219,8 +219,9 @@ class LogEntry:
 
 
 _UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
-# The same, for statements run many times over (an expanding IN cannot be).
-_unfinished = or_(t.runs.c.status == RunStatus.QUEUED.value, t.runs.c.status == RunStatus.RUNNING.value)
+# The same, for statements run many times over (an expanding IN cannot be), as literal SQL: bound
+# values would be processed again for every row.
+_unfinished = text(f"runs.status IN ('{RunStatus.QUEUED.value}', '{RunStatus.RUNNING.value}')")
 
 BUSY_TIMEOUT_MS = 30_000
 PG_WRITE_LOCK = 0x72756E6E6572  # "runner": the advisory lock key of the store's writers
