@@ -408,7 +408,8 @@ def daemon(
 
     On the first signal it stops firing and lets running runs finish within --grace, then
     cancels the rest (process groups killed, runs recorded cancelled) and exits 0. A second
-    daemon on the same store exits 2 at once, naming the first.
+    daemon on the same SQLite store exits 2 at once, naming the first; on PostgreSQL it waits
+    as a standby and leads when the leader goes.
     """
     import logging
 
