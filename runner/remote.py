@@ -47,8 +47,6 @@ RECOVER_EVERY = 2.0
 FETCH_POLL = 1.0
 """Seconds an idle worker waits, at most, before it looks for jobs again without a wake-up."""
 
-DEFAULT_GRACE = 30.0
-
 
 def conninfo(store: Store) -> str:
     """The libpq connection string of a PostgreSQL store (password included: not for messages)."""
@@ -67,7 +65,7 @@ class Worker:
 
     def __init__(
         self, root: Path, store: Store, *, queues: list[str] | None = None, concurrency: int = 4,
-        grace: float = DEFAULT_GRACE,
+        grace: float = 30.0,
     ) -> None:
         self.root = root.resolve()
         self.store = store

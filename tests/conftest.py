@@ -116,6 +116,30 @@ def poll(condition: Callable[[], T | None], *, within: float = 5.0, what: str = 
     return value
 
 
+def logged_events(log_path: Path, event: str | None = None, **fields: Any) -> list[dict[str, Any]]:
+    """The JSON lines a runner process logged to ``log_path`` (``--log-format json``) with this
+    ``event`` and these field values, oldest first."""
+    found = []
+    for line in log_path.read_text().splitlines():
+        try:
+            body = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line still being written, or not runner's
+        if (event is None or body.get("event") == event) and all(body.get(k) == v for k, v in fields.items()):
+            found.append(body)
+    return found
+
+
+def wait_for_event(log_path: Path, event: str, *, count: int = 1, within: float, **fields: Any) -> list[dict[str, Any]]:
+    """The first ``count`` or more such lines, once they are there (AssertionError showing the log
+    if they are not within ``within`` seconds)."""
+    return poll(
+        lambda: (found := logged_events(log_path, event, **fields)) and len(found) >= count and found,
+        within=within,
+        what=f"{count} {event} {fields or ''} in {log_path.name}:\n{log_path.read_text()}",
+    )
+
+
 def live_members(pgid: int) -> list[int]:
     """Pids in process group ``pgid`` that are not zombies (init here may not reap them at once)."""
     live = []

@@ -17,7 +17,7 @@ from contextlib import closing
 from typing import Any
 
 import pytest
-from conftest import Cli, ProjectDir, live_members, ok, poll
+from conftest import Cli, ProjectDir, live_members, logged_events, ok, poll, wait_for_event
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,22 +32,10 @@ class Daemon:
         self.process = cli.start("--log-format", "json", "daemon", *args, stderr=self.log_file)
 
     def events(self, event: str | None = None, **fields: Any) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                body = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line still being written
-            if (event is None or body.get("event") == event) and all(body.get(k) == v for k, v in fields.items()):
-                found.append(body)
-        return found
+        return logged_events(self.log_path, event, **fields)
 
     def wait_for(self, event: str, *, count: int = 1, within: float = 10, **fields: Any) -> list[dict[str, Any]]:
-        return poll(
-            lambda: (found := self.events(event, **fields)) and len(found) >= count and found,
-            within=within,
-            what=f"{count} {event} {fields or ''} in the daemon's log:\n{self.log_path.read_text()}",
-        )
+        return wait_for_event(self.log_path, event, count=count, within=within, **fields)
 
     def started(self) -> Daemon:
         self.wait_for("daemon_started")

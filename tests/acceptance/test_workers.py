@@ -29,7 +29,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import Cli, ProjectDir, cli_env, json_lines, live_members, ok
+from conftest import (
+    Cli,
+    ProjectDir,
+    cli_env,
+    json_lines,
+    live_members,
+    logged_events,
+    ok,
+    wait_for_event,
+)
 from pg import pg_server, pg_url  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
@@ -122,22 +131,10 @@ class Logged:
         self.paused = False
 
     def events(self, event: str | None = None, **fields: Any) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                body = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line still being written, or not ours
-            if (event is None or body.get("event") == event) and all(body.get(k) == v for k, v in fields.items()):
-                found.append(body)
-        return found
+        return logged_events(self.log_path, event, **fields)
 
     def wait_for(self, event: str, *, count: int = 1, within: float = 20, **fields: Any) -> list[dict[str, Any]]:
-        return poll(
-            lambda: (found := self.events(event, **fields)) and len(found) >= count and found,
-            within=within,
-            what=f"{count} {event} {fields or ''} in {self.log_path.name}:\n{self.log_path.read_text()}",
-        )
+        return wait_for_event(self.log_path, event, count=count, within=within, **fields)
 
     def send(self, signum: int) -> None:
         self.process.send_signal(signum)
