@@ -113,19 +113,34 @@ def import_plugins(project: Path) -> list[Problem]:
             continue
         module = ".".join(parts)
         try:
-            importlib.import_module(module)
+            _import(module)
         except BaseException as exc:  # a plugin may raise anything, even SystemExit
             if isinstance(exc, KeyboardInterrupt):
                 raise
             line = _error_line(exc, path)
             message = f"cannot import {module}: {type(exc).__name__}: {exc}"
             _plugin_failures[module] = message
-            # what a half-imported module registered before it failed is not usable
-            for name, fn in list(_registered.items()):
-                if getattr(fn, "__module__", None) == module:
-                    del _registered[name]
             problems.append(Problem(str(rel), line, 1, message, severity="warning"))
     return problems
+
+
+def _import(module: str) -> Any:
+    """``importlib.import_module``; a module that does not import registers nothing.
+
+    A module that raises halfway has run its ``@task`` decorators up to that point, and an
+    import retried through ``resolve`` runs them again: both would leave callables of a
+    module that cannot be imported registered.
+    """
+    before = set(_registered)
+    try:
+        return importlib.import_module(module)
+    except BaseException:
+        for name in set(_registered) - before:
+            del _registered[name]
+        for name, fn in list(_registered.items()):
+            if getattr(fn, "__module__", None) == module:
+                del _registered[name]
+        raise
 
 
 def _error_line(exc: BaseException, path: Path) -> int:
@@ -154,7 +169,7 @@ def resolve(reference: str) -> Callable[..., Any]:
     else:
         module_name, _, qualname = reference.partition(":")
         try:
-            obj: Any = importlib.import_module(module_name)
+            obj: Any = _import(module_name)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise

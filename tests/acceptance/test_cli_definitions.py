@@ -562,6 +562,28 @@ def test_task_registered_by_a_plugin_that_then_fails_is_not_resolved(
     ]
 
 
+def test_a_plugin_that_fails_halfway_registers_nothing_even_when_imported_again(
+    project: ProjectDir, runner_cli: RunnerCli
+) -> None:
+    # Resolving "plugins.jobs:first" imports the module a second time; that import, too, runs
+    # the @task decorator before it fails, and must not leave "second" registered.
+    project.plugin(
+        "jobs",
+        "from runner import task\n\n\ndef first() -> None: ...\n\n\n"
+        '@task("second")\ndef second() -> None: ...\n\n\nraise RuntimeError("boom")\n',
+    )
+    project.tasks(
+        "a.yaml",
+        "version: 1\ntasks:\n  a:\n    type: python\n    callable: plugins.jobs:first\n"
+        "  b:\n    type: python\n    callable: second\n",
+    )
+    ok(runner_cli("sync"))
+    reasons = stored(project)
+    assert reasons["a"] == "orphaned: cannot import plugins.jobs: RuntimeError: boom"
+    assert (reasons["b"] or "").startswith("orphaned: no callable registered as 'second'")
+    failed(runner_cli("run", "b"), code=3)
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 
