@@ -128,10 +128,10 @@ async def _run(store: Store, emit: Emit, run_id: str, *, follow: bool, interval:
 async def _check_task(store: Store, task: str, *, follow: bool) -> None:
     if await store.runs(task=task, limit=1):
         return
+    if task not in await store.tasks(include_removed=True):
+        raise RunNotFound(f"task {task!r} has no runs and is not in the store; `runner list` shows the tasks")
     if not follow:
         raise RunNotFound(f"task {task!r} has no runs yet; `runner runs` lists recent ones")
-    if task not in await store.tasks():
-        raise RunNotFound(f"task {task!r} has no runs and is not in the store; `runner list` shows the tasks")
 
 
 async def _task(store: Store, emit: Emit, task: str, *, follow: bool, interval: float) -> None:

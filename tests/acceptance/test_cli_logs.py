@@ -240,13 +240,14 @@ def test_logs_prints_what_is_stored_and_exit_codes(project: ProjectDir, cli: Cli
     )
     assert cli("run", "loud").returncode == 1
     [loud] = cli.runs("--task", "loud")
-    stored, latest, followed, no_run, no_task_run, no_task, neither, both = cli.side_by_side(
+    stored, latest, followed, no_run, no_task_run, no_task, no_task_now, neither, both = cli.side_by_side(
         ("logs", loud["id"]),
         ("logs", "--task", "loud", "--json"),
         ("logs", loud["id"], "-f"),
         ("logs", "0123"),
         ("logs", "--task", "never"),
         ("logs", "--task", "nosuch", "-f"),
+        ("logs", "--task", "nosuch"),
         ("logs",),
         ("logs", loud["id"], "--task", "loud"),
     )
@@ -260,6 +261,7 @@ def test_logs_prints_what_is_stored_and_exit_codes(project: ProjectDir, cli: Cli
         (no_run, "no run with id '0123'"),
         (no_task_run, "task 'never' has no runs yet"),
         (no_task, "task 'nosuch' has no runs and is not in the store"),
+        (no_task_now, "task 'nosuch' has no runs and is not in the store"),
     ):
         assert missing.returncode == 3, missing.stderr
         assert message in missing.stderr
