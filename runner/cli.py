@@ -701,7 +701,7 @@ def _log_entry_text(entry: Any) -> tuple[str, bool]:
 @main.command()
 @click.option(
     "--older-than", default="30d", show_default=True, metavar="DURATION",
-    help="Prune finished runs that ended longer ago than this (0: at any age).",
+    help="Prune finished runs that ended longer ago than this (0: no age limit).",
 )
 @click.option(
     "--keep", type=click.IntRange(min=0), default=1000, show_default=True, metavar="N",
