@@ -60,6 +60,31 @@ class Schedule:
             when["overlap"] = self.overlap
         return when
 
+    def to_public_json(self) -> dict[str, Any]:
+        """The schedule as ``runner list --json`` and the API show it: ``every`` as a DURATION
+        (``"1h30m"``) with its seconds beside it. ``to_json`` stays the stored form: the daemon
+        compares it to tell a changed schedule."""
+        when = self.to_json()
+        if self.every is None:
+            return when
+        policy = {k: v for k, v in when.items() if k != "every"}
+        return {"every": format_duration(self.every), "every_seconds": self.every, **policy}
+
+
+def format_duration(seconds: float) -> str:
+    """A DURATION as a task file would write it: 5400 -> ``1h30m``, 90 -> ``1m30s``, 0.5 -> ``0.5s``."""
+    whole, fraction = divmod(seconds, 1)
+    whole_s = int(whole)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        count, whole_s = divmod(whole_s, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    rest = whole_s + fraction
+    if rest or not parts:
+        parts.append(f"{rest:g}s")
+    return "".join(parts)
+
 
 @dataclass(frozen=True)
 class Retries:
@@ -185,7 +210,7 @@ class StoredTask:
         body.update(
             parameters=dict(spec.parameters),
             needs=list(spec.needs),
-            schedule=spec.schedule.to_json() if spec.schedule else None,
+            schedule=spec.schedule.to_public_json() if spec.schedule else None,
             source=str(spec.source),
         )
         return body

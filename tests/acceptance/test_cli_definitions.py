@@ -363,6 +363,17 @@ def test_list_shows_state_and_filters(example: ProjectDir, runner_cli: RunnerCli
     assert line.startswith("report ")
 
 
+def test_list_shows_an_interval_as_a_duration(project: ProjectDir, runner_cli: RunnerCli) -> None:
+    project.tasks(
+        "a.yaml",
+        "version: 1\ntasks:\n  tick:\n    command: 'true'\n"
+        "    schedule: {every: 90m, overlap: allow}\n",
+    )
+    ok(runner_cli("sync"))
+    [tick] = listed(runner_cli)
+    assert tick["schedule"] == {"every": "1h30m", "every_seconds": 5400.0, "overlap": "allow"}
+
+
 def test_removed_task_is_kept_and_listed_with_all(example: ProjectDir, runner_cli: RunnerCli) -> None:
     ok(runner_cli("sync"))
     example.tasks("main.yaml", TASKS.replace("  hello:\n    command: echo \"hello from runner\"\n", ""))

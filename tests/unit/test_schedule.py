@@ -8,8 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from runner.models import Schedule
+from runner.models import Schedule, format_duration
 from runner.schedule import next_fire, normalize_cron
+from runner.spec import parse_duration
 
 OSLO = ZoneInfo("Europe/Oslo")
 
@@ -70,3 +71,13 @@ def test_fires_between_lists_what_a_stopped_daemon_missed() -> None:
     every_minute = Schedule(every=60.0)
     assert list(fires_between(every_minute, 0.0, 200.0, anchor=0.0)) == [60.0, 120.0, 180.0]
     assert list(fires_between(every_minute, 0.0, 59.0, anchor=0.0)) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [("90m", "1h30m"), ("90s", "1m30s"), ("0.5s", "0.5s"), ("2d", "2d"), ("1h0.5s", "1h0.5s"), ("26h1m4s", "1d2h1m4s")],
+)
+def test_an_interval_is_shown_as_the_duration_it_parses_back_to(text: str, shown: str) -> None:
+    seconds = parse_duration(text)
+    assert format_duration(seconds) == shown
+    assert parse_duration(shown) == seconds
