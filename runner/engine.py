@@ -258,7 +258,7 @@ class Workflow:
             return None
         error = {"type": "Skipped", "message": reason, "traceback": None}
         node.final = await self.engine._finish(node.attempt, None, RunStatus.SKIPPED, error=error)
-        self._record(node.final)
+        self._tell(node.final)
         node.done.set()
         return node.final
 
@@ -266,13 +266,17 @@ class Workflow:
         """Run everything, needs first; return the target's final run."""
         if not queued:
             await self.queue()
-        if len(self.nodes) == 1:
-            await self._run_node(self.nodes[self.target])
-        else:
-            async with anyio.create_task_group() as group:
-                for node in self.nodes.values():
-                    group.start_soon(self._run_node, node)
-        final = self.nodes[self.target].final
+        try:
+            if len(self.nodes) == 1:
+                await self._run_node(self.nodes[self.target])
+            else:
+                async with anyio.create_task_group() as group:
+                    for node in self.nodes.values():
+                        group.start_soon(self._run_node, node)
+        finally:
+            final = self.nodes[self.target].final
+            if final is not None:
+                self._tell(final)
         assert final is not None
         return final
 
@@ -300,6 +304,12 @@ class Workflow:
             node.done.set()
 
     def _record(self, run: Run) -> None:
+        # The target's final run is told last, once every other run is recorded: when a
+        # signal cancels them all, the target (waiting for its needs) may be recorded first.
+        if run is not self.nodes[self.target].final:
+            self._tell(run)
+
+    def _tell(self, run: Run) -> None:
         self.runs.append(run)
         if self.on_run is not None:
             self.on_run(run)

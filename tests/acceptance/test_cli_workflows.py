@@ -541,6 +541,7 @@ def test_sigint_cancels_the_running_task_and_records_the_rest_as_never_started(
 
     printed = json_lines(result.stdout)
     assert printed[0]["task"] == "first" and printed[0]["status"] == "succeeded"
+    assert printed[-1]["task"] == "last"  # the requested task's run last, as without a signal
     runs = by_task(printed)
     long, last = runs["long"], runs["last"]
     assert (long["id"], long["status"], long["attempt"]) == (run_id, "cancelled", 1)
@@ -558,8 +559,9 @@ def test_sigint_cancels_the_running_task_and_records_the_rest_as_never_started(
     ]
 
 
-def test_sigint_during_a_retry_pause_cancels_the_pending_attempt_and_reports_each_run_once(
-    project: ProjectDir, cli: Cli
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_retry_pause_cancels_the_pending_attempt_and_reports_each_run_once(
+    project: ProjectDir, cli: Cli, signum: int
 ) -> None:
     write(
         project,
@@ -581,10 +583,11 @@ def test_sigint_during_a_retry_pause_cancels_the_pending_attempt_and_reports_eac
     failed = json.loads(runner.stdout.readline())  # reported as it ended: the pause has begun
     assert (failed["task"], failed["attempt"], failed["status"]) == ("flaky", 1, "failed")
 
-    runner.send_signal(signal.SIGINT)
-    result = exits(cli.finish(runner, within=5), 130)
+    runner.send_signal(signum)
+    result = exits(cli.finish(runner, within=5), 128 + signum)
     printed = [failed, *json_lines(result.stdout)]
     assert len({r["id"] for r in printed}) == len(printed) == 3  # every run reported once
+    assert printed[-1]["task"] == "after"
     pending = next(r for r in printed if r["task"] == "flaky" and r["attempt"] == 2)
     assert (pending["status"], pending["trigger"], pending["parent_id"]) == (
         "cancelled",
