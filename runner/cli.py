@@ -308,7 +308,7 @@ def _run_remote(settings: Settings, name: str, overrides: dict[str, Any], *, wit
 
     async def go() -> Any:
         async with open_store(settings.store_location) as store:
-            await sync_project(settings.project, store)
+            await sync_project(settings.project, store, warn_unchanged=False)
 
             async def queue_it() -> str:
                 run_id = await send(

@@ -46,7 +46,7 @@ async def run_once(
 ) -> OneShot:
     """Sync ``root`` into ``store``, then run ``name`` after its needs (unless ``with_needs`` is
     false). Raises ProjectError, TaskNotRunnable or ParameterError before anything runs."""
-    await sync_project(root, store)
+    await sync_project(root, store, warn_unchanged=False)
     engine_options.setdefault("revision", project_revision(root))
     async with Engine(store, root, **engine_options) as engine:
         workflow = engine.workflow(name, parameters=parameters, with_needs=with_needs)

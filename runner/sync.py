@@ -17,6 +17,7 @@ from runner.errors import ProjectError
 from runner.models import StoredTask, TaskSpec, TaskType
 
 if TYPE_CHECKING:
+    from runner.project import Project
     from runner.spec import Declared
     from runner.store import Store
 
@@ -114,23 +115,35 @@ def plan(
 
 
 async def sync_project(
-    root: Path, store: Store, *, dry_run: bool = False, declared: Declared | None = None
+    root: Path,
+    store: Store,
+    *,
+    dry_run: bool = False,
+    declared: Declared | None = None,
+    warn_unchanged: bool = True,
 ) -> SyncPlan:
     """Validate ``root``'s task files and reconcile ``store`` with them (``dry_run``: only plan).
 
     Invalid files raise ProjectError and leave the store untouched. Python tasks whose callable
-    does not resolve or fit are stored disabled, each with a structured warning. When no task
-    file changed since the last sync (same paths, same SHA-256), the stored definitions are
-    used instead of parsing and validating the files again; callables are checked every time.
-    ``declared``: the files, read already (by the daemon, in a thread).
+    does not resolve or fit are stored disabled, each with a structured warning; with
+    ``warn_unchanged`` false (``runner run``), only the tasks this sync disables are warned
+    about, and plugins that fail to import only when it disables one: what an earlier sync said
+    is not said again on every run of another task. When no task file changed since the last
+    sync (same paths, same SHA-256), the stored definitions are used instead of parsing and
+    validating the files again; callables are checked every time. ``declared``: the files,
+    read already (by the daemon, in a thread).
     """
     from runner.spec import gc_paused
 
     with gc_paused():
-        return await _sync_project(root, store, dry_run=dry_run, declared=declared)
+        return await _sync_project(
+            root, store, dry_run=dry_run, declared=declared, warn_unchanged=warn_unchanged
+        )
 
 
-async def _sync_project(root: Path, store: Store, *, dry_run: bool, declared: Declared | None) -> SyncPlan:
+async def _sync_project(
+    root: Path, store: Store, *, dry_run: bool, declared: Declared | None, warn_unchanged: bool
+) -> SyncPlan:
     from runner.project import load_project
     from runner.spec import Declared, fingerprint, load_tasks
 
@@ -154,20 +167,6 @@ async def _sync_project(root: Path, store: Store, *, dry_run: bool, declared: De
     project = load_project(root, declared)
     if project.problems:
         raise ProjectError(project.problems)
-    for problem in project.plugin_problems:
-        # str(problem) would say "warning: " a second time after the log's own level
-        where = f"{problem.path}:{problem.line}:{problem.col}"
-        log.warn("plugin_import_failed", f"{where}: {problem.message}", path=problem.path, error=problem.message)
-    for finding in project.findings.values():
-        event = "task_orphaned" if finding.reason.startswith("orphaned") else "task_invalid"
-        log.warn(
-            event,
-            f"task {finding.task!r} ({project.declared.specs[finding.task].source}) is disabled: "
-            f"{finding.reason} (callable {finding.callable!r})",
-            task=finding.task,
-            callable=finding.callable,
-            error=finding.reason.partition(": ")[2],
-        )
     wanted = project.wanted()
 
     def planner(stored: Mapping[str, StoredTask], stored_digests: Mapping[str, str]) -> SyncPlan:
@@ -178,11 +177,34 @@ async def _sync_project(root: Path, store: Store, *, dry_run: bool, declared: De
     # Plan from what was read; only a plan that changes something is made again under the
     # write lock and applied, so a sync with nothing to change writes nothing.
     if changed:
-        return await store.sync_tasks(planner)
-    first = planner(stored, stored_digests)
-    if dry_run or first.is_empty:
-        return first
-    return await store.sync_tasks(planner)
+        applied = await store.sync_tasks(planner)
+    else:
+        applied = planner(stored, stored_digests)
+        if not (dry_run or applied.is_empty):
+            applied = await store.sync_tasks(planner)
+    _warn(project, None if warn_unchanged else set(applied.disabled))
+    return applied
+
+
+def _warn(project: Project, only: set[str] | None) -> None:
+    """Log the project's plugin import failures and disabled python tasks (``only``: just
+    these tasks, and the failures only if there are any)."""
+    findings = [f for f in project.findings.values() if only is None or f.task in only]
+    if only is None or findings:
+        for problem in project.plugin_problems:
+            # str(problem) would say "warning: " a second time after the log's own level
+            where = f"{problem.path}:{problem.line}:{problem.col}"
+            log.warn("plugin_import_failed", f"{where}: {problem.message}", path=problem.path, error=problem.message)
+    for finding in findings:
+        event = "task_orphaned" if finding.reason.startswith("orphaned") else "task_invalid"
+        log.warn(
+            event,
+            f"task {finding.task!r} ({project.declared.specs[finding.task].source}) is disabled: "
+            f"{finding.reason} (callable {finding.callable!r})",
+            task=finding.task,
+            callable=finding.callable,
+            error=finding.reason.partition(": ")[2],
+        )
 
 
 RUNNER_KEY = "<runner>"

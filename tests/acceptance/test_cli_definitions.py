@@ -437,6 +437,23 @@ def test_callable_that_does_not_import(project: ProjectDir, runner_cli: RunnerCl
     assert [t["name"] for t in listed(runner_cli, "--enabled")] == ["job", "other"]
 
 
+def test_run_warns_of_an_unrelated_disabled_task_once_when_it_becomes_disabled(
+    project: ProjectDir, runner_cli: RunnerCli
+) -> None:
+    project.plugin("jobs", "import no_such_dependency_xyz\n")
+    project.tasks("jobs.yaml", JOB)
+    first, again = ok(runner_cli("run", "other")), ok(runner_cli("run", "other"))
+    assert "warning: task 'job' (tasks.d/jobs.yaml:3) is disabled: orphaned" in first.stderr
+    assert "warning: plugins/jobs.py:1:1: cannot import plugins.jobs" in first.stderr
+    assert again.stderr.startswith("runner: other succeeded")
+    assert "warning" not in again.stderr
+    # sync still says everything that is wrong, each time it is asked
+    assert "warning: task 'job'" in ok(runner_cli("sync")).stderr
+    # a new reason is a change: said once more
+    project.plugin("jobs", "import another_missing_xyz\n")
+    assert "No module named 'another_missing_xyz'" in ok(runner_cli("run", "other")).stderr
+
+
 def test_orphan_warning_as_json_log_line(project: ProjectDir, runner_cli: RunnerCli) -> None:
     project.plugin("jobs", "def something_else() -> None: ...\n")
     project.tasks("jobs.yaml", JOB)
