@@ -524,11 +524,15 @@ def trigger(
                 click.echo(run_id)
                 return await wait_for(store, run_id) if wait else None
             tasks = await store.tasks()
-            stored = runnable(tasks, name)
-            if not no_deps:
-                needs = {n: t.spec.needs for n, t in tasks.items()}
-                for need in upstream_order(name, needs)[:-1]:
-                    runnable(tasks, need, needed_by=name)
+            try:
+                stored = runnable(tasks, name)
+                if not no_deps:
+                    needs = {n: t.spec.needs for n, t in tasks.items()}
+                    for need in upstream_order(name, needs)[:-1]:
+                        runnable(tasks, need, needed_by=name)
+            except TaskNotRunnable as exc:
+                _not_synced_yet(settings.project, tasks, name, exc)
+                raise
             if overrides and stored.spec.type.value == "python":
                 from runner import registry
 
@@ -551,6 +555,28 @@ def trigger(
     if runs is None:
         return
     _exit_with_runs(runs, as_json=as_json)
+
+
+def _not_synced_yet(project: Path, tasks: dict[str, Any], name: str, refused: TaskNotRunnable) -> None:
+    """Raise TaskNotRunnable saying so when the store refused ``name`` (or a task it needs)
+    because it does not hold it yet, though the task files declare it: trigger reads only the
+    store, which the daemon syncs."""
+    from runner.graph import upstream_order
+    from runner.spec import load_tasks
+
+    found = load_tasks(project)
+    declared = found.specs
+    if name not in declared or found.problems:  # the files' own problems: `runner validate`
+        return
+    wanted = upstream_order(name, {n: spec.needs for n, spec in declared.items()})
+    missing = [n for n in wanted if n not in tasks or tasks[n].removed]
+    if missing:
+        what = ", ".join(f"{n!r} ({declared[n].source})" for n in missing)
+        raise TaskNotRunnable(
+            f"{what} {'is' if len(missing) == 1 else 'are'} declared in the task files but not in the "
+            f"store yet: run `runner sync`, or start the daemon (it syncs when it starts and when "
+            f"files change)"
+        ) from refused
 
 
 def _print_run_output(run: Any) -> None:

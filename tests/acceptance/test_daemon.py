@@ -324,7 +324,17 @@ def test_trigger_asks_the_daemon_and_wait_reports_like_run(project: ProjectDir, 
 
 def test_trigger_without_a_daemon_waits_for_one(project: ProjectDir, cli: Cli) -> None:
     project.tasks("a.yaml", "version: 1\ntasks:\n  greet:\n    command: echo hi\n")
+    # Not synced yet: the files declare it, and the message says what to do.
+    unsynced = cli("trigger", "greet")
+    assert unsynced.returncode == 3
+    assert unsynced.stderr == (
+        "runner: 'greet' (tasks.d/a.yaml:3) is declared in the task files but not in the store yet: run "
+        "`runner sync`, or start the daemon (it syncs when it starts and when files change)\n"
+    )
     ok(cli("sync"))
+    project.tasks("b.yaml", "version: 1\ntasks:\n  later:\n    command: echo hi\n    needs: [greet]\n")
+    added = cli("trigger", "later")
+    assert added.returncode == 3 and "'later' (tasks.d/b.yaml:3) is declared" in added.stderr
     queued = ok(cli("trigger", "greet"))
     assert "no daemon is running" in queued.stderr
     (run_id,) = queued.stdout.split()
