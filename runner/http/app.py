@@ -197,11 +197,13 @@ class Api:
             _run_id(before, "before")
         limit = _limit(request)
         try:
-            page = await self.daemon.store.runs_before(task=task, status=status, before=before, limit=limit)
+            # One more than asked: a full last page has no ``next`` (it would lead to an empty one).
+            page = await self.daemon.store.runs_before(task=task, status=status, before=before, limit=limit + 1)
         except RunNotFound:
             raise Problem(404, f"query parameter 'before': no run with id {before!r} (pruned, or never there)") from None
         following = None
-        if len(page) == limit:
+        if len(page) > limit:
+            page = page[:limit]
             params = {k: v for k, v in (("task", task), ("status", status)) if v is not None}
             params.update(limit=str(limit), before=page[-1].id)
             following = request.url.path + "?" + "&".join(f"{k}={v}" for k, v in params.items())

@@ -150,6 +150,8 @@ def test_runs_page_newest_first_and_bad_queries_are_400(api: Api) -> None:
         seen += [r["id"] for r in page["runs"]]
         following = page["next"]
     assert seen[:5] == ids[::-1] and len(seen) == len(set(seen))
+    whole = api.get("/api/v1/runs", params={"task": "hello", "limit": len(seen)}).json()
+    assert [r["id"] for r in whole["runs"]] == seen and whole["next"] is None  # full, and the last
     assert {r["status"] for r in api.get("/api/v1/runs?status=succeeded&task=hello").json()["runs"]} == {"succeeded"}
 
     run = api.get(f"/api/v1/runs/{ids[0]}").json()
