@@ -74,8 +74,16 @@ def _run_async(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return results[0]
 
 
-def _print_problems(problems: list[Problem]) -> None:
+def _print_problems(problems: list[Problem], project: Path) -> None:
+    """Each problem as ``path:line:col: message``, the path relative to the current directory
+    (where editors, CI annotations and pre-commit look for it), not to the project."""
+    import dataclasses
+    import os
+
+    base = os.path.relpath(project)
     for problem in problems:
+        if base != ".":
+            problem = dataclasses.replace(problem, path=os.path.join(base, problem.path))
         click.echo(str(problem), err=True)
 
 
@@ -93,7 +101,7 @@ class _Group(click.Group):
             except BaseExceptionGroup as group:
                 raise _sole_error(group) from group
         except ProjectError as exc:
-            _print_problems(exc.problems)
+            _print_problems(exc.problems, ctx.obj.project if isinstance(ctx.obj, Settings) else Path.cwd())
             _fail(f"{len(exc.problems)} problem(s) in the task files; nothing was changed", EXIT_USAGE)
         except ParameterError as exc:
             _fail(str(exc), EXIT_USAGE)
@@ -159,7 +167,7 @@ def validate(settings: Settings, as_json: bool) -> None:
             }
         )
     else:
-        _print_problems(sorted(problems + warnings))
+        _print_problems(sorted(problems + warnings), settings.project)
         if not problems:
             click.echo(
                 f"ok: {len(project.declared.specs)} tasks in {len(project.declared.files)} files"

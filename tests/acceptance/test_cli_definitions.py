@@ -615,6 +615,25 @@ def test_a_plugin_that_fails_halfway_registers_nothing_even_when_imported_again(
 # -- bad input -------------------------------------------------------------------------------------
 
 
+def test_problems_name_files_relative_to_the_current_directory(project: ProjectDir) -> None:
+    # As pre-commit runs `runner --project ops validate` from the repository root: the paths
+    # must open from there.
+    project.tasks("x.yaml", "version: 1\ntasks:\n  a:\n    comand: echo\n")
+    expected = {
+        project.root.parent: "project/tasks.d/x.yaml:4:5: task 'a': unknown key 'comand' (did you mean 'command'?)",
+        project.root: "tasks.d/x.yaml:4:5: task 'a': unknown key 'comand' (did you mean 'command'?)",
+        project.root / "tasks.d": "../tasks.d/x.yaml:4:5: task 'a': unknown key 'comand' (did you mean 'command'?)",
+    }
+    for cwd, line in expected.items():
+        for command in ("validate", "sync"):
+            result = subprocess.run(
+                [sys.executable, "-m", "runner", "--project", os.path.relpath(project.root, cwd), command],
+                cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=30,
+            )
+            assert result.returncode == 2
+            assert line in result.stderr.splitlines(), (cwd, command, result.stderr)
+
+
 def test_bad_files_are_each_reported_with_position_and_nothing_is_applied(
     project: ProjectDir, runner_cli: RunnerCli
 ) -> None:
