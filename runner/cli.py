@@ -496,7 +496,10 @@ def worker(settings: Settings, concurrency: int, queues: tuple[str, ...], grace:
 @click.option("-p", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter of NAME (VALUE is read as YAML).")
 @click.option("--no-deps", is_flag=True, help="Run NAME alone, not its needs first.")
 @click.option("--wait", is_flag=True, help="Wait for the run to end; print and exit as `runner run` does.")
-@click.option("--json", "as_json", is_flag=True, help="With --wait: each run as a JSON line, NAME's last.")
+@click.option(
+    "--json", "as_json", is_flag=True,
+    help='Print {"id", "task", "status"} of the queued run; with --wait, each run as a JSON line, NAME\'s last.',
+)
 @click.option("--remote", is_flag=True, help="Queue it for a worker (`runner worker`; PostgreSQL store), not the daemon.")
 @click.pass_obj
 def trigger(
@@ -521,6 +524,12 @@ def trigger(
     if remote:
         _require_postgres(settings, "runner trigger --remote")
 
+    def queued(run_id: str) -> None:
+        if not as_json:
+            click.echo(run_id)
+        elif not wait:  # with --wait, only the runs' JSON lines, as `runner run --json`
+            click.echo(json.dumps({"id": run_id, "task": name, "status": "queued"}))
+
     async def request() -> Any:
         async with open_store(settings.store_location) as store:
             if remote:
@@ -529,7 +538,7 @@ def trigger(
                 run_id = await send(
                     settings.project, store, name, parameters=overrides, with_needs=not no_deps, trigger="trigger"
                 )
-                click.echo(run_id)
+                queued(run_id)
                 return await wait_for(store, run_id) if wait else None
             tasks = await store.tasks()
             try:
@@ -549,7 +558,7 @@ def trigger(
             run_id = new_run_id()
             parameters = json.loads(json.dumps(overrides, default=str))
             lease = await request_run(store, Trigger(run_id, name, parameters, not no_deps, time.time()))
-            click.echo(run_id)
+            queued(run_id)
             if lease is None:
                 click.echo("runner: no daemon is running on this store; the run starts when one does", err=True)
             else:

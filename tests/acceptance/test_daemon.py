@@ -314,6 +314,10 @@ def test_trigger_asks_the_daemon_and_wait_reports_like_run(project: ProjectDir, 
     assert done[0]["stdout"] == "hello world\n"
 
     assert cli("trigger", "broken", "--wait").returncode == 1
+    as_json = json.loads(ok(cli("trigger", "greet", "--json")).stdout)
+    assert as_json == {"id": as_json["id"], "task": "greet", "status": "queued"}
+    waited = [json.loads(line) for line in ok(cli("trigger", "greet", "--json", "--wait")).stdout.splitlines()]
+    assert [(r["task"], r["status"], r["stdout"]) for r in waited] == [("greet", "succeeded", "hello world\n")]
     missing = cli("trigger", "nope")
     assert missing.returncode == 3 and "'nope' is not declared" in missing.stderr
 
