@@ -177,10 +177,10 @@ def validate(settings: Settings, as_json: bool) -> None:
 
 @main.command()
 def schema() -> None:
-    """Print the JSON Schema of task files."""
-    from runner.spec import load_schema
+    """Print the JSON Schema of task files (the file runner carries, byte for byte)."""
+    from runner.spec import schema_file
 
-    _emit_json(load_schema())
+    sys.stdout.buffer.write(schema_file().read_bytes())
 
 
 @main.command()

@@ -362,15 +362,20 @@ def list_task_files(project: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-@functools.cache
-def load_schema() -> dict[str, Any]:
-    """The task-file JSON Schema, from the installed package or the source checkout."""
+def schema_file() -> Path:
+    """The task-file JSON Schema's file, in the installed package or the source checkout."""
     here = Path(__file__).parent
     for candidate in (here / "tasks.schema.json", here.parent / "schemas" / "tasks.schema.json"):
         if candidate.is_file():
-            schema: dict[str, Any] = json.loads(candidate.read_text(encoding="utf-8"))
-            return schema
+            return candidate
     raise FileNotFoundError("tasks.schema.json is missing from the runner installation")
+
+
+@functools.cache
+def load_schema() -> dict[str, Any]:
+    """The task-file JSON Schema."""
+    schema: dict[str, Any] = json.loads(schema_file().read_text(encoding="utf-8"))
+    return schema
 
 
 @functools.cache
