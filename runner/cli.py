@@ -91,6 +91,18 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _complete_task(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Task names from the project's files, for shell completion (no store needed)."""
+    from runner.spec import load_tasks
+
+    project = Path(ctx.find_root().params.get("project") or ".")
+    try:
+        names = load_tasks(project.resolve()).specs
+    except Exception:  # a completion must never print a traceback into the shell
+        return []
+    return [name for name in sorted(names) if name.startswith(incomplete)]
+
+
 class _Group(click.Group):
     """Maps runner's errors to the documented exit codes, with no traceback."""
 
@@ -173,6 +185,28 @@ def validate(settings: Settings, as_json: bool) -> None:
                 f"ok: {len(project.declared.specs)} tasks in {len(project.declared.files)} files"
             )
     sys.exit(EXIT_USAGE if problems else EXIT_OK)
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.pass_obj
+def init(settings: Settings, directory: Path | None) -> None:
+    """Write a new project into DIRECTORY (default: --project, the current directory): an
+    example task file, plugins/, schemas/tasks.schema.json, .gitignore and a pre-commit config.
+
+    Overwrites nothing: if any of these files exists, writes none and exits 2, naming them.
+    """
+    import os
+    import shlex
+
+    from runner.scaffold import init_project
+
+    root = (directory or settings.project).resolve()
+    written = init_project(root)
+    shown = os.path.relpath(root)
+    click.echo(f"wrote a new project in {shown}: {', '.join(written)}")
+    prefix = "" if shown == "." else f"cd {shlex.quote(shown)} && "
+    click.echo(f"next: {prefix}runner validate && runner run add")
 
 
 @main.command()
@@ -259,7 +293,7 @@ def _parse_parameter(text: str) -> tuple[str, Any]:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=_complete_task)
 @click.option("-p", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter of NAME (VALUE is read as YAML).")
 @click.option("--no-deps", is_flag=True, help="Run NAME alone, not its needs first.")
 @click.option(
@@ -492,7 +526,7 @@ def worker(settings: Settings, concurrency: int, queues: tuple[str, ...], grace:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", shell_complete=_complete_task)
 @click.option("-p", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter of NAME (VALUE is read as YAML).")
 @click.option("--no-deps", is_flag=True, help="Run NAME alone, not its needs first.")
 @click.option("--wait", is_flag=True, help="Wait for the run to end; print and exit as `runner run` does.")
@@ -680,7 +714,7 @@ def show(settings: Settings, run_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("run_id", required=False)
-@click.option("--task", "task_name", metavar="NAME", help="The latest run of NAME instead; with -f, its later runs too.")
+@click.option("--task", "task_name", metavar="NAME", shell_complete=_complete_task, help="The latest run of NAME instead; with -f, its later runs too.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output and log lines as they are written.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
 @click.pass_obj
