@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -108,3 +111,25 @@ def test_the_worker_unit_in_the_distributed_guide_is_the_unit_file_and_parses() 
     at = argv.index("worker")
     group = main.make_context("runner", argv[1 : at + 1])
     main.commands["worker"].make_context("worker", argv[at + 1 :], parent=group)
+
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+@pytest.mark.parametrize("unit", [UNIT, WORKER_UNIT], ids=lambda p: p.name)
+def test_systemd_verifies_the_unit_and_rates_it_4_or_better(unit: Path, tmp_path: Path) -> None:
+    # verify checks that ExecStart's program exists: point it at this runner.
+    runner_bin = Path(sys.executable).parent / "runner"
+    copy = tmp_path / unit.name
+    copy.write_text(unit.read_text(encoding="utf-8").replace("/opt/runner/venv/bin/runner", str(runner_bin)))
+    assert SYSTEMD_ANALYZE is not None
+    verified = subprocess.run([SYSTEMD_ANALYZE, "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    assert (verified.returncode, verified.stderr) == (0, "")
+    rated = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=true", "--no-pager", str(copy)],
+        capture_output=True, text=True, timeout=60,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", rated.stdout)
+    assert match, rated.stdout + rated.stderr
+    assert float(match.group(1)) <= 4.0, rated.stdout
