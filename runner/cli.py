@@ -250,31 +250,55 @@ def sync(settings: Settings, dry_run: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.pass_obj
 def list_(settings: Settings, state: str | None, include_removed: bool, as_json: bool) -> None:
-    """Tasks in the store and their state."""
+    """Tasks in the store: their state, schedule and next fire time, and their last run."""
+    import time
+
+    from runner.overview import task_overviews
     from runner.store import open_store
+
+    now = time.time()
 
     async def fetch() -> list[Any]:
         async with open_store(settings.store_location) as store:
-            found = await store.tasks(include_removed=include_removed)
-        return list(found.values())
+            return await task_overviews(store, include_removed=include_removed, now=now)
 
     never_synced = settings.db is None and not Path(settings.store_location).exists()
     tasks = _run_async(fetch)
     if state is not None:
-        tasks = [t for t in tasks if t.enabled == (state == "enabled")]
+        tasks = [t for t in tasks if t.task.enabled == (state == "enabled")]
     if as_json:
         _emit_json([t.to_json() for t in tasks])
         return
     if not tasks:
         click.echo("no tasks" + ("; run `runner sync` first" if never_synced else ""))
         return
-    rows = [
-        (t.name, t.spec.type.value, "enabled" if t.enabled else f"disabled ({t.disabled_reason})", str(t.spec.source))
-        for t in tasks
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    rows = [("NAME", "TYPE", "STATE", "SCHEDULE", "NEXT", "LAST RUN", "SOURCE")]
+    for t in tasks:
+        task, last = t.task, t.last_run
+        rows.append((
+            task.name,
+            task.spec.type.value,
+            "enabled" if task.enabled else f"disabled ({task.disabled_reason})",
+            t.schedule or "-",
+            _relative(t.next_fire_at, now) if t.next_fire_at is not None else "-",
+            f"{last.status.value} {_relative(last.at, now)}" if last else "-",
+            str(task.spec.source),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        click.echo("  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)).rstrip())
+        click.echo("  ".join(cell.ljust(widths[i]) if i < len(widths) else cell for i, cell in enumerate(row)).rstrip())
+
+
+def _relative(at: float, now: float) -> str:
+    """``at`` from ``now``, as a person says it: ``in 12m``, ``3h ago``."""
+    seconds = abs(at - now)
+    for unit, size, below in (("s", 1, 90), ("m", 60, 90 * 60), ("h", 3600, 36 * 3600)):
+        if seconds < below:
+            amount = f"{round(seconds / size)}{unit}"
+            break
+    else:
+        amount = f"{round(seconds / 86400)}d"
+    return f"in {amount}" if at > now else f"{amount} ago"
 
 
 def _parse_parameter(text: str) -> tuple[str, Any]:
@@ -668,10 +692,10 @@ def runs(
         return
     rows = [
         (r.id, r.task, r.status.value, str(r.attempt), r.to_json()["started_at"] or "-",
-         f"{r.duration_s:.3f}s" if r.duration_s is not None else "-")
+         f"{r.duration_s:.3f}s" if r.duration_s is not None else "-", r.invocation or "-")
         for r in found
     ]
-    header = ("ID", "TASK", "STATUS", "TRY", "STARTED", "TOOK")
+    header = ("ID", "TASK", "STATUS", "TRY", "STARTED", "TOOK", "INVOCATION")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())

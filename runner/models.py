@@ -186,6 +186,18 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
+class LastRun:
+    """A task's newest run, in brief: its id, status, and when it ended (or was queued)."""
+
+    id: str
+    status: RunStatus
+    at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "status": self.status.value, "at": iso(self.at)}
+
+
+@dataclass(frozen=True)
 class StoredTask:
     """A task as the store knows it: its definition plus whether it may run and why not."""
 

@@ -7,7 +7,7 @@ import math
 import zoneinfo
 from datetime import datetime
 
-from runner.models import Schedule
+from runner.models import Schedule, format_duration
 
 CRON_ALIASES = {
     "@yearly": "0 0 1 1 *",
@@ -65,3 +65,18 @@ def next_fire(schedule: Schedule, after: float, *, anchor: float) -> float:
     start = datetime.fromtimestamp(after, zone)
     return float(next(CronSim(schedule.cron or "", start)).timestamp())
 
+
+
+def describe(schedule: Schedule) -> str:
+    """``schedule`` in words: ``every 1h30m``, ``At 02:30 every day (Europe/Oslo)``."""
+    if schedule.every is not None:
+        return f"every {format_duration(schedule.every)}"
+    return f"{_explain(schedule.cron or '')} ({schedule.timezone or 'UTC'})"
+
+
+@functools.cache
+def _explain(expression: str) -> str:
+    from cronsim import CronSim
+
+    explained: str = CronSim(expression, datetime(2000, 1, 1)).explain()
+    return explained

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from runner.errors import RunNotFound, StoreError, StoreVersionError
 from runner.models import (
+    LastRun,
     LogLine,
     Run,
     RunStatus,
@@ -1302,6 +1303,26 @@ class Store:
                     or_(runs.queued_at < queued_at, and_(runs.queued_at == queued_at, runs.id < before)),
                 )
             return [_run_from_row(row) for row in await conn.execute(query)]
+
+    async def latest_runs(self) -> dict[str, LastRun]:
+        """Each task's newest run (by the time it was queued), for the tasks that have one: one
+        index seek per task on ``runs_task_queued``."""
+        runs = t.runs.c
+        newest = (
+            select(runs.id)
+            .where(runs.task == t.tasks.c.name)
+            .order_by(runs.queued_at.desc(), runs.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        query = select(runs.task, runs.id, runs.status, runs.queued_at, runs.finished_at).where(
+            runs.id.in_(select(newest).select_from(t.tasks))
+        )
+        async with self._read() as conn:
+            return {
+                task: LastRun(run_id, RunStatus(status), finished_at if finished_at is not None else queued_at)
+                for task, run_id, status, queued_at, finished_at in await conn.execute(query)
+            }
 
     async def run_totals(self) -> list[tuple[str, str, int, float]]:
         """For every task and status: how many runs the store holds, and their durations'

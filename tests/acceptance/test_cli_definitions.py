@@ -11,13 +11,17 @@ import copy
 import json
 import logging
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 import time
 from contextlib import closing
+from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
@@ -333,34 +337,38 @@ def test_list_before_any_sync(example: ProjectDir, runner_cli: RunnerCli) -> Non
 
 def test_list_shows_state_and_filters(example: ProjectDir, runner_cli: RunnerCli) -> None:
     ok(runner_cli("sync"))
-    text = ok(runner_cli("list")).stdout.splitlines()
+    header, *text = ok(runner_cli("list")).stdout.splitlines()
+    assert header.split() == ["NAME", "TYPE", "STATE", "SCHEDULE", "NEXT", "LAST", "RUN", "SOURCE"]
     assert [line.split()[:3] for line in text] == [
         ["add", "python", "enabled"],
         ["hello", "shell", "enabled"],
         ["report", "python", "disabled"],
     ]
-    assert "disabled (declared)" in text[2]
+    assert "disabled (declared)  At 02:30 every day (Europe/Oslo)  -     -" in text[2]
     assert text[2].endswith("tasks.d/more/report.yml:3")
     assert listed(runner_cli) == [
         {
             "name": "add", "type": "python", "enabled": True, "disabled_reason": None,
             "callable": "calculate_sum", "parameters": {"a": 10, "b": 32}, "needs": [],
             "schedule": None, "source": "tasks.d/main.yaml:5",
+            "schedule_description": None, "next_fire_at": None, "last_run": None,
         },
         {
             "name": "hello", "type": "shell", "enabled": True, "disabled_reason": None,
             "command": 'echo "hello from runner"', "parameters": {}, "needs": [],
             "schedule": None, "source": "tasks.d/main.yaml:3",
+            "schedule_description": None, "next_fire_at": None, "last_run": None,
         },
         {
             "name": "report", "type": "python", "enabled": False, "disabled_reason": "declared",
             "callable": "plugins.reports:daily", "parameters": {}, "needs": ["add"],
             "schedule": {"cron": "30 2 * * *", "timezone": "Europe/Oslo"},
             "source": "tasks.d/more/report.yml:3",
+            "schedule_description": "At 02:30 every day (Europe/Oslo)", "next_fire_at": None, "last_run": None,
         },
     ]
     assert [t["name"] for t in listed(runner_cli, "--enabled")] == ["add", "hello"]
-    [line] = ok(runner_cli("list", "--disabled")).stdout.splitlines()
+    [_, line] = ok(runner_cli("list", "--disabled")).stdout.splitlines()
     assert line.startswith("report ")
 
 
@@ -373,6 +381,40 @@ def test_list_shows_an_interval_as_a_duration(project: ProjectDir, runner_cli: R
     ok(runner_cli("sync"))
     [tick] = listed(runner_cli)
     assert tick["schedule"] == {"every": "1h30m", "every_seconds": 5400.0, "overlap": "allow"}
+    assert tick["schedule_description"] == "every 1h30m"
+
+
+def test_list_shows_when_a_task_fires_next_and_how_its_last_run_went(
+    project: ProjectDir, runner_cli: RunnerCli
+) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          nightly:
+            command: 'exit 3'
+            schedule: {cron: "30 2 * * *", timezone: Asia/Tokyo}
+          hello:
+            command: echo hi
+        """,
+    )
+    assert runner_cli("run", "nightly").returncode == 1
+    ok(runner_cli("run", "hello"))
+    before = datetime.now(UTC)
+    hello, nightly = listed(runner_cli)
+    tokyo = ZoneInfo("Asia/Tokyo")
+    expected = datetime.combine(before.astimezone(tokyo).date(), dt_time(2, 30), tokyo)
+    if expected <= before:
+        expected += timedelta(days=1)
+    assert datetime.fromisoformat(nightly["next_fire_at"]) == expected
+    assert nightly["schedule_description"] == "At 02:30 every day (Asia/Tokyo)"
+    assert (nightly["last_run"]["status"], hello["last_run"]["status"]) == ("failed", "succeeded")
+    assert hello["last_run"]["id"] == json.loads(ok(runner_cli("runs", "--task", "hello", "--json")).stdout)[0]["id"]
+    assert (hello["schedule_description"], hello["next_fire_at"]) == (None, None)
+    _, hello_line, nightly_line = ok(runner_cli("list")).stdout.splitlines()
+    assert "At 02:30 every day (Asia/Tokyo)  in " in nightly_line and "failed " in nightly_line
+    assert re.search(r"  -  +-  +succeeded \d+s ago  +tasks.d/a.yaml:6$", hello_line), hello_line
 
 
 def test_removed_task_is_kept_and_listed_with_all(example: ProjectDir, runner_cli: RunnerCli) -> None:
@@ -427,7 +469,7 @@ def test_callable_that_does_not_import(project: ProjectDir, runner_cli: RunnerCl
         " (callable 'plugins.jobs:run')",
     ]
     assert stored(project) == {"job": f"orphaned: {error}", "other": None}
-    [line] = ok(runner_cli("list", "--disabled")).stdout.splitlines()
+    [_, line] = ok(runner_cli("list", "--disabled")).stdout.splitlines()
     assert line.split()[:3] == ["job", "python", "disabled"]
     assert f"(orphaned: {error})" in line
 

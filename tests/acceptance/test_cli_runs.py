@@ -132,8 +132,10 @@ def test_run_prints_the_output_and_runs_and_show_list_the_run(
     assert re.search(r"^runner: hello succeeded in \d+\.\d{3}s \(run ", result.stderr, re.M)
 
     listing = ok(runner_cli("runs")).stdout.splitlines()
-    assert listing[0].split() == ["ID", "TASK", "STATUS", "TRY", "STARTED", "TOOK"]
+    assert listing[0].split() == ["ID", "TASK", "STATUS", "TRY", "STARTED", "TOOK", "INVOCATION"]
     assert listing[1].split()[:4] == [run_id, "hello", "succeeded", "1"]
+    [as_json] = json.loads(ok(runner_cli("runs", "--json")).stdout)
+    assert listing[1].split()[-1] == as_json["invocation"] and re.fullmatch(r"[0-9a-f]{32}", as_json["invocation"])
 
     shown = ok(runner_cli("show", run_id)).stdout
     assert f"id:          {run_id}\n" in shown
