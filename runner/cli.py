@@ -236,23 +236,17 @@ def list_(settings: Settings, state: str | None, include_removed: bool, as_json:
 
 
 def _parse_parameter(text: str) -> tuple[str, Any]:
-    import yaml
+    from runner.inputs import parse_override
 
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="-p")
-    if raw == "":
-        return key.strip(), ""
     try:
-        value = yaml.load(raw, Loader=yaml.CSafeLoader)
-    except yaml.YAMLError as exc:
-        raise click.BadParameter(f"{key}: {raw!r} is not a YAML value ({exc})", param_hint="-p") from exc
-    return key.strip(), value
+        return parse_override(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="-p") from None
 
 
 @main.command()
 @click.argument("name")
-@click.option("-p", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter of NAME (VALUE is read as YAML).")
+@click.option("-p", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter of NAME (VALUE is read as in a task file: -p a=10 is a number).")
 @click.option("--no-deps", is_flag=True, help="Run NAME alone, not its needs first.")
 @click.option(
     "--concurrency", type=click.IntRange(min=1), default=None, metavar="N",
@@ -485,7 +479,7 @@ def worker(settings: Settings, concurrency: int, queues: tuple[str, ...], grace:
 
 @main.command()
 @click.argument("name")
-@click.option("-p", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter of NAME (VALUE is read as YAML).")
+@click.option("-p", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter of NAME (VALUE is read as in a task file: -p a=10 is a number).")
 @click.option("--no-deps", is_flag=True, help="Run NAME alone, not its needs first.")
 @click.option("--wait", is_flag=True, help="Wait for the run to end; print and exit as `runner run` does.")
 @click.option("--json", "as_json", is_flag=True, help="With --wait: each run as a JSON line, NAME's last.")
