@@ -48,6 +48,11 @@ def text_problem(text: str) -> str | None:
     return f"contains a lone surrogate (\\u{ord(found.group()):04x} {where}), which is not valid UTF-8 text"
 
 
+def number_problem(number: float) -> str | None:
+    """Why ``number`` cannot be stored as JSON (NaN, an infinity), or None."""
+    return None if math.isfinite(number) else f"{number!r} is not a finite number; JSON has no NaN or Infinity"
+
+
 def name_problem(name: object, what: str = "parameter") -> str | None:
     """Why ``name`` is not a parameter (or ``what``: an env variable) name, or None."""
     if isinstance(name, str) and PARAMETER_NAME.fullmatch(name):
@@ -66,8 +71,9 @@ def value_problems(value: Any) -> Iterator[tuple[str, str]]:
             if problem is not None:
                 yield path, problem
         elif isinstance(item, float):
-            if not math.isfinite(item):
-                yield path, f"{item!r} is not a finite number; JSON has no NaN or Infinity"
+            problem = number_problem(item)
+            if problem is not None:
+                yield path, problem
         elif isinstance(item, Mapping):
             children = []
             for key, inner in item.items():

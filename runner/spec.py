@@ -25,7 +25,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner.errors import Problem
 from runner.graph import find_cycles
-from runner.inputs import text_problem
+from runner.inputs import number_problem, text_problem
 from runner.models import Retries, Schedule, SecretRef, Source, TaskSpec, TaskType
 
 TASKS_DIR = "tasks.d"
@@ -213,7 +213,11 @@ class _Builder:
                 if _expects_string(where):
                     return node.value  # reported as a trap; the schema checks the word as written
             if tag in _NUMBER_TAGS:
-                return _core_number(node.value, tag)
+                number = _core_number(node.value, tag)
+                problem = number_problem(number) if _in_parameters(where) else None
+                if problem is not None:
+                    self.file.add(where, f"{_label(where)}: {problem}")
+                return number
             return self.constructor.construct_object(node, deep=True)
         if tag.startswith("tag:yaml.org,2002:"):
             return node.value  # timestamps, binary and the like stay as the text written
@@ -250,7 +254,7 @@ class _Builder:
             self.file.keys[here] = (mark.line + 1, mark.column + 1)
             problem = text_problem(key)
             if problem is not None:
-                self.file.add(here, f"{_label(here)}: the key {problem}", key=True)
+                self.file.add(here, f"{_label(where)}: the key {key!r} {problem}", key=True)
             result[key] = self.build(value_node, here)
         for source in merged:
             sources = source.value if isinstance(source, SequenceNode) else [source]
@@ -262,6 +266,11 @@ class _Builder:
                 for key, inner in value.items():
                     result.setdefault(key, inner)
         return result
+
+
+def _in_parameters(where: Path_) -> bool:
+    """Whether ``where`` lies in a task's ``parameters`` (or is a ``-p`` value)."""
+    return where[:1] == ("parameters",) or (len(where) > 3 and where[0] == "tasks" and where[2] == "parameters")
 
 
 def _core_number(text: str, tag: str) -> int | float:
@@ -303,17 +312,13 @@ def read_value(text: str) -> Any:
 
 
 class _Loader(yaml.CSafeLoader):
-    """libyaml's parser with the implicit-tag resolver memoized.
+    """libyaml's parser with the implicit-tag resolver memoized, and YAML 1.2 core numbers.
 
     The resolver runs in Python for every scalar (a regex per candidate tag); in task files the
     same short scalars (keys, durations, commands) recur thousands of times.
     """
 
     _tags: ClassVar[dict[tuple[Any, Any, Any], str]] = {}
-    yaml_implicit_resolvers: ClassVar[dict[Any, list[tuple[str, re.Pattern[str]]]]] = {
-        first: [(tag, regex) for tag, regex in resolvers if tag not in _NUMBER_TAGS]
-        for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items()
-    }
 
     def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
         if value is not None and len(value) > 64:
@@ -325,6 +330,10 @@ class _Loader(yaml.CSafeLoader):
         return tag
 
 
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag not in _NUMBER_TAGS]
+    for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items()
+}
 _Loader.add_implicit_resolver(_INT, _CORE_INT, list("-+0123456789"))
 _Loader.add_implicit_resolver(_FLOAT, _CORE_FLOAT, list("-+.0123456789"))
 
@@ -446,7 +455,7 @@ def _validator() -> Any:
 
 def _label(where: Path_) -> str:
     if len(where) >= 2 and where[0] == "tasks":
-        rest = ".".join(str(p) for p in where[2:])
+        rest = ".".join(repr(p) if isinstance(p, str) and text_problem(p) else str(p) for p in where[2:])
         return f"task {where[1]!r}" + (f": {rest}" if rest else "")
     return ".".join(str(p) for p in where) or "file"
 
@@ -470,6 +479,8 @@ def _schema_problems(file: TaskFile, error: Any) -> Iterator[Problem]:
 
     where: Path_ = tuple(error.absolute_path)
     kind = error.validator
+    if kind == "pattern" and isinstance(error.instance, str) and text_problem(error.instance):
+        return  # reported where the file was read, with a message that says what
     schema = error.schema if isinstance(error.schema, dict) else {}
     label = _label(where)
     if kind in ("oneOf", "anyOf") and error.context:

@@ -25,6 +25,7 @@ from runner.errors import ParameterError, RunNotFound, StoreError, TaskNotRunnab
 from runner.http import events, metrics
 from runner.http.openapi import document
 from runner.http.problems import Problem, bearer_ok, problem_response, require_token
+from runner.inputs import parameter_problems
 from runner.models import RunStatus, iso
 
 if TYPE_CHECKING:
@@ -140,6 +141,9 @@ async def _json_body(request: Request) -> dict[str, Any]:
     parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):
         raise Problem(422, "'parameters' must be a JSON object of parameter names to values")
+    problems = parameter_problems(parameters)
+    if problems:
+        raise Problem(422, "; ".join(problems), errors=problems)
     return parameters
 
 
