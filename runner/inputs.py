@@ -129,10 +129,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     problem = text_problem(raw)
     if problem is not None:
         raise ValueError(f"{key}: the value {problem}")
-    try:
-        value = "" if raw == "" else read_value(raw)  # "" read as YAML would be null
-    except ValueError as exc:
-        raise ValueError(f"{key}: {exc}") from None
+    value = "" if raw == "" else read_value(raw, key)  # "" read as YAML would be null
     for path, message in value_problems(value):
         raise ValueError(f"{key}{' at ' + path if path else ''}: {message}")
     return key, value

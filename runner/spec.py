@@ -288,26 +288,27 @@ def _core_number(text: str, tag: str) -> int | float:
     return float(text)
 
 
-def read_value(text: str) -> Any:
-    """``text`` (one ``-p`` value) read as it would be in a task file's ``parameters``:
-    YAML 1.2 core numbers, dates kept as text, flow lists and mappings; ValueError if it is not
-    one YAML value, or holds a tag or anything else a task file may not."""
+def read_value(text: str, name: str = "value") -> Any:
+    """``text`` (the ``-p`` value of parameter ``name``) read as it would be in a task file's
+    ``parameters``: YAML 1.2 core numbers, dates kept as text, flow lists and mappings;
+    ValueError, naming ``name``, if it is not one YAML value or holds what a task file may not."""
     file = TaskFile("-p")
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         what = " ".join(filter(None, [exc.context, exc.problem]))
-        raise ValueError(f"{text!r} is not a YAML value ({what})") from None
+        raise ValueError(f"{name}: {text!r} is not a YAML value ({what})") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"{text!r} is not a YAML value ({exc})") from None
+        raise ValueError(f"{name}: {text!r} is not a YAML value ({exc})") from None
     if node is None:
         return None
     try:
-        value = _Builder(file).build(node, ("parameters",))
+        value = _Builder(file).build(node, ("parameters", name))
     except (_TooLarge, RecursionError):
-        raise ValueError(f"{text[:40]!r}...: too large or too deeply nested") from None
+        raise ValueError(f"{name}: the value is too large or too deeply nested") from None
     if file.problems:
-        raise ValueError(file.problems[0].message.removeprefix("parameters: "))
+        message = file.problems[0].message
+        raise ValueError(message.removeprefix("parameters.") if message.startswith("parameters.") else f"{name}: {message}")
     return value
 
 
