@@ -265,11 +265,11 @@ def run(
     cannot run, 130/143 when stopped by SIGINT/SIGTERM (running tasks are killed and every
     unfinished run is recorded cancelled).
     """
+    overrides = dict(_parse_parameter(p) for p in params)  # refused before the heavy imports
     from runner.oneshot import run_once
     from runner.progress import Reporter
     from runner.store import open_store
 
-    overrides = dict(_parse_parameter(p) for p in params)
     if remote:
         _require_postgres(settings, "runner run --remote")
         _run_remote(settings, name, overrides, with_needs=not no_deps, as_json=as_json)
@@ -495,6 +495,7 @@ def trigger(
     """
     import time
 
+    overrides = dict(_parse_parameter(p) for p in params)  # refused before the heavy imports
     from runner.daemon import describe_holder, request_run
     from runner.engine import checked_parameters, runnable
     from runner.follow import wait_for
@@ -503,7 +504,6 @@ def trigger(
     from runner.store import open_store
     from runner.store.store import Trigger
 
-    overrides = dict(_parse_parameter(p) for p in params)
     if remote:
         _require_postgres(settings, "runner trigger --remote")
 
