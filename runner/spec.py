@@ -212,13 +212,17 @@ class _Builder:
                 self.file.traps[where] = node.value
                 if _expects_string(where):
                     return node.value  # reported as a trap; the schema checks the word as written
-            if tag in _NUMBER_TAGS:
-                number = _core_number(node.value, tag)
-                problem = number_problem(number) if _in_parameters(where) else None
-                if problem is not None:
-                    self.file.add(where, f"{_label(where)}: {problem}")
-                return number
-            return self.constructor.construct_object(node, deep=True)
+            try:
+                if tag in _NUMBER_TAGS:
+                    number = _core_number(node.value, tag)
+                    problem = number_problem(number) if _in_parameters(where) else None
+                    if problem is not None:
+                        self.file.add(where, f"{_label(where)}: {problem}")
+                    return number
+                return self.constructor.construct_object(node, deep=True)
+            except (ValueError, KeyError):  # an explicit tag on text it does not fit: !!int x
+                self.file.add(where, f"{_label(where)}: {node.value!r} is not a valid !!{tag.rpartition(':')[2]}")
+                return node.value
         if tag.startswith("tag:yaml.org,2002:"):
             return node.value  # timestamps, binary and the like stay as the text written
         self.file.add(where, f"unsupported YAML tag {tag}; write a plain value")
