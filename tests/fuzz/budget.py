@@ -4,7 +4,7 @@
 
 Before a release, run it longer (docs/running.md, "Fuzzing"):
 
-    RUNNER_FUZZ_EXAMPLES=5000 python -m pytest tests/fuzz -p no:timeout
+    RUNNER_FUZZ_EXAMPLES=5000 python -m pytest tests/fuzz --timeout 0
 """
 
 from __future__ import annotations
