@@ -2,7 +2,7 @@
 (default 100, about 15 s for the whole suite on 2 cores); properties that start a real
 ``runner`` process get a twentieth of that (at least 3).
 
-Before a release, run it longer (docs/running.md, "Fuzzing"):
+Before a release, run it longer (README.md says so too):
 
     RUNNER_FUZZ_EXAMPLES=5000 python -m pytest tests/fuzz --timeout 0
 """
