@@ -25,7 +25,6 @@ from runner.errors import ParameterError, RunNotFound, StoreError, TaskNotRunnab
 from runner.http import events, metrics
 from runner.http.openapi import document
 from runner.http.problems import Problem, bearer_ok, problem_response, require_token
-from runner.inputs import parameter_problems
 from runner.models import RunStatus, iso
 
 if TYPE_CHECKING:
@@ -141,9 +140,6 @@ async def _json_body(request: Request) -> dict[str, Any]:
     parameters = body.get("parameters", {})
     if not isinstance(parameters, dict):
         raise Problem(422, "'parameters' must be a JSON object of parameter names to values")
-    problems = parameter_problems(parameters)
-    if problems:
-        raise Problem(422, "; ".join(problems), errors=problems)
     return parameters
 
 
@@ -248,6 +244,8 @@ class Api:
         name = _name(request.path_params["name"])
         parameters = await _json_body(request)
         try:
+            # Names and values that could not reach the task (inputs.py) are a ParameterError
+            # too, raised after the task is found runnable, so a 404 or 409 comes first.
             run_id = await self.daemon.run_now(name, parameters)
         except TaskNotRunnable as exc:
             raise Problem(404 if name not in self.daemon.engine.tasks else 409, str(exc)) from None

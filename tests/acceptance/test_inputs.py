@@ -164,6 +164,8 @@ def test_a_trigger_body_that_cannot_reach_a_task_is_422_and_nothing_is_recorded(
             assert response.status_code == 422, response.text
             body = response.json()
             assert message in body["detail"] and body["errors"] == [body["detail"]], raw
+    unknown = api.post("/api/v1/tasks/nosuch/runs", json={"parameters": {"a b": 1}}, headers=api.auth)
+    assert unknown.status_code == 404  # the task is looked up first
     assert api.get("/api/v1/runs").json()["runs"] == []
     assert api.get("/health").json()["status"] == "ok"
 
