@@ -302,23 +302,17 @@ def _relative(at: float, now: float) -> str:
 
 
 def _parse_parameter(text: str) -> tuple[str, Any]:
-    import yaml
+    from runner.inputs import parse_override
 
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="-p")
-    if raw == "":
-        return key.strip(), ""
     try:
-        value = yaml.load(raw, Loader=yaml.CSafeLoader)
-    except yaml.YAMLError as exc:
-        raise click.BadParameter(f"{key}: {raw!r} is not a YAML value ({exc})", param_hint="-p") from exc
-    return key.strip(), value
+        return parse_override(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="-p") from None
 
 
 @main.command()
 @click.argument("name", shell_complete=_complete_task)
-@click.option("-p", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter of NAME (VALUE is read as YAML).")
+@click.option("-p", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter of NAME (VALUE is read as in a task file: -p a=10 is a number).")
 @click.option("--no-deps", is_flag=True, help="Run NAME alone, not its needs first.")
 @click.option(
     "--concurrency", type=click.IntRange(min=1), default=None, metavar="N",
@@ -337,11 +331,11 @@ def run(
     cannot run, 130/143 when stopped by SIGINT/SIGTERM (running tasks are killed and every
     unfinished run is recorded cancelled).
     """
+    overrides = dict(_parse_parameter(p) for p in params)  # refused before the heavy imports
     from runner.oneshot import run_once
     from runner.progress import Reporter
     from runner.store import open_store
 
-    overrides = dict(_parse_parameter(p) for p in params)
     if remote:
         _require_postgres(settings, "runner run --remote")
         _run_remote(settings, name, overrides, with_needs=not no_deps, as_json=as_json)
@@ -551,7 +545,7 @@ def worker(settings: Settings, concurrency: int, queues: tuple[str, ...], grace:
 
 @main.command()
 @click.argument("name", shell_complete=_complete_task)
-@click.option("-p", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter of NAME (VALUE is read as YAML).")
+@click.option("-p", "params", multiple=True, metavar="KEY=VALUE", help="Override a parameter of NAME (VALUE is read as in a task file: -p a=10 is a number).")
 @click.option("--no-deps", is_flag=True, help="Run NAME alone, not its needs first.")
 @click.option("--wait", is_flag=True, help="Wait for the run to end; print and exit as `runner run` does.")
 @click.option(
@@ -570,6 +564,7 @@ def trigger(
     """
     import time
 
+    overrides = dict(_parse_parameter(p) for p in params)  # refused before the heavy imports
     from runner.daemon import describe_holder, request_run
     from runner.engine import checked_parameters, runnable
     from runner.follow import wait_for
@@ -578,7 +573,6 @@ def trigger(
     from runner.store import open_store
     from runner.store.store import Trigger
 
-    overrides = dict(_parse_parameter(p) for p in params)
     if remote:
         _require_postgres(settings, "runner trigger --remote")
 

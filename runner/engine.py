@@ -42,6 +42,7 @@ from runner.executors.shell import (
     run_shell,
 )
 from runner.graph import upstream_order
+from runner.inputs import parameter_problems
 from runner.jsonsafe import json_safe
 from runner.masking import Masker, SecretUnavailable, readable_secrets, resolve_env
 from runner.models import LogLine, Run, RunStatus, StoredTask, TaskSpec, TaskType, new_run_id
@@ -802,7 +803,11 @@ def runnable(tasks: Mapping[str, StoredTask], name: str, needed_by: str | None =
 
 
 def checked_parameters(spec: TaskSpec, params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` converted to what the callable's hints ask for; ParameterError if unfit."""
+    """``params`` converted to what the callable's hints ask for; ParameterError if unfit, or
+    if a name or value could not reach the task (see ``inputs.py``)."""
+    problems = parameter_problems(params)
+    if problems:
+        raise ParameterError([f"task {spec.name!r}: {problem}" for problem in problems])
     if spec.type is not TaskType.PYTHON:
         return params
     from runner.signature import check_parameters

@@ -3,7 +3,7 @@
     RunnerError
      ├── ProjectError            task files that do not validate (carries every Problem)
      ├── CallableNotFound        a python task's callable does not import or resolve (ImportError)
-     ├── ParameterError          parameters that do not fit a callable's signature (ValueError)
+     ├── ParameterError          parameters that cannot reach a task, or do not fit its callable (ValueError)
      ├── TaskNotRunnable         unknown, disabled, orphaned, invalid or removed task (LookupError)
      ├── RunNotFound             no run with that id (LookupError)
      └── StoreError              the store cannot be opened or used
@@ -60,7 +60,8 @@ class CallableNotFound(RunnerError, ImportError):
 
 
 class ParameterError(RunnerError, ValueError):
-    """Parameters that do not fit a callable's signature; ``problems`` lists each misfit."""
+    """Parameters that cannot reach a task (see ``inputs.py``) or do not fit a callable's
+    signature; ``problems`` lists each misfit."""
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)

@@ -45,6 +45,9 @@ def _checks() -> dict[str, Callable[[Any], bool]]:
     def text(value: Any) -> bool:
         return type(value) is str and value != ""
 
+    def os_text(value: Any) -> bool:  # the schema's NUL-free pattern, for what reaches the OS
+        return type(value) is str and "\x00" not in value
+
     def unique_texts(value: Any, item: Callable[[Any], bool] = text) -> bool:
         return type(value) is list and all(map(item, value)) and len(set(value)) == len(value)
 
@@ -84,19 +87,21 @@ def _checks() -> dict[str, Callable[[Any], bool]]:
     def secret(value: Any) -> bool:
         if type(value) is not dict or len(value) != 1:
             return False
-        return from_env(value["from_env"]) if "from_env" in value else text(value.get("from_file"))
+        if "from_env" in value:
+            return from_env(value["from_env"])
+        return text(value.get("from_file")) and os_text(value["from_file"])
 
     def env(value: Any) -> bool:
         return (
             type(value) is dict
             and all(map(env_name, value))
-            and all(type(v) is str or secret(v) for v in value.values())
+            and all(os_text(v) or secret(v) for v in value.values())
         )
 
     return {
         "name": name,
         "callable": matcher(task["callable"]["pattern"]),
-        "command": lambda v: text(v) or (type(v) is list and bool(v) and all(type(c) is str for c in v)),
+        "command": lambda v: (text(v) and os_text(v)) or (type(v) is list and bool(v) and all(map(os_text, v))),
         "parameters": lambda v: type(v) is dict and all(map(parameter, v)),
         "enabled": lambda v: type(v) is bool,
         "description": lambda v: type(v) is str,
@@ -105,7 +110,7 @@ def _checks() -> dict[str, Callable[[Any], bool]]:
         "timeout": duration,
         "retries": retries,
         "env": env,
-        "cwd": text,
+        "cwd": lambda v: text(v) and os_text(v),
         "tags": unique_texts,
         "concurrency": lambda v: type(v) is int and v >= 1,
         "queue": matcher(task["queue"]["pattern"]),

@@ -29,6 +29,7 @@ from anyio.abc import TaskStatus
 from runner import log, registry
 from runner.engine import Engine, Workflow
 from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnable
+from runner.inputs import check_parameters
 from runner.models import RunStatus
 from runner.processes import HOST, PID, process_is_alive
 from runner.revision import project_revision
@@ -145,6 +146,8 @@ class Worker:
         run_ids = list(args["runs"].values())
         notes = await self._check_revision(args)
         try:
+            # Checked here too: the job was written by another process, maybe another host.
+            check_parameters(args["parameters"])
             workflow = await self._workflow(args)
         except (TaskNotRunnable, ParameterError) as exc:
             error = {"type": type(exc).__name__, "message": str(exc), "traceback": None}

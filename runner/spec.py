@@ -25,6 +25,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner.errors import Problem
 from runner.graph import find_cycles
+from runner.inputs import number_problem, text_problem
 from runner.models import Retries, Schedule, SecretRef, Source, TaskSpec, TaskType
 
 TASKS_DIR = "tasks.d"
@@ -43,6 +44,14 @@ _BOOLEAN_WORDS = frozenset(
     w for base in ("y", "yes", "n", "no", "on", "off") for w in (base, base.title(), base.upper())
 )
 _TRUE_FALSE = frozenset({"true", "True", "TRUE", "false", "False", "FALSE"})
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_NUMBER_TAGS = {_INT, _FLOAT}
+# YAML 1.2's core schema for numbers, instead of YAML 1.1's (base 60, octal 0123, 1_000, 0b1).
+_CORE_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_CORE_FLOAT = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
 _MAX_NODES = 5_000_000
 _DURATION_PART = re.compile(r"\s*((?:\d+(?:\.\d+)?|\.\d+))\s*(ms|d|h|m|s)\s*")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -190,6 +199,10 @@ class _Builder:
 
     def scalar(self, node: ScalarNode, where: Path_) -> Any:
         tag = node.tag
+        problem = text_problem(node.value)
+        if problem is not None:
+            self.file.add(where, f"{_label(where)}: {problem}")
+            return node.value
         if tag == _STR:
             if not node.style and node.value in _BOOLEAN_WORDS:
                 self.file.traps[where] = node.value
@@ -199,7 +212,17 @@ class _Builder:
                 self.file.traps[where] = node.value
                 if _expects_string(where):
                     return node.value  # reported as a trap; the schema checks the word as written
-            return self.constructor.construct_object(node, deep=True)
+            try:
+                if tag in _NUMBER_TAGS:
+                    number = _core_number(node.value, tag)
+                    problem = number_problem(number) if _in_parameters(where) else None
+                    if problem is not None:
+                        self.file.add(where, f"{_label(where)}: {problem}")
+                    return number
+                return self.constructor.construct_object(node, deep=True)
+            except (ValueError, KeyError):  # an explicit tag on text it does not fit: !!int x
+                self.file.add(where, f"{_label(where)}: {node.value!r} is not a valid !!{tag.rpartition(':')[2]}")
+                return node.value
         if tag.startswith("tag:yaml.org,2002:"):
             return node.value  # timestamps, binary and the like stay as the text written
         self.file.add(where, f"unsupported YAML tag {tag}; write a plain value")
@@ -233,6 +256,9 @@ class _Builder:
                 )
                 continue
             self.file.keys[here] = (mark.line + 1, mark.column + 1)
+            problem = text_problem(key)
+            if problem is not None:
+                self.file.add(here, f"{_label(where)}: the key {key!r} {problem}", key=True)
             result[key] = self.build(value_node, here)
         for source in merged:
             sources = source.value if isinstance(source, SequenceNode) else [source]
@@ -246,8 +272,52 @@ class _Builder:
         return result
 
 
+def _in_parameters(where: Path_) -> bool:
+    """Whether ``where`` lies in a task's ``parameters`` (or is a ``-p`` value)."""
+    return where[:1] == ("parameters",) or (len(where) > 3 and where[0] == "tasks" and where[2] == "parameters")
+
+
+def _core_number(text: str, tag: str) -> int | float:
+    """A plain scalar the loader resolved as a YAML 1.2 core number, as that number.
+
+    PyYAML's constructors follow YAML 1.1, where a leading ``0`` means octal (``0123`` is 83).
+    """
+    if tag == _INT:
+        if text.startswith(("0o", "0x")):
+            return int(text[2:], 8 if text[1] == "o" else 16)
+        return int(text, 10)
+    lowered = text.lower()
+    if lowered.endswith((".inf", ".nan")):
+        return float(lowered.replace(".", ""))
+    return float(text)
+
+
+def read_value(text: str, name: str = "value") -> Any:
+    """``text`` (the ``-p`` value of parameter ``name``) read as it would be in a task file's
+    ``parameters``: YAML 1.2 core numbers, dates kept as text, flow lists and mappings;
+    ValueError, naming ``name``, if it is not one YAML value or holds what a task file may not."""
+    file = TaskFile("-p")
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        what = " ".join(filter(None, [exc.context, exc.problem]))
+        raise ValueError(f"{name}: {text!r} is not a YAML value ({what})") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{name}: {text!r} is not a YAML value ({exc})") from None
+    if node is None:
+        return None
+    try:
+        value = _Builder(file).build(node, ("parameters", name))
+    except (_TooLarge, RecursionError):
+        raise ValueError(f"{name}: the value is too large or too deeply nested") from None
+    if file.problems:
+        message = file.problems[0].message
+        raise ValueError(message.removeprefix("parameters.") if message.startswith("parameters.") else f"{name}: {message}")
+    return value
+
+
 class _Loader(yaml.CSafeLoader):
-    """libyaml's parser with the implicit-tag resolver memoized.
+    """libyaml's parser with the implicit-tag resolver memoized, and YAML 1.2 core numbers.
 
     The resolver runs in Python for every scalar (a regex per candidate tag); in task files the
     same short scalars (keys, durations, commands) recur thousands of times.
@@ -263,6 +333,14 @@ class _Loader(yaml.CSafeLoader):
         if tag is None:
             tag = self._tags[key] = str(super().resolve(kind, value, implicit))  # type: ignore[no-untyped-call]
         return tag
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag not in _NUMBER_TAGS]
+    for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_INT, _CORE_INT, list("-+0123456789"))
+_Loader.add_implicit_resolver(_FLOAT, _CORE_FLOAT, list("-+.0123456789"))
 
 
 class _TooLarge(Exception):
@@ -387,7 +465,7 @@ def _validator() -> Any:
 
 def _label(where: Path_) -> str:
     if len(where) >= 2 and where[0] == "tasks":
-        rest = ".".join(str(p) for p in where[2:])
+        rest = ".".join(repr(p) if isinstance(p, str) and text_problem(p) else str(p) for p in where[2:])
         return f"task {where[1]!r}" + (f": {rest}" if rest else "")
     return ".".join(str(p) for p in where) or "file"
 
@@ -411,6 +489,8 @@ def _schema_problems(file: TaskFile, error: Any) -> Iterator[Problem]:
 
     where: Path_ = tuple(error.absolute_path)
     kind = error.validator
+    if kind == "pattern" and isinstance(error.instance, str) and text_problem(error.instance):
+        return  # reported where the file was read, with a message that says what
     schema = error.schema if isinstance(error.schema, dict) else {}
     label = _label(where)
     if kind in ("oneOf", "anyOf") and error.context:

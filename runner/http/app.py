@@ -246,6 +246,8 @@ class Api:
         name = _name(request.path_params["name"])
         parameters = await _json_body(request)
         try:
+            # Names and values that could not reach the task (inputs.py) are a ParameterError
+            # too, raised after the task is found runnable, so a 404 or 409 comes first.
             run_id = await self.daemon.run_now(name, parameters)
         except TaskNotRunnable as exc:
             raise Problem(404 if name not in self.daemon.engine.tasks else 409, str(exc)) from None

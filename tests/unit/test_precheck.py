@@ -46,9 +46,9 @@ FIELDS = [
 VALUES: list[Any] = [
     None, True, False, 0, -1, 1, 2.5, -0.5, float("inf"), float("nan"), "", " ", "x", "5m",
     "1h30m", "5 minutes", "0.5s", "-1s", "a/b", "01", "_x", "python", "shell", "other",
-    "plugins.x:f", "bad callable", "9x:y", "x\n", [], ["x"], ["x", "x"], [1], [""], ["a/b"],
+    "plugins.x:f", "bad callable", "9x:y", "x\n", "x\x00y", [], ["x"], ["a", "\x00"], ["x", "x"], [1], [""], ["a/b"],
     [True], {}, {"a": 1}, {"1a": 1}, {"A-B": "x"}, {"X": 1}, {"X": {"from_env": "Y"}},
-    {"X": {"from_env": "1Y"}}, {"X": {"from_file": ""}}, {"X": {"from_env": "Y", "from_file": "z"}},
+    {"X": {"from_env": "1Y"}}, {"X": {"from_file": ""}}, {"X": "a\x00"}, {"X": {"from_file": "\x00"}}, {"X": {"from_env": "Y", "from_file": "z"}},
     {"X": {}}, {"from_env": "X"}, {"cron": "x"}, {"cron": "x", "timezone": ""},
     {"cron": ""}, {"timezone": "UTC"}, {"every": "5m"}, {"every": -1}, {"every": "x"},
     {"every": 1, "cron": "x"}, {"count": 1}, {"count": -1}, {"count": 1.0}, {"count": True},
