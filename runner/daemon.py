@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -58,6 +60,10 @@ CLOCK_CHECK = 30.0
 
 STORE_RETRY = 1.0
 """Seconds to wait after the store failed a read or write before the daemon tries again."""
+
+REWATCH_EVERY = 1.0
+"""Seconds between checks of which directories tasks.d/ and plugins/ lead to: a symlink swapped
+to a new release changes no file in the watched ones, so no event reports it."""
 
 
 class DaemonRunning(RunnerError):
@@ -563,22 +569,49 @@ class Daemon:
     # -- reloading -------------------------------------------------------------------------
 
     async def _watch(self) -> None:
+        """Reload on changes under ``tasks.d/`` and ``plugins/``, and when either directory is
+        replaced (a symlink swapped to a new release, a directory renamed over it) or appears.
+
+        The watch follows the directories it started on: a swap is seen only by checking once a
+        second which directory each path leads to, and the watch then starts again on the new one.
+        """
         from watchfiles import awatch
 
-        dirs = [d for d in (self.root / "tasks.d", self.root / "plugins") if d.is_dir()]
-        if not dirs:
-            return
-        # The watcher waits in a thread that a cancel cannot interrupt; the stop event can. The
-        # generator is closed here, not by asyncio's finalizer in a task of its own.
-        watcher = awatch(*dirs, watch_filter=_relevant, debounce=100, step=20, stop_event=self._stop)
-        async with contextlib.aclosing(watcher):
-            async for changes in watcher:
-                while True:
-                    try:
-                        await self._sync({Path(path) for _, path in changes})
-                        break
-                    except StoreError as exc:
-                        await _store_trouble(exc)
+        places = (self.root / "tasks.d", self.root / "plugins")
+        while True:
+            seen = {place: _identity(place) for place in places}
+            rewatch = anyio.Event()  # set when a directory is replaced, or the daemon stops
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._notice_replaced, seen, rewatch)
+                watched = [place for place, identity in seen.items() if identity is not None]
+                if watched:
+                    # The watcher waits in a thread that a cancel cannot interrupt; the event can.
+                    # The generator is closed here, not by asyncio's finalizer in a task of its own.
+                    watcher = awatch(*watched, watch_filter=_relevant, debounce=100, step=20, stop_event=rewatch)
+                    async with contextlib.aclosing(watcher):
+                        async for changes in watcher:
+                            await self._reload({Path(path) for _, path in changes})
+                await rewatch.wait()
+                group.cancel_scope.cancel()
+            if self._stop.is_set():
+                return
+            await self._reload({place for place in places if _identity(place) != seen[place]})
+
+    async def _notice_replaced(self, seen: dict[Path, tuple[int, int] | None], rewatch: anyio.Event) -> None:
+        while not self._stop.is_set():
+            with anyio.move_on_after(REWATCH_EVERY):
+                await self._stop.wait()
+            if any(_identity(place) != identity for place, identity in seen.items()):
+                break
+        rewatch.set()
+
+    async def _reload(self, changed: set[Path]) -> None:
+        while True:
+            try:
+                await self._sync(changed)
+                return
+            except StoreError as exc:
+                await _store_trouble(exc)
 
     async def _sync(self, changed: Iterable[Path] | None) -> None:
         """Validate and sync the files (``changed``: what changed, None at start); on success,
@@ -589,7 +622,8 @@ class Daemon:
 
         started = time.monotonic()
         declared = await anyio.to_thread.run_sync(load_tasks, self.root, self._parsed)
-        if changed is not None and any(p.suffix == ".py" for p in changed):
+        plugins = self.root / "plugins"
+        if changed is not None and any(p.suffix == ".py" or p == plugins or plugins in p.parents for p in changed):
             # At once, with no await between: a run that starts now finds its callable.
             registry.reload_plugins()
             registry.import_plugins(self.root)
@@ -658,8 +692,26 @@ async def _store_trouble(exc: StoreError) -> None:
     await anyio.sleep(STORE_RETRY)
 
 
-def _relevant(_change: Any, path: str) -> bool:
-    return path.endswith((".yaml", ".yml", ".py"))
+def _relevant(change: Any, path: str) -> bool:
+    """A task file or plugin module; or what may hold some: a directory or symlink that appears,
+    anything that goes (a directory moved out is reported as deleted, like a file)."""
+    from watchfiles import Change
+
+    if path.endswith((".yaml", ".yml", ".py")):
+        return True
+    name = os.path.basename(path)
+    if name.startswith(".") or "__pycache__" in Path(path).parts:
+        return False
+    return change == Change.deleted or os.path.isdir(path) or os.path.islink(path)
+
+
+def _identity(directory: Path) -> tuple[int, int] | None:
+    """Which directory ``directory`` leads to now (device and inode); None if none."""
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
 
 
 async def request_run(store: Store, trigger: Trigger) -> Lease | None:
