@@ -171,13 +171,15 @@ class TaskFile:
         self.problems.append(self.at(where, message, key=key))
 
 
+_BUILDING, _BUILT = True, False
+
+
 class _Builder:
     """Turns a composed YAML node tree into plain data, recording positions on the way."""
 
     def __init__(self, file: TaskFile) -> None:
         self.file = file
-        self.active: set[int] = set()
-        self.built: set[int] = set()  # mappings and sequences: built again means reached by an alias
+        self.seen: dict[int, bool] = {}  # mappings and sequences, by id: _BUILDING or _BUILT
         self.alias: Path_ | None = None  # where the outermost alias being expanded is used
         self.count = 0
         self.chars = 0
@@ -194,37 +196,41 @@ class _Builder:
         mark = node.start_mark
         self.file.values[where] = (mark.line + 1, mark.column + 1)
         if isinstance(node, ScalarNode):
-            self.grow(len(node.value), where)
+            self.chars += len(node.value)
+            if self.chars > MAX_EXPANDED_CHARS:
+                raise self.expanded_too_far(where)
             return self.scalar(node, where)
-        if id(node) in self.active:
+        ident = id(node)
+        state = self.seen.get(ident)
+        if state is _BUILDING:
             self.file.add(where, "recursive alias: an anchor that contains itself")
             return None
-        if node.tag != (_SEQ if isinstance(node, SequenceNode) else _MAP):
-            self.file.add(where, f"{_label(where)}: unsupported YAML tag {_short_tag(node.tag)}; write a plain value")
-        outermost = self.alias is None and id(node) in self.built
+        outermost = state is _BUILT and self.alias is None  # reached again: through an alias
         if outermost:
             self.alias = where
-        self.built.add(id(node))
-        self.active.add(id(node))
+        self.seen[ident] = _BUILDING
         try:
             if isinstance(node, SequenceNode):
+                if node.tag != _SEQ:
+                    self.tagged(node, where)
                 return [self.build(child, (*where, i)) for i, child in enumerate(node.value)]
-            assert isinstance(node, MappingNode)
-            return self.mapping(node, where)
+            if node.tag != _MAP:
+                self.tagged(node, where)
+            return self.mapping(node, where)  # type: ignore[arg-type]
         finally:
-            self.active.discard(id(node))
+            self.seen[ident] = _BUILT
             if outermost:
                 self.alias = None
 
-    def grow(self, chars: int, where: Path_) -> None:
-        """Count the text of one key or scalar as built (an alias's as often as it is used)."""
-        self.chars += chars
-        if self.chars > MAX_EXPANDED_CHARS:
-            raise _TooLarge(
-                self.alias or where,
-                f"aliases expand this file to more than {MAX_EXPANDED_CHARS // 2**20} MiB of text; "
-                "write the values out, or use fewer aliases",
-            )
+    def expanded_too_far(self, where: Path_) -> _TooLarge:
+        return _TooLarge(
+            self.alias or where,
+            f"aliases expand this file to more than {MAX_EXPANDED_CHARS // 2**20} MiB of text; "
+            "write the values out, or use fewer aliases",
+        )
+
+    def tagged(self, node: Node, where: Path_) -> None:
+        self.file.add(where, f"{_label(where)}: unsupported YAML tag {_short_tag(node.tag)}; write a plain value")
 
     def scalar(self, node: ScalarNode, where: Path_) -> Any:
         tag = node.tag
@@ -238,9 +244,8 @@ class _Builder:
                 if _expects_string(where):
                     return node.value  # reported as a trap; the schema checks the word as written
             return self.constructor.construct_object(node, deep=True)
-        if tag in _TEXT_TAGS:
-            return node.value
-        self.file.add(where, f"{_label(where)}: unsupported YAML tag {_short_tag(tag)}; write a plain value")
+        if tag not in _TEXT_TAGS:
+            self.tagged(node, where)
         return node.value
 
     def mapping(self, node: MappingNode, where: Path_) -> dict[str, Any]:
@@ -257,7 +262,9 @@ class _Builder:
                 )
                 continue
             key = key_node.value
-            self.grow(len(key), where)
+            self.chars += len(key)
+            if self.chars > MAX_EXPANDED_CHARS:
+                raise self.expanded_too_far(where)
             mark = key_node.start_mark
             here = (*where, key)
             if key in result:
