@@ -129,6 +129,8 @@ class Daemon:
         self._idle.set()
         self._engine: Engine | None = None
         self._parsed: ParseCache = {}  # task files as last read: a reload parses only changed ones
+        self._read_from: dict[Path, tuple[int, int] | None] = {}  # the directories last read
+        self._reloading = anyio.Lock()
         self._stop = anyio.Event()
         self._started_at = time.time()  # fire times before this were missed: no daemon ran
         self._hurry = anyio.Event()
@@ -577,13 +579,17 @@ class Daemon:
         """
         from watchfiles import awatch
 
-        places = (self.root / "tasks.d", self.root / "plugins")
+        moved: set[Path] = set()
         while True:
-            seen = {place: _identity(place) for place in places}
+            seen = self._read_from  # not what is there now: what the last sync read
             rewatch = anyio.Event()  # set when a directory is replaced, or the daemon stops
             async with anyio.create_task_group() as group:
                 group.start_soon(self._notice_replaced, seen, rewatch)
-                watched = [place for place, identity in seen.items() if identity is not None]
+                if moved:
+                    # It reads once the new watch is in place (awatch sets it up before its first
+                    # wait), so nothing changed after the read goes unseen.
+                    group.start_soon(self._reload, moved)
+                watched = [place for place in seen if _identity(place) is not None]
                 if watched:
                     # The watcher waits in a thread that a cancel cannot interrupt; the event can.
                     # The generator is closed here, not by asyncio's finalizer in a task of its own.
@@ -592,10 +598,10 @@ class Daemon:
                         async for changes in watcher:
                             await self._reload({Path(path) for _, path in changes})
                 await rewatch.wait()
-                group.cancel_scope.cancel()
             if self._stop.is_set():
                 return
-            await self._reload({place for place in places if _identity(place) != seen[place]})
+            # An event may have had the new directory read already.
+            moved = {place for place, identity in self._read_from.items() if _identity(place) != identity}
 
     async def _notice_replaced(self, seen: dict[Path, tuple[int, int] | None], rewatch: anyio.Event) -> None:
         while not self._stop.is_set():
@@ -606,12 +612,13 @@ class Daemon:
         rewatch.set()
 
     async def _reload(self, changed: set[Path]) -> None:
-        while True:
-            try:
-                await self._sync(changed)
-                return
-            except StoreError as exc:
-                await _store_trouble(exc)
+        async with self._reloading:
+            while True:
+                try:
+                    await self._sync(changed)
+                    return
+                except StoreError as exc:
+                    await _store_trouble(exc)
 
     async def _sync(self, changed: Iterable[Path] | None) -> None:
         """Validate and sync the files (``changed``: what changed, None at start); on success,
@@ -621,6 +628,7 @@ class Daemon:
         from runner.sync import sync_project
 
         started = time.monotonic()
+        self._read_from = {place: _identity(place) for place in (self.root / "tasks.d", self.root / "plugins")}
         declared = await anyio.to_thread.run_sync(load_tasks, self.root, self._parsed)
         plugins = self.root / "plugins"
         if changed is not None and any(p.suffix == ".py" or p == plugins or plugins in p.parents for p in changed):
