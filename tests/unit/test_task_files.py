@@ -14,6 +14,7 @@ import pytest
 from conftest import ProjectDir
 
 from runner import spec as spec_module
+from runner.revision import project_revision
 from runner.spec import fingerprint, load_tasks, read_regular
 
 # A FIFO opened for reading waits for a writer: a regression hangs, and must fail fast instead.
@@ -226,3 +227,12 @@ def test_standard_tags_that_mean_what_the_plain_value_means_are_allowed(project:
     declared = load_tasks(project.root)
     assert declared.problems == []
     assert declared.specs["t"].parameters == {"a": "5", "b": [1], "c": 7, "d": "2024-01-02"}
+
+
+def test_the_project_revision_reads_no_fifo_and_no_device(project: ProjectDir) -> None:
+    # a worker takes the revision at start, before any task file is checked
+    project.tasks("keep.yaml", ONE_TASK)
+    before = project_revision(project.root).digest
+    os.mkfifo(project.root / "tasks.d" / "fifo.yaml")
+    os.symlink("/dev/zero", project.root / "tasks.d" / "zero.yaml")
+    assert project_revision(project.root).digest != before
