@@ -86,3 +86,27 @@ def test_a_tasks_d_created_after_the_start_is_watched(project: ProjectDir, cli: 
     reloads = daemon.wait_for("reloaded", count=2, within=5)
     assert reloads[1]["added"] == ["later"]
     assert daemon.stop() == 0
+
+
+def test_a_fifo_or_a_dangling_link_is_an_invalid_reload_and_the_last_good_tasks_keep_firing(
+    project: ProjectDir, cli: Cli
+) -> None:
+    project.tasks("a.yaml", every("tick"))
+    project.tasks("sub/b.yaml", every("tock"))
+    daemon = Daemon(cli).started()
+    daemon.wait_for("run_finished", task="tock")
+
+    os.mkfifo(project.root / "tasks.d" / "x.yaml")
+    (project.root / "tasks.d" / "sub").rename(project.root / "release-1")
+    os.symlink("../release-0", project.root / "tasks.d" / "sub")
+    daemon.wait_for("reload_failed", within=5)
+    problems = {e["message"] for e in daemon.wait_for("invalid_task_file", count=2, within=5)}
+    assert problems == {
+        "tasks.d/x.yaml:1:1: not a regular file (a FIFO); only regular files are read as task files",
+        "tasks.d/sub:1:1: cannot read: a symlink to '../release-0', which does not exist; fix or remove the link",
+    }
+    finished = len(daemon.events("run_finished", task="tock"))
+    daemon.wait_for("run_finished", task="tock", count=finished + 2)
+    assert listed(cli) == ["tick", "tock"]
+    assert daemon.events("reloaded") == []
+    assert daemon.stop() == 0
