@@ -188,7 +188,7 @@ class _Builder:
     def build(self, node: Node, where: Path_) -> Any:
         self.count += 1
         if self.count > _MAX_NODES:
-            raise _TooLarge(
+            raise _ExpandsTooFar(
                 self.alias or where,
                 f"more than {_MAX_NODES:,} YAML values, counting what each alias stands for; "
                 "split the file, or write fewer values or aliases",
@@ -214,16 +214,17 @@ class _Builder:
                 if node.tag != _SEQ:
                     self.tagged(node, where)
                 return [self.build(child, (*where, i)) for i, child in enumerate(node.value)]
+            assert isinstance(node, MappingNode)
             if node.tag != _MAP:
                 self.tagged(node, where)
-            return self.mapping(node, where)  # type: ignore[arg-type]
+            return self.mapping(node, where)
         finally:
             self.seen[ident] = _BUILT
             if outermost:
                 self.alias = None
 
-    def expanded_too_far(self, where: Path_) -> _TooLarge:
-        return _TooLarge(
+    def expanded_too_far(self, where: Path_) -> _ExpandsTooFar:
+        return _ExpandsTooFar(
             self.alias or where,
             f"aliases expand this file to more than {MAX_EXPANDED_CHARS // 2**20} MiB of text; "
             "write the values out, or use fewer aliases",
@@ -311,7 +312,7 @@ class _Loader(yaml.CSafeLoader):
         return tag
 
 
-class _TooLarge(Exception):
+class _ExpandsTooFar(Exception):
     """What aliases expand to is past a cap; ``where`` uses the alias (or the value) that passed it."""
 
     def __init__(self, where: Path_, message: str) -> None:
@@ -334,9 +335,11 @@ def read_task_file(project: Path, path: Path) -> TaskFile | None:
     try:
         raw = read_regular(path)
     except FileNotFoundError:
-        if not os.path.islink(path):
-            return None
-        file.add((), f"cannot read: a symlink to {os.readlink(path)!r}, which does not exist; fix or remove the link")
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return None  # not a link to nothing: gone since it was listed
+        file.add((), f"cannot read: a symlink to {target!r}, which does not exist; fix or remove the link")
         return file
     except NotRegularFile as exc:
         if exc.kind != "a directory":
@@ -350,7 +353,7 @@ def read_task_file(project: Path, path: Path) -> TaskFile | None:
         else:
             file.add((), "cannot read: the directory changed while it was read; try again")
         return file
-    except TooLarge as exc:
+    except FileTooLarge as exc:
         file.add((), f"file is {exc.size}; task files are capped at {MAX_FILE_BYTES // 2**20} MiB")
         return file
     except OSError as exc:
@@ -366,11 +369,11 @@ class NotRegularFile(OSError):
     def __init__(self, path: Path, mode: int) -> None:
         kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
                  stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
-        self.kind = kinds.get(stat.S_IFMT(mode), "not a file")
+        self.kind = kinds.get(stat.S_IFMT(mode), "something else")
         super().__init__(f"{path}: not a regular file ({self.kind})")
 
 
-class TooLarge(OSError):
+class FileTooLarge(OSError):
     """A file past the cap; ``size`` says how large, as far as it was read."""
 
     def __init__(self, path: Path, size: str) -> None:
@@ -393,7 +396,7 @@ def read_regular(path: Path) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise NotRegularFile(path, info.st_mode)
         if info.st_size > MAX_FILE_BYTES:
-            raise TooLarge(path, f"{info.st_size / 1e6:.1f} MB")
+            raise FileTooLarge(path, f"{info.st_size / 1e6:.1f} MB")
         chunks: list[bytes] = []
         size = 0
         while True:  # till the end: the file may have grown since the fstat
@@ -402,7 +405,7 @@ def read_regular(path: Path) -> bytes:
                 return b"".join(chunks)
             size += len(chunk)
             if size > MAX_FILE_BYTES:
-                raise TooLarge(path, f"more than {MAX_FILE_BYTES // 2**20} MiB")
+                raise FileTooLarge(path, f"more than {MAX_FILE_BYTES // 2**20} MiB")
             chunks.append(chunk)
     finally:
         os.close(fd)
@@ -447,7 +450,7 @@ def _parse(file: TaskFile, raw: bytes) -> None:
         return
     try:
         file.data = _Builder(file).build(node, ())
-    except _TooLarge as exc:
+    except _ExpandsTooFar as exc:
         file.data = None
         # Where the alias is used: its key (a value reached by an alias has its anchor's place).
         probe = exc.where
