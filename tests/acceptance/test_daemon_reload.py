@@ -12,8 +12,8 @@ import os
 import time
 
 import pytest
-from conftest import Cli, ProjectDir, ok
-from test_daemon import Daemon
+from conftest import Cli, ProjectDir, ok, poll
+from test_daemon import Daemon, runs_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -109,4 +109,24 @@ def test_a_fifo_or_a_dangling_link_is_an_invalid_reload_and_the_last_good_tasks_
     daemon.wait_for("run_finished", task="tock", count=finished + 2)
     assert listed(cli) == ["tick", "tock"]
     assert daemon.events("reloaded") == []
+    assert daemon.stop() == 0
+
+
+def test_a_symlink_swap_of_plugins_imports_the_new_release(project: ProjectDir, cli: Cli) -> None:
+    for release in ("1", "2"):
+        project.write(f"releases/p{release}/__init__.py", "")
+        project.write(f"releases/p{release}/calc.py", f"def answer() -> int:\n    return {release}\n")
+    os.symlink("releases/p1", project.root / "plugins")
+    project.tasks(
+        "a.yaml",
+        "version: 1\ntasks:\n  answer:\n    type: python\n    callable: plugins.calc:answer\n"
+        "    schedule: {every: 0.5s}\n",
+    )
+    daemon = Daemon(cli).started()
+    daemon.wait_for("run_finished", task="answer")
+
+    os.symlink("releases/p2", project.root / "plugins.new")
+    os.rename(project.root / "plugins.new", project.root / "plugins")
+    daemon.wait_for("reloaded", within=5)
+    poll(lambda: any(r["result_json"] == "2" for r in runs_of(project, "answer")), what="a run of the new release")
     assert daemon.stop() == 0
