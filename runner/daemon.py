@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -58,6 +60,10 @@ CLOCK_CHECK = 30.0
 
 STORE_RETRY = 1.0
 """Seconds to wait after the store failed a read or write before the daemon tries again."""
+
+REWATCH_EVERY = 1.0
+"""Seconds between checks of which directories tasks.d/ and plugins/ lead to: a symlink swapped
+to a new release changes no file in the watched ones, so no event reports it."""
 
 
 class DaemonRunning(RunnerError):
@@ -123,6 +129,8 @@ class Daemon:
         self._idle.set()
         self._engine: Engine | None = None
         self._parsed: ParseCache = {}  # task files as last read: a reload parses only changed ones
+        self._read_from: dict[Path, tuple[int, int] | None] = {}  # the directories last read
+        self._reloading = anyio.Lock()
         self._stop = anyio.Event()
         self._started_at = time.time()  # fire times before this were missed: no daemon ran
         self._hurry = anyio.Event()
@@ -563,22 +571,54 @@ class Daemon:
     # -- reloading -------------------------------------------------------------------------
 
     async def _watch(self) -> None:
+        """Reload on changes under ``tasks.d/`` and ``plugins/``, and when either directory is
+        replaced (a symlink swapped to a new release, a directory renamed over it) or appears.
+
+        The watch follows the directories it started on: a swap is seen only by checking once a
+        second which directory each path leads to, and the watch then starts again on the new one.
+        """
         from watchfiles import awatch
 
-        dirs = [d for d in (self.root / "tasks.d", self.root / "plugins") if d.is_dir()]
-        if not dirs:
-            return
-        # The watcher waits in a thread that a cancel cannot interrupt; the stop event can. The
-        # generator is closed here, not by asyncio's finalizer in a task of its own.
-        watcher = awatch(*dirs, watch_filter=_relevant, debounce=100, step=20, stop_event=self._stop)
-        async with contextlib.aclosing(watcher):
-            async for changes in watcher:
-                while True:
-                    try:
-                        await self._sync({Path(path) for _, path in changes})
-                        break
-                    except StoreError as exc:
-                        await _store_trouble(exc)
+        moved: set[Path] = set()
+        while True:
+            seen = self._read_from  # not what is there now: what the last sync read
+            rewatch = anyio.Event()  # set when a directory is replaced, or the daemon stops
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._notice_replaced, seen, rewatch)
+                if moved:
+                    # It reads once the new watch is in place (awatch sets it up before its first
+                    # wait), so nothing changed after the read goes unseen.
+                    group.start_soon(self._reload, moved)
+                watched = [place for place in seen if _identity(place) is not None]
+                if watched:
+                    # The watcher waits in a thread that a cancel cannot interrupt; the event can.
+                    # The generator is closed here, not by asyncio's finalizer in a task of its own.
+                    watcher = awatch(*watched, watch_filter=_relevant, debounce=100, step=20, stop_event=rewatch)
+                    async with contextlib.aclosing(watcher):
+                        async for changes in watcher:
+                            await self._reload({Path(path) for _, path in changes})
+                await rewatch.wait()
+            if self._stop.is_set():
+                return
+            # An event may have had the new directory read already.
+            moved = {place for place, identity in self._read_from.items() if _identity(place) != identity}
+
+    async def _notice_replaced(self, seen: dict[Path, tuple[int, int] | None], rewatch: anyio.Event) -> None:
+        while not self._stop.is_set():
+            with anyio.move_on_after(REWATCH_EVERY):
+                await self._stop.wait()
+            if any(_identity(place) != identity for place, identity in seen.items()):
+                break
+        rewatch.set()
+
+    async def _reload(self, changed: set[Path]) -> None:
+        async with self._reloading:
+            while True:
+                try:
+                    await self._sync(changed)
+                    return
+                except StoreError as exc:
+                    await _store_trouble(exc)
 
     async def _sync(self, changed: Iterable[Path] | None) -> None:
         """Validate and sync the files (``changed``: what changed, None at start); on success,
@@ -588,8 +628,10 @@ class Daemon:
         from runner.sync import sync_project
 
         started = time.monotonic()
+        self._read_from = {place: _identity(place) for place in (self.root / "tasks.d", self.root / "plugins")}
         declared = await anyio.to_thread.run_sync(load_tasks, self.root, self._parsed)
-        if changed is not None and any(p.suffix == ".py" for p in changed):
+        plugins = self.root / "plugins"
+        if changed is not None and any(p.suffix == ".py" or p == plugins or plugins in p.parents for p in changed):
             # At once, with no await between: a run that starts now finds its callable.
             registry.reload_plugins()
             registry.import_plugins(self.root)
@@ -658,8 +700,26 @@ async def _store_trouble(exc: StoreError) -> None:
     await anyio.sleep(STORE_RETRY)
 
 
-def _relevant(_change: Any, path: str) -> bool:
-    return path.endswith((".yaml", ".yml", ".py"))
+def _relevant(change: Any, path: str) -> bool:
+    """A task file or plugin module; or what may hold some: a directory or symlink that appears,
+    anything that goes (a directory moved out is reported as deleted, like a file)."""
+    from watchfiles import Change
+
+    if path.endswith((".yaml", ".yml", ".py")):
+        return True
+    name = os.path.basename(path)
+    if name.startswith(".") or "__pycache__" in Path(path).parts:
+        return False
+    return change == Change.deleted or os.path.isdir(path) or os.path.islink(path)
+
+
+def _identity(directory: Path) -> tuple[int, int] | None:
+    """Which directory ``directory`` leads to now (device and inode); None if none."""
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
 
 
 async def request_run(store: Store, trigger: Trigger) -> Lease | None:

@@ -24,10 +24,16 @@ class Revision:
 
 
 def project_revision(root: Path) -> Revision:
+    from runner.spec import read_regular
+
     digest = hashlib.sha256()
     for path in _files(root):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
+        try:
+            content = read_regular(path)  # never a FIFO's wait nor a device's endless bytes
+        except OSError as exc:
+            content = f"<unreadable: {exc.strerror or type(exc).__name__}>".encode()
+        digest.update(content + b"\0")
     return Revision(digest.hexdigest()[:16], git_commit(root))
 
 

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +32,20 @@ from runner.models import Retries, Schedule, SecretRef, Source, TaskSpec, TaskTy
 TASKS_DIR = "tasks.d"
 MAX_FILE_BYTES = 50 * 1024 * 1024
 
+_YAML = "tag:yaml.org,2002:"
 _STR = "tag:yaml.org,2002:str"
 _MERGE = "tag:yaml.org,2002:merge"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
 _SCALAR_TAGS = {
     "tag:yaml.org,2002:bool",
     "tag:yaml.org,2002:int",
     "tag:yaml.org,2002:float",
     "tag:yaml.org,2002:null",
 }
+# Tags YAML gives plain scalars, kept as the text written: timestamps (`2024-01-01`), and the
+# `<<` and `=` that mean something only as keys.
+_TEXT_TAGS = {"tag:yaml.org,2002:timestamp", _MERGE, "tag:yaml.org,2002:value"}
 # Plain words that YAML 1.1 (and so many tools) read as booleans; PyYAML leaves y/n as strings.
 _BOOLEAN_WORDS = frozenset(
     w for base in ("y", "yes", "n", "no", "on", "off") for w in (base, base.title(), base.upper())
@@ -53,6 +60,11 @@ _CORE_FLOAT = re.compile(
     r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
 )
 _MAX_NODES = 5_000_000
+# What aliases may expand a file to, counted in the characters of its keys and scalar values:
+# as much as the file cap lets one write out. A 10 KB file of nested aliases otherwise stands
+# for gigabytes, which validates (strings are shared) and then exhausts memory when the
+# definitions are serialised for the store.
+MAX_EXPANDED_CHARS = MAX_FILE_BYTES
 _DURATION_PART = re.compile(r"\s*((?:\d+(?:\.\d+)?|\.\d+))\s*(ms|d|h|m|s)\s*")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -148,7 +160,7 @@ class TaskFile:
 
     def _restore(self, shed: _Shed) -> None:
         try:
-            raw: bytes | None = shed.origin.read_bytes()
+            raw: bytes | None = read_regular(shed.origin)
         except OSError:
             raw = None
         if raw is not None and hashlib.sha256(raw).hexdigest() == self.digest:
@@ -168,34 +180,67 @@ class TaskFile:
         self.problems.append(self.at(where, message, key=key))
 
 
+_BUILDING, _BUILT = True, False
+
+
 class _Builder:
     """Turns a composed YAML node tree into plain data, recording positions on the way."""
 
     def __init__(self, file: TaskFile) -> None:
         self.file = file
-        self.active: set[int] = set()
+        self.seen: dict[int, bool] = {}  # mappings and sequences, by id: _BUILDING or _BUILT
+        self.alias: Path_ | None = None  # where the outermost alias being expanded is used
         self.count = 0
+        self.chars = 0
         self.constructor = yaml.constructor.SafeConstructor()
 
     def build(self, node: Node, where: Path_) -> Any:
         self.count += 1
         if self.count > _MAX_NODES:
-            raise _TooLarge
+            raise _ExpandsTooFar(
+                self.alias or where,
+                f"more than {_MAX_NODES:,} YAML values, counting what each alias stands for; "
+                "split the file, or write fewer values or aliases",
+            )
         mark = node.start_mark
         self.file.values[where] = (mark.line + 1, mark.column + 1)
         if isinstance(node, ScalarNode):
+            self.chars += len(node.value)
+            if self.chars > MAX_EXPANDED_CHARS:
+                raise self.expanded_too_far(where)
             return self.scalar(node, where)
-        if id(node) in self.active:
+        ident = id(node)
+        state = self.seen.get(ident)
+        if state is _BUILDING:
             self.file.add(where, "recursive alias: an anchor that contains itself")
             return None
-        self.active.add(id(node))
+        outermost = state is _BUILT and self.alias is None  # reached again: through an alias
+        if outermost:
+            self.alias = where
+        self.seen[ident] = _BUILDING
         try:
             if isinstance(node, SequenceNode):
+                if node.tag != _SEQ:
+                    self.tagged(node, where)
                 return [self.build(child, (*where, i)) for i, child in enumerate(node.value)]
             assert isinstance(node, MappingNode)
+            if node.tag != _MAP:
+                self.tagged(node, where)
             return self.mapping(node, where)
         finally:
-            self.active.discard(id(node))
+            self.seen[ident] = _BUILT
+            if outermost:
+                self.alias = None
+
+    def expanded_too_far(self, where: Path_) -> _ExpandsTooFar:
+        return _ExpandsTooFar(
+            self.alias or where,
+            f"aliases expand this file to more than {MAX_EXPANDED_CHARS // 2**20} MiB of text; "
+            "write the values out, or use fewer aliases",
+        )
+
+    def tagged(self, node: Node, where: Path_) -> None:
+        self.file.add(where, f"{_label(where)}: unsupported YAML tag {_short_tag(node.tag)}; write a plain value")
 
     def scalar(self, node: ScalarNode, where: Path_) -> Any:
         tag = node.tag
@@ -223,9 +268,8 @@ class _Builder:
             except (ValueError, KeyError):  # an explicit tag on text it does not fit: !!int x
                 self.file.add(where, f"{_label(where)}: {node.value!r} is not a valid !!{tag.rpartition(':')[2]}")
                 return node.value
-        if tag.startswith("tag:yaml.org,2002:"):
-            return node.value  # timestamps, binary and the like stay as the text written
-        self.file.add(where, f"unsupported YAML tag {tag}; write a plain value")
+        if tag not in _TEXT_TAGS:
+            self.tagged(node, where)
         return node.value
 
     def mapping(self, node: MappingNode, where: Path_) -> dict[str, Any]:
@@ -242,6 +286,9 @@ class _Builder:
                 )
                 continue
             key = key_node.value
+            self.chars += len(key)
+            if self.chars > MAX_EXPANDED_CHARS:
+                raise self.expanded_too_far(where)
             mark = key_node.start_mark
             here = (*where, key)
             if key in result:
@@ -308,7 +355,7 @@ def read_value(text: str, name: str = "value") -> Any:
         return None
     try:
         value = _Builder(file).build(node, ("parameters", name))
-    except (_TooLarge, RecursionError):
+    except (_ExpandsTooFar, RecursionError):
         raise ValueError(f"{name}: the value is too large or too deeply nested") from None
     if file.problems:
         message = file.problems[0].message
@@ -343,27 +390,103 @@ _Loader.add_implicit_resolver(_INT, _CORE_INT, list("-+0123456789"))
 _Loader.add_implicit_resolver(_FLOAT, _CORE_FLOAT, list("-+.0123456789"))
 
 
-class _TooLarge(Exception):
-    pass
+class _ExpandsTooFar(Exception):
+    """What aliases expand to is past a cap; ``where`` uses the alias (or the value) that passed it."""
+
+    def __init__(self, where: Path_, message: str) -> None:
+        super().__init__(message)
+        self.where, self.message = where, message
+
+
+def _short_tag(tag: str) -> str:
+    return f"!!{tag[len(_YAML):]}" if tag.startswith(_YAML) else tag
 
 
 def read_task_file(project: Path, path: Path) -> TaskFile | None:
-    """Parse one file with positions; None if it vanished between listing and reading."""
+    """Parse one file with positions; None if it vanished between listing and reading.
+
+    ``path`` may also be what ``list_task_files`` could not look into (a directory it could not
+    list, a symlink to nothing): the file then holds the problem.
+    """
     rel = path.relative_to(project).as_posix()
     file = TaskFile(rel)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            file.add((), f"file is {size / 1e6:.1f} MB; task files are capped at {MAX_FILE_BYTES // 2**20} MiB")
-            return file
-        raw = path.read_bytes()
+        raw = read_regular(path)
     except FileNotFoundError:
-        return None
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return None  # not a link to nothing: gone since it was listed
+        file.add((), f"cannot read: a symlink to {target!r}, which does not exist; fix or remove the link")
+        return file
+    except NotRegularFile as exc:
+        if exc.kind != "a directory":
+            file.add((), f"not a regular file ({exc.kind}); only regular files are read as task files")
+            return file
+        try:  # listed as a directory: the walk could not list it; say why
+            with os.scandir(path):
+                pass
+        except OSError as cause:
+            file.add((), f"cannot read: {cause.strerror or cause}; the task files in it would be missed")
+        else:
+            file.add((), "cannot read: the directory changed while it was read; try again")
+        return file
+    except FileTooLarge as exc:
+        file.add((), f"file is {exc.size}; task files are capped at {MAX_FILE_BYTES // 2**20} MiB")
+        return file
     except OSError as exc:
         file.add((), f"cannot read: {exc.strerror or exc}")
         return file
     _parse(file, raw)
     return file
+
+
+class NotRegularFile(OSError):
+    """A path that is not a regular file (a FIFO, a device, a directory), left unopened or unread."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+                 stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
+        self.kind = kinds.get(stat.S_IFMT(mode), "something else")
+        super().__init__(f"{path}: not a regular file ({self.kind})")
+
+
+class FileTooLarge(OSError):
+    """A file past the cap; ``size`` says how large, as far as it was read."""
+
+    def __init__(self, path: Path, size: str) -> None:
+        self.size = size
+        super().__init__(f"{path}: file is {size}; the cap is {MAX_FILE_BYTES // 2**20} MiB")
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of the regular file at ``path`` (symlinks followed), reading at most the cap.
+
+    Anything else is refused before it is read: opening a FIFO waits for a writer, and a device
+    such as /dev/zero never ends. The ``stat`` keeps such paths unopened; the ``fstat`` of the
+    open file is what counts, should the path be replaced in between.
+    """
+    if not stat.S_ISREG(mode := os.stat(path).st_mode):
+        raise NotRegularFile(path, mode)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFile(path, info.st_mode)
+        if info.st_size > MAX_FILE_BYTES:
+            raise FileTooLarge(path, f"{info.st_size / 1e6:.1f} MB")
+        chunks: list[bytes] = []
+        size = 0
+        while True:  # till the end: the file may have grown since the fstat
+            chunk = os.read(fd, min(max(info.st_size + 1 - size, 1 << 16), MAX_FILE_BYTES + 1 - size))
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:
+                raise FileTooLarge(path, f"more than {MAX_FILE_BYTES // 2**20} MiB")
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
 
 
 def _parse(file: TaskFile, raw: bytes) -> None:
@@ -405,9 +528,14 @@ def _parse(file: TaskFile, raw: bytes) -> None:
         return
     try:
         file.data = _Builder(file).build(node, ())
-    except _TooLarge:
+    except _ExpandsTooFar as exc:
         file.data = None
-        file.add((), "too many YAML nodes (an alias bomb?); split the file or remove the aliases")
+        # Where the alias is used: its key (a value reached by an alias has its anchor's place).
+        probe = exc.where
+        while probe and probe not in file.keys:
+            probe = probe[:-1]
+        line, col = file.keys.get(probe, (1, 1))
+        file.problems.append(Problem(file.path, line, col, f"{_label(exc.where)}: {exc.message}"))
     except RecursionError:
         file.data = None
         file.add((), "nesting too deep to read")
@@ -418,25 +546,38 @@ def _parse(file: TaskFile, raw: bytes) -> None:
 
 
 def list_task_files(project: Path) -> list[Path]:
-    """Every ``*.yaml``/``*.yml`` under ``tasks.d``, any depth, in sorted path order.
+    """Every ``*.yaml``/``*.yml`` under ``tasks.d``, any depth, in sorted path order; and what
+    may hide some: a directory that cannot be listed, a symlink to nothing (whatever its name),
+    for ``read_task_file`` to report, so their tasks are not taken for removed.
 
     Directory symlinks are followed once each, so a symlink loop ends the walk instead of looping.
     """
     root = project / TASKS_DIR
     found: list[Path] = []
-    seen_dirs: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen_dirs:
-            dirnames.clear()
+    seen_dirs = {os.path.realpath(root)}
+    pending = [str(root)]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as scan:
+                entries = list(scan)
+        except OSError:
+            found.append(Path(directory))
             continue
-        seen_dirs.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(
-            Path(dirpath, name)
-            for name in filenames
-            if name.endswith((".yaml", ".yml")) and not name.startswith(".")
-        )
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                real = os.path.realpath(entry.path)
+                if real not in seen_dirs:
+                    seen_dirs.add(real)
+                    pending.append(entry.path)
+            elif entry.name.endswith((".yaml", ".yml")) or (entry.is_symlink() and not os.path.exists(entry.path)):
+                found.append(Path(entry.path))
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -734,7 +875,7 @@ def fingerprint(project: Path) -> dict[str, str] | None:
     found = {}
     for path in list_task_files(project):
         try:
-            found[path.relative_to(project).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+            found[path.relative_to(project).as_posix()] = hashlib.sha256(read_regular(path)).hexdigest()
         except OSError:
             return None
     return found
@@ -776,7 +917,7 @@ def _checked_file(project: Path, path: Path, cache: ParseCache | None) -> _Check
         cached = cache.get(rel)
         if cached is not None and cached.file.digest is not None:
             try:
-                same = hashlib.sha256(path.read_bytes()).hexdigest() == cached.file.digest
+                same = hashlib.sha256(read_regular(path)).hexdigest() == cached.file.digest
             except OSError:
                 same = False
             if same:
