@@ -47,7 +47,6 @@ async def reader(session: AsyncSession) -> int:
 async def note(session: AsyncSession, tag: str, then: str = "return") -> int:
     seen = (await session.execute(text("SELECT count(*) FROM runs"))).scalar_one()
     await anyio.sleep(0.6)  # the daemon commits meanwhile: the write below must get its turn
-    await session.execute(text("CREATE TABLE IF NOT EXISTS notes (tag VARCHAR(20))"))
     await session.execute(text("INSERT INTO notes (tag) VALUES (:tag)"), {"tag": tag})
     if then == "raise":
         raise RuntimeError("changed my mind")
@@ -63,31 +62,12 @@ async def hold(session: AsyncSession) -> None:
     await anyio.sleep(2)  # with its write transaction open, on purpose
 """
 
-TASKS = f"""
+QUICK = f"""
 version: 1
 tasks:
   quick:
     command: echo tick
     schedule: {{every: {EVERY}s}}
-  reader:
-    type: python
-    callable: plugins.jobs:reader
-  kept:
-    type: python
-    callable: plugins.jobs:note
-    parameters: {{tag: kept}}
-  failed:
-    type: python
-    callable: plugins.jobs:note
-    parameters: {{tag: failed, then: raise}}
-  slow:
-    type: python
-    callable: plugins.jobs:note
-    parameters: {{tag: slow, then: hang}}
-    timeout: 1.5s
-  hold:
-    type: python
-    callable: plugins.jobs:hold
 """
 
 Query = Callable[[str], list[tuple[Any, ...]]]
@@ -111,7 +91,7 @@ def backend(request: pytest.FixtureRequest, project: ProjectDir) -> Iterator[tup
         cli = DbCli(project, str(project.db))
 
         def query(sql: str) -> list[tuple[Any, ...]]:
-            with closing(sqlite3.connect(project.db)) as conn:
+            with closing(sqlite3.connect(project.db, isolation_level=None)) as conn:
                 return conn.execute(sql).fetchall()
 
     else:
@@ -124,9 +104,10 @@ def backend(request: pytest.FixtureRequest, project: ProjectDir) -> Iterator[tup
 
         def query(sql: str) -> list[tuple[Any, ...]]:
             with psycopg.connect(dsn, autocommit=True) as conn:
-                return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+                cursor = conn.execute(sql)  # type: ignore[arg-type]
+                return cursor.fetchall() if cursor.description else []
 
-    project.tasks("a.yaml", TASKS)
+    project.tasks("a.yaml", QUICK)
     project.plugin("jobs", PLUGIN)
     yield cli, query
     cli.cleanup()
@@ -149,9 +130,10 @@ def all_on_time(runs: list[tuple[Any, ...]]) -> None:
 
 
 def test_a_task_that_reads_and_then_waits_holds_no_schedule_and_no_record_back(
-    backend: tuple[DbCli, Query],
+    backend: tuple[DbCli, Query], project: ProjectDir
 ) -> None:
     cli, query = backend
+    project.tasks("b.yaml", "version: 1\ntasks:\n  reader: {type: python, callable: plugins.jobs:reader}\n")
     daemon = Daemon(cli).started()
     (run_id,) = ok(cli("trigger", "reader")).stdout.split()
     (began,) = poll(
@@ -178,30 +160,52 @@ def test_a_task_that_reads_and_then_waits_holds_no_schedule_and_no_record_back(
 
 
 def test_a_tasks_writes_are_committed_when_it_succeeds_and_rolled_back_when_it_fails_or_times_out(
-    backend: tuple[DbCli, Query],
+    backend: tuple[DbCli, Query], project: ProjectDir
 ) -> None:
     cli, query = backend
+    # Side by side with quick: each waits its turn for the write lock after reading.
+    project.tasks(
+        "b.yaml",
+        """
+        version: 1
+        tasks:
+          kept:
+            type: python
+            callable: plugins.jobs:note
+            parameters: {tag: kept}
+            schedule: {every: 1s}
+          failed:
+            type: python
+            callable: plugins.jobs:note
+            parameters: {tag: failed, then: raise}
+            schedule: {every: 1s}
+          slow:
+            type: python
+            callable: plugins.jobs:note
+            parameters: {tag: slow, then: hang}
+            timeout: 1.5s
+            schedule: {every: 1s}
+        """,
+    )
+    ok(cli("sync"))  # creates the store
+    query("CREATE TABLE notes (tag VARCHAR(20))")
     daemon = Daemon(cli).started()
-    daemon.wait_for("run_finished", task="quick")  # the daemon commits while the tasks read
-
-    kept = cli("trigger", "kept", "--wait")
-    assert kept.returncode == 0, kept.stderr
-    failed = cli("trigger", "failed", "--wait")
-    assert failed.returncode == 1 and "changed my mind" in failed.stderr
-    slow = cli("trigger", "slow", "--wait")
-    assert slow.returncode == 1, slow.stderr
-
-    statuses = query("SELECT task, status FROM runs WHERE task IN ('kept', 'failed', 'slow') ORDER BY task")
-    assert statuses == [("failed", "failed"), ("kept", "succeeded"), ("slow", "timed_out")]
-    assert query("SELECT tag FROM notes") == [("kept",)]
-    assert daemon.events("store_error") == []
+    for task, status in [("kept", "succeeded"), ("failed", "failed"), ("slow", "timed_out")]:
+        daemon.wait_for("run_finished", task=task, status=status, within=15)
     assert daemon.stop() == 0
+
+    errors = query("SELECT error FROM runs WHERE task = 'failed' AND status = 'failed'")
+    assert errors and all("changed my mind" in error for (error,) in errors)
+    kept = query("SELECT count(*) FROM runs WHERE task = 'kept' AND status = 'succeeded'")[0][0]
+    assert query("SELECT tag FROM notes") == [("kept",)] * kept
+    assert daemon.events("store_error") == []
 
 
 def test_a_long_write_transaction_holds_records_back_and_loses_none(
     backend: tuple[DbCli, Query], project: ProjectDir
 ) -> None:
     cli, query = backend
+    project.tasks("b.yaml", "version: 1\ntasks:\n  hold: {type: python, callable: plugins.jobs:hold}\n")
     daemon = Daemon(cli).started()
     daemon.wait_for("run_finished", task="quick")
     (run_id,) = ok(cli("trigger", "hold")).stdout.split()
