@@ -99,6 +99,6 @@ def _refused_upgrade(exc: sqlite3.OperationalError, context: Any) -> bool:
     if getattr(exc, "sqlite_errorname", None) not in _REFUSED:
         return False
     conn = context.root_connection
-    if not conn.in_transaction() or _CHANGES not in conn.info:
-        return False
+    if not conn.in_transaction() or conn.in_nested_transaction() or _CHANGES not in conn.info:
+        return False  # begun again, a transaction would lose its savepoints
     return bool(conn.connection.driver_connection.total_changes == conn.info[_CHANGES])

@@ -1340,6 +1340,8 @@ class Store:
     def session_engine(self, task: str) -> AsyncEngine:
         """The engine for the ``AsyncSession`` of a run of ``task``: a pool of its own, and on
         SQLite deferred transactions that take the write lock at their first write."""
+        if not self._postgres and self._engine.url.database in (None, "", ":memory:"):
+            return self._writer  # a database in memory is one connection's: there is no other
         if self._sessions is None:
             # Unbounded overflow: a session waits for no other; open sessions are bounded by
             # the runs executing at once.
