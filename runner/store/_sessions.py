@@ -15,9 +15,9 @@ turn, up to the busy timeout) and the write runs in it. The reads before it saw 
 was then, as every statement does under PostgreSQL's default READ COMMITTED; from its first write
 on, the transaction holds the lock and is committed or rolled back as a whole.
 
-Which tasks have a session's transaction open is tracked (``holders``), so that a recorder
-that finds the store locked can tell a task's long write transaction, which ends with the task,
-from an outage.
+On SQLite, which tasks have a session's transaction open is tracked (``holders``), so that a
+recorder that finds the store locked can tell a task's long write transaction, which ends with
+the task, from an outage.
 """
 
 from __future__ import annotations
@@ -40,12 +40,14 @@ class TaskSessions:
         self._engine = engine
         self._open: dict[int, str] = {}  # id of the DBAPI connection -> the task using it
         sync = engine.sync_engine
-        event.listen(sync, "begin", self._began)
-        for name in ("commit", "rollback"):
-            event.listen(sync, name, self._ended)
-        for name in ("checkin", "invalidate"):  # a connection lost mid-transaction ends it too
-            event.listen(sync.pool, name, lambda dbapi_conn, *_: self._open.pop(id(dbapi_conn), None))
         if engine.dialect.name == "sqlite":
+            # Only on SQLite can a session hold the lock that every write of runner's needs;
+            # on PostgreSQL runner's writes wait on a task's row locks, and fail on none.
+            event.listen(sync, "begin", self._began)
+            for name in ("commit", "rollback"):
+                event.listen(sync, name, self._ended)
+            for name in ("checkin", "invalidate"):  # a connection lost mid-transaction ends it too
+                event.listen(sync.pool, name, lambda dbapi_conn, *_: self._open.pop(id(dbapi_conn), None))
             # After the store's own "begin" listener, which emits the BEGIN.
             event.listen(sync, "begin", _count_changes)
             event.listen(sync, "do_execute", _upgrading(lambda cursor, sql, params: cursor.execute(sql, params)))
@@ -58,7 +60,7 @@ class TaskSessions:
         return self._engine.execution_options(runner_task=task)
 
     def holders(self) -> list[str]:
-        """The tasks that have a session's transaction open, each once."""
+        """The tasks that have a session's transaction open on SQLite, each once."""
         return sorted(set(self._open.values()))
 
     async def dispose(self) -> None:

@@ -1352,8 +1352,9 @@ class Store:
         return self._sessions.engine_for(task)
 
     def session_holders(self) -> list[str]:
-        """The tasks of this process whose session has a transaction open (on SQLite, one of
-        them may hold the write lock until it ends)."""
+        """The tasks of this process whose session has a transaction open on SQLite (one of
+        them may hold the write lock until it ends); none on PostgreSQL, where a session never
+        takes runner's write lock."""
         return self._sessions.holders() if self._sessions is not None else []
 
     def data_version(self) -> int | None:
