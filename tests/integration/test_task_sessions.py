@@ -1,7 +1,8 @@
 """The engine behind a task's ``AsyncSession`` (``Store.session_engine``), in process, on SQLite and
 PostgreSQL: a session that has read holds nothing runner's writers need; its first write gets
-the lock even when runner committed since its read; and runner's records wait for a task's
-write transaction for as long as it lasts, past the busy timeout and the recorder's patience.
+the lock even when runner committed since its read; runner's records wait for a task's
+write transaction for as long as it lasts, past the busy timeout and the recorder's patience;
+and runner's idle limit for its own PostgreSQL writers is not a task's.
 """
 
 from __future__ import annotations
@@ -177,3 +178,20 @@ async def test_records_wait_for_a_tasks_write_transaction_past_the_busy_timeout_
             ("hold", "succeeded"),
             ("tick", "succeeded"),
         ]
+
+
+@pytest.mark.anyio
+async def test_runners_idle_limit_for_its_own_writers_does_not_end_a_tasks_session(
+    pg_url: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(store_module, "WRITER_IDLE_LIMIT", "300ms")
+    await execute(pg_url, "CREATE TABLE notes (tag VARCHAR(10))")
+    async with open_store(pg_url) as store:
+        await runner_writes(store)
+        async with AsyncSession(store.session_engine("slow")) as session:
+            await session.execute(text("INSERT INTO notes (tag) VALUES ('kept')"))
+            await anyio.sleep(0.6)  # idle in its transaction, twice runner's limit
+            await runner_writes(store)
+            await session.commit()
+    assert await execute(pg_url, "SELECT tag FROM notes") == [("kept",)]
