@@ -96,8 +96,8 @@ def _upgrading(execute: Callable[[Any, str, Any], Any]) -> Callable[[Any, str, A
 
 def _refused_upgrade(exc: sqlite3.OperationalError, context: Any) -> bool:
     """Whether a statement was refused the write lock in a transaction that has written nothing
-    (rolling it back loses nothing). A transaction that had written would hold the lock already;
-    the count of changed rows is checked as well, so that no case this misses can lose a write."""
+    (rolling it back loses nothing). A transaction that had written would hold the lock already,
+    so could not be refused it; as a second guard, it must have changed no row since BEGIN."""
     if getattr(exc, "sqlite_errorname", None) not in _REFUSED:
         return False
     conn = context.root_connection
