@@ -79,7 +79,9 @@ class InjectionScope:
 async def _task_session(scope: InjectionScope) -> Any:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    async with AsyncSession(scope.store.engine, expire_on_commit=False) as session:
+    # Not on the store's own engine: see runner/store/_sessions.py for what this one does.
+    bind = scope.store.session_engine(scope.context.task)
+    async with AsyncSession(bind, expire_on_commit=False) as session:
         try:
             yield session
         except BaseException:

@@ -91,17 +91,26 @@ class Recorder:
     async def _write_through_outages(self, batch: RunBatch) -> Written:
         """Write the batch; while the store cannot be reached (a database restarting, a lock
         held too long), try again every second for up to ``OUTAGE_PATIENCE`` seconds, so that
-        a short outage does not leave runs recorded ``running`` that ended meanwhile."""
+        a short outage does not leave runs recorded ``running`` that ended meanwhile; and for
+        as long as a task of this process has a store session's transaction open."""
         deadline = time.monotonic() + OUTAGE_PATIENCE
         warned = False
         while True:
             try:
                 return await self.store.write_runs(batch)
             except StoreError as exc:
-                if not isinstance(exc.__cause__, OperationalError) or time.monotonic() > deadline:
+                if not isinstance(exc.__cause__, OperationalError):
+                    raise
+                holders = self.store.session_holders()
+                if holders:
+                    # A task's own write transaction may hold the lock: it ends with the task
+                    # (done, failed, timed out or cancelled), so wait for it, however long.
+                    deadline = time.monotonic() + OUTAGE_PATIENCE
+                elif time.monotonic() > deadline:
                     raise
                 if not warned:
-                    log.logger.error(f"{exc}; trying again every second", extra={"event": "store_error"})
+                    why = f"; tasks with a store session open: {', '.join(holders)}" if holders else ""
+                    log.logger.error(f"{exc}{why}; trying again every second", extra={"event": "store_error"})
                     warned = True
             await anyio.sleep(1.0)
 

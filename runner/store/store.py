@@ -11,8 +11,11 @@ store's write transactions there first takes one transaction-level advisory lock
 one at a time, so every read-modify-write (a sync's plan, a lease takeover, replacing schedule
 states) sees the state it changes, with no retry loop around a planner and no row locks to
 get right for rows that do not exist yet (a new task, a first lease), which SELECT ... FOR
-UPDATE cannot lock. It also keeps ``run_logs.id`` in commit order (see ``log_lines``). Task
-sessions (``Store.engine``) do not take it: PostgreSQL locks their rows itself.
+UPDATE cannot lock. It also keeps ``run_logs.id`` in commit order (see ``log_lines``).
+
+Task sessions (``Store.session_engine``) are on an engine of their own (``_sessions.py``): they
+never take the advisory lock (PostgreSQL locks their rows itself) and, on SQLite, take the
+write lock only when they first write.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from runner.models import (
 )
 from runner.processes import HOST, PID, PID_STARTED, kill_orphaned_group, process_is_alive
 from runner.store import _tables as t
+from runner.store._sessions import TaskSessions
 from runner.sync import SyncPlan
 
 CURRENT_VERSION = 5
@@ -350,6 +354,7 @@ class Store:
         # after every reload, and rebuilding 10,000 costs a fifth of a second.
         self._specs: dict[str, TaskSpec] = {}
         self._version_conn: Any = None  # a plain sqlite3 connection for data_version()
+        self._sessions: TaskSessions | None = None  # created when a task first asks for a session
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
@@ -1350,8 +1355,28 @@ class Store:
 
     @property
     def engine(self) -> AsyncEngine:
-        """The SQLAlchemy engine whose writes begin with BEGIN IMMEDIATE, for task sessions."""
+        """The SQLAlchemy engine whose writes begin with BEGIN IMMEDIATE (runner's own)."""
         return self._writer
+
+    def session_engine(self, task: str) -> AsyncEngine:
+        """The engine for the ``AsyncSession`` of a run of ``task``: a pool of its own, and on
+        SQLite deferred transactions that take the write lock at their first write."""
+        if not self._postgres and self._engine.url.database in (None, "", ":memory:"):
+            return self._writer  # a database in memory is one connection's: there is no other
+        if self._sessions is None:
+            # Unbounded overflow: a session waits for no other; open sessions are bounded by
+            # the runs executing at once.
+            engine = create_async_engine(self._engine.url, max_overflow=-1)
+            if not self._postgres:
+                _configure_sqlite(engine)
+            self._sessions = TaskSessions(engine)
+        return self._sessions.engine_for(task)
+
+    def session_holders(self) -> list[str]:
+        """The tasks of this process whose session has a transaction open on SQLite (one of
+        them may hold the write lock until it ends); none on PostgreSQL, where a session never
+        takes runner's write lock."""
+        return self._sessions.holders() if self._sessions is not None else []
 
     def data_version(self) -> int | None:
         """A number that changes whenever another connection commits to the store: SQLite's
@@ -1375,6 +1400,8 @@ class Store:
     async def close(self) -> None:
         if self._version_conn is not None:
             self._version_conn.close()
+        if self._sessions is not None:
+            await self._sessions.dispose()
         await self._engine.dispose()
 
 
