@@ -1,0 +1,509 @@
+"""Every console example of docs/*.md runs as written, so a page cannot drift from the tool.
+
+How a page is read:
+
+- A ```console block holds commands and their output. A line starting ``$ `` (or ``# ``, a
+  root prompt) is a command; a command line ending in ``\\`` goes on on the next line. The lines
+  after a command, up to the next command, are its expected output (none shown: not compared).
+- A ```yaml or ```python block listed in ``FILES`` is a file of the page's project: it is
+  written (or appended) where the table says when the page reaches it. ``STEPS`` holds what a
+  page says in prose only (an edit it describes).
+- A command line anywhere else (a ``$ `` line in a block that is not ```console) is an error:
+  mark the block ```console so that it runs.
+
+How a command runs:
+
+- In a project of its own per page: a copy of the repository's example project (``tasks.d/``,
+  ``plugins/``, ``secrets/``, ``schemas/``), or, for a page in ``OWN_PROJECT``, an empty
+  directory that the page's own commands and files fill.
+- With ``bash -c`` in the page's current directory (``cd`` carries over, ``$?`` is the exit code
+  of the page's previous command), ``runner`` being this virtualenv's (first on ``PATH``).
+  ``.venv/bin/`` in a command means this virtualenv; ``/srv/tasks`` means the page's project.
+- stdout and stderr go to one pipe, as on a terminal, but not a terminal: no live status line.
+- A command must exit 0, unless the next command reads ``$?`` (which then shows the code).
+- A command in ``BACKGROUND`` (a daemon) is started and left running while the rest of the page
+  runs (``runner trigger`` needs it); the first lines of its expected output are awaited and
+  compared, and it must exit 0 on SIGTERM at the end of the page.
+- A command that cannot run here is in ``NOT_RUN``, with why; a command that is neither run nor
+  listed fails the test, and so does an entry of either table that no page has any more.
+
+How output is compared: the expected text becomes a regex that matches the whole output, with
+these placeholders:
+
+- a run id (32 hex digits): any id; the same id twice on a page must be the same id in the
+  runs, and a later command that names it gets the real one;
+- an id cut short (``01a2…``, ``01a2277...e312``): any id;
+- an ISO 8601 time: any time; a duration such as ``0.004s``: any duration; ``pid 4242``: any pid;
+- a line that is only ``...`` (or ``…``): any number of lines; ``...`` or ``…`` within a line:
+  anything on that line;
+- two or more spaces (table columns): two or more spaces;
+- the numbers in ``VARIES`` for a page: any number (counts that depend on a store's history).
+
+The lines of a command in ``UNORDERED`` (concurrent runs) are compared in any order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
+PAGES = sorted(p.name for p in DOCS.glob("*.md"))
+VENV_BIN = Path(sys.executable).parent
+EXAMPLE = ("tasks.d", "plugins", "secrets", "schemas")
+
+# -- the tables -------------------------------------------------------------------------------
+
+_SYSTEMD = "root on a server: systemd, a system user, /srv and /opt"
+_PG = "needs a PostgreSQL server"
+_BENCH = "a benchmark: minutes, not seconds (see performance.md)"
+_HTTP = (
+    "the HTTP API on a fixed port 8080, with tasks (orphan, backup) the page does not declare; "
+    "the API is tested in tests/acceptance/test_http.py"
+)
+
+NOT_RUN: dict[tuple[str, str], str] = {
+    # (page, the command's first line, without its prompt): why it is not run here
+    ("getting-started.md", "python3 -m venv .venv"): "the reader's own virtualenv; the test runs in one",
+    ("getting-started.md", ".venv/bin/pip install /path/to/runner"): "installs from a path: tests/acceptance/test_packaging.py builds and installs runner",
+    ("getting-started.md", "pip install pre-commit"): "downloads pre-commit",
+    ("getting-started.md", "pre-commit install"): "needs pre-commit and a git repository",
+    ("getting-started.md", "pre-commit run runner-validate --all-files      # try it on the whole project"): "needs pre-commit, which installs the hook from its repository",
+    ("daemon.md", "runner --db postgresql://runner@db1/runner --log-format json daemon      # on web2, while web1 leads"): _PG,
+    ("deployment.md", "useradd --system --create-home --home-dir /var/lib/runner --shell /usr/sbin/nologin runner"): _SYSTEMD,
+    ("deployment.md", "git clone git@git.example.com:ops/tasks.git /srv/tasks"): _SYSTEMD,
+    ("deployment.md", "install -d -m 0750 /srv/tasks/.runner"): _SYSTEMD,
+    ("deployment.md", "chown -R runner:runner /srv/tasks"): _SYSTEMD,
+    ("deployment.md", "python3 -m venv /opt/runner/venv"): _SYSTEMD,
+    ("deployment.md", "/opt/runner/venv/bin/pip install 'runner @ git+https://github.com/your-org/runner@v0.1.0' -r /srv/tasks/requirements.txt"): _SYSTEMD,
+    ("deployment.md", "install -d /etc/runner && install -m 0600 /dev/null /etc/runner/runner.env    # then add the secrets"): _SYSTEMD,
+    ("deployment.md", "sudo -u runner /opt/runner/venv/bin/runner --project /srv/tasks validate"): _SYSTEMD,
+    ("deployment.md", "cp docs/runner.service /etc/systemd/system/runner.service"): _SYSTEMD,
+    ("deployment.md", "systemctl daemon-reload && systemctl enable --now runner"): _SYSTEMD,
+    ("deployment.md", "journalctl -u runner -f"): _SYSTEMD,
+    ("deployment.md", "systemctl stop runner"): _SYSTEMD,
+    ("deployment.md", "sudo -u runner sqlite3 /srv/tasks/.runner/runner.db 'VACUUM'"): _SYSTEMD,
+    ("deployment.md", "systemctl start runner"): _SYSTEMD,
+    ("deployment.md", 'sudo -u runner sqlite3 /srv/tasks/.runner/runner.db ".backup /var/backups/runner/runner.db"'): _SYSTEMD,
+    ("deployment.md", "/opt/runner/venv/bin/pip install 'runner @ git+https://github.com/your-org/runner@v0.2.0'"): _SYSTEMD,
+    ("deployment.md", "systemctl restart runner"): _SYSTEMD,
+    ("distributed.md", "export RUNNER_DB=postgresql://runner:secret@db.example.com/runner"): _PG,
+    ("distributed.md", "pip install 'runner[postgres]'"): _PG,
+    ("distributed.md", "runner worker --concurrency 8 &                # on every worker host; more processes for more cores"): _PG,
+    ("distributed.md", "runner daemon --remote                         # fires schedules and takes triggers; runs go to workers"): _PG,
+    ("distributed.md", "runner run --remote add -p a=1                 # one run on a worker; prints and exits as `runner run`"): _PG,
+    ("distributed.md", "runner trigger --remote add --wait             # the same, as a trigger"): _PG,
+    ("http.md", "pip install 'runner[http]'            # starlette + uvicorn"): "installs from an index; the test virtualenv has the extra",
+    ("http.md", "runner --project /srv/tasks daemon --http 127.0.0.1:8080"): _HTTP,
+    ("http.md", "curl -s 'localhost:8080/api/v1/tasks?enabled=false'"): _HTTP,
+    ("http.md", "curl -s 'localhost:8080/api/v1/runs?task=backup&limit=2'"): _HTTP,
+    ("http.md", "curl -sN localhost:8080/api/v1/runs/01a227b21154b143dd6769c2c288798c/events"): _HTTP,
+    ("http.md", "curl -s -X POST localhost:8080/api/v1/tasks/add/runs \\"): _HTTP,
+    ("performance.md", ".venv/bin/python benchmarks/bench_definitions.py --profile /tmp/prof"): _BENCH,
+    ("performance.md", ".venv/bin/python -m pstats /tmp/prof/sync-cold.prof      # then: sort cumulative, stats 40"): "interactive, and reads the profile of the benchmark above",
+    ("performance.md", "uptime                                          # wait for the lowest load you can get"): "the machine's load, for the benchmark after it",
+    ("performance.md", ".venv/bin/python benchmarks/bench_runs.py --repeat 7 --what-if"): _BENCH,
+    ("performance.md", ".venv/bin/python benchmarks/bench_workflows.py --repeat 5"): _BENCH,
+    ("performance.md", "uptime"): "the machine's load, for the benchmark after it",
+    ("performance.md", ".venv/bin/python benchmarks/bench_daemon.py --phases --profile /tmp/prof"): _BENCH,
+    ("performance.md", ".venv/bin/python benchmarks/bench_retention.py --repeat 3"): _BENCH,
+    ("performance.md", ".venv/bin/python benchmarks/bench_workers.py --db-admin postgresql://postgres@127.0.0.1:55432/postgres \\"): _BENCH + "; " + _PG,
+    ("performance.md", "# fsync on, with pg_stat_statements: a cluster of one's own, as the postgres user"): "a comment",
+    ("performance.md", "mkdir /tmp/pgb && chown postgres /tmp/pgb"): "root, for a PostgreSQL cluster of the benchmark's own",
+    ("performance.md", "runuser -u postgres -- /usr/lib/postgresql/15/bin/initdb -D /tmp/pgb/data -A trust -U postgres"): "root, for a PostgreSQL cluster of the benchmark's own",
+    ("performance.md", "runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D /tmp/pgb/data -l /tmp/pgb/log -w \\"): "root, for a PostgreSQL cluster of the benchmark's own",
+    ("performance.md", ".venv/bin/python benchmarks/bench_workers.py --db-admin postgresql://postgres@127.0.0.1:55433/postgres --what-if"): _BENCH + "; " + _PG,
+}
+
+# (page, command's first line): how many lines of its expected output to await and compare
+BACKGROUND: dict[tuple[str, str], int] = {
+    ("getting-started.md", "runner daemon"): 1,
+    ("daemon.md", "runner --project /srv/tasks daemon"): 1,  # the fires after it come at their time
+}
+
+# (page, command's first line): why the lines of its output may come in any order
+UNORDERED: dict[tuple[str, str], str] = {
+    ("workflows.md", "runner run top"): "bad and good, then left and right, run side by side",
+}
+
+OWN_PROJECT = {"getting-started.md"}
+
+# page -> (the block's first line, the file it is, "w" to write or "a" to append)
+FILES: dict[str, list[tuple[str, str, str]]] = {
+    "getting-started.md": [
+        ("# yaml-language-server: $schema=../schemas/tasks.schema.json", "tasks.d/hello.yaml", "w"),
+        ("from runner import RunContext, task", "plugins/examples.py", "w"),
+        ("  add:", "tasks.d/hello.yaml", "a"),
+    ],
+    "workflows.md": [
+        ("# tasks.d/announce.yaml", "tasks.d/announce.yaml", "w"),
+        ("# tasks.d/branches.yaml", "tasks.d/branches.yaml", "w"),
+    ],
+}
+
+
+def _misspell(cwd: Path) -> None:
+    path = cwd / "tasks.d/hello.yaml"
+    path.write_text(path.read_text().replace("description:", "descripton:"))
+
+
+def _spell(cwd: Path) -> None:
+    path = cwd / "tasks.d/hello.yaml"
+    path.write_text(path.read_text().replace("descripton:", "description:"))
+    (cwd / "plugins").mkdir(exist_ok=True)
+    (cwd / "plugins/__init__.py").write_text("")  # "Create plugins/__init__.py (empty)"
+
+
+# (page, command's first line, its n-th occurrence on the page from 1): what the prose does first
+STEPS: dict[tuple[str, str, int], Callable[[Path], None]] = {
+    ("getting-started.md", "runner validate", 2): _misspell,  # "A mistake is reported ..."
+    ("getting-started.md", "runner sync", 1): _spell,  # the mistake fixed, the plugin package made
+}
+
+VARIES: dict[str, set[str]] = {
+    "deployment.md": {"1532", "204"},  # runs pruned: the page's store had a history
+}
+
+# -- reading pages ----------------------------------------------------------------------------
+
+
+@dataclass
+class Command:
+    page: str
+    line: int
+    prompt: str
+    text: str
+    expected: list[str] = field(default_factory=list)
+    reads_status: bool = False  # the next command reads $?
+
+    @property
+    def key(self) -> str:
+        return self.text.split("\n", 1)[0]
+
+
+@dataclass
+class Block:
+    lang: str
+    line: int
+    lines: list[str]
+
+
+FENCE = re.compile(r"^(\s*)```(\w*)\s*$")
+PROMPT = re.compile(r"^([$#]) (.*)$")
+
+
+def blocks(text: str) -> Iterator[Block]:
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        opening = FENCE.match(lines[i])
+        if not opening:
+            i += 1
+            continue
+        indent, lang = len(opening.group(1)), opening.group(2)
+        body: list[str] = []
+        i += 1
+        while i < len(lines) and not FENCE.match(lines[i]):
+            body.append(lines[i][indent:] if not lines[i][:indent].strip() else lines[i])
+            i += 1
+        yield Block(lang, i - len(body), body)
+        i += 1
+
+
+def commands(page: str, block: Block) -> list[Command]:
+    found: list[Command] = []
+    lines = iter(enumerate(block.lines))
+    for n, raw in lines:
+        prompt = PROMPT.match(raw)
+        if prompt is None:
+            if found:
+                found[-1].expected.append(raw)
+            continue
+        text = prompt.group(2)
+        while text.endswith("\\"):
+            text += "\n" + next(lines)[1]
+        if found and text.startswith("echo $?"):
+            found[-1].reads_status = True
+        found.append(Command(page, block.line + n + 1, prompt.group(1), text))
+    return found
+
+
+def page_blocks(page: str) -> list[Block]:
+    return list(blocks((DOCS / page).read_text(encoding="utf-8")))
+
+
+def all_commands() -> list[Command]:
+    return [c for page in PAGES for b in page_blocks(page) if b.lang == "console" for c in commands(page, b)]
+
+
+# -- comparing output -------------------------------------------------------------------------
+
+ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d\d:\d\d|Z)"
+TOKEN = re.compile(
+    rf"(?P<iso>{ISO})"
+    r"|(?P<id>\b[0-9a-f]{32}\b)"
+    r"|(?P<short>\b(?=[0-9a-f]*\d)[0-9a-f]{4,31}(?:…|\.\.\.)[0-9a-f]*)"
+    r"|(?P<elided>\.\.\.|…)"
+    r"|(?P<duration>\b\d+\.\d+s\b)"
+    r"|(?P<pid>\bpid \d+)"
+    r"|(?P<spaces> {2,})"
+    r"|(?P<number>\b\d+\b)"
+)
+
+
+def expected_regex(expected: list[str], ids: dict[str, str], varies: set[str]) -> tuple[str, dict[str, str]]:
+    """The regex for ``expected``, and its groups: group name -> the page's id it captures."""
+    groups: dict[str, str] = {}
+    out: list[str] = []
+    for line in expected:
+        if line.strip() in ("...", "…"):
+            out.append(r"(?:.*\n)*?")
+            continue
+        parts: list[str] = []
+        at = 0
+        for m in TOKEN.finditer(line):
+            parts.append(re.escape(line[at : m.start()]))
+            at = m.end()
+            kind, value = m.lastgroup, m.group()
+            if kind == "iso":
+                parts.append(ISO)
+            elif kind == "id":
+                if value in ids:
+                    parts.append(re.escape(ids[value]))
+                elif value in groups.values():
+                    parts.append(f"(?P={next(g for g, v in groups.items() if v == value)})")
+                else:
+                    name = f"id{len(groups)}"
+                    groups[name] = value
+                    parts.append(f"(?P<{name}>[0-9a-f]{{32}})")
+            elif kind == "short":
+                parts.append("[0-9a-f]{32}")
+            elif kind == "elided":
+                parts.append(".*?")
+            elif kind == "duration":
+                parts.append(r"\d+(?:\.\d+)?s")
+            elif kind == "pid":
+                parts.append(r"pid \d+")
+            elif kind == "spaces":
+                parts.append(" {2,}")
+            else:
+                parts.append(r"\d+" if value in varies else re.escape(value))
+        parts.append(re.escape(line[at:]))
+        out.append("".join(parts) + r"\n")
+    return "".join(out), groups
+
+
+# -- running pages ----------------------------------------------------------------------------
+
+
+@dataclass
+class PageResult:
+    page: str
+    ran: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+def _prepare(cmd: Command, ids: dict[str, str], project: Path) -> str:
+    text = cmd.text.replace(".venv/bin/", f"{VENV_BIN}/").replace("/srv/tasks", str(project))
+    for doc_id, real in ids.items():
+        text = text.replace(doc_id, real)
+    return text
+
+
+def _compare(cmd: Command, output: str, ids: dict[str, str], expected: list[str]) -> str | None:
+    """None if ``output`` matches ``expected``; else what differs. Learns the page's ids."""
+    varies = VARIES.get(cmd.page, set())
+    actual = output.rstrip("\n") + "\n"
+    shown = "\n".join(expected)
+    differs = f"{cmd.page}:{cmd.line}: `{cmd.text}` printed\n{actual}--- the page shows\n{shown}\n"
+    if (cmd.page, cmd.key) in UNORDERED:
+        left = actual.splitlines(keepends=True)
+        for line in expected:
+            regex = expected_regex([line], ids, varies)[0]
+            match = next((got for got in left if re.fullmatch(regex, got)), None)
+            if match is None:
+                return differs
+            left.remove(match)
+        return differs if left else None
+    regex, groups = expected_regex(expected, ids, varies)
+    m = re.fullmatch(regex, actual)
+    if m is None:
+        return differs
+    for name, doc_id in groups.items():
+        ids[doc_id] = m.group(name)
+    return None
+
+
+def run_page(page: str) -> PageResult:
+    result = PageResult(page)
+    env = _env()
+    with tempfile.TemporaryDirectory(prefix="docs-") as tmp:
+        project = Path(tmp) / "project"
+        project.mkdir()
+        if page not in OWN_PROJECT:
+            for part in EXAMPLE:
+                shutil.copytree(REPO / part, project / part, ignore=shutil.ignore_patterns("__pycache__"))
+        cwd, cwd_file = project, Path(tmp) / "cwd"
+        ids: dict[str, str] = {}
+        status = 0
+        seen: dict[str, int] = {}
+        files = {first: (path, mode) for first, path, mode in FILES.get(page, [])}
+        background: list[tuple[Command, subprocess.Popen[bytes]]] = []
+        try:
+            for block in page_blocks(page):
+                if block.lang in ("yaml", "python") and block.lines and block.lines[0] in files:
+                    path, mode = files[block.lines[0]]
+                    (cwd / path).parent.mkdir(parents=True, exist_ok=True)
+                    with (cwd / path).open(mode, encoding="utf-8") as f:
+                        f.write("\n".join(block.lines) + "\n")
+                    continue
+                if block.lang != "console":
+                    continue
+                for cmd in commands(page, block):
+                    seen[cmd.key] = seen.get(cmd.key, 0) + 1
+                    if (page, cmd.key) in NOT_RUN:
+                        continue
+                    if step := STEPS.get((page, cmd.key, seen[cmd.key])):
+                        step(cwd)
+                    text = _prepare(cmd, ids, project)
+                    result.ran += 1
+                    if (page, cmd.key) in BACKGROUND:
+                        proc, problem = _start(cmd, text, cwd, env, Path(tmp) / f"bg{len(background)}", ids)
+                        background.append((cmd, proc))
+                        if problem:
+                            result.problems.append(problem)
+                        if proc.poll() is not None:
+                            return result
+                        continue
+                    script = f"(exit {status})\n{text}\n__rc=$?; pwd > {cwd_file}; exit $__rc\n"
+                    done = subprocess.run(
+                        ["bash", "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, timeout=30,
+                    )
+                    status, output = done.returncode, done.stdout.decode()
+                    cwd = Path(cwd_file.read_text().strip())
+                    if status != 0 and not cmd.reads_status:
+                        result.problems.append(f"{page}:{cmd.line}: `{cmd.text}` exited {status}:\n{output}")
+                    if cmd.expected and (problem := _compare(cmd, output, ids, cmd.expected)):
+                        result.problems.append(problem)
+        finally:
+            for cmd, proc in background:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    code = proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    code = proc.wait()
+                if code != 0:
+                    result.problems.append(f"{page}:{cmd.line}: `{cmd.text}` exited {code} on SIGTERM")
+    return result
+
+
+def _start(
+    cmd: Command, text: str, cwd: Path, env: dict[str, str], log: Path, ids: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], str | None]:
+    """Start a background command; None, or what differs in the lines it printed first."""
+    wanted = BACKGROUND[(cmd.page, cmd.key)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["bash", "-c", f"exec {text}"], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 20
+    while True:
+        lines = log.read_text().splitlines()
+        if len(lines) >= wanted or proc.poll() is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    got = "\n".join(lines[:wanted])
+    if proc.poll() is not None:
+        return proc, f"{cmd.page}:{cmd.line}: `{cmd.text}` exited {proc.returncode}:\n{log.read_text()}"
+    return proc, _compare(cmd, got, ids, cmd.expected[:wanted])
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, PageResult]:
+    pages = sorted({c.page for c in all_commands()})
+    with ThreadPoolExecutor(max_workers=len(pages)) as pool:
+        return {r.page: r for r in pool.map(run_page, pages)}
+
+
+# -- the tests --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", sorted({c.page for c in all_commands()}))
+def test_page_runs_as_written(page: str, results: dict[str, PageResult]) -> None:
+    problems = results[page].problems
+    assert not problems, "\n".join(problems)
+
+
+def test_every_command_is_run_or_listed_with_why() -> None:
+    found = all_commands()
+    keys = {(c.page, c.key) for c in found}
+    for c in found:
+        if c.prompt == "#":
+            assert (c.page, c.key) in NOT_RUN, f"{c.page}:{c.line}: a root command must be listed in NOT_RUN: {c.key}"
+    stale = [k for k in (*NOT_RUN, *BACKGROUND, *UNORDERED) if k not in keys]
+    stale += [(page, key) for page, key, _ in STEPS if (page, key) not in keys]
+    assert not stale, f"listed, but no page has the command any more: {stale}"
+
+
+def test_command_lines_are_in_console_blocks() -> None:
+    misplaced = [
+        f"{page}:{b.line + n + 1}: {line}"
+        for page in PAGES
+        for b in page_blocks(page)
+        if b.lang != "console"
+        for n, line in enumerate(b.lines)
+        if line.startswith("$ ")
+    ]
+    assert not misplaced, "mark these blocks ```console so that they are run:\n" + "\n".join(misplaced)
+
+
+def test_page_files_are_on_their_pages() -> None:
+    firsts = {(page, b.lines[0]) for page in PAGES for b in page_blocks(page) if b.lines}
+    missing = [(page, first) for page, entries in FILES.items() for first, _, _ in entries if (page, first) not in firsts]
+    assert not missing, f"FILES names blocks that are not on their pages: {missing}"
+
+
+def test_readme_first_screen(tmp_path: Path) -> None:
+    """The README's first commands run in the example project; its test command is what CI runs."""
+    readme = [b for b in blocks((REPO / "README.md").read_text(encoding="utf-8")) if b.lang == "sh"]
+    first, tests = (" ".join(b.lines) for b in readme[:2])
+    steps = [s.strip() for s in first.split("&&")]
+    assert steps[:2] == ["python3 -m venv .venv", ".venv/bin/pip install -q ."], steps
+    for part in EXAMPLE:
+        shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for step in steps[2:]:
+        assert step.startswith(".venv/bin/runner "), step
+        done = subprocess.run(
+            ["bash", "-c", step.replace(".venv/bin/", f"{VENV_BIN}/")], cwd=tmp_path, env=_env(),
+            capture_output=True, text=True, timeout=30,
+        )
+        assert done.returncode == 0, f"{step}: {done.stdout}{done.stderr}"
+    ci = (REPO / ".ci/run").read_text(encoding="utf-8")
+    for step in (s.strip() for s in tests.split("&&")):
+        assert step in ci, f"the README's test command runs `{step}`, .ci/run does not"
