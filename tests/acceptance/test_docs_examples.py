@@ -507,3 +507,23 @@ def test_readme_first_screen(tmp_path: Path) -> None:
     ci = (REPO / ".ci/run").read_text(encoding="utf-8")
     for step in (s.strip() for s in tests.split("&&")):
         assert step in ci, f"the README's test command runs `{step}`, .ci/run does not"
+
+
+# Events logged only by `runner worker`: documented in distributed.md's table, not daemon.md's.
+WORKER_EVENTS = {"worker_started", "worker_stopping", "worker_stopped", "worker_reloaded", "job_refused", "job_skipped", "revision_mismatch"}
+
+
+def test_every_logged_event_is_in_a_log_table() -> None:
+    """Each event runner logs has a row in the table of the log it appears in."""
+    code = "\n".join(p.read_text(encoding="utf-8") for p in (REPO / "runner").rglob("*.py"))
+    events = set(re.findall(r'"event": "(\w+)"', code)) | set(re.findall(r'log\.warn\(\s*"(\w+)"', code))
+    events |= {"task_orphaned", "task_invalid"}  # sync.py picks one of the two by the reason
+
+    def table_events(page: str) -> set[str]:
+        rows = re.findall(r"^\| (`\w+`(?:, `\w+`)*) \|", (DOCS / page).read_text(encoding="utf-8"), re.M)
+        return {name for row in rows for name in re.findall(r"`(\w+)`", row)}
+
+    missing = sorted(events - WORKER_EVENTS - table_events("daemon.md"))
+    assert missing == [], f"add these events to the table of daemon.md's 'Its log': {missing}"
+    missing = sorted(WORKER_EVENTS - table_events("distributed.md"))
+    assert missing == [], f"add these events to the table of distributed.md's 'A worker's log': {missing}"
