@@ -25,7 +25,9 @@ How a command runs:
   runs (``runner trigger`` needs it); the first lines of its expected output are awaited and
   compared, and it must exit 0 on SIGTERM at the end of the page.
 - A command that cannot run here is in ``NOT_RUN``, with why; a command that is neither run nor
-  listed fails the test, and so does an entry of either table that no page has any more.
+  listed fails the test, and so does an entry of any table here that no page has any more.
+- Pages run side by side (threads, each driving its own subprocesses), commands of one page in
+  order.
 
 How output is compared: the expected text becomes a regex that matches the whole output, with
 these placeholders:
@@ -40,6 +42,10 @@ these placeholders:
 - the numbers in ``VARIES`` for a page: any number (counts that depend on a store's history).
 
 The lines of a command in ``UNORDERED`` (concurrent runs) are compared in any order.
+
+Besides: README.md's first commands run in the example project, and its test command is the one
+.ci/run runs; every event runner logs has a row in daemon.md's (or, for a worker's,
+distributed.md's) table of events.
 """
 
 from __future__ import annotations
