@@ -492,7 +492,7 @@ def daemon(
     )
 
     async def serve() -> None:
-        async with open_store(settings.store_location) as store:
+        async with open_store(settings.store_location, sweep=False) as store:
             await Daemon(settings.project, store, options).run()
         await end_leftover_tasks()
 

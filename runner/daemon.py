@@ -188,7 +188,7 @@ class Daemon:
                 await self.store.release_lease(LEASE, host=HOST, pid=PID)
 
     async def _serve(self, previous: Lease | None) -> None:
-        await self.store.mark_interrupted(HOST, process_is_alive)
+        _log_interrupted(await self.store.mark_interrupted(HOST, process_is_alive))
         await self._sync(None)
         if not self._stop.is_set():
             await self._run_engine(previous)
@@ -434,7 +434,7 @@ class Daemon:
             if any(host != HOST or process_is_alive(pid, started) for host, pid, started in runs)
         }
         if set(unfinished) - busy:  # runs of dead processes only: say so now, not at the next sweep
-            await self.store.mark_interrupted(HOST, process_is_alive)
+            _log_interrupted(await self.store.mark_interrupted(HOST, process_is_alive))
         return busy
 
     # -- triggers --------------------------------------------------------------------------
@@ -535,11 +535,7 @@ class Daemon:
                     if not await self.store.renew_lease(LEASE, host=HOST, pid=PID):
                         raise DaemonRunning("another daemon took over this store's lease; stopping")
                     last_renewal = time.monotonic()
-                for run_id in await self.store.mark_interrupted(HOST, process_is_alive):
-                    log.logger.warning(
-                        f"run {run_id} interrupted: the process running it died",
-                        extra={"event": "run_interrupted", "run_id": run_id},
-                    )
+                _log_interrupted(await self.store.mark_interrupted(HOST, process_is_alive))
             except StoreError as exc:
                 await _store_trouble(exc)
             await anyio.sleep(SWEEP_EVERY)
@@ -691,6 +687,16 @@ async def end_leftover_tasks(within: float = 1.0) -> None:
         log.logger.warning("leftover tasks ignored the cancel; exiting without them", extra={"event": "daemon_stopped"})
         sys.stderr.flush()
         os._exit(0)
+
+
+def _log_interrupted(run_ids: list[str]) -> None:
+    """One ``run_interrupted`` per run marked, at start as in the sweep, so a log shipper sees
+    every interrupted run (a restarted daemon's own predecessor's too)."""
+    for run_id in run_ids:
+        log.logger.warning(
+            f"run {run_id} interrupted: the process running it died",
+            extra={"event": "run_interrupted", "run_id": run_id},
+        )
 
 
 async def _store_trouble(exc: StoreError) -> None:

@@ -1466,11 +1466,12 @@ class _Pace:
 
 
 @asynccontextmanager
-async def open_store(db: str | Path) -> AsyncIterator[Store]:
+async def open_store(db: str | Path, *, sweep: bool = True) -> AsyncIterator[Store]:
     """Open (creating or upgrading as needed) the store at a path or SQLAlchemy async URL.
 
     Every process that opens a store first marks the unfinished runs of dead runner processes
-    on its host ``interrupted``, so no run stays ``running`` forever after a crash.
+    on its host ``interrupted``, so no run stays ``running`` forever after a crash; the daemon
+    (``sweep=False``) does that itself once it leads, and logs each run it marks.
     """
     url = database_url(db)
     path = _sqlite_path(url)
@@ -1489,7 +1490,8 @@ async def open_store(db: str | Path) -> AsyncIterator[Store]:
     store = Store(engine, url)
     try:
         await store._prepare()
-        await store.mark_interrupted(HOST, process_is_alive)
+        if sweep:
+            await store.mark_interrupted(HOST, process_is_alive)
         yield store
     finally:
         await store.close()

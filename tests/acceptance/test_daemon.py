@@ -390,6 +390,10 @@ def test_runs_of_a_daemon_killed_with_9_are_interrupted_and_retried(project: Pro
     assert taken["pid"] == first.process.pid
     poll(lambda: live_members(pgid) == [], what="the dead daemon's task to be killed")
     _, retry_id = cli.task_started()
+    # Found at start, it is logged as the sweep logs it, before its retry.
+    (interrupted,) = second.wait_for("run_interrupted", run_id=run_id)
+    (retrying,) = second.wait_for("retry_interrupted", run_id=retry_id)
+    assert second.events().index(interrupted) < second.events().index(retrying)
     assert second.stop() == 0
 
     runs = {r["id"]: r for r in runs_of(project, "slow")}
