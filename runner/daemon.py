@@ -519,7 +519,10 @@ class Daemon:
                     parent_id=run.id, attempt=run.attempt + 1,
                 )
             except (TaskNotRunnable, ParameterError) as exc:
-                log.logger.warning(f"{run.task}: interrupted run {run.id} not retried: {exc}")
+                log.warn(
+                    "retry_refused", f"{run.task}: interrupted run {run.id} not retried: {exc}",
+                    task=run.task, run_id=run.id, error=str(exc),
+                )
                 continue
             await self._dispatch(workflow)
             log.logger.info(
