@@ -75,7 +75,7 @@ async def runner_writes(store: Store) -> float:
 async def test_a_session_that_has_read_holds_nothing_runners_writes_need(store: Store) -> None:
     async with AsyncSession(store.session_engine("reader")) as session:
         assert (await session.execute(text("SELECT count(*) FROM runs"))).scalar_one() == 0
-        # Named when SQLite's lock cannot be had (test_records_wait_for_...); PostgreSQL's
+        # Named when SQLite's lock cannot be had (test_records_wait_for_a_tasks_write_transaction_...); PostgreSQL's
         # sessions never hold runner's lock.
         assert store.session_holders() == ([] if store.engine.dialect.name == "postgresql" else ["reader"])
         assert await runner_writes(store) < PROMPT
