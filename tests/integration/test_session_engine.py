@@ -75,8 +75,8 @@ async def runner_writes(store: Store) -> float:
 async def test_a_session_that_has_read_holds_nothing_runners_writes_need(store: Store) -> None:
     async with AsyncSession(store.session_engine("reader")) as session:
         assert (await session.execute(text("SELECT count(*) FROM runs"))).scalar_one() == 0
-        # Named when SQLite's lock cannot be had (test_records_wait_for_...); PostgreSQL's
-        # sessions never hold runner's lock.
+        # Named to the recorder when SQLite's lock cannot be had (see the last SQLite test);
+        # PostgreSQL's sessions never hold runner's lock.
         assert store.session_holders() == ([] if store.engine.dialect.name == "postgresql" else ["reader"])
         assert await runner_writes(store) < PROMPT
         # What the session reads next: SQLite keeps the snapshot of its first read until the
