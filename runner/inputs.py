@@ -1,9 +1,10 @@
 """What may enter runner from outside: parameter names and values, and text for the OS.
 
-Checked once, where the input enters (a task file in ``spec.py``, ``-p`` in ``cli.py``, an HTTP
-trigger body in ``http/app.py``, a job from another host in ``remote.py``, and a task's own
-``Engine.submit``), so nothing that could not reach a task is ever recorded or started. What is
-refused, and why:
+Checked where the input enters, before anything is recorded or started: a task file as it is
+read (``spec.py``), ``-p`` as it is parsed (``cli.py``), a job from another host as a worker
+takes it (``remote.py``), and the parameters of every workflow the engine makes
+(``engine.checked_parameters``): an HTTP trigger body, ``runner trigger`` through the store and a
+task's own ``Engine.submit`` arrive there. What is refused, and why:
 
 - a NUL byte, anywhere: environment variables, argv items and paths are C strings, so
   ``os.execve`` and ``open`` raise ``ValueError: embedded null byte``, and PostgreSQL text and
@@ -28,9 +29,7 @@ from typing import Any
 from runner.errors import ParameterError
 
 PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-"""A parameter name, and (the same rule) the name of an ``env`` variable."""
-
-NAME_RULE = "use letters, digits and '_', not starting with a digit"
+"""A parameter name (the schema says the same of ``env`` names: an OS refuses ``=`` and "")."""
 
 _UNSAFE = re.compile("[\x00\ud800-\udfff]")
 
@@ -53,11 +52,11 @@ def number_problem(number: float) -> str | None:
     return None if math.isfinite(number) else f"{number!r} is not a finite number; JSON has no NaN or Infinity"
 
 
-def name_problem(name: object, what: str = "parameter") -> str | None:
-    """Why ``name`` is not a parameter (or ``what``: an env variable) name, or None."""
+def name_problem(name: object) -> str | None:
+    """Why ``name`` is not a parameter name, or None."""
     if isinstance(name, str) and PARAMETER_NAME.fullmatch(name):
         return None
-    return f"{name!r} is not a valid {what} name: {NAME_RULE}"
+    return f"{name!r} is not a valid parameter name: use letters, digits and '_', not starting with a digit"
 
 
 def value_problems(value: Any) -> Iterator[tuple[str, str]]:
@@ -129,7 +128,5 @@ def parse_override(text: str) -> tuple[str, Any]:
     problem = text_problem(raw)
     if problem is not None:
         raise ValueError(f"{key}: the value {problem}")
-    value = "" if raw == "" else read_value(raw, key)  # "" read as YAML would be null
-    for path, message in value_problems(value):
-        raise ValueError(f"{key}{' at ' + path if path else ''}: {message}")
-    return key, value
+    # read_value refuses what a task file may not hold (a NUL, .nan); "" read as YAML is null.
+    return key, "" if raw == "" else read_value(raw, key)

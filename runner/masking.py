@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import RunnerError
+from runner.inputs import text_problem
 from runner.models import SecretRef
 
 MASK = "***"
@@ -42,6 +43,11 @@ def resolve_env(
                 raise SecretUnavailable(
                     f"env {name}: cannot read secret file {path}: {exc.strerror or exc}"
                 ) from exc
+            except UnicodeDecodeError:
+                raise SecretUnavailable(f"env {name}: secret file {path} is not UTF-8 text") from None
+            problem = text_problem(found)
+            if problem is not None:  # no environment variable can hold it
+                raise SecretUnavailable(f"env {name}: secret file {path} {problem}")
         values[name] = found
         secrets.append(found)
     return values, secrets

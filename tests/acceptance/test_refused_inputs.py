@@ -175,3 +175,27 @@ def test_a_date_in_a_trigger_body_stays_a_string(api: Api) -> None:
     assert response.status_code == 202, response.text
     run = api.wait_run(response.json()["id"])
     assert run["status"] == "succeeded" and run["result"] == "report for 2026-11-28"
+
+
+def test_a_secret_file_no_environment_can_hold_fails_its_run_before_the_command(project: ProjectDir, cli: Cli) -> None:
+    project.tasks(
+        "a.yaml",
+        """
+        version: 1
+        tasks:
+          nul:
+            command: 'echo started'
+            env: {TOKEN: {from_file: nul.txt}}
+          latin:
+            command: 'echo started'
+            env: {TOKEN: {from_file: latin.txt}}
+        """,
+    )
+    (project.root / "nul.txt").write_bytes(b"se\x00cret\n")
+    (project.root / "latin.txt").write_bytes(b"caf\xe9\n")
+    for task, message in (("nul", "nul.txt contains a NUL byte (at character 3)"), ("latin", "latin.txt is not UTF-8 text")):
+        result = cli("run", task, "--json")
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        run = json_lines(result.stdout)[-1]
+        assert run["status"] == "failed" and run["stdout"] is None  # the command never ran
+        assert message in run["error"]["message"]
