@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
@@ -57,6 +57,10 @@ def _answering_problems(handler: Handler) -> Handler:
             return await handler(request)
         except Problem as exc:
             return problem_response(exc.status, exc.detail, instance=request.url.path, headers=exc.headers, **exc.extra)
+        except ClientDisconnect:
+            # The client went, or was cut off for sending its body too slowly (limits.py
+            # answered it 408): nobody reads this, and it is no error of the daemon's.
+            return problem_response(400, "the client closed the connection before the body arrived")
         except StoreError as exc:
             log.logger.error(f"HTTP {request.url.path}: {exc}", extra={"event": "store_error"})
             return problem_response(503, "the store cannot be read right now; try again shortly", instance=request.url.path)
@@ -90,7 +94,7 @@ def _limit(request: Request) -> int:
     value = _query(request, "limit")
     if value is None:
         return DEFAULT_LIMIT
-    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+    if not value.isascii() or not value.isdigit() or len(value) > 9 or not 1 <= int(value) <= MAX_LIMIT:
         raise Problem(400, f"query parameter 'limit' must be an integer from 1 to {MAX_LIMIT}, not {value!r}")
     return int(value)
 
@@ -116,7 +120,7 @@ def _reject_constant(name: str) -> Any:
 
 async def _json_body(request: Request) -> dict[str, Any]:
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+    if declared is not None and (not declared.isdigit() or len(declared) > 9 or int(declared) > MAX_BODY):
         raise Problem(413, f"the body may have at most {MAX_BODY} bytes")
     raw = bytearray()
     async for chunk in request.stream():
@@ -224,8 +228,8 @@ class Api:
         except RunNotFound as exc:
             raise Problem(404, str(exc)) from None
         after = request.headers.get("last-event-id", "0").strip()
-        if not after.isascii() or not after.isdigit():
-            raise Problem(400, f"Last-Event-ID must be the id of an event of this stream, not {after!r}")
+        if not after.isascii() or not after.isdigit() or len(after) > 19 or int(after) > events.MAX_EVENT_ID:
+            raise Problem(400, f"Last-Event-ID must be the id of an event of this stream, not {after[:40]!r}")
         stream = events.run_events(self.daemon.store, run_id, after=int(after), closing=self.closing)
         return StreamingResponse(
             stream,
