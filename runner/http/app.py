@@ -21,11 +21,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from runner import log
+from runner.engine import checked_parameters
 from runner.errors import ParameterError, RunNotFound, StoreError, TaskNotRunnable
 from runner.http import events, metrics
 from runner.http.openapi import document
+from runner.http.parameters import Checker
 from runner.http.problems import Problem, bearer_ok, problem_response, require_token
-from runner.models import RunStatus, iso
+from runner.models import RunStatus, TaskType, iso
 
 if TYPE_CHECKING:
     from runner.daemon import Daemon, HttpOptions
@@ -159,6 +161,7 @@ class Api:
         self.metrics = metrics.Metrics(daemon)
         self.closing = anyio.Event()
         self.started_at = time.time()
+        self.checker = Checker()
 
     def _reader(self, request: Request) -> None:
         if self.options.auth_read:
@@ -239,14 +242,17 @@ class Api:
 
     async def trigger(self, request: Request) -> Response:
         if not self.options.allow_trigger:
+            # Not an operation of this daemon (/openapi.json leaves it out): no method is.
             raise Problem(
-                403,
+                405,
                 "starting runs over HTTP is off; the daemon allows it with --http-allow-trigger "
                 "(and RUNNER_HTTP_TOKEN)",
+                headers={"Allow": ""},
             )
         require_token(request, self.options.token)
         name = _name(request.path_params["name"])
         parameters = await _json_body(request)
+        self._check_parameters(name, parameters)
         try:
             run_id = await self.daemon.run_now(name, parameters)
         except TaskNotRunnable as exc:
@@ -259,6 +265,22 @@ class Api:
             202,
             headers={"Location": location},
         )
+
+    def _check_parameters(self, name: str, parameters: dict[str, Any]) -> None:
+        """422 for parameters the task does not take, as its operation in /openapi.json says
+        (a task that cannot run is left to run_now: 404 or 409)."""
+        stored = self.daemon.engine.tasks.get(name)
+        if stored is None or not stored.enabled or stored.removed:
+            return
+        if stored.spec.type is TaskType.PYTHON:
+            # The engine's own check first: its messages name what the callable takes.
+            try:
+                checked_parameters(stored.spec, {**stored.spec.parameters, **parameters})
+            except ParameterError as exc:
+                raise Problem(422, str(exc), errors=exc.problems) from None
+        problems = self.checker.problems(stored, parameters)
+        if problems:
+            raise Problem(422, "; ".join(problems), errors=problems)
 
     async def health(self, request: Request) -> Response:
         store_error = None
@@ -293,7 +315,7 @@ class Api:
         return Response(await self.metrics.render(), media_type=metrics.CONTENT_TYPE)
 
     async def openapi(self, request: Request) -> Response:
-        return json_response(document(self.options))
+        return json_response(document(self.options, self.daemon.engine.tasks.values()))
 
 
 async def _http_problem(request: Request, exc: Exception) -> Response:
