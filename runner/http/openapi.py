@@ -192,17 +192,14 @@ _ACCEPTED = _json("The run is queued; Location is the run", {
 
 
 def _trigger(summary: str, parameters: dict[str, Any], path_parameters: list[Any], operation_id: str) -> dict[str, Any]:
-    required = bool(parameters.get("required"))
-    body: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": {"parameters": parameters}}
-    if required:
-        body["required"] = ["parameters"]
+    body = {"type": "object", "additionalProperties": False, "properties": {"parameters": parameters}}
     return {
         "post": {
             "summary": summary,
             "operationId": operation_id,
             "security": [{"bearer": []}],
             "parameters": path_parameters,
-            "requestBody": {"required": required, "content": {"application/json": {"schema": body}}},
+            "requestBody": {"required": False, "content": {"application/json": {"schema": body}}},
             "responses": {
                 "202": {**_ACCEPTED, "headers": {"Location": {"schema": {"type": "string"}}}},
                 **_TRIGGER_ERRORS,

@@ -3,8 +3,9 @@ checked on every POST, so that the document and the server cannot disagree.
 
 A python task's parameters come from its callable's signature (:mod:`runner.signature`): the
 names it takes by keyword (not the injected ones), a JSON type for each understood annotation,
-required where it has no default and the task file gives no value, the task file's value or the
-signature's default as ``default``; ``**kwargs`` admits any other name. A shell task takes the
+the task file's value or the signature's default as ``default`` (none is required: a task whose
+file leaves out a required parameter is invalid and cannot run); ``**kwargs`` admits any other
+name. A shell task takes the
 names its file declares, each any JSON scalar (or any JSON value where the declared one is a list
 or mapping). Everywhere: names match :data:`NAME_PATTERN`, and no string holds a NUL byte (it
 cannot reach a process, and PostgreSQL's ``jsonb`` cannot store it).
@@ -100,7 +101,6 @@ def parameters_schema(task: StoredTask) -> dict[str, Any]:
     """The schema of ``parameters`` in a trigger's body for ``task``."""
     declared = task.spec.parameters
     properties: dict[str, Any] = {}
-    required: list[str] = []
     more: Any = False
     if task.spec.type.value == "python":
         sig = _signature(task)
@@ -114,8 +114,6 @@ def parameters_schema(task: StoredTask) -> dict[str, Any]:
             if default is not _EMPTY and _jsonable(default):
                 schema["default"] = list(default) if isinstance(default, tuple) else default
             properties[param.name] = schema
-            if param.required and param.name not in declared:
-                required.append(param.name)
         if sig.accepts_var_kwargs:
             more = _any()
     else:
@@ -124,15 +122,12 @@ def parameters_schema(task: StoredTask) -> dict[str, Any]:
             if _jsonable(value):
                 schema["default"] = list(value) if isinstance(value, tuple) else value
             properties[name] = schema
-    body: dict[str, Any] = {
+    return {
         "type": "object",
         "properties": properties,
         "propertyNames": {"pattern": NAME_PATTERN},
         "additionalProperties": more,
     }
-    if required:
-        body["required"] = required
-    return body
 
 
 def _signature(task: StoredTask) -> Any:
@@ -183,8 +178,6 @@ def _message(task: StoredTask, error: ValidationError, parameters: Mapping[str, 
             unknown = sorted(set(parameters) - set(known))
             takes = f"accepts: {', '.join(known)}" if known else "accepts no parameters"
             return f"{what}: unknown parameter(s) {', '.join(map(repr, unknown))}; {task.name!r} {takes}"
-        if error.validator == "required":
-            return f"{what}: {error.message.replace('is a required property', 'is a required parameter')}"
         return f"{what}: {error.message[:200]}"
     name, inside = path[0], "".join(f"[{p!r}]" for p in path[1:])
     if error.validator == "pattern":
