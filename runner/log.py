@@ -92,7 +92,7 @@ def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
     logger.critical(
         f"uncaught {args.exc_type.__name__} in thread {name}: {args.exc_value}",
         exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
-        extra={"event": "uncaught_exception", "thread": name},
+        extra={"event": "uncaught_exception", "thread_name": name},
     )
 
 
