@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from runner import log
 from runner.engine import checked_parameters
-from runner.errors import ParameterError, RunNotFound, StoreError, TaskNotRunnable
+from runner.errors import ParameterError, RunnerError, RunNotFound, StoreError, TaskNotRunnable
 from runner.http import events, metrics
 from runner.http.openapi import document
 from runner.http.parameters import Checker
@@ -278,6 +278,8 @@ class Api:
                 checked_parameters(stored.spec, {**stored.spec.parameters, **parameters})
             except ParameterError as exc:
                 raise Problem(422, str(exc), errors=exc.problems) from None
+            except RunnerError:
+                return  # its callable does not resolve now: run_now says so (409)
         problems = self.checker.problems(stored, parameters)
         if problems:
             raise Problem(422, "; ".join(problems), errors=problems)

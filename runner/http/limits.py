@@ -222,6 +222,9 @@ def protocol(guard: Guard) -> type[H11Protocol]:
         def _follow(self) -> None:
             state = self.conn.their_state
             if state is h11.IDLE:
+                if self.waiting_for != "a request":  # a body the answer did not wait for ended
+                    self.received = False
+                    self._expect("a request")
                 return  # still waiting for the head: the deadline set for it holds
             if state is h11.SEND_BODY:
                 if self.waiting_for != "its body":

@@ -201,8 +201,9 @@ def _trigger(summary: str, parameters: dict[str, Any], path_parameters: list[Any
             "parameters": path_parameters,
             "requestBody": {"required": False, "content": {"application/json": {"schema": body}}},
             "responses": {
-                "202": {**_ACCEPTED, "headers": {"Location": {"schema": {"type": "string"}}}},
-                **_TRIGGER_ERRORS,
+                "202": {"$ref": "#/components/responses/Accepted"},
+                # By reference: 100 trigger operations make some 130 KB, not 250 KB.
+                **{status: {"$ref": f"#/components/responses/Trigger{status}"} for status in _TRIGGER_ERRORS},
             },
         }
     }
@@ -250,6 +251,10 @@ def document(options: HttpOptions, tasks: Iterable[StoredTask] = ()) -> dict[str
         "components": {
             "schemas": _SCHEMAS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {
+                "Accepted": {**_ACCEPTED, "headers": {"Location": {"schema": {"type": "string"}}}},
+                **{f"Trigger{status}": response for status, response in _TRIGGER_ERRORS.items()},
+            },
         },
         "paths": {
             "/api/v1/tasks": {
