@@ -7,16 +7,13 @@ import inspect
 from typing import Any, Literal
 
 import pytest
+from jsonschema import Draft202012Validator
 
-pytest.importorskip("starlette")
-
-from jsonschema import Draft202012Validator  # noqa: E402
-
-from runner.daemon import HttpOptions  # noqa: E402
-from runner.http.openapi import TASK_OPERATIONS, document  # noqa: E402
-from runner.http.parameters import JSON_VALUE, value_schema  # noqa: E402
-from runner.models import StoredTask, TaskSpec, TaskType  # noqa: E402
-from runner.signature import _convert, _Mismatch  # noqa: E402
+from runner.daemon import HttpOptions
+from runner.http.openapi import TASK_OPERATIONS, document
+from runner.http.parameters import JSON_VALUE, value_schema
+from runner.models import StoredTask, TaskSpec, TaskType
+from runner.signature import _convert, _Mismatch
 
 
 def shell(name: str, *, enabled: bool = True, removed: bool = False) -> StoredTask:
