@@ -250,7 +250,6 @@ def document(options: HttpOptions, tasks: Iterable[StoredTask] = ()) -> dict[str
         },
         "components": {
             "schemas": _SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "responses": {
                 "Accepted": {**_ACCEPTED, "headers": {"Location": {"schema": {"type": "string"}}}},
                 **{f"Trigger{status}": response for status, response in _TRIGGER_ERRORS.items()},
@@ -359,4 +358,7 @@ def document(options: HttpOptions, tasks: Iterable[StoredTask] = ()) -> dict[str
     }
     if options.allow_trigger:
         doc["paths"].update(_trigger_paths(tasks, name))
+    if options.allow_trigger or options.auth_read:
+        # Only where an operation asks for it: a documented scheme promises a 401 without it.
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return doc
