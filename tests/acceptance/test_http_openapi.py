@@ -100,17 +100,18 @@ def served(cli: Cli, project: ProjectDir) -> Any:
             each.close()
 
 
-def schemathesis(base: str, *headers: str, options: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    """``schemathesis run --checks all`` on the daemon's own document, small and reproducible."""
+def schemathesis(cwd: Path, base: str, *headers: str) -> subprocess.CompletedProcess[str]:
+    """``schemathesis run --checks all`` on the daemon's own document, small and reproducible
+    (run in ``cwd``: it keeps a cache of failures in ./.schemathesis)."""
     command = [
         str(Path(sys.executable).parent / "schemathesis"), "--no-color", "run", f"{base}/openapi.json",
         "--checks", "all", "--max-examples", "3", "--seed", "12345", "--request-timeout", "3",
-        *[arg for header in headers for arg in ("-H", header)], *options,
+        *[arg for header in headers for arg in ("-H", header)],
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=80)
+    return subprocess.run(command, capture_output=True, text=True, timeout=80, cwd=cwd)
 
 
-def test_schemathesis_checks_all_pass_with_triggers_off(served: Any, cli: Cli) -> None:
+def test_schemathesis_checks_all_pass_with_triggers_off(served: Any, cli: Cli, tmp_path: Path) -> None:
     # Runs to read: schemathesis follows GET /api/v1/runs to each run and its event stream,
     # and checks every event against the document.
     assert cli("run", "greet").returncode == 0 and cli("run", "typed", "-p", "n=3").returncode == 0
@@ -121,15 +122,15 @@ def test_schemathesis_checks_all_pass_with_triggers_off(served: Any, cli: Cli) -
     refused = api.client.post("/api/v1/tasks/hello/runs", json={})
     assert refused.status_code == 405 and "--http-allow-trigger" in refused.json()["detail"]
 
-    result = schemathesis(api.base)
+    result = schemathesis(tmp_path, api.base)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout, result.stdout[-6000:]
     api.close()
 
 
-def test_schemathesis_checks_all_pass_with_triggers_on_and_a_token(served: Any) -> None:
+def test_schemathesis_checks_all_pass_with_triggers_on_and_a_token(served: Any, tmp_path: Path) -> None:
     api = served("--http-allow-trigger", "--http-auth-read", token=TOKEN)
-    result = schemathesis(api.base, f"Authorization: Bearer {TOKEN}")
+    result = schemathesis(tmp_path, api.base, f"Authorization: Bearer {TOKEN}")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout, result.stdout[-6000:]
     # It did trigger runs, and followed them (the stateful phase reads them back).
