@@ -365,6 +365,8 @@ def _http_options(
     if listen is None:
         if allow_trigger or auth_read:
             _fail("--http-allow-trigger and --http-auth-read need --http [HOST:]PORT", EXIT_USAGE)
+        if timeout != "10s" or max_connections is not None:
+            _fail("--http-timeout and --http-max-connections need --http [HOST:]PORT", EXIT_USAGE)
         return None
     if any(importlib.util.find_spec(module) is None for module in ("starlette", "uvicorn")):
         _fail("--http needs the HTTP extra: pip install 'runner[http]'", EXIT_USAGE)

@@ -319,6 +319,9 @@ def test_cli_refuses_bad_http_options(cli: Cli, project: ProjectDir) -> None:
         (("--http", ":8080", "--http-allow-trigger"), {}, "RUNNER_HTTP_TOKEN"),
         (("--http", ":8080", "--http-auth-read"), {}, "RUNNER_HTTP_TOKEN"),
         (("--http-allow-trigger",), {"RUNNER_HTTP_TOKEN": "x"}, "need --http"),
+        (("--http-max-connections", "5"), {}, "need --http"),
+        (("--http", ":8080", "--http-timeout", "0"), {}, "--http-timeout"),
+        (("--http", ":8080", "--http-max-connections", "0"), {}, "--http-max-connections"),
     ]:
         result = cli("daemon", *args, env=env)
         assert result.returncode == 2 and says in result.stderr, (args, result.stderr)
