@@ -414,7 +414,7 @@ def _http_options(
 )
 @click.option(
     "--http-max-connections", type=click.IntRange(min=1), default=None, metavar="N",
-    help="HTTP connections open at once, at most; more get a 503 (default 200, at most half of `ulimit -n`).",
+    help="HTTP connections open at once, at most; more get a 503 (default 200, fewer under a low `ulimit -n`).",
 )
 @click.option("--remote", is_flag=True, help="Send runs to workers (`runner worker`; PostgreSQL store) instead of running them here.")
 @click.pass_obj

@@ -83,7 +83,7 @@ class HttpOptions:
     auth_read: bool = False  # the read endpoints want the token too
     token: str | None = None  # RUNNER_HTTP_TOKEN
     timeout: float = 10.0  # seconds a client gets to send a request head, then its body
-    max_connections: int | None = None  # None: 200, within half the file descriptor limit
+    max_connections: int | None = None  # None: 200, fewer under a low file descriptor limit
 
 
 @dataclass

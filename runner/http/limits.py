@@ -32,24 +32,28 @@ IDLE_TIMEOUT = 5
 DEFAULT_TIMEOUT = 10.0
 """Seconds a client gets to send a request head, and then its body (``--http-timeout``)."""
 DEFAULT_MAX_CONNECTIONS = 200
-"""Open connections at most (``--http-max-connections``); by default never more than half the
-process's file descriptor limit, so that runs, the store and the task files keep the rest."""
-BACKLOG = 128
+"""Open connections at most (``--http-max-connections``). Under a low ``ulimit -n`` the default
+is lower (:func:`connection_cap`), so that runs, the store and the task files keep descriptors."""
+BACKLOG = 64
 """Connections the kernel queues before they are accepted. asyncio also accepts up to this many
-per loop turn, and when ``accept()`` fails for want of descriptors it retries each of them a
-second later: uvicorn's 2048 made that some 10,000 failed calls a second."""
+per loop turn, each holding a descriptor for about two turns even when refused at once; and when
+``accept()`` fails for want of descriptors it retries each of them a second later: uvicorn's
+2048 made that some 10,000 failed calls a second."""
 BURST_WINDOW = 10.0
 """Seconds over which repeated refusals of one kind make one log line."""
 
 
 def connection_cap(max_connections: int | None) -> int:
-    """The cap in force: the one given, or the default bounded by ``ulimit -n``."""
+    """The cap in force: the one given, or the default within ``ulimit -n``: half of what is
+    left after a burst of connections being accepted (two turns' worth), at least 16. Measured:
+    300 slow clients at ``ulimit -n 256`` and a cap of 128 still ran ``accept()`` out of
+    descriptors; with 64 they do not."""
     if max_connections is not None:
         return max_connections
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return DEFAULT_MAX_CONNECTIONS
-    return max(1, min(DEFAULT_MAX_CONNECTIONS, soft // 2))
+    return min(DEFAULT_MAX_CONNECTIONS, max(16, (soft - 2 * BACKLOG) // 2))
 
 
 class Burst:

@@ -150,9 +150,34 @@ def test_connections_over_the_cap_are_refused_at_once(serve: Callable[..., Serve
     served.stop()
 
 
-def test_the_default_cap_leaves_half_the_descriptors_to_the_daemon(serve: Callable[..., Served]) -> None:
-    served = serve(preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100)))
-    assert served.started["max_connections"] == 50
+def test_under_a_low_ulimit_slow_clients_cannot_take_the_descriptors_runs_need(serve: Callable[..., Served]) -> None:
+    """300 slow connections at `ulimit -n 256` once made a run fail to open /dev/null."""
+    served = serve("--http-allow-trigger", preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+    assert served.started["max_connections"] == 64  # (256 - 2 * 64 accepted per turn) / 2
+    clients = [served.connect() for _ in range(300)]
+    for sock in clients:
+        with contextlib.suppress(OSError):
+            sock.sendall(b"GET /health HTTP/1.1\r\n")  # and never the rest
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    busy = httpx.post(f"{served.base}/api/v1/tasks/hello/runs", headers=auth, timeout=5)
+    assert busy.status_code == 503  # at once, not a hang
+    for sock in clients[:10]:
+        sock.close()
+
+    def triggered() -> httpx.Response | None:
+        response = httpx.post(f"{served.base}/api/v1/tasks/hello/runs", headers=auth, timeout=5)
+        return response if response.status_code == 202 else None
+
+    run_id = poll(triggered, within=5, what="a trigger once a few clients left").json()["id"]
+    run = poll(
+        lambda: (r := httpx.get(f"{served.base}/api/v1/runs/{run_id}", timeout=5).json())["status"] == "succeeded" and r,
+        within=10, what="the run to succeed",
+    )
+    assert run["stdout"] == "hello\n"
+    for sock in clients[10:]:
+        sock.close()
+    assert not served.events("http_accept_error")  # the cap kept accept() within the limit
+    assert len(served.log_path.read_text().splitlines()) < 15
     served.stop()
 
 
@@ -162,7 +187,7 @@ def test_accept_errors_are_logged_once_per_burst_not_per_connection(serve: Calla
         "--http-max-connections", "1000",
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)),
     )
-    clients = [served.connect() for _ in range(110)]
+    clients = [served.connect() for _ in range(80)]  # the kernel queues 64 more than are taken
     (first,) = wait_for_event(served.log_path, "http_accept_error", within=10)
     assert "Too many open files" in first["message"] and first["count"] == 1
     for sock in clients:
