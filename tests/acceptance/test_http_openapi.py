@@ -111,6 +111,7 @@ def schemathesis(cwd: Path, base: str, *headers: str) -> subprocess.CompletedPro
     return subprocess.run(command, capture_output=True, text=True, timeout=80, cwd=cwd)
 
 
+@pytest.mark.slow  # schemathesis' coverage phase: some 300 requests, each accepted one a run
 def test_schemathesis_checks_all_pass_with_triggers_off(served: Any, cli: Cli, tmp_path: Path) -> None:
     # Runs to read: schemathesis follows GET /api/v1/runs to each run and its event stream,
     # and checks every event against the document.
@@ -128,6 +129,7 @@ def test_schemathesis_checks_all_pass_with_triggers_off(served: Any, cli: Cli, t
     api.close()
 
 
+@pytest.mark.slow  # schemathesis' coverage phase: some 300 requests, each accepted one a run
 def test_schemathesis_checks_all_pass_with_triggers_on_and_a_token(served: Any, tmp_path: Path) -> None:
     api = served("--http-allow-trigger", "--http-auth-read", token=TOKEN)
     result = schemathesis(tmp_path, api.base, f"Authorization: Bearer {TOKEN}")
