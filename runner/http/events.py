@@ -34,9 +34,8 @@ _PAGE = 1000
 _UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
-def message(event: str, data: Any, event_id: int | None = None) -> str:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, default=str, separators=(',', ':'))}\n\n"
+def message(event: str, data: Any, event_id: int) -> str:
+    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, default=str, separators=(',', ':'))}\n\n"
 
 
 def _row(entry: LogEntry) -> str:
