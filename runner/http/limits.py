@@ -29,8 +29,6 @@ from runner import log
 
 IDLE_TIMEOUT = 5
 """Seconds a kept-alive connection may sit between two requests (uvicorn's keep-alive)."""
-DEFAULT_TIMEOUT = 10.0
-"""Seconds a client gets to send a request head, and then its body (``--http-timeout``)."""
 DEFAULT_MAX_CONNECTIONS = 200
 """Open connections at most (``--http-max-connections``). Under a low ``ulimit -n`` the default
 is lower (:func:`connection_cap`), so that runs, the store and the task files keep descriptors."""
