@@ -412,7 +412,9 @@ def _duration_option(text: str, option: str) -> float | None:
     return seconds or None
 
 
-def _http_options(listen: str | None, allow_trigger: bool, auth_read: bool) -> Any:
+def _http_options(
+    listen: str | None, allow_trigger: bool, auth_read: bool, timeout: str = "10s", max_connections: int | None = None
+) -> Any:
     """The daemon's HttpOptions for --http and its flags (None without --http); exit 2 on a
     bad address, a flag without --http or the token, or without the runner[http] extra."""
     import importlib.util
@@ -423,6 +425,8 @@ def _http_options(listen: str | None, allow_trigger: bool, auth_read: bool) -> A
     if listen is None:
         if allow_trigger or auth_read:
             _fail("--http-allow-trigger and --http-auth-read need --http [HOST:]PORT", EXIT_USAGE)
+        if timeout != "10s" or max_connections is not None:
+            _fail("--http-timeout and --http-max-connections need --http [HOST:]PORT", EXIT_USAGE)
         return None
     if any(importlib.util.find_spec(module) is None for module in ("starlette", "uvicorn")):
         _fail("--http needs the HTTP extra: pip install 'runner[http]'", EXIT_USAGE)
@@ -434,7 +438,13 @@ def _http_options(listen: str | None, allow_trigger: bool, auth_read: bool) -> A
     if (allow_trigger or auth_read) and token is None:
         flag = "--http-allow-trigger" if allow_trigger else "--http-auth-read"
         _fail(f"{flag} needs a bearer token: set RUNNER_HTTP_TOKEN (e.g. to `openssl rand -hex 32`)", EXIT_USAGE)
-    return HttpOptions(host=host, port=int(port), allow_trigger=allow_trigger, auth_read=auth_read, token=token)
+    seconds = _duration_option(timeout, "--http-timeout")
+    if seconds is None:
+        _fail("--http-timeout: give a duration above 0 (default 10s)", EXIT_USAGE)
+    return HttpOptions(
+        host=host, port=int(port), allow_trigger=allow_trigger, auth_read=auth_read, token=token,
+        timeout=seconds, max_connections=max_connections,
+    )
 
 
 @main.command()
@@ -458,11 +468,20 @@ def _http_options(listen: str | None, allow_trigger: bool, auth_read: bool) -> A
 )
 @click.option("--http-allow-trigger", is_flag=True, help="Let POST /api/v1/tasks/NAME/runs start runs (needs RUNNER_HTTP_TOKEN).")
 @click.option("--http-auth-read", is_flag=True, help="Ask for the token on the read endpoints too (needs RUNNER_HTTP_TOKEN).")
+@click.option(
+    "--http-timeout", default="10s", show_default=True, metavar="DURATION",
+    help="How long an HTTP client may take to send a request's head, and then its body.",
+)
+@click.option(
+    "--http-max-connections", type=click.IntRange(min=1), default=None, metavar="N",
+    help="HTTP connections open at once, at most; more get a 503 (default 200, fewer under a low `ulimit -n`).",
+)
 @click.option("--remote", is_flag=True, help="Send runs to workers (`runner worker`; PostgreSQL store) instead of running them here.")
 @click.pass_obj
 def daemon(
     settings: Settings, no_watch: bool, grace: str, concurrency: int | None, retain: str, retain_runs: int,
-    http: str | None, http_allow_trigger: bool, http_auth_read: bool, remote: bool,
+    http: str | None, http_allow_trigger: bool, http_auth_read: bool, http_timeout: str,
+    http_max_connections: int | None, remote: bool,
 ) -> None:
     """Sync, fire schedules, take triggers and reload on file changes, until SIGTERM/SIGINT.
 
@@ -476,7 +495,7 @@ def daemon(
     from runner.daemon import Daemon, DaemonOptions, end_leftover_tasks
     from runner.store import open_store
 
-    http_options = _http_options(http, http_allow_trigger, http_auth_read)
+    http_options = _http_options(http, http_allow_trigger, http_auth_read, http_timeout, http_max_connections)
     if remote:
         _require_postgres(settings, "runner daemon --remote")
     if log.logger.level > logging.INFO:

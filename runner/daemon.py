@@ -88,6 +88,8 @@ class HttpOptions:
     allow_trigger: bool = False  # POST /api/v1/tasks/{name}/runs, with the bearer token
     auth_read: bool = False  # the read endpoints want the token too
     token: str | None = None  # RUNNER_HTTP_TOKEN
+    timeout: float = 10.0  # seconds a client gets to send a request head, then its body
+    max_connections: int | None = None  # None: 200, fewer under a low file descriptor limit
 
 
 @dataclass

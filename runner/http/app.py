@@ -16,16 +16,18 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from runner import log
-from runner.errors import ParameterError, RunNotFound, StoreError, TaskNotRunnable
+from runner.engine import checked_parameters
+from runner.errors import ParameterError, RunnerError, RunNotFound, StoreError, TaskNotRunnable
 from runner.http import events, metrics
 from runner.http.openapi import document
+from runner.http.parameters import Checker
 from runner.http.problems import Problem, bearer_ok, problem_response, require_token
-from runner.models import RunStatus, iso
+from runner.models import RunStatus, TaskType, iso
 
 if TYPE_CHECKING:
     from runner.daemon import Daemon, HttpOptions
@@ -57,6 +59,10 @@ def _answering_problems(handler: Handler) -> Handler:
             return await handler(request)
         except Problem as exc:
             return problem_response(exc.status, exc.detail, instance=request.url.path, headers=exc.headers, **exc.extra)
+        except ClientDisconnect:
+            # The client went, or was cut off for sending its body too slowly (limits.py
+            # answered it 408): nobody reads this, and it is no error of the daemon's.
+            return problem_response(400, "the client closed the connection before the body arrived")
         except StoreError as exc:
             log.logger.error(f"HTTP {request.url.path}: {exc}", extra={"event": "store_error"})
             return problem_response(503, "the store cannot be read right now; try again shortly", instance=request.url.path)
@@ -90,7 +96,7 @@ def _limit(request: Request) -> int:
     value = _query(request, "limit")
     if value is None:
         return DEFAULT_LIMIT
-    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+    if not value.isascii() or not value.isdigit() or len(value) > 9 or not 1 <= int(value) <= MAX_LIMIT:
         raise Problem(400, f"query parameter 'limit' must be an integer from 1 to {MAX_LIMIT}, not {value!r}")
     return int(value)
 
@@ -116,7 +122,7 @@ def _reject_constant(name: str) -> Any:
 
 async def _json_body(request: Request) -> dict[str, Any]:
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+    if declared is not None and (not declared.isdigit() or len(declared) > 9 or int(declared) > MAX_BODY):
         raise Problem(413, f"the body may have at most {MAX_BODY} bytes")
     raw = bytearray()
     async for chunk in request.stream():
@@ -155,6 +161,7 @@ class Api:
         self.metrics = metrics.Metrics(daemon)
         self.closing = anyio.Event()
         self.started_at = time.time()
+        self.checker = Checker()
 
     def _reader(self, request: Request) -> None:
         if self.options.auth_read:
@@ -226,8 +233,8 @@ class Api:
         except RunNotFound as exc:
             raise Problem(404, str(exc)) from None
         after = request.headers.get("last-event-id", "0").strip()
-        if not after.isascii() or not after.isdigit():
-            raise Problem(400, f"Last-Event-ID must be the id of an event of this stream, not {after!r}")
+        if not after.isascii() or not after.isdigit() or len(after) > 19 or int(after) > events.MAX_EVENT_ID:
+            raise Problem(400, f"Last-Event-ID must be the id of an event of this stream, not {after[:40]!r}")
         stream = events.run_events(self.daemon.store, run_id, after=int(after), closing=self.closing)
         return StreamingResponse(
             stream,
@@ -237,14 +244,17 @@ class Api:
 
     async def trigger(self, request: Request) -> Response:
         if not self.options.allow_trigger:
+            # Not an operation of this daemon (/openapi.json leaves it out): no method is.
             raise Problem(
-                403,
+                405,
                 "starting runs over HTTP is off; the daemon allows it with --http-allow-trigger "
                 "(and RUNNER_HTTP_TOKEN)",
+                headers={"Allow": ""},
             )
         require_token(request, self.options.token)
         name = _name(request.path_params["name"])
         parameters = await _json_body(request)
+        self._check_parameters(name, parameters)
         try:
             # Names and values that could not reach the task (inputs.py) are a ParameterError
             # too, raised after the task is found runnable, so a 404 or 409 comes first.
@@ -259,6 +269,24 @@ class Api:
             202,
             headers={"Location": location},
         )
+
+    def _check_parameters(self, name: str, parameters: dict[str, Any]) -> None:
+        """422 for parameters the task does not take, as its operation in /openapi.json says
+        (a task that cannot run is left to run_now: 404 or 409)."""
+        stored = self.daemon.engine.tasks.get(name)
+        if stored is None or not stored.enabled or stored.removed:
+            return
+        if stored.spec.type is TaskType.PYTHON:
+            # The engine's own check first: its messages name what the callable takes.
+            try:
+                checked_parameters(stored.spec, {**stored.spec.parameters, **parameters})
+            except ParameterError as exc:
+                raise Problem(422, str(exc), errors=exc.problems) from None
+            except RunnerError:
+                return  # its callable does not resolve now: run_now says so (409)
+        problems = self.checker.problems(stored, parameters)
+        if problems:
+            raise Problem(422, "; ".join(problems), errors=problems)
 
     async def health(self, request: Request) -> Response:
         store_error = None
@@ -293,7 +321,7 @@ class Api:
         return Response(await self.metrics.render(), media_type=metrics.CONTENT_TYPE)
 
     async def openapi(self, request: Request) -> Response:
-        return json_response(document(self.options))
+        return json_response(document(self.options, self.daemon.engine.tasks.values()))
 
 
 async def _http_problem(request: Request, exc: Exception) -> Response:

@@ -2,9 +2,13 @@
 
 The store is polled as ``runner logs -f`` does (``runner.follow``): the status is read first,
 then the log rows after the last one sent, so rows committed with a final status are never
-missed. A client that connects late gets the current status and every row so far first. Each
-output or log event carries the row's id as the SSE ``id``: a client that reconnects with
-``Last-Event-ID`` picks up after it.
+missed. Every stream starts with a ``status`` event, so a client that connects late learns the
+run's state before its output, and ends with the final ``status`` and ``end``.
+
+Every event carries an SSE ``id``: an output or log event its row's id, a status or end event
+the id of the last row sent before it (the ``Last-Event-ID`` the stream started from, when no
+row came yet). Ids never go down within a stream, and reconnecting with any of them picks up
+after that row: nothing missed, nothing twice (a reconnected stream starts with a fresh status).
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ from runner.store.store import LogEntry
 KEEPALIVE = 15.0
 """Seconds without an event after which a comment line is sent, so proxies keep the stream."""
 
+MAX_EVENT_ID = 2**63 - 1
+"""Row ids are 64-bit signed integers in both stores; a larger Last-Event-ID is no id of ours."""
 _PAGE = 1000
 _UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
-def message(event: str, data: Any, event_id: int | None = None) -> str:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, default=str, separators=(',', ':'))}\n\n"
+def message(event: str, data: Any, event_id: int) -> str:
+    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, default=str, separators=(',', ':'))}\n\n"
 
 
 def _row(entry: LogEntry) -> str:
@@ -51,8 +56,8 @@ async def run_events(
     try:
         while not closing.is_set():
             _task, status = await store.run_status(run_id)
-            if status != last and status in _UNFINISHED:
-                yield message("status", (await store.run(run_id)).to_json())
+            if last is None or (status != last and status in _UNFINISHED):
+                yield message("status", (await store.run(run_id)).to_json(), after)
                 last = status
                 quiet_since = anyio.current_time()
             while True:
@@ -65,8 +70,8 @@ async def run_events(
                 if len(rows) < _PAGE:
                     break
             if status not in _UNFINISHED:
-                yield message("status", (await store.run(run_id)).to_json())
-                yield message("end", {"run_id": run_id, "status": status.value})
+                yield message("status", (await store.run(run_id)).to_json(), after)
+                yield message("end", {"run_id": run_id, "status": status.value}, after)
                 return
             if anyio.current_time() - quiet_since >= KEEPALIVE:
                 yield ": keep-alive\n\n"
@@ -74,6 +79,8 @@ async def run_events(
             with anyio.move_on_after(interval):
                 await closing.wait()
     except RunNotFound:
-        yield message("error", {"run_id": run_id, "detail": "the run is gone (pruned)"})
+        yield message("error", {"run_id": run_id, "detail": "the run is gone (pruned)"}, after)
     except StoreError:
-        yield message("error", {"run_id": run_id, "detail": "the store cannot be read right now; reconnect with Last-Event-ID"})
+        yield message(
+            "error", {"run_id": run_id, "detail": "the store cannot be read right now; reconnect with Last-Event-ID"}, after
+        )

@@ -1,13 +1,30 @@
-"""The API's OpenAPI 3.0 document (``GET /openapi.json``), written out by hand."""
+"""The API's OpenAPI 3.1 document (``GET /openapi.json``), written out by hand.
+
+It describes exactly what this daemon answers: the trigger operations only when triggers are
+allowed, and then one operation per runnable task (up to :data:`TASK_OPERATIONS`, by name) whose
+body is that task's parameters (:mod:`runner.http.parameters`), plus one for every other name.
+A run's event stream is described one event at a time (OpenAPI before 3.2 reads the schema of
+``text/event-stream`` so, and schemathesis checks each event against it): ``event``, ``id`` and
+``data``, the JSON in ``data`` by ``contentSchema``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from runner.http.parameters import JSON_VALUE, VALUE_REF, parameters_schema
+from runner.http.parameters import NAME_PATTERN as PARAMETER_NAME
 from runner.models import RunStatus
 
 if TYPE_CHECKING:
     from runner.daemon import HttpOptions
+    from runner.models import StoredTask
+
+TASK_OPERATIONS = 100
+"""Runnable tasks that get a trigger operation of their own (by name); the document of a project
+with thousands stays small. Beyond it, ``/api/v1/tasks/{name}/runs`` is described for any task,
+with parameters only as every task takes them (names, values without NUL)."""
 
 NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 RUN_ID_PATTERN = "^[0-9a-f]{32}$"
@@ -26,7 +43,7 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _nullable(kind: str, **more: Any) -> dict[str, Any]:
-    return {"type": kind, "nullable": True, **more}
+    return {"type": [kind, "null"], **more}
 
 
 _READ_ERRORS = {
@@ -56,7 +73,7 @@ _SCHEMAS: dict[str, Any] = {
             "type": {"type": "string", "enum": ["shell", "python"]},
             "enabled": {"type": "boolean"},
             "disabled_reason": _nullable("string"),
-            "command": {"nullable": True, "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+            "command": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
             "callable": _nullable("string"),
             "parameters": {"type": "object"},
             "needs": {"type": "array", "items": {"type": "string"}},
@@ -113,22 +130,130 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
-def document(options: HttpOptions) -> dict[str, Any]:
+def _event(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "properties": {
+            "event": {"const": kind},
+            "data": {"contentMediaType": "application/json", "contentSchema": data},
+        }
+    }
+
+
+def _object(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+_SCHEMAS["JsonValue"] = JSON_VALUE
+_SCHEMAS["RunEvent"] = {
+    "description": "One Server-Sent Event of a run's stream, as a client parses it",
+    "type": "object",
+    "required": ["event", "id", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "output", "log", "end", "error"]},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+    "oneOf": [
+        _event("status", _ref("Run")),
+        _event("output", _object(
+            ["run_id", "at", "stream", "text"], run_id={"type": "string"}, at={"type": "string"},
+            stream={"enum": ["stdout", "stderr"]}, text={"type": "string"},
+        )),
+        _event("log", _object(
+            ["run_id", "at", "level", "message"], run_id={"type": "string"}, at={"type": "string"},
+            level={"type": "string"}, message={"type": "string"},
+        )),
+        _event("end", _object(["run_id", "status"], run_id={"type": "string"}, status={"enum": list(RunStatus)})),
+        _event("error", _object(["run_id", "detail"], run_id={"type": "string"}, detail={"type": "string"})),
+    ],
+}
+
+_TRIGGER_ERRORS = {
+    "400": _problem("The body is not JSON"),
+    "401": _problem("The bearer token is missing or wrong"),
+    "404": _problem("No such task"),
+    "409": _problem("The task is disabled, orphaned, invalid or removed"),
+    "413": _problem("The body is too large"),
+    "415": _problem("The body is not application/json"),
+    "422": _problem("The body is not {\"parameters\": {...}}, or the parameters do not fit the task"),
+    "503": _problem("The store cannot be written right now"),
+}
+
+_ACCEPTED = _json("The run is queued; Location is the run", {
+    "type": "object", "required": ["id", "task", "status", "run", "events"],
+    "properties": {
+        "id": {"type": "string", "pattern": RUN_ID_PATTERN},
+        "task": {"type": "string"},
+        "status": {"type": "string", "enum": ["queued"]},
+        "run": {"type": "string"},
+        "events": {"type": "string"},
+    },
+})
+
+
+def _trigger(summary: str, parameters: dict[str, Any], path_parameters: list[Any], operation_id: str) -> dict[str, Any]:
+    body = {"type": "object", "additionalProperties": False, "properties": {"parameters": parameters}}
+    return {
+        "post": {
+            "summary": summary,
+            "operationId": operation_id,
+            "security": [{"bearer": []}],
+            "parameters": path_parameters,
+            "requestBody": {"required": False, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                "202": {"$ref": "#/components/responses/Accepted"},
+                # By reference: 100 trigger operations make some 130 KB, not 250 KB.
+                **{status: {"$ref": f"#/components/responses/Trigger{status}"} for status in _TRIGGER_ERRORS},
+            },
+        }
+    }
+
+
+def _trigger_paths(tasks: Iterable[StoredTask], name: dict[str, Any]) -> dict[str, Any]:
+    runnable = sorted((t for t in tasks if t.enabled and not t.removed), key=lambda t: t.name)
+    own = runnable[:TASK_OPERATIONS]
+    paths = {
+        f"/api/v1/tasks/{task.name}/runs": _trigger(
+            f"Run {task.name} after its needs", parameters_schema(task), [], f"trigger-{task.name}"
+        )
+        for task in own
+    }
+    if len(runnable) > len(own):
+        # Not "the other names" (`not: {enum}`): a fuzzer then sends a listed name as the
+        # wrong input and expects a refusal. Both operations admit a listed task, and this
+        # one only says what every task's parameters look like.
+        paths["/api/v1/tasks/{name}/runs"] = _trigger(
+            f"Run any task after its needs (the first {TASK_OPERATIONS} by name have an operation "
+            "of their own, which describes their parameters)",
+            {"type": "object", "propertyNames": {"pattern": PARAMETER_NAME}, "additionalProperties": {"$ref": VALUE_REF}},
+            [name],
+            "trigger",
+        )
+    return paths
+
+
+def document(options: HttpOptions, tasks: Iterable[StoredTask] = ()) -> dict[str, Any]:
+    """The document for a daemon with ``options`` that knows ``tasks``."""
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": NAME_PATTERN}}
     run_id = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string", "pattern": RUN_ID_PATTERN}}
     boolean = {"type": "string", "enum": ["true", "false"]}
     security: list[dict[str, list[str]]] = [{"bearer": []}] if options.auth_read else []
-    return {
-        "openapi": "3.0.3",
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
         "info": {
             "title": "runner daemon API",
             "version": "1",
             "description": "Read-only by default: tasks come from git. POST starts a run only when the "
-            "daemon runs with --http-allow-trigger, and only with the bearer token.",
+            "daemon runs with --http-allow-trigger (this daemon: "
+            + ("allowed" if options.allow_trigger else "off, so not described here")
+            + "), and only with the bearer token.",
         },
         "components": {
             "schemas": _SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {
+                "Accepted": {**_ACCEPTED, "headers": {"Location": {"schema": {"type": "string"}}}},
+                **{f"Trigger{status}": response for status, response in _TRIGGER_ERRORS.items()},
+            },
         },
         "paths": {
             "/api/v1/tasks": {
@@ -154,46 +279,6 @@ def document(options: HttpOptions) -> dict[str, Any]:
                     "security": security,
                     "parameters": [name],
                     "responses": {"200": _json("The task", _ref("Task")), "404": _problem("No such task"), **_READ_ERRORS},
-                }
-            },
-            "/api/v1/tasks/{name}/runs": {
-                "post": {
-                    "summary": "Run the task after its needs (only with --http-allow-trigger and the token)",
-                    "security": [{"bearer": []}],
-                    "parameters": [name],
-                    "requestBody": {
-                        "required": False,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "additionalProperties": False,
-                                    "properties": {"parameters": {"type": "object"}},
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "202": _json("The run is queued", {
-                            "type": "object", "required": ["id", "task", "status"],
-                            "properties": {
-                                "id": {"type": "string", "pattern": RUN_ID_PATTERN},
-                                "task": {"type": "string"},
-                                "status": {"type": "string", "enum": ["queued"]},
-                                "run": {"type": "string"},
-                                "events": {"type": "string"},
-                            },
-                        }),
-                        "400": _problem("The body is not JSON"),
-                        "401": _problem("The bearer token is missing or wrong"),
-                        "403": _problem("Triggering over HTTP is off"),
-                        "404": _problem("No such task"),
-                        "409": _problem("The task is disabled, orphaned, invalid or removed"),
-                        "413": _problem("The body is too large"),
-                        "415": _problem("The body is not application/json"),
-                        "422": _problem("The body or its parameters do not fit the task"),
-                        "503": _problem("The store cannot be written right now"),
-                    },
                 }
             },
             "/api/v1/runs": {
@@ -232,11 +317,14 @@ def document(options: HttpOptions) -> dict[str, Any]:
                 "get": {
                     "summary": "The run's events (Server-Sent Events) until it ends",
                     "security": security,
+                    "description": "A client that reconnects with the header `Last-Event-ID: N` (the id of an "
+                    "event it got) gets what came after it; an id that is not a number from 0 to 2^63 - 1 is a 400.",
                     "parameters": [run_id],
                     "responses": {
                         "200": {
-                            "description": "events: status, output, log, end (and error)",
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                            "description": "Server-Sent Events: status first, output and log, then the final "
+                            "status and end (or error); each described here as one event",
+                            "content": {"text/event-stream": {"schema": _ref("RunEvent")}},
                         },
                         "404": _problem("No such run"),
                         **_READ_ERRORS,
@@ -264,7 +352,13 @@ def document(options: HttpOptions) -> dict[str, Any]:
                 }
             },
             "/openapi.json": {
-                "get": {"summary": "This document", "responses": {"200": _json("OpenAPI 3.0", {"type": "object"})}}
+                "get": {"summary": "This document", "responses": {"200": _json("OpenAPI 3.1", {"type": "object"})}}
             },
         },
     }
+    if options.allow_trigger:
+        doc["paths"].update(_trigger_paths(tasks, name))
+    if options.allow_trigger or options.auth_read:
+        # Only where an operation asks for it: a documented scheme promises a 401 without it.
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return doc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from anyio.abc import TaskStatus
 from runner import log
 from runner.errors import RunnerError
 from runner.http.app import build_app
+from runner.http.limits import BACKLOG, IDLE_TIMEOUT, Guard, connection_cap, protocol
 
 if TYPE_CHECKING:
     from runner.daemon import Daemon, HttpOptions
@@ -58,13 +60,17 @@ async def serve(
     """Serve the API for ``daemon`` until cancelled; ready (``task_status``) once listening."""
     sock = _listen(options.host, options.port)
     app = build_app(daemon, options)
+    cap = connection_cap(options.max_connections)
+    guard = Guard(asyncio.get_running_loop(), cap, options.timeout)
     config = uvicorn.Config(
         app,
         log_config=None,
         access_log=False,
         lifespan="off",
-        http="h11",
+        http=protocol(guard),
         ws="none",
+        timeout_keep_alive=IDLE_TIMEOUT,
+        backlog=BACKLOG,
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE),
@@ -82,23 +88,27 @@ async def serve(
                 done.set()
 
     host, port = sock.getsockname()[:2]
-    async with anyio.create_task_group() as group:
-        group.start_soon(run)
-        try:
-            while not server.started:
-                if done.is_set():
-                    raise HttpError(f"the HTTP API did not start on {options.host}:{options.port}")
-                await anyio.sleep(0.01)
-            log.logger.info(
-                f"HTTP API on http://{_hostport(host, port)}/ "
-                f"({'triggers allowed' if options.allow_trigger else 'read-only'})",
-                extra={"event": "http_started", "host": host, "port": port, "allow_trigger": options.allow_trigger},
-            )
-            task_status.started()
-            await done.wait()
-        finally:
-            app.state.closing.set()
-            server.should_exit = True
+    with guard:
+        async with anyio.create_task_group() as group:
+            group.start_soon(run)
+            try:
+                while not server.started:
+                    if done.is_set():
+                        raise HttpError(f"the HTTP API did not start on {options.host}:{options.port}")
+                    await anyio.sleep(0.01)
+                log.logger.info(
+                    f"HTTP API on http://{_hostport(host, port)}/ "
+                    f"({'triggers allowed' if options.allow_trigger else 'read-only'})",
+                    extra={
+                        "event": "http_started", "host": host, "port": port, "allow_trigger": options.allow_trigger,
+                        "max_connections": cap, "timeout_s": options.timeout,
+                    },
+                )
+                task_status.started()
+                await done.wait()
+            finally:
+                app.state.closing.set()
+                server.should_exit = True
     sock.close()
 
 

@@ -1,7 +1,8 @@
 """`runner daemon --http`: a real daemon process serving the API on a free loopback port (port
 0, the bound port read from its log), driven with httpx as a client would: reads, paging,
-triggers and their refusals, an event stream followed to a run's end, health, metrics, auth,
-and schemathesis against the daemon's own /openapi.json.
+triggers and their refusals, an event stream followed to a run's end, health, metrics and auth.
+schemathesis against the daemon's own /openapi.json is in test_http_openapi.py, the connection
+limits in test_http_limits.py.
 
 One daemon serves every test that reads or triggers (module scope); tests that need other
 options start their own.
@@ -9,7 +10,6 @@ options start their own.
 
 from __future__ import annotations
 
-import itertools
 import json
 import signal
 import subprocess
@@ -199,21 +199,31 @@ def test_a_triggered_run_is_followed_by_its_event_stream_to_its_end(api: Api) ->
                 gate.touch()  # the task waits for this: the stream must have shown "before" first
     kinds = [e["event"] for e in seen]
     assert kinds[0] == "status" and seen[0]["data"]["status"] in ("queued", "running")
+    ids = [int(e["id"]) for e in seen]  # every event has one, and they never go down
+    assert len(ids) == len(seen) and ids == sorted(ids)
     assert kinds[-2:] == ["status", "end"] and seen[-1]["data"] == {"run_id": run_id, "status": "succeeded"}
     output = [(e["data"]["stream"], e["data"]["text"]) for e in seen if e["event"] == "output"]
     assert "".join(t for s, t in output if s == "stdout") == "before\nafter\n"
     assert ("stderr", "oops\n") in output
     assert seen[-2]["data"]["stdout"] == "before\nafter\n"
 
-    # A late client gets what happened first, then the end; Last-Event-ID resumes after a row.
+    # A late client gets the status first (final already), then what happened, then the end.
     late = list(events(api.client.get(f"/api/v1/runs/{run_id}/events").text.splitlines()))
-    assert [e["event"] for e in late if e["event"] != "output"] == ["status", "end"]
+    assert late[0]["event"] == "status" and late[0]["data"]["status"] == "succeeded" and late[0]["id"] == "0"
+    assert [e["event"] for e in late if e["event"] != "output"] == ["status", "status", "end"]
     assert [e["data"] for e in late if e["event"] == "output"] == [e["data"] for e in seen if e["event"] == "output"]
+    assert late[-1]["id"] == late[-2]["id"] == seen[-1]["id"]  # the last row's id: nothing after it
+    # Last-Event-ID resumes after a row, whichever event carried the id.
     first_id = next(e["id"] for e in late if e["event"] == "output")
-    resumed = api.client.get(f"/api/v1/runs/{run_id}/events", headers={"Last-Event-ID": first_id}).text
-    texts = [e["data"]["text"] for e in events(iter(resumed.splitlines())) if e["event"] == "output"]
-    assert "before\n" not in texts and "after\n" in texts
-    problem(api.client.get(f"/api/v1/runs/{run_id}/events", headers={"Last-Event-ID": "x"}), 400)
+    resumed = list(events(api.client.get(f"/api/v1/runs/{run_id}/events", headers={"Last-Event-ID": first_id}).text.splitlines()))
+    texts = [e["data"]["text"] for e in resumed if e["event"] == "output"]
+    assert "before\n" not in texts and "after\n" in texts and resumed[0]["id"] == first_id
+    after_end = api.client.get(f"/api/v1/runs/{run_id}/events", headers={"Last-Event-ID": late[-1]["id"]}).text
+    assert [e["event"] for e in events(iter(after_end.splitlines()))] == ["status", "status", "end"]
+    for bad in ("x", "-1", str(2**63), str(2**64), "1" * 5000, "\uff11".encode()):
+        problem(api.client.get(f"/api/v1/runs/{run_id}/events", headers={"Last-Event-ID": bad}), 400)
+    assert api.get("/health").status_code == 200  # and the daemon logged no traceback for them
+    assert not api.daemon.events("http_error")
 
 
 def test_python_trigger_with_parameters_and_every_refusal(api: Api) -> None:
@@ -229,6 +239,7 @@ def test_python_trigger_with_parameters_and_every_refusal(api: Api) -> None:
     assert "disabled" in problem(api.trigger("off"), 409)["detail"]
     assert "orphaned" in problem(api.trigger("orphan"), 409)["detail"]
     assert "'c'" in problem(api.trigger("add", parameters={"c": 1}), 422)["detail"]
+    assert "'x'" in problem(api.trigger("hello", parameters={"x": 1}), 422)["detail"]  # hello declares none
     problem(api.trigger("add", parameters={"a": "forty"}), 422)
     problem(api.trigger("add", parameters=[1]), 422)
     problem(api.trigger("add", extra=1), 422)
@@ -266,6 +277,10 @@ def test_health_metrics_and_openapi(api: Api) -> None:
         assert expected in text, text
     document = api.get("/openapi.json").json()
     assert document["openapi"].startswith("3.") and "/api/v1/runs/{run_id}/events" in document["paths"]
+    # One trigger operation per task that can run (add, gated, hello; not off or orphan).
+    assert {p for p in document["paths"] if p.startswith("/api/v1/tasks/") and p.endswith("/runs")} == {
+        "/api/v1/tasks/add/runs", "/api/v1/tasks/gated/runs", "/api/v1/tasks/hello/runs",
+    }
 
 
 # -- other options ---------------------------------------------------------------------------------
@@ -275,7 +290,8 @@ def test_read_only_by_default_auth_read_and_sigterm_with_an_open_stream(project:
     project.tasks("a.yaml", TASKS)
     project.plugin("calc", CALC)
     served = Api(cli, "--http-auth-read")
-    problem(served.trigger("hello"), 403)  # even with the token: triggering is off
+    # Even with the token: triggering is off, and not an operation of this daemon.
+    assert problem(served.trigger("hello"), 405)["detail"].startswith("starting runs over HTTP is off")
     problem(served.get("/api/v1/tasks"), 401)
     problem(served.get("/metrics", headers={"Authorization": "Bearer nope"}), 401)
     assert served.get("/api/v1/tasks", headers=served.auth).json()["tasks"][0]["name"] == "add"
@@ -305,6 +321,9 @@ def test_cli_refuses_bad_http_options(cli: Cli, project: ProjectDir) -> None:
         (("--http", ":8080", "--http-allow-trigger"), {}, "RUNNER_HTTP_TOKEN"),
         (("--http", ":8080", "--http-auth-read"), {}, "RUNNER_HTTP_TOKEN"),
         (("--http-allow-trigger",), {"RUNNER_HTTP_TOKEN": "x"}, "need --http"),
+        (("--http-max-connections", "5"), {}, "need --http"),
+        (("--http", ":8080", "--http-timeout", "0"), {}, "--http-timeout"),
+        (("--http", ":8080", "--http-max-connections", "0"), {}, "--http-max-connections"),
     ]:
         result = cli("daemon", *args, env=env)
         assert result.returncode == 2 and says in result.stderr, (args, result.stderr)
@@ -329,31 +348,3 @@ def test_runner_help_does_not_import_the_http_stack() -> None:
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'uvicorn', 'runner.http')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("[]")
-
-
-# -- fuzzing ---------------------------------------------------------------------------------------
-
-
-def test_fuzz_the_api_against_its_own_openapi_document(api: Api) -> None:
-    """Every answer fits the document and no input gets a 500 (schemathesis's checks), for
-    generated valid and invalid input on every operation; bounded so it takes seconds."""
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis.errors import Unsatisfiable
-
-    schema = schemathesis.openapi.from_url(f"{api.base}/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert {"POST /api/v1/tasks/{name}/runs", "GET /api/v1/runs", "GET /health", "GET /metrics"} <= {
-        op.label for op in operations
-    }
-    for operation, mode in itertools.product(operations, schemathesis.GenerationMode):
-
-        @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        def check(case: Any) -> None:
-            case.call_and_validate(headers=api.auth, timeout=10)
-
-        try:
-            check()
-        except Unsatisfiable:
-            assert mode is schemathesis.GenerationMode.NEGATIVE  # no input to get wrong (GET /health)
