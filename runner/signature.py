@@ -323,7 +323,10 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         raise _mismatch(path, tp, value)
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int past 1.8e308
+                raise _Mismatch(path, f"expected float, got an integer too large for a float ({len(str(value))} digits)") from None
         raise _mismatch(path, tp, value)
     container = origin or tp
     if container in _SEQUENCES:

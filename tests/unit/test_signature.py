@@ -460,6 +460,11 @@ def test_an_int_is_accepted_for_float_and_converted() -> None:
     assert type(result) is float
 
 
+def test_an_int_too_large_for_a_float_is_a_mismatch_not_an_error() -> None:
+    _, messages = check(f_float, a=10**400)
+    assert messages == ["parameter 'a': expected float, got an integer too large for a float (401 digits)"]
+
+
 def test_a_union_keeps_the_member_that_fits_without_conversion() -> None:
     assert type(accepted(f_float_or_int, 3)) is int
     assert type(accepted(f_float_or_int, 3.5)) is float
