@@ -75,12 +75,15 @@ def _run_async(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 def _print_problems(problems: list[Problem], project: Path) -> None:
-    """Each problem as ``path:line:col: message``, the path relative to the current directory
-    (where editors, CI annotations and pre-commit look for it), not to the project."""
+    """Each problem as ``path:line:col: message``, the path one that opens from the current
+    directory (where editors, CI annotations and pre-commit look for it): relative to it when
+    the project lies inside it, else absolute."""
     import dataclasses
     import os
 
     base = os.path.relpath(project)
+    if base.split(os.sep, 1)[0] == os.pardir:
+        base = str(project)
     for problem in problems:
         if base != ".":
             problem = dataclasses.replace(problem, path=os.path.join(base, problem.path))

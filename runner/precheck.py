@@ -37,7 +37,9 @@ def _checks() -> dict[str, Callable[[Any], bool]]:
         return lambda value: type(value) is str and compiled.fullmatch(value) is not None
 
     name = matcher(defs["taskName"]["pattern"])
-    duration_text = matcher(defs["duration"]["oneOf"][1]["pattern"])
+    duration_text = matcher(defs["duration"]["then"]["pattern"])
+    inside = matcher(task["cwd"]["pattern"])
+    secret_file = matcher(defs["secretRef"]["properties"]["from_file"]["pattern"])
     parameter = matcher(task["parameters"]["propertyNames"]["pattern"])
     env_name = matcher(task["env"]["propertyNames"]["pattern"])
     from_env = matcher(defs["secretRef"]["properties"]["from_env"]["pattern"])
@@ -89,7 +91,7 @@ def _checks() -> dict[str, Callable[[Any], bool]]:
             return False
         if "from_env" in value:
             return from_env(value["from_env"])
-        return text(value.get("from_file")) and os_text(value["from_file"])
+        return secret_file(value.get("from_file"))
 
     def env(value: Any) -> bool:
         return (
@@ -110,7 +112,7 @@ def _checks() -> dict[str, Callable[[Any], bool]]:
         "timeout": duration,
         "retries": retries,
         "env": env,
-        "cwd": lambda v: text(v) and os_text(v),
+        "cwd": inside,
         "tags": unique_texts,
         "concurrency": lambda v: type(v) is int and v >= 1,
         "queue": matcher(task["queue"]["pattern"]),

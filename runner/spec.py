@@ -634,10 +634,35 @@ def _schema_problems(file: TaskFile, error: Any) -> Iterator[Problem]:
         return  # reported where the file was read, with a message that says what
     schema = error.schema if isinstance(error.schema, dict) else {}
     label = _label(where)
+    defs = load_schema()["$defs"]
+    if (kind == "pattern" and schema == defs["duration"]["then"]) or (
+        kind in ("type", "minimum") and schema == defs["duration"]["else"]
+    ):
+        yield file.at(where, f"{label}: {error.instance!r} is not a duration (use 90s, 5m, 1h30m, 2d, 0.5s or seconds)")
+        return
+    if kind == "pattern" and where[-1:] == ("cwd",):
+        yield file.at(where, f"{label}: {error.instance!r} is not a path inside the project: write it relative to the project directory, without '..'")
+        return
+    if kind == "pattern" and where[-1:] == ("from_file",):
+        yield file.at(where, f"{label}: {error.instance!r} leaves the project: write an absolute path, or one relative to the project directory without '..'")
+        return
+    if kind is None and error.schema is False and len(where) == 2 and where[0] == "tasks":
+        # a key the task's type forbids (the schema's `then`/`else` on `type`); jsonschema
+        # leaves the key out of the paths of a `false` schema's error, but `then` is python's
+        if "then" in error.relative_schema_path:
+            yield file.at((*where, "command"), f"{label}: a python task takes 'callable', not 'command'", key=True)
+        else:
+            yield file.at((*where, "callable"), f"{label}: 'callable' needs 'type: python'", key=True)
+        return
+    if kind == "oneOf" and where[-1:] == ("schedule",) and isinstance(error.instance, dict):
+        if any(key not in schema.get("properties", {}) for key in error.instance):
+            return  # a misspelt key: its own problem says which it may have meant
+        if "cron" in error.instance and "every" in error.instance:
+            yield file.at((*where, "every"), f"{label}: give 'cron' or 'every', not both", key=True)
+        else:
+            yield file.at(where, f"{label}: needs 'cron' (a cron expression) or 'every' (a DURATION)")
+        return
     if kind in ("oneOf", "anyOf") and error.context:
-        if schema == load_schema()["$defs"]["duration"]:
-            yield file.at(where, f"{label}: {error.instance!r} is not a duration (use 90s, 5m, 1h30m, 2d, 0.5s or seconds)")
-            return
         # Report the branch the value was meant for: not one whose type does not match at all,
         # and of the others the one whose errors lie deepest in the value (then the fewest).
         branches: dict[Any, list[Any]] = {}
@@ -674,17 +699,14 @@ def _schema_problems(file: TaskFile, error: Any) -> Iterator[Problem]:
             message = f"{label}: invalid name {name!r}: use letters, digits and '_', not starting with a digit"
         yield file.at((*where, name), message, key=True)
         return
+    if kind == "required" and "dependentSchemas" in error.relative_schema_path:
+        yield file.at((*where, "timezone"), f"{label}: 'timezone' goes with 'cron' ('every' needs none)", key=True)
+        return
     if kind == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         what = {"command": "a shell task needs a 'command'", "callable": "a python task needs a 'callable'"}
         detail = what.get(missing) if len(where) == 2 and where[0] == "tasks" else None
         yield file.at(where, f"{label}: {detail or f'missing required key {missing!r}'}", key=True)
-        return
-    if kind == "not" and len(where) == 2 and where[0] == "tasks":
-        if isinstance(error.instance, dict) and error.instance.get("type") == "python":
-            yield file.at((*where, "command"), f"{label}: a python task takes 'callable', not 'command'", key=True)
-        else:
-            yield file.at((*where, "callable"), f"{label}: 'callable' needs 'type: python'", key=True)
         return
     if kind == "type":
         expected = schema.get("type")

@@ -299,6 +299,13 @@ def test_cycle_across_files(project: ProjectDir) -> None:
         ("command: echo\n    env: {X: {from_env: 1}}",
          ["5:25: task 't': env.X.from_env: expected a string, found a number"]),
         ("command: echo\n    tags: [a, a]", ["5:11: task 't': tags: ['a', 'a'] has non-unique elements"]),
+        ("command: echo\n    timeout: true", ["5:14: task 't': timeout: True is not a duration (use 90s, 5m, 1h30m, 2d, 0.5s or seconds)"]),
+        ("command: echo\n    cwd: /etc",
+         ["5:10: task 't': cwd: '/etc' is not a path inside the project: write it relative to the project directory, without '..'"]),
+        ("command: echo\n    cwd: sub/../..",
+         ["5:10: task 't': cwd: 'sub/../..' is not a path inside the project: write it relative to the project directory, without '..'"]),
+        ("command: echo\n    env: {X: {from_file: ../up/secret}}",
+         ["5:26: task 't': env.X.from_file: '../up/secret' leaves the project: write an absolute path, or one relative to the project directory without '..'"]),
     ],
 )
 def test_schema_problems_point_at_the_offending_value(
@@ -306,6 +313,15 @@ def test_schema_problems_point_at_the_offending_value(
 ) -> None:
     project.tasks("a.yaml", f"version: 1\ntasks:\n  t:\n    {body}\n")
     assert problems(project) == [f"tasks.d/a.yaml:{e}" for e in expected]
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["cwd: scripts", "cwd: a/b..c/d", "cwd: ./out", "env: {X: {from_file: /run/secrets/x}}", "env: {X: {from_file: s/x}}"],
+)
+def test_paths_inside_the_project_and_absolute_secret_files_are_accepted(project: ProjectDir, body: str) -> None:
+    project.tasks("a.yaml", f"version: 1\ntasks:\n  t:\n    command: echo\n    {body}\n")
+    assert problems(project) == []
 
 
 def test_invalid_task_names(project: ProjectDir) -> None:
@@ -557,6 +573,15 @@ def test_bad_schedules_point_at_the_bad_part(project: ProjectDir) -> None:
           both:
             command: echo
             schedule: {cron: "* * * * *", every: 5m}
+          interval:
+            command: echo
+            schedule: {interval: 5m}
+          neither:
+            command: echo
+            schedule: {misfire: skip}
+          zone:
+            command: echo
+            schedule: {every: 5m, timezone: UTC}
         """,
     )
     hint = "is not a duration (use 90s, 5m, 1h30m, 2d, 0.5s or seconds)"
@@ -568,10 +593,12 @@ def test_bad_schedules_point_at_the_bad_part(project: ProjectDir) -> None:
         " (minute hour day month weekday)",
         "tasks.d/a.yaml:11:23: task 'zero': schedule.every: must be more than 0",
         f"tasks.d/a.yaml:14:23: task 'word': schedule.every: 'soon' {hint}",
-        "tasks.d/a.yaml:17:5: task 'typo': schedule: missing required key 'cron'",
         "tasks.d/a.yaml:17:16: task 'typo': schedule: unknown key 'crn' (did you mean 'cron'?)",
-        "tasks.d/a.yaml:20:35: task 'both': schedule: unknown key 'every'"
-        " (known keys: cron, timezone, misfire, overlap)",
+        "tasks.d/a.yaml:20:35: task 'both': schedule: give 'cron' or 'every', not both",
+        "tasks.d/a.yaml:23:16: task 'interval': schedule: unknown key 'interval'"
+        " (known keys: cron, timezone, every, misfire, overlap)",
+        "tasks.d/a.yaml:26:15: task 'neither': schedule: needs 'cron' (a cron expression) or 'every' (a DURATION)",
+        "tasks.d/a.yaml:29:27: task 'zone': schedule: 'timezone' goes with 'cron' ('every' needs none)",
     ]
 
 
