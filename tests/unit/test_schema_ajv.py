@@ -79,7 +79,8 @@ BAD = [
 
 
 def test_ajv_compiles_the_schema_strictly_and_agrees_with_jsonschema() -> None:
-    good = _example_files() + [
+    good = [
+        *_example_files(),
         task(command=["pg_dump", "app"], schedule={"every": 90, "overlap": "allow"}, retries=2),
         task(command="x", schedule={"cron": "30 2 * * *", "timezone": "Europe/Oslo", "misfire": "skip"}),
         task(type="python", callable="plugins:add", retries={"count": 3, "backoff": "10s"}, timeout=0.5),
