@@ -87,3 +87,11 @@ class StoreVersionError(StoreError):
 class StoreFileChanged(StoreError):
     """The SQLite file this process opened as its store was deleted or replaced (a new inode
     at its path): what it would write now goes to a file nobody reads, so it must stop."""
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path = path
+        self.what = what  # "deleted", "replaced", ...
+        super().__init__(
+            f"the store file {path} was {what} while runner was running; stopping: "
+            "restart runner to use the file now at that path"
+        )

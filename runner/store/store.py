@@ -292,6 +292,10 @@ def _shown(url: str) -> str:
     return url if parsed.password is None else parsed.render_as_string(hide_password=True)
 
 
+FILE_CHECK_EVERY = 0.5
+"""Seconds between two looks, by a running daemon or ``runner run``, at whether the store's
+file is still the one it opened (``Store.check_file``)."""
+
 SQLITE_PATIENCE = 5.0
 """Seconds a write to a SQLite store that failed for a reason that can pass (the file busy
 beyond the busy timeout, the disk full, an I/O error) is tried again before it is given up."""
@@ -511,10 +515,7 @@ class Store:
             if (found.st_dev, found.st_ino) == self._identity:
                 return
             what = "replaced"
-        raise StoreFileChanged(
-            f"the store file {self.path} was {what} while runner was running; stopping: "
-            "restart runner to use the file now at that path"
-        )
+        raise StoreFileChanged(str(self.path), what)
 
     def write_patience(self, exc: StoreError) -> float:
         """How long a store write that failed with ``exc`` is worth trying again, in seconds: 0
