@@ -207,6 +207,29 @@ def test_a_full_disk_fails_runner_run_with_exit_2_and_no_success_line(
     assert "succeeded" not in statuses
 
 
+@pytest.fixture
+def small_disk(project: ProjectDir) -> Iterator[Path]:
+    """A file system of 1 MB (a tmpfs) mounted where the project's store goes: root only."""
+    where = project.root / ".runner"
+    where.mkdir(parents=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small file system needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(where)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield where
+    subprocess.run(["umount", "--lazy", str(where)], check=True)
+
+
+def test_a_really_full_disk_fails_runner_run_the_same_way(project: ProjectDir, cli: Cli, small_disk: Path) -> None:
+    project.tasks("a.yaml", TASKS)
+    ok(cli("sync"))
+    result = cli.finish(cli.start("run", "big"), within=30)
+    assert result.returncode == 2, result.stderr
+    assert "succeeded" not in result.stderr
+    assert f"cannot record to the store {project.db}: database or disk is full (SQLITE_FULL)" in result.stderr
+
+
 def test_sigterm_cuts_the_wait_for_a_full_disk_short(
     project: ProjectDir, cli: Cli, full_store: dict[str, str], tmp_path: Path
 ) -> None:
