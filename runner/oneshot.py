@@ -119,6 +119,8 @@ def _not_recorded(store: Store, failure: WriteFailure, tasks: dict[str, str]) ->
     from runner.store.store import failure_cause
 
     named = ", ".join(f"run {run_id} ({tasks[run_id]})" if run_id in tasks else f"run {run_id}" for run_id in failure.runs)
+    if failure.more:
+        named += f" and {failure.more} more"
     error = failure.error
     if isinstance(error, StoreFileChanged):
         cause = f"the file was {error.what} while runner was running"

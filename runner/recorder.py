@@ -51,11 +51,24 @@ class _Pending:
 
 @dataclass
 class WriteFailure:
-    """Run records the store did not take: the first error, and the runs of every batch that
-    failed (as far as they were in this process's hands)."""
+    """Run records the store did not take: the first error, and the runs of the batches that
+    failed (the first ``NAMED`` of them; ``more`` counts the others, so that a daemon whose
+    store fails for hours does not keep a list without end)."""
+
+    NAMED = 20
 
     error: StoreError
-    runs: list[str] = field(default_factory=list)
+    runs: dict[str, None] = field(default_factory=dict)  # in the order they failed
+    more: int = 0
+
+    def add(self, run_ids: list[str]) -> None:
+        for run_id in run_ids:
+            if run_id in self.runs:
+                continue
+            if len(self.runs) < self.NAMED:
+                self.runs[run_id] = None
+            else:
+                self.more += 1
 
 
 def _runs_of(batch: RunBatch) -> list[str]:
@@ -136,7 +149,7 @@ class Recorder:
         first = self.failure is None
         if self.failure is None:
             self.failure = WriteFailure(exc)
-        self.failure.runs.extend(run_id for run_id in _runs_of(batch) if run_id not in self.failure.runs)
+        self.failure.add(_runs_of(batch))
         if first and self.on_failure is not None:
             self.on_failure()
 

@@ -493,7 +493,10 @@ class Store:
         """Remember which file this process opened at the store's path (SQLite), so that
         ``check_file`` can tell when it is deleted or replaced."""
         if self.path is not None:
-            found = os.stat(self.path)
+            try:
+                found = os.stat(self.path)
+            except OSError:  # not a plain path (a URI filename): nothing to watch
+                return
             self._identity = (found.st_dev, found.st_ino)
 
     def check_file(self) -> None:

@@ -109,7 +109,7 @@ async def test_the_recorder_waits_out_a_full_disk_no_longer_than_its_patience(db
             took = time.monotonic() - started
         assert SQLITE_PATIENCE - 0.5 < took < SQLITE_PATIENCE + 2
         assert failed == [True]
-        assert recorder.failure is not None and recorder.failure.runs == ["x"]
+        assert recorder.failure is not None and list(recorder.failure.runs) == ["x"]
 
 
 async def test_give_up_ends_the_wait_at_once(db: Path) -> None:
