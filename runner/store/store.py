@@ -385,6 +385,34 @@ def _unwritable(path: Path) -> str | None:
     return None
 
 
+def _remove_own_sidecars(path: Path) -> None:
+    """Remove the ``-wal`` and ``-shm`` files at ``path`` that this process has open: once the
+    database file at ``path`` was deleted or replaced, they belong to the file this process
+    opened, not to the one there now, and SQLite would take them for that one's. Measured with
+    SQLite 3.40: a backup moved over a store whose process had written after the backup was
+    read with those writes in it, from the old ``-wal``; a new file at the path of a deleted one
+    gave "disk I/O error". SQLite itself leaves them there when the file was moved (and does
+    not remove a new file's ``-wal`` and ``-shm`` when it closes its connections to the old
+    one). Only files this process has open are removed (the same inode as one of its file
+    descriptors, from ``/proc/self/fd``: Linux), never a new file's own."""
+    wanted = {f"{path}-wal", f"{path}-shm"}
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target not in wanted:
+                continue
+            opened, there = os.stat(f"/proc/self/fd/{fd}"), os.stat(target)
+            if (opened.st_dev, opened.st_ino) == (there.st_dev, there.st_ino):
+                os.unlink(target)
+        except OSError:  # closed meanwhile, or gone already
+            continue
+        wanted.discard(target)
+
+
 def _reader_uri(path: Path) -> str:
     """The SQLite URI that reads the store at ``path`` without writing it.
 
@@ -441,6 +469,7 @@ class Store:
         self.path = _sqlite_path(url)  # a SQLite store's file; None for a server
         self.read_only = read_only  # why this process cannot write the store (None: it can)
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
+        self._file_changed = False
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
         self._writer = engine.execution_options(runner_write=True)
@@ -518,6 +547,9 @@ class Store:
             if (found.st_dev, found.st_ino) == self._identity:
                 return
             what = "replaced"
+        if not self._file_changed:
+            self._file_changed = True
+            _remove_own_sidecars(self.path)
         raise StoreFileChanged(str(self.path), what)
 
     def write_patience(self, exc: StoreError) -> float:
