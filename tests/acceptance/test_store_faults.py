@@ -98,6 +98,7 @@ def test_a_daemon_whose_store_file_is_deleted_stops_at_once_saying_so(project: P
     assert f"the store file {project.db} was deleted while runner was running" in said["message"]
     assert "restart runner" in said["message"]
     assert live_members(pgid) == [], "the running task was killed: its record can go nowhere"
+    assert sorted(project.db.parent.iterdir()) == [], "the deleted file's -wal and -shm went with it"
 
 
 def test_a_daemon_whose_store_file_is_replaced_stops_and_fires_nothing_into_the_new_file(
