@@ -27,14 +27,14 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from runner import leader, log, registry
 from runner.engine import Engine, Workflow
-from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnable
+from runner.errors import ParameterError, RunnerError, StoreError, StoreFileChanged, TaskNotRunnable
 from runner.models import RunStatus, Schedule, iso
 from runner.processes import HOST, PID, PID_STARTED, process_is_alive
 from runner.revision import Revision, project_revision
 from runner.schedule import next_fire
 from runner.spec import ParseCache
 from runner.store import Store
-from runner.store.store import Lease, LeaseHeld, ScheduleState, Trigger
+from runner.store.store import FILE_CHECK_EVERY, Lease, LeaseHeld, ScheduleState, Trigger
 
 LEASE = "daemon"
 DEFAULT_GRACE = 30.0
@@ -186,7 +186,8 @@ class Daemon:
         try:
             await self._serve(previous)
         finally:
-            with anyio.CancelScope(shield=True):
+            # A lease in a file that was replaced is nobody's concern any more.
+            with anyio.CancelScope(shield=True), contextlib.suppress(StoreFileChanged):
                 await self.store.release_lease(LEASE, host=HOST, pid=PID)
 
     async def _serve(self, previous: Lease | None) -> None:
@@ -213,6 +214,7 @@ class Daemon:
                     loops.start_soon(self._fire_schedules)
                     loops.start_soon(self._take_triggers)
                     loops.start_soon(self._keep_lease)
+                    loops.start_soon(self._watch_store_file)
                     loops.start_soon(self._prune)
                     if self.options.remote:
                         loops.start_soon(self._recover_stalled)
@@ -545,6 +547,28 @@ class Daemon:
                 await _store_trouble(exc)
             await anyio.sleep(SWEEP_EVERY)
 
+    async def _watch_store_file(self) -> None:
+        """Stop the daemon when its SQLite file is deleted or replaced (``Store.check_file``).
+
+        Its records would go on into a file nobody reads, and a daemon started on the new file
+        would hold a lease of its own there: so this one stops at once (StoreFileChanged, exit
+        2, for a supervisor to start it again on the new file). Its running runs are cancelled
+        without the grace period, their process groups killed: their records cannot be written
+        anywhere that counts. It fires nothing from the moment the file changed, since every
+        store write looks first, and exits within about a second (the kill grace of a task that
+        ignores SIGTERM aside)."""
+        while True:
+            try:
+                self.store.check_file()
+            except StoreFileChanged as exc:
+                log.logger.error(
+                    f"{exc}; running runs are cancelled, and their records cannot be stored",
+                    extra={"event": "store_file_changed", "path": exc.path, "what": exc.what},
+                )
+                self._stop.set()  # the file watcher's thread ends only on this event
+                raise
+            await anyio.sleep(FILE_CHECK_EVERY)
+
     async def _recover_stalled(self) -> None:
         from runner.remote import RECOVER_EVERY, recover_stalled
 
@@ -706,7 +730,12 @@ def _log_interrupted(run_ids: list[str]) -> None:
 
 async def _store_trouble(exc: StoreError) -> None:
     """Log a store that cannot be read or written (a full disk, a lock held too long) and give
-    it a moment; the loop that met it tries again, and the daemon keeps running."""
+    it a moment; the loop that met it tries again, and the daemon keeps running. A store file
+    deleted or replaced is no trouble to wait out: that stops the daemon (``_watch_store_file``,
+    within ``FILE_CHECK_EVERY``), so it is not logged here."""
+    if isinstance(exc, StoreFileChanged):
+        await anyio.sleep(STORE_RETRY)
+        return
     log.logger.error(f"{exc}; trying again in {STORE_RETRY:g}s", extra={"event": "store_error"})
     await anyio.sleep(STORE_RETRY)
 

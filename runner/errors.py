@@ -7,7 +7,8 @@
      ├── TaskNotRunnable         unknown, disabled, orphaned, invalid or removed task (LookupError)
      ├── RunNotFound             no run with that id (LookupError)
      └── StoreError              the store cannot be opened or used
-          └── StoreVersionError  the store was written by a newer runner
+          ├── StoreVersionError  the store was written by a newer runner
+          └── StoreFileChanged   the store's file was deleted or replaced under this process
 
 Third-party errors are translated where they enter (the store, the loader) and kept as
 ``__cause__``. Every message says what to do next.
@@ -82,3 +83,16 @@ class StoreError(RunnerError):
 
 class StoreVersionError(StoreError):
     """The store's schema is newer than this runner understands."""
+
+
+class StoreFileChanged(StoreError):
+    """The SQLite file this process opened as its store was deleted or replaced (a new inode
+    at its path): what it would write now goes to a file nobody reads, so it must stop."""
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path = path
+        self.what = what  # "deleted", "replaced", ...
+        super().__init__(
+            f"the store file {path} was {what} while runner was running; stopping: "
+            "restart runner to use the file now at that path"
+        )

@@ -2,6 +2,10 @@
 
 SIGINT and SIGTERM stop the run: running children are killed (TERM, grace, KILL), every
 unfinished run is recorded ``cancelled``, and the result says which signal it was.
+
+A write the store does not take (a full disk, a dropped table, a replaced file) stops the run
+the same way, and ``run_once`` raises StoreError naming the store, the cause and the runs not
+recorded: a one-shot run never reports a run whose record was not committed.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from runner.engine import Engine
+from runner.errors import StoreError, StoreFileChanged
 from runner.models import Run
 from runner.revision import project_revision
 from runner.store import Store
+from runner.store.store import FILE_CHECK_EVERY
 
 if TYPE_CHECKING:
     from runner.progress import Reporter
+    from runner.recorder import WriteFailure
 from runner.sync import sync_project
 
 
@@ -48,28 +55,78 @@ async def run_once(
     false). Raises ProjectError, TaskNotRunnable or ParameterError before anything runs."""
     await sync_project(root, store, warn_unchanged=False)
     engine_options.setdefault("revision", project_revision(root))
-    async with Engine(store, root, **engine_options) as engine:
-        workflow = engine.workflow(name, parameters=parameters, with_needs=with_needs)
-        stopped_by: int | None = None
-        target: Run | None = None
-        async with anyio.create_task_group() as group:
-            runs_scope = anyio.CancelScope()
+    engine = Engine(store, root, **engine_options)
+    tasks: dict[str, str] = {}  # run id -> task, for a message about runs not recorded
+    try:
+        async with engine:
+            workflow = engine.workflow(name, parameters=parameters, with_needs=with_needs)
+            tasks = {node.attempt.run_id: task for task, node in workflow.nodes.items()}
+            stopped_by: int | None = None
+            target: Run | None = None
+            async with anyio.create_task_group() as group:
+                runs_scope = anyio.CancelScope()
 
-            async def stop_on_signal() -> None:
-                nonlocal stopped_by
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        stopped_by = signum
-                        runs_scope.cancel()
-                        engine.cancel_submitted()
-                        return
+                def stop() -> None:
+                    engine.recorder.give_up()
+                    runs_scope.cancel()
+                    engine.cancel_submitted()
 
-            if handle_signals:
-                group.start_soon(stop_on_signal)
-            if reporter is not None:
-                workflow.on_run = reporter.run_finished
-                group.start_soon(reporter.watch, workflow)
-            with runs_scope:
-                target = await workflow.execute()
-            group.cancel_scope.cancel()
+                async def stop_on_signal() -> None:
+                    nonlocal stopped_by
+                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        async for signum in signals:
+                            stopped_by = signum
+                            stop()
+                            return
+
+                async def watch_store_file() -> None:
+                    while True:
+                        await anyio.sleep(FILE_CHECK_EVERY)
+                        try:
+                            store.check_file()
+                        except StoreFileChanged:
+                            stop()  # the runs' records fail to be written now: they say which
+                            return
+
+                engine.recorder.on_failure = stop
+                group.start_soon(watch_store_file)
+                if handle_signals:
+                    group.start_soon(stop_on_signal)
+                if reporter is not None:
+                    workflow.on_run = reporter.run_finished
+                    group.start_soon(reporter.watch, workflow)
+                with runs_scope:
+                    target = await workflow.execute()
+                group.cancel_scope.cancel()
+    except (StoreError, BaseExceptionGroup) as exc:
+        if engine.recorder.failure is None:
+            raise
+        raise _not_recorded(store, engine.recorder.failure, tasks) from exc
+    if engine.recorder.failure is not None:
+        raise _not_recorded(store, engine.recorder.failure, tasks) from engine.recorder.failure.error
+    try:
+        store.check_file()
+    except StoreFileChanged as exc:  # after the last write: every record went to the old file
+        raise StoreError(
+            f"the store file {store.where} was {exc.what} while runner was running: what this run "
+            "recorded is in the file that was there before, not in the one there now"
+        ) from exc
     return OneShot(workflow.runs, target if stopped_by is None else None, stopped_by)
+
+
+def _not_recorded(store: Store, failure: WriteFailure, tasks: dict[str, str]) -> StoreError:
+    """The error a one-shot run ends with when the store did not take some of its records."""
+    from runner.store.store import failure_cause
+
+    named = ", ".join(f"run {run_id} ({tasks[run_id]})" if run_id in tasks else f"run {run_id}" for run_id in failure.runs)
+    if failure.more:
+        named += f" and {failure.more} more"
+    error = failure.error
+    if isinstance(error, StoreFileChanged):
+        cause = f"the file was {error.what} while runner was running"
+    else:
+        cause = failure_cause(error)
+    return StoreError(
+        f"cannot record to the store {store.where}: {cause}; not stored: the records of {named or 'the runs'} "
+        "(`runner runs` shows what was)"
+    )

@@ -19,12 +19,12 @@ import codecs
 import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from sqlalchemy.exc import OperationalError
 
 from runner import log
 from runner.errors import StoreError
@@ -35,9 +35,6 @@ from runner.store.store import RunBatch, Written
 
 FLUSH_INTERVAL = 0.2
 """Seconds a run's new output and log lines wait, at most, before they join a batch."""
-
-OUTAGE_PATIENCE = 60.0
-"""Seconds a batch of run records is tried again while the store cannot be reached."""
 
 FLUSH_BYTES = 64 * 1024
 """Output buffered by one stream of one run that is moved to the batch without waiting; also
@@ -52,14 +49,46 @@ class _Pending:
         self.written = Written()  # what of it was not written after all (Store.write_runs)
 
 
+@dataclass
+class WriteFailure:
+    """Run records the store did not take: the first error, and the runs of the batches that
+    failed (the first ``NAMED`` of them; ``more`` counts the others, so that a daemon whose
+    store fails for hours does not keep a list without end)."""
+
+    NAMED = 20
+
+    error: StoreError
+    runs: dict[str, None] = field(default_factory=dict)  # in the order they failed
+    more: int = 0
+
+    def add(self, run_ids: list[str]) -> None:
+        for run_id in run_ids:
+            if run_id in self.runs:
+                continue
+            if len(self.runs) < self.NAMED:
+                self.runs[run_id] = None
+            else:
+                self.more += 1
+
+
+def _runs_of(batch: RunBatch) -> list[str]:
+    ids = [row["id"] for row in batch.inserts] + [row["id"] for row in batch.finishes]
+    ids += [run_id for run_id, _ in batch.starts] + [row["run_id"] for row in batch.logs]
+    return list(dict.fromkeys(ids))
+
+
 class Recorder:
     """Gathers run writes into batches and commits each batch in one transaction."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.failure: WriteFailure | None = None  # what the store did not take, if anything
+        self.on_failure: Callable[[], None] | None = None  # told when a batch first fails
+        self._give_up = anyio.Event()
         self._pending = _Pending()
         self._wake = anyio.Event()
         self._closing = False
+        self._ended = False
         self._dirty: dict[int, LiveLog] = {}
         self._dirty_event = anyio.Event()
 
@@ -84,35 +113,57 @@ class Recorder:
                     pending.written = await self._write_through_outages(pending.batch)
                 except Exception as exc:
                     pending.error = exc
+                    if isinstance(exc, StoreError):
+                        self._failed(pending.batch, exc)
             pending.committed.set()
             if self._closing and self._pending.batch.empty:
+                self._ended = True
                 return
 
     async def _write_through_outages(self, batch: RunBatch) -> Written:
-        """Write the batch; while the store cannot be reached (a database restarting, a lock
-        held too long), try again every second for up to ``OUTAGE_PATIENCE`` seconds, so that
-        a short outage does not leave runs recorded ``running`` that ended meanwhile; and for
-        as long as a task of this process has a store session's transaction open."""
-        deadline = time.monotonic() + OUTAGE_PATIENCE
+        """Write the batch; while it fails for a reason that can pass (a database restarting,
+        a lock held too long, a full disk: ``Store.write_patience``), try again every second for
+        as long as that reason is worth waiting for, so that a short outage does not leave runs
+        recorded ``running`` that ended meanwhile; and for as long as a task of this process has
+        a store session's transaction open. A failure that cannot pass (a dropped table, a
+        read-only or replaced file) is raised at once, and so is any after ``give_up``."""
+        deadline: float | None = None
         warned = False
         while True:
             try:
                 return await self.store.write_runs(batch)
             except StoreError as exc:
-                if not isinstance(exc.__cause__, OperationalError):
-                    raise
-                holders = self.store.session_holders()
-                if holders:
-                    # A task's own write transaction may hold the lock: it ends with the task
-                    # (done, failed, timed out or cancelled), so wait for it, however long.
-                    deadline = time.monotonic() + OUTAGE_PATIENCE
-                elif time.monotonic() > deadline:
+                patience = self.store.write_patience(exc)
+                holders = self.store.session_holders() if patience else []
+                if holders or deadline is None:
+                    # The clock starts at the first failure, and again at each while a task of
+                    # this process has a session's transaction open: that transaction may hold
+                    # the lock, and it ends with the task (done, failed, timed out or cancelled).
+                    deadline = time.monotonic() + patience
+                if self._give_up.is_set() or time.monotonic() >= deadline:
                     raise
                 if not warned:
-                    why = f"; tasks with a store session open: {', '.join(holders)}" if holders else ""
-                    log.logger.error(f"{exc}{why}; trying again every second", extra={"event": "store_error"})
+                    how_long = (
+                        f"; tasks with a store session open: {', '.join(holders)}; trying again every second until they end"
+                        if holders else f"; trying again every second for up to {patience:g}s"
+                    )
+                    log.logger.error(f"{exc}{how_long}", extra={"event": "store_error"})
                     warned = True
-            await anyio.sleep(1.0)
+            with anyio.move_on_after(1.0):
+                await self._give_up.wait()
+
+    def _failed(self, batch: RunBatch, exc: StoreError) -> None:
+        first = self.failure is None
+        if self.failure is None:
+            self.failure = WriteFailure(exc)
+        self.failure.add(_runs_of(batch))
+        if first and self.on_failure is not None:
+            self.on_failure()
+
+    def give_up(self) -> None:
+        """Stop waiting for the store: a write being tried again fails now, and any later one
+        that fails is not tried again (a stop on SIGTERM must not wait out an outage)."""
+        self._give_up.set()
 
     async def _flush_periodically(self) -> None:
         while True:
@@ -131,10 +182,16 @@ class Recorder:
         self._wake.set()
 
     async def _commit(self, fill: Any) -> _Pending:
+        if self._ended:
+            raise StoreError("cannot record the run: the recorder is closed")
         pending = self._pending
         fill(pending.batch)
         self._wake.set()
-        await pending.committed.wait()
+        # Shielded: a caller cancelled meanwhile must still learn whether its write was
+        # committed, or it would report a run whose record never arrived. The wait is bounded
+        # by the writer's patience, which ``give_up`` cuts short.
+        with anyio.CancelScope(shield=True):
+            await pending.committed.wait()
         if pending.error is not None:
             raise StoreError(f"cannot record the run: {pending.error}") from pending.error
         return pending

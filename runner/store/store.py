@@ -20,7 +20,9 @@ write lock only when they first write.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pickle
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -34,7 +36,7 @@ from sqlalchemy import bindparam, event, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from runner.errors import RunNotFound, StoreError, StoreVersionError
+from runner.errors import RunNotFound, StoreError, StoreFileChanged, StoreVersionError
 from runner.models import (
     LastRun,
     LogLine,
@@ -295,6 +297,34 @@ def _shown(url: str) -> str:
     return url if parsed.password is None else parsed.render_as_string(hide_password=True)
 
 
+FILE_CHECK_EVERY = 0.5
+"""Seconds between two looks, by a running daemon or ``runner run``, at whether the store's
+file is still the one it opened (``Store.check_file``)."""
+
+SQLITE_PATIENCE = 5.0
+"""Seconds a write to a SQLite store that failed for a reason that can pass (the file busy
+beyond the busy timeout, the disk full, an I/O error) is tried again before it is given up."""
+
+OUTAGE_PATIENCE = 60.0
+"""The same for a PostgreSQL store that cannot be reached (a server restarting)."""
+
+# SQLite's result codes for failures that can pass by themselves; every other one (no such
+# table, a read-only or corrupt file, a constraint) fails the same way however often it is tried.
+_PASSING_SQLITE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_PROTOCOL")
+
+
+def failure_cause(exc: BaseException) -> str:
+    """What a store error says went wrong, for a message: the driver's words, and SQLite's
+    result code when there is one ("database or disk is full (SQLITE_FULL)")."""
+    cause = exc.__cause__
+    orig = getattr(cause, "orig", None)
+    if orig is None:
+        return str(exc)
+    name = getattr(orig, "sqlite_errorname", None)
+    text = str(orig).strip() or type(orig).__name__
+    return f"{text} ({name})" if name else text
+
+
 def _sqlite_path(url: str) -> Path | None:
     prefix = "sqlite+aiosqlite:///"
     if url.startswith(prefix) and url[len(prefix) :] not in ("", ":memory:"):
@@ -324,14 +354,15 @@ def _use_wal(cursor: Any) -> None:
             time.sleep(0.01)
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, *, read_only: bool = False) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from pysqlite so that BEGIN IMMEDIATE below is what runs.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        _use_wal(cursor)
+        if not read_only:  # a reader takes the journal mode the file has
+            _use_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -342,11 +373,108 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
+def _unwritable(path: Path) -> str | None:
+    """Why this process cannot write the SQLite file at ``path`` (an existing one), or None.
+
+    SQLite writes the file and, next to it, its ``-wal`` and ``-shm`` files (created and removed
+    as connections come and go): it needs write access to both the file and its directory.
+    ``os.access`` answers for this process as the kernel would, so root is told no only where
+    even root may not write (a read-only mount, ``chattr +i``)."""
+    for where, what in ((path, "the file"), (path.parent, f"its directory {path.parent}")):
+        if not os.access(where, os.W_OK):
+            try:
+                on_read_only_mount = bool(os.statvfs(where).f_flag & os.ST_RDONLY)
+            except OSError:
+                on_read_only_mount = False
+            return f"{what} is on a read-only file system" if on_read_only_mount else f"no write permission on {what}"
+    return None
+
+
+def _remove_own_sidecars(path: Path) -> None:
+    """Remove the ``-wal`` and ``-shm`` files at ``path`` that this process has open: once the
+    database file at ``path`` was deleted or replaced, they belong to the file this process
+    opened, not to the one there now, and SQLite would take them for that one's. Measured with
+    SQLite 3.40: a backup moved over a store whose process had written after the backup was
+    read with those writes in it, from the old ``-wal``; a new file at the path of a deleted one
+    gave "disk I/O error". SQLite itself leaves them there when the file was moved (and does
+    not remove a new file's ``-wal`` and ``-shm`` when it closes its connections to the old
+    one). Only files this process has open are removed (the same inode as one of its file
+    descriptors, from ``/proc/self/fd``: Linux), never a new file's own."""
+    wanted = {f"{path}-wal", f"{path}-shm"}
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target not in wanted:
+                continue
+            opened, there = os.stat(f"/proc/self/fd/{fd}"), os.stat(target)
+            if (opened.st_dev, opened.st_ino) == (there.st_dev, there.st_ino):
+                os.unlink(target)
+        except OSError:  # closed meanwhile, or gone already
+            continue
+        wanted.discard(target)
+
+
+def _reader_uri(path: Path) -> str:
+    """The SQLite URI that reads the store at ``path`` without writing it.
+
+    ``mode=ro`` reads a WAL database only if its ``-shm`` file exists or can be created
+    (SQLite 3.22 and later); when neither holds (a store no process has open, in a directory
+    this process cannot write), ``immutable=1`` reads it with no locks and no ``-shm``, trusting
+    that nobody writes it meanwhile: a reader may then see a write half done by another
+    process, which ``runner runs`` and the like can live with."""
+    shm = path.with_name(path.name + "-shm")
+    can_create = os.access(path.parent, os.W_OK | os.X_OK)
+    mode = "mode=ro" if shm.exists() or can_create else "immutable=1"
+    return f"{path.as_uri()}?{mode}"
+
+
+def _inspect_sqlite_file(path: Path) -> str | None:
+    """Check the SQLite file at ``path`` before runner opens it: refuse (StoreError) a SQLite
+    database that is not a runner store, so that none of runner's tables are added to some
+    other program's database; return why this process cannot write it (None if it can). A new
+    path or an empty file is a new store; a file that is not a database at all is left to the
+    connection to report, as before."""
+    import sqlite3
+
+    try:
+        if path.stat().st_size == 0:
+            return None
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot open the store {path}: {exc.strerror}") from exc
+    read_only = _unwritable(path)
+    try:
+        # Read-only, so that nothing of the file changes, not even its journal mode.
+        with contextlib.closing(sqlite3.connect(_reader_uri(path), uri=True)) as conn:
+            tables = sorted(
+                name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                if not name.startswith("sqlite_")
+            )
+    except sqlite3.Error:
+        return read_only
+    if tables and "schema_version" not in tables:
+        shown = ", ".join(tables[:10]) + (f" and {len(tables) - 10} more" if len(tables) > 10 else "")
+        raise StoreError(
+            f"{path} is a SQLite database but not a runner store (it has tables {shown} and no "
+            "schema_version); point --db at a new file or a runner store"
+        )
+    return read_only
+
+
 class Store:
     """Tasks and runs, kept in one database. Open with ``open_store``."""
 
-    def __init__(self, engine: AsyncEngine, url: str) -> None:
+    def __init__(self, engine: AsyncEngine, url: str, *, read_only: str | None = None) -> None:
         self.url = _shown(url)
+        self.path = _sqlite_path(url)  # a SQLite store's file; None for a server
+        self.read_only = read_only  # why this process cannot write the store (None: it can)
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
+        self._file_changed = False
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
         self._writer = engine.execution_options(runner_write=True)
@@ -362,6 +490,7 @@ class Store:
         # pool would throw the connection away and close it in a task of its own, which can
         # outlive the event loop and keep the process from exiting.
         with anyio.CancelScope(shield=True):
+            self.check_file()
             try:
                 async with self._engine.connect() as conn, conn.begin():
                     yield conn
@@ -371,6 +500,12 @@ class Store:
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
         with anyio.CancelScope(shield=True):  # as in _read
+            self.check_file()
+            if self.read_only is not None:
+                raise StoreError(
+                    f"cannot write the store {self.where}: it is read-only here ({self.read_only}); "
+                    "`runner runs`, `show`, `list` and `logs` can read it, this command needs to write it"
+                )
             try:
                 async with self._writer.begin() as conn:
                     if self._postgres:
@@ -383,6 +518,59 @@ class Store:
                     yield conn
             except (OperationalError, DBAPIError) as exc:
                 raise StoreError(f"cannot write the store at {self.url}: {exc.orig}") from exc
+
+    @property
+    def where(self) -> str:
+        """The store as messages name it: a SQLite store's file, or its URL (no password)."""
+        return str(self.path) if self.path is not None else self.url
+
+    def watch_file(self) -> None:
+        """Remember which file this process opened at the store's path (SQLite), so that
+        ``check_file`` can tell when it is deleted or replaced."""
+        if self.path is not None:
+            try:
+                found = os.stat(self.path)
+            except OSError:  # not a plain path (a URI filename): nothing to watch
+                return
+            self._identity = (found.st_dev, found.st_ino)
+
+    def check_file(self) -> None:
+        """StoreFileChanged if the SQLite file opened is no longer the one at the store's path.
+
+        A file deleted or replaced (renamed over, restored from a backup) under a running
+        process stays open in it: its writes would go on into a file nobody reads, while
+        everyone else sees the new one. So every read and write first looks (one ``stat``, a
+        microsecond or two), and the daemon looks twice a second even while idle."""
+        if self._identity is None or self.path is None:
+            return
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            what = "deleted"
+        except OSError as exc:
+            what = f"made unreachable ({exc.strerror})"
+        else:
+            if (found.st_dev, found.st_ino) == self._identity:
+                return
+            what = "replaced"
+        if not self._file_changed:
+            self._file_changed = True
+            _remove_own_sidecars(self.path)
+        raise StoreFileChanged(str(self.path), what)
+
+    def write_patience(self, exc: StoreError) -> float:
+        """How long a store write that failed with ``exc`` is worth trying again, in seconds: 0
+        for a failure that cannot pass by waiting (no such table, a read-only, corrupt or
+        replaced file, a constraint)."""
+        cause = exc.__cause__
+        if isinstance(exc, StoreFileChanged) or self.read_only is not None or not isinstance(cause, OperationalError):
+            return 0.0
+        if self._postgres:
+            return OUTAGE_PATIENCE
+        name = getattr(cause.orig, "sqlite_errorname", None)
+        if name is None:  # a failure without SQLite's result code: taken as one that can pass
+            return SQLITE_PATIENCE
+        return SQLITE_PATIENCE if name.startswith(_PASSING_SQLITE) else 0.0
 
     async def _prepare(self) -> None:
         """Create the schema on a new store, upgrade an older one, refuse a newer one."""
@@ -751,7 +939,7 @@ class Store:
         )
         async with self._read() as conn:
             dead = [row for row in await conn.execute(query) if not is_alive(row.pid, row.pid_started)]
-        if not dead:
+        if not dead or self.read_only is not None:  # a reader that cannot write leaves them
             return []
         now = time.time()
         async with self._write() as conn:
@@ -1475,21 +1663,36 @@ async def open_store(db: str | Path, *, sweep: bool = True) -> AsyncIterator[Sto
     """
     url = database_url(db)
     path = _sqlite_path(url)
+    read_only: str | None = None
+    options: dict[str, Any] = {}
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create {path.parent} for the store: {exc.strerror}") from exc
+        if not path.parent.is_dir():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create {path.parent} for the store: {exc.strerror}") from exc
+        read_only = _inspect_sqlite_file(path)
+        if read_only is not None:
+            import aiosqlite
+            from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+            reader = _reader_uri(path)
+
+            async def connect_reader() -> Any:
+                return await aiosqlite.connect(reader, uri=True)
+
+            options = {"async_creator": connect_reader, "poolclass": AsyncAdaptedQueuePool}
     try:
-        engine = create_async_engine(url)
+        engine = create_async_engine(url, **options)
     except Exception as exc:  # a malformed URL or a missing driver
         hint = "; pip install 'runner[postgres]'" if isinstance(exc, ImportError) and "psycopg" in url else ""
         raise StoreError(f"cannot open the store {_shown(url)!r}: {exc}{hint}") from exc
     if url.startswith("sqlite"):
-        _configure_sqlite(engine)
-    store = Store(engine, url)
+        _configure_sqlite(engine, read_only=read_only is not None)
+    store = Store(engine, url, read_only=read_only)
     try:
         await store._prepare()
+        store.watch_file()
         if sweep:
             await store.mark_interrupted(HOST, process_is_alive)
         yield store

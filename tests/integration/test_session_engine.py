@@ -24,7 +24,6 @@ from pg import pg_server, pg_url  # noqa: F401
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from runner import recorder
 from runner.engine import Engine
 from runner.models import RunStatus, new_run_id
 from runner.store import Store, open_store
@@ -148,7 +147,7 @@ async def test_records_wait_for_a_tasks_write_transaction_past_the_busy_timeout_
     project: ProjectDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 100)
-    monkeypatch.setattr(recorder, "OUTAGE_PATIENCE", 0.2)
+    monkeypatch.setattr(store_module, "SQLITE_PATIENCE", 0.2)
     project.tasks(
         "a.yaml",
         """
