@@ -152,7 +152,7 @@ def _sole_error(group: BaseExceptionGroup[Any]) -> BaseException:
 @click.option("--db", envvar="RUNNER_DB", help="Store: a SQLite path or SQLAlchemy async URL. Env: RUNNER_DB.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.version_option(package_name="runner")
+@click.version_option(package_name="runner-tasks")
 @click.pass_context
 def main(ctx: click.Context, project: Path, db: str | None, log_format: str, verbose: int) -> None:
     """Declarative tasks in git, run and recorded by runner."""
@@ -419,7 +419,7 @@ def _http_options(
     listen: str | None, allow_trigger: bool, auth_read: bool, timeout: str = "10s", max_connections: int | None = None
 ) -> Any:
     """The daemon's HttpOptions for --http and its flags (None without --http); exit 2 on a
-    bad address, a flag without --http or the token, or without the runner[http] extra."""
+    bad address, a flag without --http or the token, or without the runner-tasks[http] extra."""
     import importlib.util
     import os
 
@@ -432,7 +432,7 @@ def _http_options(
             _fail("--http-timeout and --http-max-connections need --http [HOST:]PORT", EXIT_USAGE)
         return None
     if any(importlib.util.find_spec(module) is None for module in ("starlette", "uvicorn")):
-        _fail("--http needs the HTTP extra: pip install 'runner[http]'", EXIT_USAGE)
+        _fail("--http needs the HTTP extra: pip install 'runner-tasks[http]'", EXIT_USAGE)
     host, _, port = listen.rpartition(":")
     host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
     if not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535 or any(c.isspace() for c in host):
@@ -467,7 +467,7 @@ def _http_options(
 )
 @click.option(
     "--http", "http", default=None, metavar="[HOST:]PORT",
-    help="Serve the HTTP API here (host 127.0.0.1 unless given); needs runner[http].",
+    help="Serve the HTTP API here (host 127.0.0.1 unless given); needs runner-tasks[http].",
 )
 @click.option("--http-allow-trigger", is_flag=True, help="Let POST /api/v1/tasks/NAME/runs start runs (needs RUNNER_HTTP_TOKEN).")
 @click.option("--http-auth-read", is_flag=True, help="Ask for the token on the read endpoints too (needs RUNNER_HTTP_TOKEN).")

@@ -77,7 +77,7 @@ class DaemonOptions:
     max_concurrency: int | None = None
     retain: float | None = 30 * 86400.0
     retain_runs: int | None = 1000
-    http: HttpOptions | None = None  # serve the HTTP API (runner[http]) while the daemon runs
+    http: HttpOptions | None = None  # serve the HTTP API (runner-tasks[http]) while the daemon runs
     remote: bool = False  # send runs to workers (runner worker) instead of running them here
 
 

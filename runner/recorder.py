@@ -1,7 +1,8 @@
 """Group commit for run records: the writes of concurrent runs share transactions.
 
-Committing each state change on its own caps SQLAlchemy async on SQLite near 850 commits/s
-(FIELD-NOTES). Instead every write joins the batch being gathered, and one writer commits that
+Committing each state change on its own caps SQLAlchemy async on SQLite near 850 commits/s (8
+thread round trips per commit; the same rows in one transaction go at ~95,000/s, measured on 2
+cores). Instead every write joins the batch being gathered, and one writer commits that
 batch while the next one fills up; a caller returns only once its own write is committed. There
 is no timer: a lone run is committed at once, and under load batches grow by themselves.
 

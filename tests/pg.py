@@ -114,7 +114,7 @@ def pg_url(pg_server: Server) -> Iterator[str]:
     try:
         import psycopg
     except ImportError:
-        message = "PostgreSQL tests need psycopg: pip install 'runner[postgres]'"
+        message = "PostgreSQL tests need psycopg: pip install 'runner-tasks[postgres]'"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

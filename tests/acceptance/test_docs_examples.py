@@ -94,7 +94,7 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("deployment.md", "install -d -m 0750 /srv/tasks/.runner"): _SYSTEMD,
     ("deployment.md", "chown -R runner:runner /srv/tasks"): _SYSTEMD,
     ("deployment.md", "python3 -m venv /opt/runner/venv"): _SYSTEMD,
-    ("deployment.md", "/opt/runner/venv/bin/pip install 'runner @ git+https://github.com/your-org/runner@v0.1.0' -r /srv/tasks/requirements.txt"): _SYSTEMD,
+    ("deployment.md", "/opt/runner/venv/bin/pip install 'runner-tasks @ git+https://github.com/your-org/runner@v0.1.0' -r /srv/tasks/requirements.txt"): _SYSTEMD,
     ("deployment.md", "install -d /etc/runner && install -m 0600 /dev/null /etc/runner/runner.env    # then add the secrets"): _SYSTEMD,
     ("deployment.md", "sudo -u runner /opt/runner/venv/bin/runner --project /srv/tasks validate"): _SYSTEMD,
     ("deployment.md", "cp docs/runner.service /etc/systemd/system/runner.service"): _SYSTEMD,
@@ -104,15 +104,15 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("deployment.md", "sudo -u runner sqlite3 /srv/tasks/.runner/runner.db 'VACUUM'"): _SYSTEMD,
     ("deployment.md", "systemctl start runner"): _SYSTEMD,
     ("deployment.md", 'sudo -u runner sqlite3 /srv/tasks/.runner/runner.db ".backup /var/backups/runner/runner.db"'): _SYSTEMD,
-    ("deployment.md", "/opt/runner/venv/bin/pip install 'runner @ git+https://github.com/your-org/runner@v0.2.0'"): _SYSTEMD,
+    ("deployment.md", "/opt/runner/venv/bin/pip install 'runner-tasks @ git+https://github.com/your-org/runner@v0.2.0'"): _SYSTEMD,
     ("deployment.md", "systemctl restart runner"): _SYSTEMD,
     ("distributed.md", "export RUNNER_DB=postgresql://runner:secret@db.example.com/runner"): _PG,
-    ("distributed.md", "pip install 'runner[postgres]'"): _PG,
+    ("distributed.md", "pip install 'runner-tasks[postgres]'"): _PG,
     ("distributed.md", "runner worker --concurrency 8 &                # on every worker host; more processes for more cores"): _PG,
     ("distributed.md", "runner daemon --remote                         # fires schedules and takes triggers; runs go to workers"): _PG,
     ("distributed.md", "runner run --remote add -p a=1                 # one run on a worker; prints and exits as `runner run`"): _PG,
     ("distributed.md", "runner trigger --remote add --wait             # the same, as a trigger"): _PG,
-    ("http.md", "pip install 'runner[http]'            # starlette + uvicorn"): "installs from an index; the test virtualenv has the extra",
+    ("http.md", "pip install 'runner-tasks[http]'            # starlette + uvicorn"): "installs from an index; the test virtualenv has the extra",
     ("http.md", "curl -sN localhost:8080/api/v1/runs/01a227b2e9c4a1d3f0b5c6e7d8f9a0b1/events"): (
         "a live stream, of a task the example project does not have: what it shows depends on when "
         "the client connects (test_http.py follows one); the stream of an ended run is run"

@@ -340,7 +340,7 @@ def test_without_the_extra_http_asks_for_it(monkeypatch: pytest.MonkeyPatch) -> 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
     result = CliRunner().invoke(main, ["daemon", "--http", "8080"])
-    assert result.exit_code == 2 and "pip install 'runner[http]'" in result.output
+    assert result.exit_code == 2 and "pip install 'runner-tasks[http]'" in result.output
 
 
 def test_runner_help_does_not_import_the_http_stack() -> None:
