@@ -89,6 +89,7 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("getting-started.md", "pre-commit install"): "needs pre-commit and a git repository",
     ("getting-started.md", "pre-commit run runner-validate --all-files      # try it on the whole project"): "needs pre-commit, which installs the hook from its repository",
     ("daemon.md", "runner --db postgresql://runner@db1/runner --log-format json daemon      # on web2, while web1 leads"): _PG,
+    ("cli.md", "runner run big"): "needs a full disk: tests/acceptance/test_store_faults.py fills a real one (a 1 MB tmpfs) and SQLite's page cap",
     ("deployment.md", "useradd --system --create-home --home-dir /var/lib/runner --shell /usr/sbin/nologin runner"): _SYSTEMD,
     ("deployment.md", "git clone git@git.example.com:ops/tasks.git /srv/tasks"): _SYSTEMD,
     ("deployment.md", "install -d -m 0750 /srv/tasks/.runner"): _SYSTEMD,
