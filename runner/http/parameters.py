@@ -19,12 +19,14 @@ from collections.abc import Mapping, MutableMapping, MutableSequence, Sequence
 from types import UnionType
 from typing import TYPE_CHECKING, Any
 
+from runner.inputs import PARAMETER_NAME, name_problem, text_problem
+
 if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
 
     from runner.models import StoredTask
 
-NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
+NAME_PATTERN = f"^{PARAMETER_NAME.pattern}$"
 NO_NUL = "^[^\\x00]*$"
 """Strings without a NUL byte (``\\x00`` reads the same in ECMA 262 and Python regexes)."""
 
@@ -169,10 +171,7 @@ def _message(task: StoredTask, error: ValidationError, parameters: Mapping[str, 
     what = f"task {task.name!r}"
     if not path:
         if error.validator == "pattern":  # from propertyNames: the name itself
-            return (
-                f"{what}: {error.instance!r} is not a parameter name (letters, digits and _, "
-                "not starting with a digit)"
-            )
+            return f"{what}: {name_problem(error.instance)}"
         if error.validator == "additionalProperties":
             known = sorted(error.schema.get("properties", {})) if isinstance(error.schema, Mapping) else []
             unknown = sorted(set(parameters) - set(known))
@@ -180,6 +179,7 @@ def _message(task: StoredTask, error: ValidationError, parameters: Mapping[str, 
             return f"{what}: unknown parameter(s) {', '.join(map(repr, unknown))}; {task.name!r} {takes}"
         return f"{what}: {error.message[:200]}"
     name, inside = path[0], "".join(f"[{p!r}]" for p in path[1:])
-    if error.validator == "pattern":
-        return f"{what}: parameter {name!r}{inside}: a NUL byte cannot reach a task"
-    return f"{what}: parameter {name!r}{inside}: {error.message[:200]}"
+    where = f"parameter {name!r}" + (f" at {inside}" if inside else "")  # as runner.inputs says it
+    if error.validator == "pattern" and isinstance(error.instance, str):
+        return f"{what}: {where}: {text_problem(error.instance) or 'contains a NUL byte'}"
+    return f"{what}: {where}: {error.message[:200]}"

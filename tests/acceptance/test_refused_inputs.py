@@ -148,14 +148,15 @@ REFUSED_BODIES = [
     ('{"parameters": {"": "x"}}', "'' is not a valid parameter name"),
     ('{"parameters": {"day": "\\ud800"}}', "parameter 'day': contains a lone surrogate (\\ud800 at character 1)"),
     ('{"parameters": {"day": "x\\u0000"}}', "parameter 'day': contains a NUL byte (at character 2)"),
-    ('{"parameters": {"day": {"k": ["\\u0000"]}}}', "parameter 'day' at ['k'][0]: contains a NUL byte"),
+    # (for the shell task, whose declared `day` is text, a mapping is refused as the wrong type first)
+    ('{"parameters": {"day": {"k": ["\\u0000"]}}}', "parameter 'day' at ['k'][0]: contains a NUL byte", ("report",)),
     ('{"parameters": {"day": 1e999}}', "parameter 'day': inf is not a finite number"),
 ]
 
 
 def test_a_trigger_body_that_cannot_reach_a_task_is_422_and_nothing_is_recorded(api: Api) -> None:
-    for raw, message in REFUSED_BODIES:
-        for task in ("show", "report"):
+    for raw, message, *only in REFUSED_BODIES:
+        for task in only[0] if only else ("show", "report"):
             response = api.post(
                 f"/api/v1/tasks/{task}/runs",
                 content=raw.encode(),
@@ -163,7 +164,8 @@ def test_a_trigger_body_that_cannot_reach_a_task_is_422_and_nothing_is_recorded(
             )
             assert response.status_code == 422, response.text
             body = response.json()
-            assert message in body["detail"] and body["errors"] == [body["detail"]], raw
+            # detail says every misfit (a bad name is also one the task does not take); errors lists each
+            assert message in body["errors"][0] and body["detail"] == "; ".join(body["errors"]), raw
     unknown = api.post("/api/v1/tasks/nosuch/runs", json={"parameters": {"a b": 1}}, headers=api.auth)
     assert unknown.status_code == 404  # the task is looked up first
     assert api.get("/api/v1/runs").json()["runs"] == []
