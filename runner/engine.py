@@ -647,8 +647,9 @@ class Engine:
             env, secrets = resolve_env(attempt.spec.env, self.project)
         except SecretUnavailable as exc:
             return {"status": RunStatus.FAILED, "error": _error(exc, attempt.masker, with_traceback=False)}
-        # The project's secrets and those known when it was queued, as in the final record.
-        masker = _masking(attempt.masker, secrets)
+        # The project's secrets and those known when it was queued, as in the final record;
+        # kept on the attempt, for an error that escapes from here on.
+        masker = attempt.masker = _masking(attempt.masker, secrets)
         attempt.live = self.recorder.live(attempt.run_id, masker, output_cap=self.output_cap)
         if attempt.spec.type is TaskType.SHELL:
             ending = await self._shell(attempt, env, masker, upstream)
