@@ -32,7 +32,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from runner import inject, registry
-from runner.capture import RunOutput, captured
+from runner.capture import RunOutput, captured, installed
 from runner.context import RunContext, Upstream, current_run
 from runner.errors import ParameterError, RunnerError, RunNotFound, TaskNotRunnable
 from runner.executors.python import PythonOutcome, call_python
@@ -374,6 +374,7 @@ class Engine:
         self._finished: dict[str, Run] = {}  # the final runs of finished submitted workflows
 
     async def __aenter__(self) -> Engine:
+        self._stack.enter_context(installed())  # python tasks' print() and logging go to their runs
         writer = await self._stack.enter_async_context(anyio.create_task_group())
         await writer.start(self.recorder.run)
         self._stack.callback(self.recorder.close)
@@ -963,7 +964,9 @@ def retry_delay(backoff: float, attempt: int) -> float:
 def _masking(masker: Masker, secrets: list[str]) -> Masker:
     """``masker``, or one that masks ``secrets`` too when it does not already (usually it does:
     a task's own secrets are the project's)."""
-    return masker if masker.covers(secrets) else Masker([*masker.secrets, *secrets])
+    if not secrets or masker.covers(secrets):
+        return masker
+    return Masker([*masker.secrets, *secrets])
 
 
 def _write_upstream_file(data: dict[str, Any]) -> str:
