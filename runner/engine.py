@@ -295,9 +295,20 @@ class Workflow:
         if len(self.nodes) == 1:
             await self._run_node(self.nodes[self.target])
         else:
-            async with anyio.create_task_group() as group:
-                for node in self.nodes.values():
-                    group.start_soon(self._run_node, node)
+            error: BaseException | None = None
+            try:
+                async with anyio.create_task_group() as group:
+                    for node in self.nodes.values():
+                        group.start_soon(self._run_node, node)
+            except BaseExceptionGroup as failed:
+                # A run's record that could not be written (the store's trouble): raised as a
+                # one-task workflow raises it, so that the daemon and workers, which log a
+                # RunnerError and go on, need not look inside task groups.
+                if not all(isinstance(exc, RunnerError) for exc in failed.exceptions):
+                    raise
+                error = failed.exceptions[0]
+            if error is not None:
+                raise error  # outside the handler: not chained to the group that holds it
         final = self.nodes[self.target].final
         assert final is not None
         return final

@@ -290,3 +290,32 @@ async def test_a_secret_path_with_a_nul_byte_fails_the_run_not_the_workflow(
         run = await engine.run("nul_secret")
     assert run.status is RunStatus.FAILED and run.error is not None
     assert run.error["type"] == "SecretUnavailable" and "null byte" in run.error["message"]
+
+
+@pytest.mark.anyio
+async def test_a_run_the_store_never_takes_ends_its_workflow_with_a_store_error_not_a_group(
+    project: ProjectDir, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(project)
+    await sync_project(project.root, store)
+    write_runs = store.write_runs
+
+    async def refuse_upstream(batch: RunBatch) -> Written:
+        if any(row["task"] == "upstream" for row in batch.inserts) or any(
+            fields["id"] == refused_id for fields in batch.finishes
+        ):
+            raise ValueError("the store will not take this run")
+        return await write_runs(batch)
+
+    async with Engine(store, project.root) as engine:
+        workflow = engine.workflow("upstream")
+        await workflow.queue()
+        refused_id = workflow.target_run_id
+        monkeypatch.setattr(store, "write_runs", refuse_upstream)
+        # Its end is refused, and so is the end that says so: a StoreError, as from one task.
+        with pytest.raises(RecordRefused, match="will not take this run"):
+            await workflow.execute(queued=True)
+        monkeypatch.setattr(store, "write_runs", write_runs)
+        again = await engine.run("shell")
+    assert again.status is RunStatus.SUCCEEDED
+    assert [r.status for r in workflow.runs] == [RunStatus.SUCCEEDED]  # shell, its need
