@@ -32,6 +32,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from runner import inject, registry
+from runner.capture import RunOutput, captured, installed
 from runner.context import RunContext, Upstream, current_run
 from runner.errors import ParameterError, RunnerError, RunNotFound, TaskNotRunnable
 from runner.executors.python import PythonOutcome, call_python
@@ -45,10 +46,19 @@ from runner.graph import upstream_order
 from runner.inputs import parameter_problems
 from runner.jsonsafe import json_safe
 from runner.masking import Masker, SecretUnavailable, readable_secrets, resolve_env
-from runner.models import LogLine, Run, RunStatus, StoredTask, TaskSpec, TaskType, new_run_id
+from runner.models import (
+    LogLine,
+    Run,
+    RunStatus,
+    SecretRef,
+    StoredTask,
+    TaskSpec,
+    TaskType,
+    new_run_id,
+)
 from runner.processes import HOST, PID, PID_STARTED
 from runner.project import signature_of
-from runner.recorder import LiveLog, Recorder
+from runner.recorder import LiveLog, Recorder, RecordRefused
 from runner.revision import Revision
 from runner.store import Store
 
@@ -63,6 +73,9 @@ KEEP_FINISHED = 10_000
 
 MAX_BACKOFF = 3600.0
 """The longest pause between retries, unless a task's own ``backoff`` is longer."""
+
+TOKEN_VARIABLE = "RUNNER_HTTP_TOKEN"
+"""The HTTP API's bearer token: masked in every run, and never in a task's environment."""
 
 
 @dataclass(frozen=True)
@@ -102,10 +115,11 @@ class _RunLog(logging.Handler):
     """Collects the lines a task writes to ``ctx.logger`` for its final run, and streams each
     to the store as it is written (``live``)."""
 
-    def __init__(self, live: LiveLog | None) -> None:
+    def __init__(self, live: LiveLog | None, name: str) -> None:
         super().__init__(logging.DEBUG)
         self.lines: list[tuple[float, str, str]] = []
         self.live = live
+        self.name = name  # of ``ctx.logger``; lines of other loggers (stdlib logging) say whose
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -114,6 +128,8 @@ class _RunLog(logging.Handler):
                 message += "\n" + "".join(traceback.format_exception(*record.exc_info))
         except Exception as exc:  # a bad format string must not fail the task
             message = f"{record.msg!r} (log formatting failed: {exc})"
+        if record.name != self.name and record.name != "root":
+            message = f"{record.name}: {message}"
         line = (record.created, record.levelname.lower(), message)
         self.lines.append(line)
         if self.live is not None:
@@ -135,6 +151,16 @@ def _error(exc: BaseException, masker: Masker, *, with_traceback: bool = True) -
         "message": masker.text(str(exc)),
         "traceback": masker.text(trace) if trace else None,
     }
+
+
+def _fault(exc: BaseException, masker: Masker) -> dict[str, Any]:
+    """The error of a run that runner itself could not prepare, start or record; plain when
+    even masking it fails (then its message is not shown: it could hold a secret)."""
+    try:
+        return _error(exc, masker)
+    except Exception as masking:
+        message = f"(not shown: masking it failed with {type(masking).__qualname__})"
+        return {"type": type(exc).__qualname__, "message": message, "traceback": None}
 
 
 @dataclass
@@ -273,9 +299,20 @@ class Workflow:
             if len(self.nodes) == 1:
                 await self._run_node(self.nodes[self.target])
             else:
-                async with anyio.create_task_group() as group:
-                    for node in self.nodes.values():
-                        group.start_soon(self._run_node, node)
+                error: BaseException | None = None
+                try:
+                    async with anyio.create_task_group() as group:
+                        for node in self.nodes.values():
+                            group.start_soon(self._run_node, node)
+                except BaseExceptionGroup as failed:
+                    # A run's record that could not be written (the store's trouble): raised as a
+                    # one-task workflow raises it, so that the daemon and workers, which log a
+                    # RunnerError and go on, need not look inside task groups.
+                    if not all(isinstance(exc, RunnerError) for exc in failed.exceptions):
+                        raise
+                    error = failed.exceptions[0]
+                if error is not None:
+                    raise error  # outside the handler: not chained to the group that holds it
         finally:
             final = self.nodes[self.target].final
             if final is not None:
@@ -303,6 +340,14 @@ class Workflow:
                 node.final = node.attempt.final  # for Engine.wait, and progress
                 self._record(node.final)
             raise
+        except Exception as exc:
+            if node.attempt.final is not None:
+                raise  # its record could not be written: the store's trouble, the caller's to see
+            # Whatever failed around this run (reading its needs' results) fails the run, not
+            # the workflow, and not the process running it.
+            error = _fault(exc, node.attempt.masker)
+            node.final = await self.engine._finish(node.attempt, None, RunStatus.FAILED, error=error)
+            self._record(node.final)
         finally:
             node.done.set()
 
@@ -341,6 +386,8 @@ class Engine:
         self.tasks: dict[str, StoredTask] = {}
         # Copied once: reading os.environ decodes every variable, on every access.
         self._environ = dict(os.environ)
+        self._child_environ = self._environ  # without the secrets' sources (``reload``)
+        self._masker = Masker()  # every secret of the project, and the token (``reload``)
         self._task_limiters: dict[str, anyio.CapacityLimiter] = {}
         self._needs: dict[str, tuple[str, ...]] = {}
         self._stack = AsyncExitStack()
@@ -351,6 +398,7 @@ class Engine:
         self._finished: dict[str, Run] = {}  # the final runs of finished submitted workflows
 
     async def __aenter__(self) -> Engine:
+        self._stack.enter_context(installed())  # python tasks' print() and logging go to their runs
         writer = await self._stack.enter_async_context(anyio.create_task_group())
         await writer.start(self.recorder.run)
         self._stack.callback(self.recorder.close)
@@ -367,6 +415,23 @@ class Engine:
         """Take the tasks as the store has them now (after a sync)."""
         self.tasks = await self.store.tasks()
         self._needs = {name: task.spec.needs for name, task in self.tasks.items()}
+        self._secrets_changed()
+
+    def _secrets_changed(self) -> None:
+        """Every run is masked with every secret of the project (and the HTTP token), not only
+        its own: a task can read another's file, or print what it was handed. Children get
+        none of the variables secret references read from, unless they declare them."""
+        refs = {
+            f"{name}.{var}": ref
+            for name, task in self.tasks.items()
+            if not task.removed
+            for var, ref in task.spec.env.items()
+            if isinstance(ref, SecretRef)
+        }
+        token = self._environ.get(TOKEN_VARIABLE)
+        self._masker = Masker([*readable_secrets(refs, self.project), *([token] if token else [])])
+        hidden = {ref.from_env for ref in refs.values() if ref.from_env is not None} | {TOKEN_VARIABLE}
+        self._child_environ = {k: v for k, v in self._environ.items() if k not in hidden}
 
     # -- what callers use -------------------------------------------------------------------
 
@@ -412,7 +477,7 @@ class Engine:
             params = dict(stored.spec.parameters)
             if task_name == name and parameters:
                 params = self._checked(stored.spec, {**params, **parameters})
-            masker = Masker(readable_secrets(stored.spec.env, self.project))
+            masker = _masking(self._masker, readable_secrets(stored.spec.env, self.project))
             if run_ids is not None:
                 own_id = run_ids[task_name]
             else:
@@ -542,7 +607,10 @@ class Engine:
                 started = time.time()
                 attempt.started = True
                 self.recorder.started(attempt.run_id, started)
-                ending = await self._execute(attempt, upstream)
+                try:
+                    ending = await self._execute(attempt, upstream)
+                except Exception as exc:  # preparing or starting it failed: this run fails, nothing else
+                    ending = {"status": RunStatus.FAILED, "error": _fault(exc, attempt.masker)}
             retryable = ending["status"] in (RunStatus.FAILED, RunStatus.TIMED_OUT)
             if retryable and attempt.number <= attempt.spec.retries.count:
                 # Queued with this run's end, before the pause: whoever sees this run final
@@ -603,11 +671,11 @@ class Engine:
         try:
             env, secrets = resolve_env(attempt.spec.env, self.project)
         except SecretUnavailable as exc:
-            return {"status": RunStatus.FAILED, "error": _error(exc, Masker(), with_traceback=False)}
-        masker = Masker(secrets)
-        # The secrets known when it was queued, too, as in the final record.
-        live_masker = Masker([*secrets, *attempt.masker.secrets]) if attempt.masker else masker
-        attempt.live = self.recorder.live(attempt.run_id, live_masker, output_cap=self.output_cap)
+            return {"status": RunStatus.FAILED, "error": _error(exc, attempt.masker, with_traceback=False)}
+        # The project's secrets and those known when it was queued, as in the final record;
+        # kept on the attempt, for an error that escapes from here on.
+        masker = attempt.masker = _masking(attempt.masker, secrets)
+        attempt.live = self.recorder.live(attempt.run_id, masker, output_cap=self.output_cap)
         if attempt.spec.type is TaskType.SHELL:
             ending = await self._shell(attempt, env, masker, upstream)
         else:
@@ -617,7 +685,7 @@ class Engine:
     async def _shell(
         self, attempt: _Attempt, env: dict[str, str], masker: Masker, upstream: Upstream
     ) -> dict[str, Any]:
-        child_env = {**self._environ, **env}
+        child_env = {**self._child_environ, **env}
         if not attempt.spec.needs:
             if "RUNNER_UPSTREAM_FILE" not in env:
                 # Inherited when a task started this runner: that file is not this task's.
@@ -669,10 +737,12 @@ class Engine:
         self, attempt: _Attempt, env: dict[str, str], masker: Masker, upstream: Upstream
     ) -> dict[str, Any]:
         spec = attempt.spec
-        handler = _RunLog(attempt.live)
-        logger = logging.Logger(f"runner.task.{spec.name}", logging.DEBUG)
+        name = f"runner.task.{spec.name}"
+        handler = _RunLog(attempt.live, name)
+        logger = logging.Logger(name, logging.DEBUG)
         logger.addHandler(handler)
         context = RunContext(attempt.run_id, spec.name, attempt.number, attempt.parameters, logger, env)
+        printed: dict[str, Any] = {}
         try:
             fn = registry.resolve(spec.callable or "")
             sig = signature_of(fn)
@@ -680,24 +750,29 @@ class Engine:
         except RunnerError as exc:
             outcome = PythonOutcome(error=exc)
         else:
+            # What it prints and logs through the stdlib is its run's, not this process's.
+            output = RunOutput(attempt.live.output if attempt.live is not None else None, handler.emit, self.output_cap)
             token = current_run.set(context)
             try:
-                outcome = await call_python(
-                    fn, sig, kwargs,
-                    scope=InjectionScope(context, self.store, self, upstream),
-                    time_limit=spec.timeout,
-                    thread_name=f"runner:{spec.name}:{attempt.run_id}",
-                )
+                with captured(output):
+                    outcome = await call_python(
+                        fn, sig, kwargs,
+                        scope=InjectionScope(context, self.store, self, upstream),
+                        time_limit=spec.timeout,
+                        thread_name=f"runner:{spec.name}:{attempt.run_id}",
+                    )
             finally:
                 current_run.reset(token)
+                for key, (text, cut) in zip(("stdout", "stderr"), output.close(), strict=True):
+                    printed[key] = masker.cut_text(text) if cut and text is not None else text
         # For the final run; the store has each line already (or gets it with the final record).
         logs = tuple(LogLine(at, level, masker.text(message)) for at, level, message in handler.lines)
         if outcome.error is not None:
             status = RunStatus.TIMED_OUT if outcome.timed_out else RunStatus.FAILED
             error = _error(outcome.error, masker, with_traceback=not outcome.timed_out)
-            return {"status": status, "error": error, "logs": logs}
+            return {"status": status, "error": error, "logs": logs, **printed}
         attempt.value = outcome.value
-        return {"status": RunStatus.SUCCEEDED, "result": outcome.value, "has_result": True, "logs": logs}
+        return {"status": RunStatus.SUCCEEDED, "result": outcome.value, "has_result": True, "logs": logs, **printed}
 
     async def _finish(
         self,
@@ -717,11 +792,58 @@ class Engine:
         """Record the run's final status (committed before this returns) and return the run.
 
         What the run's output and log lines had not streamed yet is written in the same
-        transaction, so whoever sees the run final sees all of its rows.
+        transaction, so whoever sees the run final sees all of its rows. A record that cannot be
+        made (masking or serialising it failed) or that the store refuses (a value it cannot
+        hold, while it takes the other runs' records) is replaced by the run ``failed`` with
+        why, and no retry: the retry would meet the same.
         """
         # Skipped, cancelled and unstartable runs have no masker of their own.
-        masker = Masker([*(masker.secrets if masker else ()), *attempt.masker.secrets])
+        masker = masker if masker is not None else attempt.masker
         finished = time.time()
+        try:
+            run, fields = self._final_record(
+                attempt, started, finished, status, masker, exit_code=exit_code, stdout=stdout,
+                stderr=stderr, result=result, has_result=has_result, error=error, logs=logs,
+            )
+            unstreamed = attempt.live.close() if attempt.live is not None else []
+        except Exception as exc:
+            if attempt.live is not None:
+                with contextlib.suppress(Exception):  # what it still had is dropped with it
+                    attempt.live.close()
+            run, fields = self._failed_record(attempt, started, finished, _fault(exc, masker))
+            unstreamed, attempt.next = [], None
+        attempt.final = run  # from here on the record is on its way, whatever happens
+        retry = self._row(attempt.next) if attempt.next is not None else None
+        try:
+            written = await self.recorder.finished(fields, unstreamed, retry)
+        except RecordRefused as exc:
+            run, fields = self._failed_record(attempt, started, finished, _fault(exc, masker))
+            attempt.final, attempt.next = run, None
+            await self.recorder.finished(fields, [], None)
+            return run
+        if not written:
+            # Marked interrupted meanwhile (this worker was taken for dead) and retried
+            # elsewhere: the retry queued here was not written, and must not run.
+            attempt.next = None
+        return run
+
+    def _final_record(
+        self,
+        attempt: _Attempt,
+        started: float | None,
+        finished: float,
+        status: RunStatus,
+        masker: Masker,
+        *,
+        exit_code: int | None,
+        stdout: str | None,
+        stderr: str | None,
+        result: Any,
+        has_result: bool,
+        error: dict[str, Any] | None,
+        logs: tuple[LogLine, ...],
+    ) -> tuple[Run, dict[str, Any]]:
+        """The run as it ended, and the fields of its row to write."""
         duration = round(finished - started, 6) if started is not None else None
         parameters = masker.data(json_safe(attempt.parameters))
         safe_result = masker.data(json_safe(result)) if has_result else None
@@ -742,7 +864,52 @@ class Engine:
         if has_result:
             fields["result_json"] = json.dumps(safe_result)
             fields["result_pickle"] = _pickled(result, masker)
-        run = Run(
+        run = self._run(
+            attempt, started, finished, duration, status, parameters, exit_code=exit_code,
+            stdout=stdout, stderr=stderr, result=safe_result, error=error, logs=logs,
+        )
+        return run, fields
+
+    def _failed_record(
+        self, attempt: _Attempt, started: float | None, finished: float, error: dict[str, Any]
+    ) -> tuple[Run, dict[str, Any]]:
+        """The run ``failed`` with ``error`` and nothing else: what is written when its own
+        record could not be; the parameters stay as they were queued."""
+        duration = round(finished - started, 6) if started is not None else None
+        try:
+            parameters = attempt.masker.data(json_safe(attempt.parameters))
+        except Exception:
+            parameters = {}  # not shown rather than shown unmasked
+        fields = {
+            "id": attempt.run_id,
+            "status": RunStatus.FAILED.value,
+            "finished_at": finished,
+            "duration_s": duration,
+            "exit_code": None,
+            "stdout": None,
+            "stderr": None,
+            "error": json.dumps(error),
+        }
+        run = self._run(attempt, started, finished, duration, RunStatus.FAILED, parameters, error=error)
+        return run, fields
+
+    def _run(
+        self,
+        attempt: _Attempt,
+        started: float | None,
+        finished: float,
+        duration: float | None,
+        status: RunStatus,
+        parameters: dict[str, Any],
+        *,
+        exit_code: int | None = None,
+        stdout: str | None = None,
+        stderr: str | None = None,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+        logs: tuple[LogLine, ...] = (),
+    ) -> Run:
+        return Run(
             id=attempt.run_id,
             task=attempt.spec.name,
             type=attempt.spec.type,
@@ -760,21 +927,13 @@ class Engine:
             exit_code=exit_code,
             stdout=stdout,
             stderr=stderr,
-            result=safe_result,
+            result=result,
             error=error,
             logs=logs,
             host=HOST,
             revision=self.revision.digest if self.revision else None,
             git_commit=self.revision.commit if self.revision else None,
         )
-        attempt.final = run  # from here on the record is on its way, whatever happens
-        retry = self._row(attempt.next) if attempt.next is not None else None
-        unstreamed = attempt.live.close() if attempt.live is not None else []
-        if not await self.recorder.finished(fields, unstreamed, retry):
-            # Marked interrupted meanwhile (this worker was taken for dead) and retried
-            # elsewhere: the retry queued here was not written, and must not run.
-            attempt.next = None
-        return run
 
 
 def runnable(tasks: Mapping[str, StoredTask], name: str, needed_by: str | None = None) -> StoredTask:
@@ -828,6 +987,14 @@ def retry_delay(backoff: float, attempt: int) -> float:
     # The exponent is bounded: 2.0 ** 1024 overflows, and long before that any backoff is capped.
     delay = min(backoff * 2.0 ** min(attempt - 1, 1000), max(backoff, MAX_BACKOFF))
     return delay * random.uniform(0.5, 1.0)
+
+
+def _masking(masker: Masker, secrets: list[str]) -> Masker:
+    """``masker``, or one that masks ``secrets`` too when it does not already (usually it does:
+    a task's own secrets are the project's)."""
+    if not secrets or masker.covers(secrets):
+        return masker
+    return Masker([*masker.secrets, *secrets])
 
 
 def _write_upstream_file(data: dict[str, Any]) -> str:

@@ -39,9 +39,9 @@ def resolve_env(
             path = project / str(value.from_file)
             try:
                 found = path.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in the path
                 raise SecretUnavailable(
-                    f"env {name}: cannot read secret file {path}: {exc.strerror or exc}"
+                    f"env {name}: cannot read secret file {path}: {getattr(exc, 'strerror', None) or exc}"
                 ) from exc
             except UnicodeDecodeError:
                 raise SecretUnavailable(f"env {name}: secret file {path} is not UTF-8 text") from None
@@ -75,9 +75,14 @@ class Masker:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         # Longest first, so a secret that contains another is masked whole.
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._known = frozenset(self.secrets)
 
     def __bool__(self) -> bool:
         return bool(self.secrets)
+
+    def covers(self, secrets: Iterable[str]) -> bool:
+        """Whether every one of ``secrets`` is masked already."""
+        return all(not s or s in self._known for s in secrets)
 
     def text(self, text: str) -> str:
         for secret in self.secrets:

@@ -11,6 +11,14 @@ buffers what it produced, and every ``FLUSH_INTERVAL`` seconds one flusher moves
 have buffered into the batch being gathered (a run with more than ``FLUSH_BYTES`` buffered is
 moved at once). So a task that prints a line at a time costs a few rows and no commit of its
 own per second, and a task that prints nothing writes no rows at all.
+
+One run's records cannot fail the others'. When the store refuses a batch for something other
+than an outage (a value it cannot hold: a log line with a lone surrogate, say), the batch is
+written again run by run (the rows of one ``queued`` call, a schedule's fire or a job stay
+together); the runs whose rows are refused again raise ``RecordRefused`` to whoever waits for
+them (the engine then records the run ``failed`` with why), and the rest is written. Likewise a
+run whose output cannot be taken for writing (masking it failed). This costs nothing until a
+batch is refused.
 """
 
 from __future__ import annotations
@@ -20,19 +28,25 @@ import codecs
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
+from sqlalchemy.exc import OperationalError
 
 from runner import log
-from runner.errors import StoreError
+from runner.errors import StoreError, StoreFileChanged
 from runner.masking import Masker
 from runner.processes import process_start_time
 from runner.store import Store
 from runner.store.store import RunBatch, Written
+
+
+class RecordRefused(StoreError):
+    """The store would not take one run's records (the others' were written), or they could
+    not be made."""
 
 FLUSH_INTERVAL = 0.2
 """Seconds a run's new output and log lines wait, at most, before they join a batch."""
@@ -92,6 +106,8 @@ class Recorder:
         self._ended = False
         self._dirty: dict[int, LiveLog] = {}
         self._dirty_event = anyio.Event()
+        # Runs some of whose rows were not written, and why: their end is refused too.
+        self._refused: dict[str, BaseException] = {}
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The writer loop; start it with ``task_group.start`` and stop it with ``close``."""
@@ -113,9 +129,12 @@ class Recorder:
                 try:
                     pending.written = await self._write_through_outages(pending.batch)
                 except Exception as exc:
-                    pending.error = exc
-                    if isinstance(exc, StoreError):
-                        self._failed(pending.batch, exc)
+                    if _outage(exc):  # the store as a whole: nothing in this batch can be written
+                        pending.error = exc
+                        if isinstance(exc, StoreError):
+                            self._failed(pending.batch, exc)
+                    else:  # something in the batch the store refuses: write the rest
+                        pending.written = await self._write_run_by_run(pending.batch, exc)
             pending.committed.set()
             if self._closing and self._pending.batch.empty:
                 self._ended = True
@@ -166,6 +185,49 @@ class Recorder:
         that fails is not tried again (a stop on SIGTERM must not wait out an outage)."""
         self._give_up.set()
 
+    async def _write_run_by_run(self, batch: RunBatch, error: Exception) -> Written:
+        """Write what of a refused batch the store takes, one run (or a set of rows that go
+        together) at a time; note the runs it does not take, with why."""
+        parts = _apart(batch)
+        if len(parts) == 1:
+            self._refuse(parts[0][0], error)
+            return Written()
+        lost: list[str] = []
+        dropped: list[str] = []
+        for run_ids, part in parts:
+            try:
+                written = await self.store.write_runs(part)
+            except Exception as exc:
+                self._refuse(run_ids, exc)
+                continue
+            lost.extend(written.lost_fires)
+            dropped.extend(written.dropped_retries)
+        return Written(lost, dropped)
+
+    def _refuse(self, run_ids: list[str], error: BaseException) -> None:
+        for run_id in run_ids:
+            self._refused.setdefault(run_id, error)
+        log.logger.error(
+            f"the store refused the records of run(s) {', '.join(sorted(run_ids))}: {error}; "
+            "they are recorded failed, the other runs' records are written",
+            extra={"event": "record_refused"},
+        )
+
+    def _take(self, live: LiveLog) -> list[dict[str, Any]]:
+        """What ``live`` has to write; nothing (and its run refused) if that cannot be made."""
+        try:
+            return live.take()
+        except Exception as exc:
+            live.close_quietly()
+            self._refuse([live.run_id], exc)
+            return []
+
+    def _raise_if_refused(self, run_ids: Iterable[str]) -> None:
+        for run_id in run_ids:
+            error = self._refused.pop(run_id, None)
+            if error is not None:
+                raise RecordRefused(f"cannot record run {run_id}: {error}") from error
+
     async def _flush_periodically(self) -> None:
         while True:
             await self._dirty_event.wait()
@@ -173,7 +235,7 @@ class Recorder:
             self._dirty_event = anyio.Event()
             dirty, self._dirty = self._dirty, {}
             for live in dirty.values():
-                self._pending.batch.logs.extend(live.take())
+                self._pending.batch.logs.extend(self._take(live))
             if not self._pending.batch.empty:
                 self._wake.set()
 
@@ -219,6 +281,8 @@ class Recorder:
             batch.jobs.extend(jobs)
 
         pending = await self._commit(fill)
+        if self._refused:
+            self._raise_if_refused([row["id"] for row in rows])
         return [fire["task"] for fire in fires if fire["task"] in pending.written.lost_fires]
 
     def started(self, run_id: str, at: float) -> None:
@@ -246,7 +310,11 @@ class Recorder:
             if retry is not None:
                 batch.retries.append(retry)
 
+        if self._refused:  # some of its rows were refused already: so is its end, unwritten
+            self._raise_if_refused([fields["id"]])
         pending = await self._commit(fill)
+        if self._refused:
+            self._raise_if_refused([fields["id"]])
         return retry is None or retry["id"] not in pending.written.dropped_retries
 
     def live(self, run_id: str, masker: Masker, *, output_cap: int) -> LiveLog:
@@ -258,7 +326,7 @@ class Recorder:
         self._dirty_event.set()
 
     def _flush_now(self, live: LiveLog) -> None:
-        self._pending.batch.logs.extend(live.take())
+        self._pending.batch.logs.extend(self._take(live))
         self._wake.set()
 
 
@@ -354,7 +422,7 @@ class LiveLog:
 
     def __init__(self, recorder: Recorder, run_id: str, masker: Masker, output_cap: int) -> None:
         self._recorder = recorder
-        self._run_id = run_id
+        self.run_id = run_id
         self._masker = masker
         self._secrets = [secret.encode() for secret in masker.secrets]
         self._output_cap = output_cap
@@ -406,6 +474,11 @@ class LiveLog:
         self._closed = True
         return rows
 
+    def close_quietly(self) -> None:
+        """Take nothing more, and drop what is buffered."""
+        with self._lock:
+            self._closed = True
+
     def _take(self, *, final: bool) -> list[dict[str, Any]]:
         if self._closed:
             return []
@@ -415,11 +488,79 @@ class LiveLog:
             if final:
                 self._closed = True
         text = self._masker.text if self._masker else str
-        rows = [_row(self._run_id, at, "log", level, text(message)) for at, level, message in lines]
+        rows = [_row(self.run_id, at, "log", level, text(message)) for at, level, message in lines]
         for out in self._outputs.values():
             if final or out.buffer or (out.capped and not out.told):
-                taken = out.take(self._masker, self._secrets, self._run_id, final=final)
+                taken = out.take(self._masker, self._secrets, self.run_id, final=final)
                 if taken:
                     # Streams interleave: ids should follow the order things happened in.
                     rows = sorted(rows + taken, key=lambda row: row["at"]) if rows else taken
         return rows
+
+
+def _outage(exc: Exception) -> bool:
+    """Whether ``exc`` says the store could not be reached or written at all (an outage, a full
+    disk, a dropped table, a read-only or replaced file: nothing can be written) rather than
+    that it refused something in the batch."""
+    return isinstance(exc, StoreFileChanged) or (
+        isinstance(exc, StoreError) and isinstance(exc.__cause__, OperationalError)
+    )
+
+
+def _apart(batch: RunBatch) -> list[tuple[list[str], RunBatch]]:
+    """``batch`` cut into the parts that can be written on their own, each with its run ids:
+    the rows of one run, with those that must be written in one transaction with them (a
+    workflow's queued runs, the fire or job that queued them, a retry and the end it is
+    queued by)."""
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        root = parent.setdefault(key, key)
+        while root != parent[root]:
+            root = parent[root]
+        parent[key] = root
+        return root
+
+    def join(keys: Iterable[str]) -> None:
+        roots = [find(key) for key in keys]
+        for root in roots[1:]:
+            parent[root] = roots[0]
+
+    for row in batch.inserts:
+        join([row["id"], f"invocation:{row['invocation']}"])
+    for fire in batch.fires:
+        join([f"fire:{fire['task']}", *fire.get("runs", ())])
+    for job in batch.jobs:
+        join(job["args"]["runs"].values())
+    for row in batch.retries:
+        join([row["id"], row["parent_id"]])
+    parts: dict[str, tuple[list[str], RunBatch]] = {}
+
+    def part(key: str) -> RunBatch:
+        root = find(key)
+        if root not in parts:
+            parts[root] = ([], RunBatch())
+        return parts[root][1]
+
+    for row in batch.inserts:
+        part(row["id"]).inserts.append(row)
+    for start in batch.starts:
+        part(start[0]).starts.append(start)
+    for group in batch.groups:
+        part(group[0]).groups.append(group)
+    for fields in batch.finishes:
+        part(fields["id"]).finishes.append(fields)
+    for row in batch.logs:
+        part(row["run_id"]).logs.append(row)
+    for fire in batch.fires:
+        part(f"fire:{fire['task']}").fires.append(fire)
+    for run_id in batch.claimed:
+        part(run_id).claimed.append(run_id)
+    for job in batch.jobs:
+        part(next(iter(job["args"]["runs"].values()))).jobs.append(job)
+    for row in batch.retries:
+        part(row["id"]).retries.append(row)
+    for key in list(parent):
+        if not key.startswith(("invocation:", "fire:")) and (root := find(key)) in parts:
+            parts[root][0].append(key)
+    return list(parts.values())

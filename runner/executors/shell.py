@@ -62,7 +62,7 @@ class ShellOutcome:
     stderr_truncated: bool
 
 
-class _Tail:
+class Tail:
     """The last ``cap`` bytes of a stream; whole chunks are dropped so appending stays O(1)."""
 
     def __init__(self, cap: int) -> None:
@@ -91,7 +91,7 @@ class _Collect(asyncio.SubprocessProtocol):
     """Feeds the child's pipes into two tails and notes when it exited and the pipes closed."""
 
     def __init__(self, output_cap: int, on_output: Callable[[int, bytes], None] | None) -> None:
-        self.tails = {1: _Tail(output_cap), 2: _Tail(output_cap)}
+        self.tails = {1: Tail(output_cap), 2: Tail(output_cap)}
         self.exited, self.closed = asyncio.Event(), asyncio.Event()
         self.open_pipes = 2
         self.on_output = on_output
@@ -165,13 +165,13 @@ async def run_shell(
                 env=dict(env),
                 start_new_session=True,
             )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv, env or cwd
         raise ShellStartError(f"cannot start command: {exc}") from exc
-    if on_start is not None:
-        on_start(transport.get_pid())  # its own session: the pid is the process group's id
 
     exited = False
     try:
+        if on_start is not None:
+            on_start(transport.get_pid())  # its own session: the pid is the process group's id
         with anyio.move_on_after(timeout):
             await child.exited.wait()
             exited = True
