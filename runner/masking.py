@@ -39,12 +39,12 @@ def resolve_env(
             path = project / str(value.from_file)
             try:
                 found = path.read_text(encoding="utf-8").rstrip("\r\n")
-            except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in the path
+            except UnicodeDecodeError:
+                raise SecretUnavailable(f"env {name}: secret file {path} is not UTF-8 text") from None
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
                 raise SecretUnavailable(
                     f"env {name}: cannot read secret file {path}: {getattr(exc, 'strerror', None) or exc}"
                 ) from exc
-            except UnicodeDecodeError:
-                raise SecretUnavailable(f"env {name}: secret file {path} is not UTF-8 text") from None
             problem = text_problem(found)
             if problem is not None:  # no environment variable can hold it
                 raise SecretUnavailable(f"env {name}: secret file {path} {problem}")

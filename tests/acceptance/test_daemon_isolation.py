@@ -107,7 +107,7 @@ def test_runs_that_fail_at_spawn_masking_injection_or_recording_fail_alone(proje
     (project.root / "secrets" / "nul").write_bytes(b"a\0b\n")  # read when the task runs: no check sees it
     daemon = Daemon(cli, {}).started()
     expected = {
-        "nul": "null byte",
+        "nul": "contains a NUL byte",
         "boom": "the masker broke",
         "provider": "the provider broke",
         "refused": "surrogates not allowed",
