@@ -13,30 +13,21 @@ import textwrap
 import time
 from collections.abc import AsyncIterator
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import cli_env
-from pg import pg_server, pg_url  # noqa: F401
+from pg import pg_server, pg_url, store_url  # noqa: F401
 
 from runner.errors import RunNotFound, StoreVersionError
 from runner.models import RunStatus, Source, TaskSpec, TaskType
 from runner.store import CURRENT_VERSION, Store, open_store
-from runner.store.store import Lease, LeaseHeld, RunBatch, ScheduleState, Trigger, database_url
+from runner.store.store import Lease, LeaseHeld, RunBatch, ScheduleState, Trigger
 from runner.sync import Wanted, plan
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
 NOW = time.time()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return database_url(tmp_path / "runner.db")
-    found: str = request.getfixturevalue("pg_url")
-    return found
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import pytest
 from conftest import ProjectDir
-from pg import pg_server, pg_url  # noqa: F401
+from pg import pg_server, pg_url, store_url  # noqa: F401
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
@@ -28,7 +28,7 @@ from runner.engine import Engine
 from runner.models import RunStatus, new_run_id
 from runner.store import Store, open_store
 from runner.store import store as store_module
-from runner.store.store import Trigger, database_url
+from runner.store.store import Trigger
 from runner.sync import sync_project
 
 pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("fresh_plugins")]
@@ -36,14 +36,6 @@ pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("fresh_plugins")]
 PROMPT = 1.0
 """Seconds within which a store write counts as not held back (a held SQLite lock holds it for
 the whole 30 s busy timeout)."""
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return database_url(tmp_path / "runner.db")
-    found: str = request.getfixturevalue("pg_url")
-    return found
 
 
 @pytest.fixture
