@@ -34,6 +34,7 @@ def test_wheel_ships_the_schema_and_the_console_script(tmp_path: Path) -> None:
     assert shipped == json.loads((REPO / "schemas" / "tasks.schema.json").read_text())
     assert "runner = runner.cli:main" in scripts
     assert "runner/__main__.py" in names
+    assert "runner/py.typed" in names  # @task, RunContext and injection are a typed API (PEP 561)
     assert not any(name.startswith(("tests/", "plugins/", "tasks.d/")) for name in names)
 
 
