@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -206,6 +207,7 @@ class Cli:
         self.project = project
         self.started: list[subprocess.Popen[str]] = []
         self.groups: list[int] = []
+        self.files: list[Any] = []  # files a process writes to (a daemon's log): closed at the end
 
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "runner", "--project", str(self.project.root), *args]
@@ -220,6 +222,7 @@ class Cli:
             **options,
         )
         self.started.append(process)
+        self.files.extend(f for f in (popen.get("stdout"), popen.get("stderr")) if hasattr(f, "close"))
         return process
 
     def finish(self, process: subprocess.Popen[str], *, within: float = 10) -> Result:
@@ -249,6 +252,17 @@ class Cli:
         self.groups.append(int(pgid))
         return int(pgid), run_id
 
+    def group_recorded(self, run_id: str) -> None:
+        """Wait until the store holds ``run_id``'s process group: only then can a runner that
+        finds the run's process dead kill what it left (a kill -9 before that commit leaves the
+        group running; that window is not what these tests are about)."""
+        def recorded() -> bool:
+            with contextlib.closing(sqlite3.connect(self.project.db)) as conn:
+                row = conn.execute("SELECT pgid FROM runs WHERE id = ?", (run_id,)).fetchone()
+            return row is not None and row[0] is not None
+
+        poll(recorded, what=f"run {run_id}'s process group to be recorded")
+
     def cleanup(self) -> None:
         for process in self.started:
             if process.poll() is None:
@@ -260,6 +274,8 @@ class Cli:
         for pgid in self.groups:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
+        for file in self.files:  # a test that failed before stopping its daemon left it open
+            file.close()
 
 
 @pytest.fixture

@@ -10,8 +10,15 @@ Before a release, run it longer (README.md says so too):
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
+
+# Hypothesis caches Unicode tables in its home directory (./.hypothesis by default): one per
+# test process, outside the checkout, so two pytest-xdist workers never write the same file.
+set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / f"runner-hypothesis-{os.getpid()}"))
 
 EXAMPLES = int(os.environ.get("RUNNER_FUZZ_EXAMPLES", "100"))
 
@@ -21,6 +28,6 @@ def fuzz(*, processes: bool = False) -> settings:
     return settings(
         max_examples=max(3, EXAMPLES // 20) if processes else EXAMPLES,
         deadline=None,  # the machine is shared; timing is not the property
-        database=None,  # nothing written into the checkout
+        database=None,  # no example database: each run starts afresh
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     )
