@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -92,6 +92,13 @@ def _print_problems(problems: list[Problem], project: Path) -> None:
 
 def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Rows (the header first) in columns two spaces apart, with no trailing spaces."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def _complete_task(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
@@ -287,9 +294,7 @@ def list_(settings: Settings, state: str | None, include_removed: bool, as_json:
             f"{last.status.value} {_relative(last.at, now)}" if last else "-",
             str(task.spec.source),
         ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(widths[i]) if i < len(widths) else cell for i, cell in enumerate(row)).rstrip())
+    _print_table(rows)
 
 
 def _relative(at: float, now: float) -> str:
@@ -416,7 +421,8 @@ def _duration_option(text: str, option: str) -> float | None:
 
 
 def _http_options(
-    listen: str | None, allow_trigger: bool, auth_read: bool, timeout: str = "10s", max_connections: int | None = None
+    listen: str | None, allow_trigger: bool, auth_read: bool, timeout: str | None = None,
+    max_connections: int | None = None,
 ) -> Any:
     """The daemon's HttpOptions for --http and its flags (None without --http); exit 2 on a
     bad address, a flag without --http or the token, or without the runner-tasks[http] extra."""
@@ -428,7 +434,7 @@ def _http_options(
     if listen is None:
         if allow_trigger or auth_read:
             _fail("--http-allow-trigger and --http-auth-read need --http [HOST:]PORT", EXIT_USAGE)
-        if timeout != "10s" or max_connections is not None:
+        if timeout is not None or max_connections is not None:
             _fail("--http-timeout and --http-max-connections need --http [HOST:]PORT", EXIT_USAGE)
         return None
     if any(importlib.util.find_spec(module) is None for module in ("starlette", "uvicorn")):
@@ -441,12 +447,13 @@ def _http_options(
     if (allow_trigger or auth_read) and token is None:
         flag = "--http-allow-trigger" if allow_trigger else "--http-auth-read"
         _fail(f"{flag} needs a bearer token: set RUNNER_HTTP_TOKEN (e.g. to `openssl rand -hex 32`)", EXIT_USAGE)
-    seconds = _duration_option(timeout, "--http-timeout")
-    if seconds is None:
-        _fail("--http-timeout: give a duration above 0 (default 10s)", EXIT_USAGE)
+    limits: dict[str, Any] = {"max_connections": max_connections}
+    if timeout is not None:
+        limits["timeout"] = _duration_option(timeout, "--http-timeout")
+        if limits["timeout"] is None:
+            _fail(f"--http-timeout: give a duration above 0 (default {HttpOptions.timeout:g}s)", EXIT_USAGE)
     return HttpOptions(
-        host=host, port=int(port), allow_trigger=allow_trigger, auth_read=auth_read, token=token,
-        timeout=seconds, max_connections=max_connections,
+        host=host, port=int(port), allow_trigger=allow_trigger, auth_read=auth_read, token=token, **limits
     )
 
 
@@ -472,8 +479,8 @@ def _http_options(
 @click.option("--http-allow-trigger", is_flag=True, help="Let POST /api/v1/tasks/NAME/runs start runs (needs RUNNER_HTTP_TOKEN).")
 @click.option("--http-auth-read", is_flag=True, help="Ask for the token on the read endpoints too (needs RUNNER_HTTP_TOKEN).")
 @click.option(
-    "--http-timeout", default="10s", show_default=True, metavar="DURATION",
-    help="How long an HTTP client may take to send a request's head, and then its body.",
+    "--http-timeout", default=None, metavar="DURATION",
+    help="How long an HTTP client may take to send a request's head, and then its body (default 10s).",
 )
 @click.option(
     "--http-max-connections", type=click.IntRange(min=1), default=None, metavar="N",
@@ -483,7 +490,7 @@ def _http_options(
 @click.pass_obj
 def daemon(
     settings: Settings, no_watch: bool, grace: str, concurrency: int | None, retain: str, retain_runs: int,
-    http: str | None, http_allow_trigger: bool, http_auth_read: bool, http_timeout: str,
+    http: str | None, http_allow_trigger: bool, http_auth_read: bool, http_timeout: str | None,
     http_max_connections: int | None, remote: bool,
 ) -> None:
     """Sync, fire schedules, take triggers and reload on file changes, until SIGTERM/SIGINT.
@@ -706,15 +713,14 @@ def runs(
     if not found:
         click.echo("no runs")
         return
-    rows = [
-        (r.id, r.task, r.status.value, str(r.attempt), r.to_json()["started_at"] or "-",
-         f"{r.duration_s:.3f}s" if r.duration_s is not None else "-", r.invocation or "-")
-        for r in found
-    ]
-    header = ("ID", "TASK", "STATUS", "TRY", "STARTED", "TOOK", "INVOCATION")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    _print_table([
+        ("ID", "TASK", "STATUS", "TRY", "STARTED", "TOOK", "INVOCATION"),
+        *(
+            (r.id, r.task, r.status.value, str(r.attempt), r.to_json()["started_at"] or "-",
+             f"{r.duration_s:.3f}s" if r.duration_s is not None else "-", r.invocation or "-")
+            for r in found
+        ),
+    ])
 
 
 @main.command()

@@ -327,10 +327,9 @@ class Daemon:
             del self.states[name]
         fresh = []
         for name, schedule in wanted.items():
-            text = json.dumps(schedule.to_json(), sort_keys=True)
             state = self.states.get(name)
-            if state is None or state.schedule != text:
-                state = self.states[name] = ScheduleState(name, text, now, next_fire(schedule, now, anchor=now))
+            if state is None or state.schedule != schedule.key:
+                state = self.states[name] = ScheduleState(name, schedule.key, now, next_fire(schedule, now, anchor=now))
                 fresh.append(state)
         await self.store.save_schedule_states(fresh, gone)
         self._wake.set()  # only now: a fire moves its schedule's stored row, which must exist
@@ -733,10 +732,8 @@ async def _store_trouble(exc: StoreError) -> None:
     it a moment; the loop that met it tries again, and the daemon keeps running. A store file
     deleted or replaced is no trouble to wait out: that stops the daemon (``_watch_store_file``,
     within ``FILE_CHECK_EVERY``), so it is not logged here."""
-    if isinstance(exc, StoreFileChanged):
-        await anyio.sleep(STORE_RETRY)
-        return
-    log.logger.error(f"{exc}; trying again in {STORE_RETRY:g}s", extra={"event": "store_error"})
+    if not isinstance(exc, StoreFileChanged):
+        log.logger.error(f"{exc}; trying again in {STORE_RETRY:g}s", extra={"event": "store_error"})
     await anyio.sleep(STORE_RETRY)
 
 

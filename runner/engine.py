@@ -34,7 +34,7 @@ from anyio.abc import TaskGroup
 from runner import inject, registry
 from runner.capture import RunOutput, captured, installed
 from runner.context import RunContext, Upstream, current_run
-from runner.errors import ParameterError, RunnerError, RunNotFound, TaskNotRunnable
+from runner.errors import ParameterError, RecordRefused, RunnerError, RunNotFound, TaskNotRunnable
 from runner.executors.python import PythonOutcome, call_python
 from runner.executors.shell import (
     DEFAULT_KILL_GRACE,
@@ -58,7 +58,7 @@ from runner.models import (
 )
 from runner.processes import HOST, PID, PID_STARTED
 from runner.project import signature_of
-from runner.recorder import LiveLog, Recorder, RecordRefused
+from runner.recorder import LiveLog, Recorder
 from runner.revision import Revision
 from runner.store import Store
 

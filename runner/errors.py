@@ -8,6 +8,7 @@
      ├── RunNotFound             no run with that id (LookupError)
      └── StoreError              the store cannot be opened or used
           ├── StoreVersionError  the store was written by a newer runner
+          ├── RecordRefused      the store would not take one run's records (the others' went in)
           └── StoreFileChanged   the store's file was deleted or replaced under this process
 
 Third-party errors are translated where they enter (the store, the loader) and kept as
@@ -83,6 +84,11 @@ class StoreError(RunnerError):
 
 class StoreVersionError(StoreError):
     """The store's schema is newer than this runner understands."""
+
+
+class RecordRefused(StoreError):
+    """The store would not take one run's records (the others' were written), or they could
+    not be made."""
 
 
 class StoreFileChanged(StoreError):

@@ -86,6 +86,11 @@ def value_problems(value: Any) -> Iterator[tuple[str, str]]:
             stack.extend(reversed([(f"{path}[{i}]", inner) for i, inner in enumerate(item)]))
 
 
+def place(name: str, path: str = "") -> str:
+    """Where a problem lies, as messages say it: ``parameter 'day'``, ``parameter 'day' at ['k'][0]``."""
+    return f"parameter {name!r}" + (f" at {path}" if path else "")
+
+
 def parameter_problems(parameters: object) -> list[str]:
     """What keeps ``parameters`` (names to values) from reaching a task, one message each,
     naming the parameter (and the place inside its value)."""
@@ -97,9 +102,7 @@ def parameter_problems(parameters: object) -> list[str]:
         if problem is not None:
             problems.append(problem)
             continue
-        problems.extend(
-            f"parameter {name!r}{' at ' + path if path else ''}: {message}" for path, message in value_problems(value)
-        )
+        problems.extend(f"{place(name, path)}: {message}" for path, message in value_problems(value))
     return problems
 
 

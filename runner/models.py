@@ -60,6 +60,12 @@ class Schedule:
             when["overlap"] = self.overlap
         return when
 
+    @property
+    def key(self) -> str:
+        """``to_json`` as canonical text: what the store keeps a schedule's fire times for, so
+        that a changed schedule starts again."""
+        return json.dumps(self.to_json(), sort_keys=True)
+
     def to_public_json(self) -> dict[str, Any]:
         """The schedule as ``runner list --json`` and the API show it: ``every`` as a DURATION
         (``"1h30m"``) with its seconds beside it. ``to_json`` stays the stored form: the daemon

@@ -3,7 +3,6 @@ time, and how its last run went (``runner list``)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +43,7 @@ async def task_overviews(store: Store, *, include_removed: bool, now: float) -> 
         next_at = None
         if schedule is not None and task.enabled and not task.removed:
             state = states.get(name)
-            if state is not None and state.schedule == json.dumps(schedule.to_json(), sort_keys=True):
+            if state is not None and state.schedule == schedule.key:
                 next_at = state.next_fire_at
             elif schedule.every is None:
                 next_at = next_fire(schedule, now, anchor=now)

@@ -37,16 +37,11 @@ from anyio.abc import TaskStatus
 from sqlalchemy.exc import OperationalError
 
 from runner import log
-from runner.errors import StoreError, StoreFileChanged
+from runner.errors import RecordRefused, StoreError, StoreFileChanged
 from runner.masking import Masker
 from runner.processes import process_start_time
 from runner.store import Store
 from runner.store.store import RunBatch, Written
-
-
-class RecordRefused(StoreError):
-    """The store would not take one run's records (the others' were written), or they could
-    not be made."""
 
 FLUSH_INTERVAL = 0.2
 """Seconds a run's new output and log lines wait, at most, before they join a batch."""
@@ -173,10 +168,10 @@ class Recorder:
                 await self._give_up.wait()
 
     def _failed(self, batch: RunBatch, exc: StoreError) -> None:
-        first = self.failure is None
-        if self.failure is None:
-            self.failure = WriteFailure(exc)
-        self.failure.add(_runs_of(batch))
+        failure, first = self.failure, self.failure is None
+        if failure is None:
+            failure = self.failure = WriteFailure(exc)
+        failure.add(_runs_of(batch))
         if first and self.on_failure is not None:
             self.on_failure()
 

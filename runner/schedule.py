@@ -66,7 +66,6 @@ def next_fire(schedule: Schedule, after: float, *, anchor: float) -> float:
     return float(next(CronSim(schedule.cron or "", start)).timestamp())
 
 
-
 def describe(schedule: Schedule) -> str:
     """``schedule`` in words: ``every 1h30m``, ``At 02:30 every day (Europe/Oslo)``."""
     if schedule.every is not None:

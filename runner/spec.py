@@ -33,27 +33,18 @@ TASKS_DIR = "tasks.d"
 MAX_FILE_BYTES = 50 * 1024 * 1024
 
 _YAML = "tag:yaml.org,2002:"
-_STR = "tag:yaml.org,2002:str"
-_MERGE = "tag:yaml.org,2002:merge"
-_MAP = "tag:yaml.org,2002:map"
-_SEQ = "tag:yaml.org,2002:seq"
-_SCALAR_TAGS = {
-    "tag:yaml.org,2002:bool",
-    "tag:yaml.org,2002:int",
-    "tag:yaml.org,2002:float",
-    "tag:yaml.org,2002:null",
-}
+_STR, _MAP, _SEQ, _MERGE = f"{_YAML}str", f"{_YAML}map", f"{_YAML}seq", f"{_YAML}merge"
+_INT, _FLOAT = f"{_YAML}int", f"{_YAML}float"
+_NUMBER_TAGS = {_INT, _FLOAT}
+_SCALAR_TAGS = {f"{_YAML}bool", _INT, _FLOAT, f"{_YAML}null"}
 # Tags YAML gives plain scalars, kept as the text written: timestamps (`2024-01-01`), and the
 # `<<` and `=` that mean something only as keys.
-_TEXT_TAGS = {"tag:yaml.org,2002:timestamp", _MERGE, "tag:yaml.org,2002:value"}
+_TEXT_TAGS = {f"{_YAML}timestamp", _MERGE, f"{_YAML}value"}
 # Plain words that YAML 1.1 (and so many tools) read as booleans; PyYAML leaves y/n as strings.
 _BOOLEAN_WORDS = frozenset(
     w for base in ("y", "yes", "n", "no", "on", "off") for w in (base, base.title(), base.upper())
 )
 _TRUE_FALSE = frozenset({"true", "True", "TRUE", "false", "False", "FALSE"})
-_INT = "tag:yaml.org,2002:int"
-_FLOAT = "tag:yaml.org,2002:float"
-_NUMBER_TAGS = {_INT, _FLOAT}
 # YAML 1.2's core schema for numbers, instead of YAML 1.1's (base 60, octal 0123, 1_000, 0b1).
 _CORE_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
 _CORE_FLOAT = re.compile(
@@ -626,8 +617,6 @@ def _describe(value: Any) -> str:
 
 
 def _schema_problems(file: TaskFile, error: Any) -> Iterator[Problem]:
-    from jsonschema.exceptions import best_match
-
     where: Path_ = tuple(error.absolute_path)
     kind = error.validator
     if kind == "pattern" and isinstance(error.instance, str) and text_problem(error.instance):
@@ -661,23 +650,6 @@ def _schema_problems(file: TaskFile, error: Any) -> Iterator[Problem]:
             yield file.at((*where, "every"), f"{label}: give 'cron' or 'every', not both", key=True)
         else:
             yield file.at(where, f"{label}: needs 'cron' (a cron expression) or 'every' (a DURATION)")
-        return
-    if kind in ("oneOf", "anyOf") and error.context:
-        # Report the branch the value was meant for: not one whose type does not match at all,
-        # and of the others the one whose errors lie deepest in the value (then the fewest).
-        branches: dict[Any, list[Any]] = {}
-        for sub in error.context:
-            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
-        shaped = [
-            errors for errors in branches.values()
-            if not all(e.validator == "type" and not e.path for e in errors)
-        ]
-        if not shaped:
-            yield from _schema_problems(file, best_match(error.context))
-            return
-        chosen = min(shaped, key=lambda errors: (-max(len(e.path) for e in errors), len(errors)))
-        for sub in chosen:
-            yield from _schema_problems(file, sub)
         return
     if kind == "additionalProperties":
         known = list(schema.get("properties", {}))

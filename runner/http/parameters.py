@@ -19,7 +19,7 @@ from collections.abc import Mapping, MutableMapping, MutableSequence, Sequence
 from types import UnionType
 from typing import TYPE_CHECKING, Any
 
-from runner.inputs import PARAMETER_NAME, name_problem, text_problem
+from runner.inputs import PARAMETER_NAME, name_problem, place, text_problem
 
 if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
@@ -178,8 +178,7 @@ def _message(task: StoredTask, error: ValidationError, parameters: Mapping[str, 
             takes = f"accepts: {', '.join(known)}" if known else "accepts no parameters"
             return f"{what}: unknown parameter(s) {', '.join(map(repr, unknown))}; {task.name!r} {takes}"
         return f"{what}: {error.message[:200]}"
-    name, inside = path[0], "".join(f"[{p!r}]" for p in path[1:])
-    where = f"parameter {name!r}" + (f" at {inside}" if inside else "")  # as runner.inputs says it
+    where = place(str(path[0]), "".join(f"[{p!r}]" for p in path[1:]))
     if error.validator == "pattern" and isinstance(error.instance, str):
         return f"{what}: {where}: {text_problem(error.instance) or 'contains a NUL byte'}"
     return f"{what}: {where}: {error.message[:200]}"

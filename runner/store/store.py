@@ -4,8 +4,8 @@ SQLite is used the way it works with several processes: WAL, ``synchronous=NORMA
 timeout, and ``BEGIN IMMEDIATE`` for every transaction that writes. Measured with 4 processes
 doing read-modify-write on one WAL file: pysqlite's default transaction handling lost about 70%
 of the updates without an error, a deferred BEGIN failed about 45% of the transactions at once
-with "database is locked" (whatever the busy timeout), and BEGIN IMMEDIATE had neither. Readers use a plain BEGIN. Transactions
-are kept short; none is held open while a task runs.
+with "database is locked" (whatever the busy timeout), and BEGIN IMMEDIATE had neither. Readers
+use a plain BEGIN. Transactions are kept short; none is held open while a task runs.
 
 PostgreSQL (``postgresql+psycopg://``) gets the same schema and the same behaviour. Each of the
 store's write transactions there first takes one transaction-level advisory lock

@@ -22,9 +22,9 @@ from conftest import ProjectDir
 
 from runner import engine as engine_module
 from runner.engine import Engine
+from runner.errors import RecordRefused
 from runner.masking import Masker
 from runner.models import Run, RunStatus
-from runner.recorder import RecordRefused
 from runner.store import Store
 from runner.store.store import RunBatch, Written
 from runner.sync import sync_project
