@@ -99,6 +99,8 @@ class SyncState:
     last_ok_at: float | None = None
     last_error: str | None = None  # of the last sync, None when it succeeded
     errors: int = 0  # syncs that failed since the daemon started
+    problems: tuple[str, ...] = ()  # of the last sync, each "path:line:col: what" (the first 20)
+    last_failed_at: float | None = None
 
 
 def describe_holder(lease: Lease) -> str:
@@ -672,9 +674,11 @@ class Daemon:
                 extra={"event": "reload_failed", "problems": len(exc.problems)},
             )
             self.sync_state.errors += 1
-            self.sync_state.last_error = "; ".join(str(problem) for problem in exc.problems[:20])
+            self.sync_state.problems = tuple(str(problem) for problem in exc.problems[:20])
+            self.sync_state.last_error = "; ".join(self.sync_state.problems)
+            self.sync_state.last_failed_at = time.time()
             return
-        self.sync_state.last_ok_at, self.sync_state.last_error = time.time(), None
+        self.sync_state.last_ok_at, self.sync_state.last_error, self.sync_state.problems = time.time(), None, ()
         self.store.remember_specs(declared.specs.values())
         self._revision = await anyio.to_thread.run_sync(project_revision, self.root)
         if self._engine is None:

@@ -26,7 +26,7 @@ from runner.errors import ParameterError, RunnerError, RunNotFound, StoreError, 
 from runner.http import events, metrics
 from runner.http.openapi import document
 from runner.http.parameters import Checker
-from runner.http.problems import Problem, bearer_ok, problem_response, require_token
+from runner.http.problems import Problem, problem_response, reader_ok, require_reader, require_token
 from runner.models import RunStatus, TaskType, iso
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ class Api:
 
     def _reader(self, request: Request) -> None:
         if self.options.auth_read:
-            require_token(request, self.options.token)
+            require_reader(request, self.options.token)
 
     def _known(self, name: str) -> None:
         if name not in self.daemon.engine.tasks:
@@ -303,7 +303,7 @@ class Api:
         else:
             status = "ok" if sync.last_error is None else "degraded"
         body: dict[str, Any] = {"status": status}
-        if not self.options.auth_read or bearer_ok(request, self.options.token):
+        if not self.options.auth_read or reader_ok(request, self.options.token):
             body.update(
                 store={"ok": store_error is None, "error": store_error},
                 sync={
@@ -332,6 +332,8 @@ async def _http_problem(request: Request, exc: Exception) -> Response:
 
 
 def build_app(daemon: Daemon, options: HttpOptions) -> Starlette:
+    from runner.http import web
+
     api = Api(daemon, options)
 
     def route(path: str, handler: Handler, method: str = "GET") -> Route:
@@ -348,6 +350,7 @@ def build_app(daemon: Daemon, options: HttpOptions) -> Starlette:
             route("/health", api.health),
             route("/metrics", api.prometheus),
             route("/openapi.json", api.openapi),
+            *web.routes(daemon, options, api.closing),
         ],
         exception_handlers={HTTPException: _http_problem},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -60,8 +61,36 @@ def bearer_ok(request: Request, token: str | None) -> bool:
     return hmac.compare_digest(_digest(given.strip()), _digest(token))
 
 
+def reader_ok(request: Request, token: str | None) -> bool:
+    """Whether the request may read: the bearer token, or HTTP Basic credentials whose password
+    is the token (any user name), which is what a browser can send for a page and for the
+    requests the page makes. Reads only: a browser sends Basic credentials by itself, so a
+    write accepting them could be forged by another site's form."""
+    if bearer_ok(request, token):
+        return True
+    if token is None:
+        return False
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(given.strip(), validate=True).decode("utf-8", "surrogateescape")
+    except ValueError:
+        return False
+    return hmac.compare_digest(_digest(decoded.partition(":")[2]), _digest(token))
+
+
 def _digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
+
+
+def require_reader(request: Request, token: str | None) -> None:
+    if not reader_ok(request, token):
+        raise Problem(
+            401,
+            "this endpoint needs the bearer token: send `Authorization: Bearer $RUNNER_HTTP_TOKEN`",
+            headers={"WWW-Authenticate": 'Bearer realm="runner"'},
+        )
 
 
 def require_token(request: Request, token: str | None) -> None:

@@ -1594,6 +1594,74 @@ class Store:
             await self._sessions.dispose()
         await self._engine.dispose()
 
+    # -- reads for the web page (runner/http/web) ---------------------------------------------
+
+    async def run_counts_since(self, since: float) -> dict[RunStatus, int]:
+        """How many runs of each status were queued after ``since``: a range of ``runs_queued``."""
+        from sqlalchemy import func
+
+        runs = t.runs.c
+        query = select(runs.status, func.count()).where(runs.queued_at > since).group_by(runs.status)
+        async with self._read() as conn:
+            return {RunStatus(status): int(n) for status, n in await conn.execute(query)}
+
+    async def queued_count(self) -> int:
+        """Runs queued and not started yet (the queue's depth), counted on ``runs_status``."""
+        from sqlalchemy import func
+
+        query = select(func.count()).where(t.runs.c.status == RunStatus.QUEUED.value)
+        async with self._read() as conn:
+            return int((await conn.execute(query)).scalar() or 0)
+
+    async def recent_statuses(self, tasks: Sequence[str], per_task: int) -> dict[str, list[LastRun]]:
+        """The newest ``per_task`` runs of each of ``tasks``, newest first: for each task a short
+        walk down ``runs_task_queued`` (ordered by queued time alone, which that index gives
+        without a sort), so the cost follows the tasks asked for, not the runs stored."""
+        runs = t.runs.c
+        found: dict[str, list[LastRun]] = {name: [] for name in tasks}
+        if not tasks or per_task < 1:
+            return found
+        newest = t.runs.alias("newest")
+        chosen = (
+            select(newest.c.id)
+            .where(newest.c.task == t.tasks.c.name)
+            .order_by(newest.c.queued_at.desc())
+            .limit(per_task)
+        )
+        async with self._read() as conn:
+            # 500 names at a time: each is a bound value (SQLite allows 32,766 per statement).
+            for start in range(0, len(tasks), 500):
+                query = (
+                    select(runs.task, runs.id, runs.status, runs.queued_at, runs.finished_at)
+                    .select_from(t.tasks.join(t.runs, runs.id.in_(chosen)))
+                    .where(t.tasks.c.name.in_(list(tasks[start : start + 500])))
+                )
+                for task, run_id, status, queued, finished in await conn.execute(query):
+                    found[task].append(LastRun(run_id, RunStatus(status), finished if finished is not None else queued))
+        for name, last in found.items():
+            # The runs' own LastRun.at is when they ended; the order is by when they were queued,
+            # which the ids follow (time-ordered at creation).
+            last.sort(key=lambda run: run.id, reverse=True)
+            found[name] = last
+        return found
+
+    async def task_durations(self, task: str, limit: int) -> list[tuple[float, float, RunStatus]]:
+        """(queued_at, duration, status) of ``task``'s newest ``limit`` finished runs, oldest
+        first, for a chart: a walk down ``runs_task_queued``."""
+        runs = t.runs.c
+        query = (
+            select(runs.queued_at, runs.duration_s, runs.status)
+            .where(runs.task == task)
+            .order_by(runs.queued_at.desc())
+            .limit(limit)
+        )
+        async with self._read() as conn:
+            rows = [
+                (float(queued), float(duration), RunStatus(status))
+                for queued, duration, status in await conn.execute(query)
+                if duration is not None
+            ]
+        return rows[::-1]
 
 
 class _WhichFire(Exception):
