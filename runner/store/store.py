@@ -1628,6 +1628,7 @@ class Store:
             .order_by(newest.c.queued_at.desc())
             .limit(per_task)
         )
+        rows: list[tuple[float, str, str, LastRun]] = []
         async with self._read() as conn:
             # 500 names at a time: each is a bound value (SQLite allows 32,766 per statement).
             for start in range(0, len(tasks), 500):
@@ -1636,13 +1637,13 @@ class Store:
                     .select_from(t.tasks.join(t.runs, runs.id.in_(chosen)))
                     .where(t.tasks.c.name.in_(list(tasks[start : start + 500])))
                 )
-                for task, run_id, status, queued, finished in await conn.execute(query):
-                    found[task].append(LastRun(run_id, RunStatus(status), finished if finished is not None else queued))
-        for name, last in found.items():
-            # The runs' own LastRun.at is when they ended; the order is by when they were queued,
-            # which the ids follow (time-ordered at creation).
-            last.sort(key=lambda run: run.id, reverse=True)
-            found[name] = last
+                rows.extend(
+                    (queued, run_id, task, LastRun(run_id, RunStatus(status), finished if finished is not None else queued))
+                    for task, run_id, status, queued, finished in await conn.execute(query)
+                )
+        rows.sort(reverse=True)
+        for _queued, _id, task, last in rows:
+            found[task].append(last)
         return found
 
     async def task_durations(self, task: str, limit: int) -> list[tuple[float, float, RunStatus]]:
@@ -1651,16 +1652,12 @@ class Store:
         runs = t.runs.c
         query = (
             select(runs.queued_at, runs.duration_s, runs.status)
-            .where(runs.task == task)
+            .where(runs.task == task, runs.duration_s.is_not(None))
             .order_by(runs.queued_at.desc())
             .limit(limit)
         )
         async with self._read() as conn:
-            rows = [
-                (float(queued), float(duration), RunStatus(status))
-                for queued, duration, status in await conn.execute(query)
-                if duration is not None
-            ]
+            rows = [(float(queued), float(duration), RunStatus(status)) for queued, duration, status in await conn.execute(query)]
         return rows[::-1]
 
 

@@ -459,3 +459,38 @@ async def test_processes_syncing_at_once_lose_no_update(url: str) -> None:
     assert stored["counter"].spec.command == f"echo {workers * rounds}"
     assert [name for name, task in stored.items() if task.removed or not task.enabled] == []
     assert lease is not None and lease.host in {f"p{w}" for w in range(workers)}
+
+
+# -- reads for the web page -------------------------------------------------------------------------
+
+
+async def test_the_web_page_reads_counts_the_newest_runs_of_each_task_and_durations(store: Store) -> None:
+    await sync(store, wanted(spec("a"), spec("b"), spec("idle")))
+    await store.write_runs(
+        RunBatch(
+            inserts=[
+                run_row("a-old", queued=NOW - 90_000, status="failed"),  # before the last 24 h
+                *(run_row(f"a{i}", queued=NOW - 100 + i, status="running") for i in range(5)),
+                run_row("a-new", queued=NOW, status="running"),
+                run_row("b1", "b", queued=NOW - 50, status="queued"),
+                run_row("gone", "removed-task", queued=NOW, status="queued"),  # no such task stored
+            ],
+        )
+    )
+    await store.write_runs(RunBatch(finishes=[{"id": f"a{i}", "status": "succeeded", "finished_at": NOW, "duration_s": float(i + 1)} for i in range(5)]))
+    assert await store.run_counts_since(NOW - 86_400) == {RunStatus.SUCCEEDED: 5, RunStatus.RUNNING: 1, RunStatus.QUEUED: 2}
+    assert await store.queued_count() == 2
+    newest = await store.recent_statuses(["a", "b", "idle", "unknown"], 3)
+    assert [(run.id, run.status) for run in newest["a"]] == [
+        ("a-new", RunStatus.RUNNING), ("a4", RunStatus.SUCCEEDED), ("a3", RunStatus.SUCCEEDED),
+    ]
+    assert newest["a"][1].at == NOW  # when it ended; a run still going: when it was queued
+    assert [run.id for run in newest["b"]] == ["b1"]
+    assert newest["idle"] == newest["unknown"] == []
+    assert await store.recent_statuses([], 3) == {}
+    many = [f"t{i}" for i in range(1200)]  # more names than one statement takes
+    assert set(await store.recent_statuses(["a", *many], 1)) == {"a", *many}
+    assert await store.task_durations("a", 3) == [
+        (NOW - 98, 3.0, RunStatus.SUCCEEDED), (NOW - 97, 4.0, RunStatus.SUCCEEDED), (NOW - 96, 5.0, RunStatus.SUCCEEDED),
+    ]
+    assert await store.task_durations("b", 3) == []
