@@ -428,9 +428,9 @@ def run_page(data: RunPage) -> str:
     streams = (
         f'<section aria-labelledby="h-out" id="output"{attr(data_events=events)}>'
         f'<h2 id="h-out">Output{" <small class=live>following</small>" if live else ""}</h2>'
-        f'<h3>stdout</h3><pre class="out" id="stdout" tabindex="0" aria-label="stdout">{esc(stdout)}</pre>'
-        f'<h3>stderr</h3><pre class="out err" id="stderr" tabindex="0" aria-label="stderr">{esc(stderr)}</pre>'
-        f'<h3>log</h3><pre class="out" id="log" tabindex="0" aria-label="log lines">{log_html}</pre></section>'
+        f'<h3>stdout</h3><pre class="out" id="stdout" tabindex="0" role="log" aria-label="stdout">{esc(stdout)}</pre>'
+        f'<h3>stderr</h3><pre class="out err" id="stderr" tabindex="0" role="log" aria-label="stderr">{esc(stderr)}</pre>'
+        f'<h3>log</h3><pre class="out" id="log" tabindex="0" role="log" aria-label="log lines">{log_html}</pre></section>'
     )
     result = ""
     if run.result is not None:
