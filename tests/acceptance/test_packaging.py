@@ -1,5 +1,6 @@
 """The built wheel and sdist: the distribution `runner-tasks` (PyPI's `runner` is another
-project), carrying the `runner` package, its schema, the `runner` console script and the licence."""
+project), carrying the `runner` package, its schema, the web page's static files, the `runner` console
+script and the licence."""
 
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ def test_wheel_ships_the_schema_and_the_console_script(tmp_path: Path) -> None:
     assert "runner = runner.cli:main" in scripts
     assert "runner/__main__.py" in names
     assert "runner/py.typed" in names  # @task, RunContext and injection are a typed API (PEP 561)
+    # The web page's own files, served by the daemon from the package (no CDN, no build step).
+    web = REPO / "runner" / "http" / "web" / "static"
+    assert {f"runner/http/web/static/{f.name}" for f in web.iterdir()} <= names
     assert not any(name.startswith(("tests/", "plugins/", "tasks.d/")) for name in names)
 
 
