@@ -1597,11 +1597,16 @@ class Store:
     # -- reads for the web page (runner/http/web) ---------------------------------------------
 
     async def run_counts_since(self, since: float) -> dict[RunStatus, int]:
-        """How many runs of each status were queued after ``since``: a range of ``runs_queued``."""
+        """How many runs of each status were queued after ``since``: a range of ``runs_queued``.
+
+        Counted over a subquery ordered by queued time, which keeps SQLite on ``runs_queued``:
+        left to itself, it groups by walking ``runs_status`` over every run (0.9 s for 1,000,000
+        runs, against 50 ms for the 33,000 of the last day)."""
         from sqlalchemy import func
 
         runs = t.runs.c
-        query = select(runs.status, func.count()).where(runs.queued_at > since).group_by(runs.status)
+        recent = select(runs.status).where(runs.queued_at > since).order_by(runs.queued_at).subquery("recent")
+        query = select(recent.c.status, func.count()).group_by(recent.c.status)
         async with self._read() as conn:
             return {RunStatus(status): int(n) for status, n in await conn.execute(query)}
 

@@ -56,7 +56,8 @@ CHART = 60
 OUTPUT_ROWS = 5000
 """Rows of a live run's output put in its page; the page's event stream brings them all."""
 QUEUE_EVERY = 2.0
-"""Seconds the queue depth in the corner is reused before it is counted again."""
+"""Seconds the queue depth in the corner, and the overview's counts of the last 24 h, are
+reused before they are counted again (many open pages cost one count)."""
 STATUS_WAIT = 20.0
 """Seconds ``/-/status`` holds a request open waiting for a change (long polling)."""
 STATUS_STEP = 0.2
@@ -92,6 +93,7 @@ class Web:
         self.options = options
         self.closing = closing
         self._queued: tuple[float, int | None] = (0.0, None)
+        self._counts: tuple[float, dict[RunStatus, int]] = (0.0, {})
         self._index: tuple[object, dict[str, int], list[str], dict[str, list[str]]] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -103,8 +105,12 @@ class Web:
                 if request.url.path.startswith("/-/"):
                     return _html("", 401)
                 return RedirectResponse("/login?next=" + quote(_local(request), safe="/"), 303, headers=SECURITY_HEADERS)
+            started = time.perf_counter()
             try:
-                return await fn(request)
+                response = await fn(request)
+                # The server's own time, for browsers' developer tools and benchmarks/bench_web.py.
+                response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
+                return response
             except PageError as exc:
                 return await self._error(exc.status, exc.title, exc.detail)
             except StoreError as exc:
@@ -208,7 +214,10 @@ class Web:
         matching.sort(key=lambda task: task.name)
         shown = matching[offset : offset + TASKS_PER_PAGE]
         last = await self.daemon.store.recent_statuses([task.name for task in shown], STRIP)
-        counts = await self.daemon.store.run_counts_since(time.time() - 86400)
+        at, counts = self._counts
+        if time.monotonic() - at > QUEUE_EVERY:
+            counts = await self.daemon.store.run_counts_since(time.time() - 86400)
+            self._counts = (time.monotonic(), counts)
         rows = [
             pages.OverviewRow(task, describe(task.spec.schedule) if task.spec.schedule else None, self._next_fire(task), last[task.name])
             for task in shown
