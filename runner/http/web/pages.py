@@ -170,7 +170,7 @@ def overview(data: Overview) -> str:
         f"{form}"
         f'<div id="tasks" data-refresh="5"><table class="grid"><caption class="vh">Tasks</caption>'
         '<thead><tr><th scope="col">Task</th><th scope="col">State</th><th scope="col">Schedule</th>'
-        '<th scope="col">Last runs</th><th scope="col">Source</th></tr></thead>'
+        '<th scope="col">Last runs</th><th scope="col" class="src">Source</th></tr></thead>'
         f"<tbody>{rows}</tbody></table>{_pager(data)}</div>"
     )
 
@@ -323,12 +323,15 @@ def duration_chart(points: Sequence[tuple[float, float, RunStatus]]) -> str:
 
 def runs_table(runs: Sequence[Run], *, with_task: bool = True) -> str:
     head = '<th scope="col">Run</th>' + ('<th scope="col">Task</th>' if with_task else "")
-    head += '<th scope="col">Status</th><th scope="col">Attempt</th><th scope="col">Trigger</th><th scope="col">Queued</th><th scope="col">Duration</th>'
+    head += (
+        '<th scope="col">Status</th><th scope="col" class="hide-narrow">Attempt</th>'
+        '<th scope="col" class="hide-narrow">Trigger</th><th scope="col">Queued</th><th scope="col">Duration</th>'
+    )
     body = "".join(
         "<tr>"
         f"<td>{run_link(run.id)}</td>"
         + (f"<td>{task_link(run.task)}</td>" if with_task else "")
-        + f"<td>{status_badge(run.status)}</td><td>{run.attempt}</td><td>{esc(run.trigger)}</td>"
+        + f'<td>{status_badge(run.status)}</td><td class="hide-narrow">{run.attempt}</td><td class="hide-narrow">{esc(run.trigger)}</td>'
         f"<td>{when(run.queued_at)}</td><td>{duration(run.duration_s)}</td></tr>"
         for run in runs
     )
