@@ -39,11 +39,11 @@ DAY = 86_400.0
 STATUSES = ("succeeded",) * 90 + ("failed",) * 6 + ("timed_out", "cancelled", "interrupted", "skipped")
 
 
-def start(root: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(root: Path, log: Path, *more: str) -> tuple[subprocess.Popen[bytes], str]:
     handle = log.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "runner", "--project", str(root), "--log-format", "json", "daemon",
-         "--http", "127.0.0.1:0", "--no-watch", "--retain", "0", "--retain-runs", "0"],
+         "--http", "127.0.0.1:0", "--no-watch", "--retain", "0", "--retain-runs", "0", *more],
         stdout=subprocess.DEVNULL, stderr=handle,
     )
     deadline = time.monotonic() + 600

@@ -75,7 +75,9 @@ runs = Table(
     Column("queue", String(64)),
     Column("job_id", BigInteger),
     Index("runs_task_queued", "task", "queued_at"),
-    Index("runs_status", "status"),
+    # By status, newest last: a page of the runs of one status is a short walk (the web page's
+    # and the API's ?status=), not a sort of every run with it (0.25 s for 60,000 of 1,000,000).
+    Index("runs_status_queued", "status", "queued_at"),
     Index("runs_queued", "queued_at"),
     Index("runs_invocation", "invocation"),
     Index("runs_job", "job_id"),

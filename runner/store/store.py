@@ -55,7 +55,7 @@ from runner.store import _tables as t
 from runner.store._sessions import TaskSessions
 from runner.sync import SyncPlan
 
-CURRENT_VERSION = 5
+CURRENT_VERSION = 6
 
 _RUN_COLUMNS = (
     t.runs.c.id,
@@ -262,6 +262,14 @@ def _add_remote_columns(sync_conn: Any) -> None:
     Index("runs_parent", t.runs.c.parent_id).create(sync_conn)
 
 
+def _index_status_by_time(sync_conn: Any) -> None:
+    # Plain SQL: an Index object on t.runs would join the table's own indexes for good, and
+    # a store created later in this process would get it twice. The new index serves every
+    # query the old one did (status is its first column).
+    sync_conn.execute(text("CREATE INDEX runs_status_queued ON runs (status, queued_at)"))
+    sync_conn.execute(text("DROP INDEX runs_status"))
+
+
 # MIGRATIONS[N - 1] takes a store from version N - 1 to N. A new store (version 0) is created at
 # the current version in one step, so MIGRATIONS[0] creates everything.
 MIGRATIONS: list[Callable[[Any], None]] = [
@@ -270,6 +278,7 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     _add_invocation,
     _add_daemon_tables,
     _add_remote_columns,
+    _index_status_by_time,
 ]
 
 
@@ -909,7 +918,7 @@ class Store:
         if invocation is not None:
             query = query.where(t.runs.c.invocation == invocation)
         if status is not None:
-            query = query.where(t.runs.c.status == status)
+            query = query.where(_status_is(status, narrower=task is not None or invocation is not None))
         if limit is not None:
             query = query.limit(limit)
         async with self._read() as conn:
@@ -1487,7 +1496,7 @@ class Store:
         if task is not None:
             query = query.where(runs.task == task)
         if status is not None:
-            query = query.where(runs.status == status)
+            query = query.where(_status_is(status, narrower=task is not None))
         async with self._read() as conn:
             if before is not None:
                 queued_at = (await conn.execute(select(runs.queued_at).where(runs.id == before))).scalar()
@@ -1600,7 +1609,7 @@ class Store:
         """How many runs of each status were queued after ``since``: a range of ``runs_queued``.
 
         Counted over a subquery ordered by queued time, which keeps SQLite on ``runs_queued``:
-        left to itself, it groups by walking ``runs_status`` over every run (0.9 s for 1,000,000
+        left to itself, it groups by walking ``runs_status_queued`` over every run (0.9 s for 1,000,000
         runs, against 50 ms for the 33,000 of the last day)."""
         from sqlalchemy import func
 
@@ -1611,7 +1620,7 @@ class Store:
             return {RunStatus(status): int(n) for status, n in await conn.execute(query)}
 
     async def queued_count(self) -> int:
-        """Runs queued and not started yet (the queue's depth), counted on ``runs_status``."""
+        """Runs queued and not started yet (the queue's depth), counted on ``runs_status_queued``."""
         from sqlalchemy import func
 
         query = select(func.count()).where(t.runs.c.status == RunStatus.QUEUED.value)
@@ -1664,6 +1673,16 @@ class Store:
         async with self._read() as conn:
             rows = [(float(queued), float(duration), RunStatus(status)) for queued, duration, status in await conn.execute(query)]
         return rows[::-1]
+
+
+def _status_is(status: str, *, narrower: bool) -> Any:
+    """``runs.status = status``; with a ``narrower`` filter (a task, an invocation) written so
+    that no index can serve it: SQLite without statistics would otherwise walk
+    ``runs_status_queued`` over every run of that status (0.28 s for 60,000 of 1,000,000)
+    instead of the few runs of the task."""
+    if narrower:
+        return (t.runs.c.status + "") == status
+    return t.runs.c.status == status
 
 
 class _WhichFire(Exception):

@@ -494,3 +494,19 @@ async def test_the_web_page_reads_counts_the_newest_runs_of_each_task_and_durati
         (NOW - 98, 3.0, RunStatus.SUCCEEDED), (NOW - 97, 4.0, RunStatus.SUCCEEDED), (NOW - 96, 5.0, RunStatus.SUCCEEDED),
     ]
     assert await store.task_durations("b", 3) == []
+
+
+async def test_a_version_5_store_gets_the_index_of_runs_by_status_and_time(url: str) -> None:
+    async with open_store(url) as store:
+        await store.write_runs(RunBatch(inserts=[run_row("r1", status="failed"), run_row("r2", queued=NOW + 1)]))
+    await execute(url, "DROP INDEX runs_status_queued")
+    await execute(url, "CREATE INDEX runs_status ON runs (status)")
+    await execute(url, "UPDATE schema_version SET version = 5")
+    async with open_store(url) as store:
+        assert [r.id for r in await store.runs_before(status="failed")] == ["r1"]
+        assert await store.queued_count() == 1
+    assert await execute(url, "SELECT version FROM schema_version") == [(CURRENT_VERSION,)]
+    # Dropped: the new index serves what it did; creating it again is what a second upgrade would do.
+    with pytest.raises(Exception, match="runs_status_queued"):
+        await execute(url, "CREATE INDEX runs_status_queued ON runs (status)")
+    await execute(url, "CREATE INDEX runs_status ON runs (status)")

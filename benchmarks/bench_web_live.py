@@ -1,0 +1,118 @@
+"""Benchmark the web page's live updates (issue 16): do 100 open pages following live runs slow
+the daemon's fires?
+
+A real ``runner daemon --http 127.0.0.1:0 --http-allow-trigger`` fires ``--tasks`` shell tasks
+(``true``) each ``schedule: {every: 1s}``, while ``--live`` runs of a task that prints a line
+every 0.1 s go on for the whole benchmark. Then, for ``--seconds``, nobody watches; then
+``--pages`` pages follow those runs as a browser showing a run's page does: each holds the
+run's event stream (``/api/v1/runs/ID/events``, read to the end of every event) and the
+corner's long poll (``/-/status``), all from one asyncio client process. The fire lateness of
+the scheduled runs (``started_at - scheduled_for``, from the store) in each window: median,
+p95, worst.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_web_live.py [--tasks 20] [--live 10] [--pages 100] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from contextlib import closing
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_http import describe_lateness, lateness, pct, stop
+from bench_web import start
+
+TOKEN = "bench-token"
+TALKER = "for i in $(seq 100000); do echo \"line $i\"; sleep 0.1; done"
+
+
+async def follow(base: str, run_id: str, until: float, counts: list[int]) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        async def events() -> None:
+            async with client.stream("GET", f"/api/v1/runs/{run_id}/events") as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("event: "):
+                        counts[0] += 1
+
+        async def corner() -> None:
+            have = ""
+            while True:
+                answer = await client.get(f"/-/status?have={have}")
+                have = answer.json()["digest"]
+                counts[1] += 1
+
+        tasks = [asyncio.create_task(events()), asyncio.create_task(corner())]
+        await asyncio.sleep(max(0.0, until - time.time()))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def pages(base: str, run_ids: list[str], count: int, seconds: float) -> list[int]:
+    counts = [0, 0]  # events read, status answers
+
+    async def main() -> None:
+        until = time.time() + seconds
+        await asyncio.gather(*(follow(base, run_ids[i % len(run_ids)], until, counts) for i in range(count)))
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),))
+    thread.start()
+    thread.join()
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=20)
+    parser.add_argument("--live", type=int, default=10)
+    parser.add_argument("--pages", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-web-live-") as tmp:
+        root = Path(tmp) / "project"
+        (root / "tasks.d").mkdir(parents=True)
+        lines = ["version: 1", "tasks:", "  talker:", f"    command: '{TALKER}'"]
+        for i in range(args.tasks):
+            lines += [f"  t{i:03d}:", "    command: 'true'", "    schedule: {every: 1s}"]
+        (root / "tasks.d" / "bench.yaml").write_text("\n".join(lines) + "\n")
+        db = root / ".runner" / "runner.db"
+        os.environ["RUNNER_HTTP_TOKEN"] = TOKEN
+        process, base = start(root, Path(tmp) / "daemon.log", "--http-allow-trigger")
+        try:
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            run_ids = [httpx.post(f"{base}/api/v1/tasks/talker/runs", headers=auth).json()["id"] for _ in range(args.live)]
+            time.sleep(3)  # past the first fires; the talkers are talking
+            t0 = time.time()
+            time.sleep(args.seconds)
+            quiet = (t0, time.time())
+            t0 = time.time()
+            events, answers = pages(base, run_ids, args.pages, args.seconds)
+            watched = (t0, time.time())
+            time.sleep(2)  # the last fires are recorded
+            with closing(sqlite3.connect(db)) as conn:
+                (running,) = conn.execute("SELECT count(*) FROM runs WHERE task = 'talker' AND status = 'running'").fetchone()
+            print(f"{args.tasks} tasks every 1s, {running} of {args.live} live runs still going at the end; {args.seconds:g} s a window")
+            base_late = lateness(db, *quiet)
+            watched_late = lateness(db, *watched)
+            print(f"  nobody watching: {describe_lateness(base_late)}")
+            print(f"  {args.pages} pages following: {describe_lateness(watched_late)}; {events} events and {answers} status answers read")
+            print(f"  p95 difference: {(pct(watched_late, 0.95) - pct(base_late, 0.95)) * 1000:+.1f} ms")
+        finally:
+            stop(process)
+
+
+if __name__ == "__main__":
+    main()
