@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from runner.http.web import graph
@@ -210,7 +210,7 @@ class TaskPage:
     durations: list[tuple[float, float, RunStatus]]
     allow_trigger: bool
     banner: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    before: str = ""  # the run this page of the history starts after ("": the newest)
 
 
 def annotation_name(tp: Any) -> str:
@@ -270,7 +270,7 @@ def task_page(data: TaskPage) -> str:
         f'<section aria-labelledby="h-graph"><h2 id="h-graph">Needs</h2>{graph_html}</section>'
         f'<section aria-labelledby="h-dur"><h2 id="h-dur">Duration</h2>{duration_chart(data.durations)}</section>'
         f'<section aria-labelledby="h-hist" id="history" data-refresh="3"><h2 id="h-hist">History</h2>{runs_table(data.history, with_task=False)}'
-        + _more(f"/tasks/{task.name}", {}, data.next_before)
+        + _more(f"/tasks/{task.name}", {"before": data.before}, data.next_before)
         + "</section>"
     )
 

@@ -256,6 +256,7 @@ class Web:
             durations=await self.daemon.store.task_durations(name, CHART),
             allow_trigger=self.options.allow_trigger,
             banner="<!--sync-->",
+            before=before,
         )
         return await self._page(name, pages.task_page(data))
 
