@@ -162,6 +162,7 @@ class Api:
         self.closing = anyio.Event()
         self.started_at = time.time()
         self.checker = Checker()
+        self.hub = events.Hub(daemon.store)
 
     def _reader(self, request: Request) -> None:
         if self.options.auth_read:
@@ -235,7 +236,7 @@ class Api:
         after = request.headers.get("last-event-id", "0").strip()
         if not after.isascii() or not after.isdigit() or len(after) > 19 or int(after) > events.MAX_EVENT_ID:
             raise Problem(400, f"Last-Event-ID must be the id of an event of this stream, not {after[:40]!r}")
-        stream = events.run_events(self.daemon.store, run_id, after=int(after), closing=self.closing)
+        stream = events.run_events(self.hub, run_id, after=int(after), closing=self.closing)
         return StreamingResponse(
             stream,
             media_type="text/event-stream",

@@ -1603,7 +1603,7 @@ class Store:
             await self._sessions.dispose()
         await self._engine.dispose()
 
-    # -- reads for the web page (runner/http/web) ---------------------------------------------
+    # -- reads for the web page and the event streams (runner/http) ----------------------------
 
     async def run_counts_since(self, since: float) -> dict[RunStatus, int]:
         """How many runs of each status were queued after ``since``: a range of ``runs_queued``.
@@ -1659,6 +1659,38 @@ class Store:
         for _queued, _id, task, last in rows:
             found[task].append(last)
         return found
+
+    async def run_statuses(self, run_ids: Sequence[str]) -> dict[str, RunStatus]:
+        """The status of each of ``run_ids`` the store holds (a pruned one is left out): one
+        read for every run the HTTP event streams follow."""
+        found: dict[str, RunStatus] = {}
+        async with self._read() as conn:
+            for start in range(0, len(run_ids), 500):
+                query = select(t.runs.c.id, t.runs.c.status).where(t.runs.c.id.in_(list(run_ids[start : start + 500])))
+                found.update((run_id, RunStatus(status)) for run_id, status in await conn.execute(query))
+        return found
+
+    async def log_lines_of(self, run_ids: Sequence[str], *, after: int, limit: int) -> list[LogEntry]:
+        """The log rows of the runs ``run_ids`` with an id above ``after``, oldest first, at
+        most ``limit`` (as ``log_lines``, for many runs at once: a seek on ``run_logs_run``
+        for each)."""
+        if not run_ids:
+            return []
+        query = (
+            select(
+                t.run_logs.c.id, t.run_logs.c.run_id, t.runs.c.task, t.run_logs.c.at,
+                t.run_logs.c.stream, t.run_logs.c.level, t.run_logs.c.message,
+            )
+            .join(t.runs, t.runs.c.id == t.run_logs.c.run_id)
+            .where(t.run_logs.c.run_id.in_(list(run_ids)), t.run_logs.c.id > after)
+            .order_by(t.run_logs.c.id)
+            .limit(limit)
+        )
+        async with self._read() as conn:
+            return [
+                LogEntry(row.id, row.run_id, row.task, row.at, row.stream, row.level or None, row.message)
+                for row in await conn.execute(query)
+            ]
 
     async def task_durations(self, task: str, limit: int) -> list[tuple[float, float, RunStatus]]:
         """(queued_at, duration, status) of ``task``'s newest ``limit`` finished runs, oldest

@@ -1,0 +1,88 @@
+"""The event streams' shared reads (runner/http/events.py ``Hub``) on a real store: streams that
+join early, late, and from a Last-Event-ID, on a run whose rows outgrow what the hub keeps, each
+get every row after their start exactly once, in order, then the final status and the end."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import anyio
+import pytest
+
+from runner.http import events
+from runner.store import Store
+from runner.store.store import RunBatch
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+
+NOW = time.time()
+
+
+def lines(run_id: str, numbers: range) -> RunBatch:
+    return RunBatch(
+        logs=[{"run_id": run_id, "at": NOW, "stream": "stdout", "level": "", "message": f"line {i}\n"} for i in numbers]
+    )
+
+
+def parse(message: str) -> dict[str, Any]:
+    fields = dict(line.split(": ", 1) for line in message.strip().splitlines())
+    return {"id": int(fields["id"]), "event": fields["event"], "data": json.loads(fields["data"])}
+
+
+async def test_streams_on_one_run_each_get_every_row_once_whenever_they_join(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events, "KEEP_ROWS", 4)  # the hub lets rows go: late streams read them themselves
+    run = {"id": "r", "task": "t", "type": "shell", "status": "running", "attempt": 1, "trigger": "api",
+           "parameters": "{}", "queued_at": NOW, "host": "h", "pid": 1}
+    other = {**run, "id": "o"}
+    await store.write_runs(RunBatch(inserts=[run, other]))
+    await store.write_runs(lines("r", range(1, 4)))
+    await store.write_runs(lines("o", range(100, 110)))  # another run's rows: never in r's streams
+    hub = events.Hub(store, interval=0.01)
+    closing = anyio.Event()
+    seen: dict[str, list[dict[str, Any]]] = {"early": [], "late": [], "resumed": []}
+
+    async def consume(name: str, after: int) -> None:
+        async for message in events.run_events(hub, "r", after=after, closing=closing, interval=0.01):
+            seen[name].append(parse(message))
+
+    def texts(name: str) -> list[str]:
+        return [e["data"]["text"] for e in seen[name] if e["event"] == "output"]
+
+    async def until(condition: Any) -> None:
+        for _ in range(500):  # 5 s at most: the streams poll every 0.01 s
+            if condition():
+                return
+            await anyio.sleep(0.01)
+        raise AssertionError(f"gave up waiting; seen {seen}")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(consume, "early", 0)
+        await until(lambda: len(texts("early")) == 3)
+        for i in range(4, 14):
+            await store.write_runs(lines("r", range(i, i + 1)))
+        await until(lambda: len(texts("early")) == 13)
+        fifth = next(e["id"] for e in seen["early"] if e["event"] == "output" and e["data"]["text"] == "line 5\n")
+        group.start_soon(consume, "late", 0)
+        group.start_soon(consume, "resumed", fifth)
+        await until(lambda: len(texts("late")) == 13 and len(texts("resumed")) == 8)
+        await store.write_runs(lines("r", range(14, 16)))
+        await store.write_runs(RunBatch(finishes=[{"id": "r", "status": "succeeded", "finished_at": NOW + 1, "stdout": "all\n"}]))
+    every = [f"line {i}\n" for i in range(1, 16)]
+    assert texts("early") == texts("late") == every
+    assert texts("resumed") == every[5:]
+    for name, stream in seen.items():
+        kinds = [e["event"] for e in stream]
+        assert kinds[0] == "status" and kinds[-2:] == ["status", "end"], name
+        assert stream[-2]["data"]["status"] == "succeeded" and stream[-2]["data"]["stdout"] == "all\n"
+        ids = [e["id"] for e in stream]
+        assert ids == sorted(ids), name
+    assert hub.followed == {}  # every stream left
+
+
+async def test_a_pruned_run_ends_its_stream_with_an_error(store: Store) -> None:
+    hub = events.Hub(store, interval=0.01)
+    got = [parse(m) async for m in events.run_events(hub, "nope", closing=anyio.Event(), interval=0.01)]
+    assert [e["event"] for e in got] == ["error"] and "gone" in got[0]["data"]["detail"]
+    assert hub.followed == {}
