@@ -42,9 +42,8 @@ async def follow(base: str, run_id: str, until: float, counts: list[int]) -> Non
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
         async def events() -> None:
             async with client.stream("GET", f"/api/v1/runs/{run_id}/events") as response:
-                async for line in response.aiter_lines():
-                    if line.startswith("event: "):
-                        counts[0] += 1
+                async for chunk in response.aiter_raw():
+                    counts[0] += chunk.count(b"\nevent: ")
 
         async def corner() -> None:
             have = ""
@@ -73,6 +72,12 @@ def pages(base: str, run_ids: list[str], count: int, seconds: float) -> list[int
     return counts
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=20)
@@ -95,20 +100,23 @@ def main() -> None:
             auth = {"Authorization": f"Bearer {TOKEN}"}
             run_ids = [httpx.post(f"{base}/api/v1/tasks/talker/runs", headers=auth).json()["id"] for _ in range(args.live)]
             time.sleep(3)  # past the first fires; the talkers are talking
-            t0 = time.time()
+            t0, cpu0 = time.time(), cpu_seconds(process.pid)
             time.sleep(args.seconds)
-            quiet = (t0, time.time())
-            t0 = time.time()
+            quiet, quiet_cpu = (t0, time.time()), cpu_seconds(process.pid) - cpu0
+            t0, cpu0 = time.time(), cpu_seconds(process.pid)
             events, answers = pages(base, run_ids, args.pages, args.seconds)
-            watched = (t0, time.time())
+            watched, watched_cpu = (t0, time.time()), cpu_seconds(process.pid) - cpu0
             time.sleep(2)  # the last fires are recorded
             with closing(sqlite3.connect(db)) as conn:
                 (running,) = conn.execute("SELECT count(*) FROM runs WHERE task = 'talker' AND status = 'running'").fetchone()
             print(f"{args.tasks} tasks every 1s, {running} of {args.live} live runs still going at the end; {args.seconds:g} s a window")
             base_late = lateness(db, *quiet)
             watched_late = lateness(db, *watched)
-            print(f"  nobody watching: {describe_lateness(base_late)}")
-            print(f"  {args.pages} pages following: {describe_lateness(watched_late)}; {events} events and {answers} status answers read")
+            print(f"  nobody watching: {describe_lateness(base_late)}; daemon CPU {quiet_cpu / args.seconds:.0%} of a core")
+            print(
+                f"  {args.pages} pages following: {describe_lateness(watched_late)}; daemon CPU "
+                f"{watched_cpu / args.seconds:.0%} of a core; {events} events and {answers} status answers read"
+            )
             print(f"  p95 difference: {(pct(watched_late, 0.95) - pct(base_late, 0.95)) * 1000:+.1f} ms")
         finally:
             stop(process)

@@ -64,6 +64,7 @@ class _Followed:
     floor: int
     rows: list[LogEntry] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)  # the rows' ids, for bisect
+    messages: list[str] = field(default_factory=list)  # the rows as events, made once for every stream
     status: RunStatus | None = None
     gone: bool = False  # not in the store at the last read (pruned)
     runs: dict[RunStatus, dict[str, Any]] = field(default_factory=dict)  # the run as JSON, per status
@@ -116,6 +117,7 @@ class Hub:
                     followed = self.followed[row.run_id]
                     followed.rows.append(row)
                     followed.ids.append(row.id)
+                    followed.messages.append(_row(row))
                 if rows:
                     self._after = rows[-1].id
                 if len(rows) < _PAGE:
@@ -124,7 +126,7 @@ class Hub:
                 if len(followed.rows) > KEEP_ROWS:
                     cut = len(followed.rows) - KEEP_ROWS
                     followed.floor = followed.ids[cut - 1]
-                    del followed.rows[:cut], followed.ids[:cut]
+                    del followed.rows[:cut], followed.ids[:cut], followed.messages[:cut]
             self._read_at = anyio.current_time()
 
     async def run_json(self, run_id: str, followed: _Followed, status: RunStatus) -> dict[str, Any]:
@@ -168,9 +170,10 @@ async def run_events(
                         continue
                 after = max(after, followed.floor)
             start = bisect.bisect_right(followed.ids, after)
-            for row in followed.rows[start:]:
-                yield _row(row)
-                after = row.id
+            if start < len(followed.ids):
+                # One chunk for all the new rows: a write to the socket each costs more than the event.
+                yield "".join(followed.messages[start:])
+                after = followed.ids[-1]
                 quiet_since = anyio.current_time()
             if status not in _UNFINISHED:
                 yield message("status", await hub.run_json(run_id, followed, status), after)

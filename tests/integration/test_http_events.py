@@ -44,8 +44,8 @@ async def test_streams_on_one_run_each_get_every_row_once_whenever_they_join(sto
     seen: dict[str, list[dict[str, Any]]] = {"early": [], "late": [], "resumed": []}
 
     async def consume(name: str, after: int) -> None:
-        async for message in events.run_events(hub, "r", after=after, closing=closing, interval=0.01):
-            seen[name].append(parse(message))
+        async for chunk in events.run_events(hub, "r", after=after, closing=closing, interval=0.01):
+            seen[name].extend(parse(message) for message in chunk.split("\n\n") if message.strip())
 
     def texts(name: str) -> list[str]:
         return [e["data"]["text"] for e in seen[name] if e["event"] == "output"]
