@@ -151,6 +151,10 @@ class Web:
         at, queued = self._queued
         store_ok = True
         if time.monotonic() - at > QUEUE_EVERY:
+            # Marked fresh before the read: the other pages waiting meanwhile show the last
+            # count instead of all reading at once (a hundred reads every 2 s took the store's
+            # connections from the daemon's own writes).
+            self._queued = (time.monotonic(), queued)
             try:
                 queued = await self.daemon.store.queued_count()
             except StoreError:
@@ -216,6 +220,7 @@ class Web:
         last = await self.daemon.store.recent_statuses([task.name for task in shown], STRIP)
         at, counts = self._counts
         if time.monotonic() - at > QUEUE_EVERY:
+            self._counts = (time.monotonic(), counts)  # as the queue's count above
             counts = await self.daemon.store.run_counts_since(time.time() - 86400)
             self._counts = (time.monotonic(), counts)
         rows = [
