@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sqlite3
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from contextlib import closing
 from pathlib import Path
 
@@ -127,6 +129,19 @@ def main() -> None:
                 f"{watched_cpu / args.seconds:.0%} of a core; {events} events and {answers} status answers read"
             )
             print(f"  p95 difference: {(pct(watched_late, 0.95) - pct(base_late, 0.95)) * 1000:+.1f} ms")
+            with closing(sqlite3.connect(db)) as conn:
+                rows = conn.execute(
+                    "SELECT scheduled_for, started_at - scheduled_for FROM runs WHERE scheduled_for >= ? AND scheduled_for < ?"
+                    " AND started_at IS NOT NULL", watched,
+                ).fetchall()
+            worst: dict[int, float] = {}
+            for at, late in rows:
+                second = int(at - watched[0])
+                worst[second] = max(worst.get(second, 0.0), late)
+            print("  the worst fire of each second while watched (ms):", " ".join(f"{worst[k] * 1000:.0f}" for k in sorted(worst)))
+            logged = [json.loads(line) for line in (Path(tmp) / "daemon.log").read_text().splitlines() if line.startswith("{")]
+            trouble = Counter(entry.get("event") or entry["message"][:80] for entry in logged if entry["level"] in ("warning", "error"))
+            print(f"  warnings and errors the daemon logged: {dict(trouble) or 'none'}")
         finally:
             stop(process)
 
