@@ -99,7 +99,6 @@ def test_a_run_triggered_from_the_form_streams_and_then_succeeds_without_a_reloa
     driver.execute_script("window.notReloaded = true")
     driver.switch_to.new_window("tab")  # the runs list stays open in the first tab
     driver.get(served.base + "/tasks/slow")
-    browser.screenshot("web-task")
     browser.check_page(served.base)
     who = driver.find_element(By.CSS_SELECTOR, "#trigger input[name=who]")
     who.clear()
@@ -126,6 +125,11 @@ def test_a_run_triggered_from_the_form_streams_and_then_succeeds_without_a_reloa
     poll(lambda: run_id[-8:] in text_of(browser, "#runs tbody"), within=5, what="the new run in the open runs list")
     poll(lambda: "succeeded" in text_of(browser, f"#runs tr:has(a[href='/runs/{run_id}'])"), within=5, what="its status")
     assert driver.execute_script("return window.notReloaded") is True
+    browser.check_page(served.base)
+
+    driver.get(served.base + "/tasks/slow")  # its history and duration chart now have the run
+    assert run_id[-8:] in text_of(browser, "#history") and "last 1 run ·" in text_of(browser, ".chart")
+    browser.screenshot("web-task")
     browser.check_page(served.base)
 
 

@@ -303,7 +303,7 @@ def duration_chart(points: Sequence[tuple[float, float, RunStatus]]) -> str:
         return '<p class="muted">No finished run yet.</p>'
     width, height, gap = 600, 80, 1
     top = max(d for _, d, _ in points) or 1.0
-    bar = width / len(points)
+    bar = width / max(len(points), 30)  # a few runs are a few bars, not a wall
     bars = "".join(
         f'<rect class="s-{_kind(status)}" x="{i * bar:.1f}" y="{height - max(1.0, d / top * height):.1f}" '
         f'width="{max(1.0, bar - gap):.1f}" height="{max(1.0, d / top * height):.1f}"><title>{duration(d)}, {esc(status.value)}</title></rect>'
@@ -314,7 +314,7 @@ def duration_chart(points: Sequence[tuple[float, float, RunStatus]]) -> str:
     return (
         f'<figure class="chart"><svg viewBox="0 0 {width} {height}" preserveAspectRatio="none" role="img" '
         f'aria-label="Durations of the last {len(points)} runs">{bars}</svg>'
-        f"<figcaption>last {len(points)} runs · median {duration(median)} · longest {duration(top)}</figcaption></figure>"
+        f"<figcaption>last {len(points)} run{'s' if len(points) > 1 else ''} · median {duration(median)} · longest {duration(top)}</figcaption></figure>"
     )
 
 
