@@ -142,6 +142,9 @@ def main() -> None:
             logged = [json.loads(line) for line in (Path(tmp) / "daemon.log").read_text().splitlines() if line.startswith("{")]
             trouble = Counter(entry.get("event") or entry["message"][:80] for entry in logged if entry["level"] in ("warning", "error"))
             print(f"  warnings and errors the daemon logged: {dict(trouble) or 'none'}")
+            for entry in logged:
+                if entry["level"] == "error":
+                    print(json.dumps(entry)[:4000])
         finally:
             stop(process)
 

@@ -104,24 +104,29 @@ class Hub:
 
     async def refresh(self) -> None:
         async with self._lock:
-            if anyio.current_time() - self._read_at < self.interval / 2 or self._after is None:
+            after = self._after
+            if anyio.current_time() - self._read_at < self.interval / 2 or after is None:
                 return
+            # A stream may leave while this reads (leaving takes no lock): its run's rows are
+            # then dropped, and the hub forgets where it was once nobody follows anything.
             ids = list(self.followed)
             statuses = await self.store.run_statuses(ids)
             for run_id, followed in self.followed.items():
                 followed.status = statuses.get(run_id)
                 followed.gone = followed.status is None
             while True:
-                rows = await self.store.log_lines_of(ids, after=self._after, limit=_PAGE)
+                rows = await self.store.log_lines_of(ids, after=after, limit=_PAGE)
                 for row in rows:
-                    followed = self.followed[row.run_id]
-                    followed.rows.append(row)
-                    followed.ids.append(row.id)
-                    followed.messages.append(_row(row))
+                    reader = self.followed.get(row.run_id)
+                    if reader is not None:
+                        reader.rows.append(row)
+                        reader.ids.append(row.id)
+                        reader.messages.append(_row(row))
                 if rows:
-                    self._after = rows[-1].id
+                    after = rows[-1].id
                 if len(rows) < _PAGE:
                     break
+            self._after = after if self.followed else None
             for followed in self.followed.values():
                 if len(followed.rows) > KEEP_ROWS:
                     cut = len(followed.rows) - KEEP_ROWS

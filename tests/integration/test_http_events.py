@@ -86,3 +86,31 @@ async def test_a_pruned_run_ends_its_stream_with_an_error(store: Store) -> None:
     got = [parse(m) async for m in events.run_events(hub, "nope", closing=anyio.Event(), interval=0.01)]
     assert [e["event"] for e in got] == ["error"] and "gone" in got[0]["data"]["detail"]
     assert hub.followed == {}
+
+
+async def test_a_stream_leaving_while_the_hub_reads_leaves_the_others_reading(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = {"task": "t", "type": "shell", "status": "running", "attempt": 1, "trigger": "api",
+           "parameters": "{}", "queued_at": NOW, "host": "h", "pid": 1}
+    await store.write_runs(RunBatch(inserts=[{**run, "id": "a"}, {**run, "id": "b"}]))
+    hub = events.Hub(store, interval=0.01)
+    await hub.join("a")
+    await hub.join("b")
+    await store.write_runs(lines("a", range(1, 3)))
+    await store.write_runs(lines("b", range(1, 3)))
+    # The race made sure of: the hub is between its two reads when b's only stream goes.
+    reading, go_on = anyio.Event(), anyio.Event()
+    statuses = store.run_statuses
+
+    async def held(run_ids: Any) -> Any:
+        reading.set()
+        await go_on.wait()
+        return await statuses(run_ids)
+
+    monkeypatch.setattr(store, "run_statuses", held)
+    async with anyio.create_task_group() as group:
+        group.start_soon(hub.refresh)
+        await reading.wait()
+        hub.leave("b")
+        go_on.set()
+    assert list(hub.followed) == ["a"]
+    assert [row.message for row in hub.followed["a"].rows] == ["line 1\n", "line 2\n"]
