@@ -53,6 +53,7 @@ def test_every_page_is_whole_without_javascript(site: tuple[Api, Cli]) -> None:
         row = re.search(rf'<tr><th scope="row"><a href="/tasks/{name}">{name}</a></th>(.*?)</tr>', overview)
         assert row is not None and f">{state}<" in row.group(1), name
     assert "tasks.d/a.yaml:7" in overview
+    assert re.search(r"task files synced <time datetime=", overview)
     assert '<span class="vh">succeeded</span>' in overview  # the strip says it in words too
     assert re.search(r"<script(?![^>]*\bsrc=)", overview) is None  # no inline script
     assert " style=" not in overview

@@ -109,6 +109,7 @@ class Overview:
     tags: list[str]
     filters: dict[str, str]
     banner: str
+    synced_at: float | None = None  # the last sync of the task files that succeeded
 
 
 def _strip(last: list[LastRun]) -> str:
@@ -165,7 +166,7 @@ def overview(data: Overview) -> str:
     return (
         f"{data.banner}"
         '<div class="summary"><h1>Tasks</h1>'
-        f'<p class="muted">{states}</p>'
+        f'<p class="muted">{states} · task files synced {when(data.synced_at, empty="never")}</p>'
         f'<section aria-label="Runs in the last 24 hours" class="counts"><h2>Last 24 h</h2><ul>{counts}</ul></section></div>'
         f"{form}"
         f'<div id="tasks" data-refresh="5"><table class="grid"><caption class="vh">Tasks</caption>'

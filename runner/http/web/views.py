@@ -229,7 +229,10 @@ class Web:
         ]
         filters = {k: v for k, v in (("q", _query(request, "q")), ("tag", tag), ("state", state)) if v}
         body = pages.overview(
-            pages.Overview(rows, len(matching), offset, TASKS_PER_PAGE, counts, states, tags, filters, "<!--sync-->")
+            pages.Overview(
+                rows, len(matching), offset, TASKS_PER_PAGE, counts, states, tags, filters, "<!--sync-->",
+                self.daemon.sync_state.last_ok_at,
+            )
         )
         return await self._page("Tasks", body, "tasks")
 
