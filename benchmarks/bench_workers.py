@@ -131,7 +131,7 @@ def install_lock_timing(unlocked: bool = False) -> None:
     from sqlalchemy.pool import Pool
 
     from runner.errors import StoreError
-    from runner.store.store import Store
+    from runner.store import Store
 
     event.listen(Pool, "connect", lambda *_: CONNECTS.append(time.time()))
     original_write = Store._write

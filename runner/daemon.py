@@ -28,13 +28,20 @@ from runner import leader, log, registry
 from runner.engine import Engine, Workflow
 from runner.errors import ParameterError, RunnerError, StoreError, StoreFileChanged, TaskNotRunnable
 from runner.models import RunStatus, Schedule, TaskType, iso
-from runner.processes import HOST, PID, PID_STARTED, process_is_alive
+from runner.processes import HOST, PID, PID_STARTED, kill_orphaned_groups, process_is_alive
 from runner.records import Fire, QueuedRun, RunEnd, RunError, next_attempt
 from runner.revision import Revision, project_revision
 from runner.schedule import next_fire
 from runner.spec import ParseCache
-from runner.store import Store
-from runner.store.store import FILE_CHECK_EVERY, Lease, LeaseHeld, ScheduleState, Trigger
+from runner.store import (
+    FILE_CHECK_EVERY,
+    Interrupted,
+    Lease,
+    LeaseHeld,
+    ScheduleState,
+    Store,
+    Trigger,
+)
 
 LEASE = "daemon"
 DEFAULT_GRACE = 30.0
@@ -191,7 +198,7 @@ class Daemon:
                 await self.store.release_lease(LEASE, host=HOST, pid=PID)
 
     async def _serve(self, previous: Lease | None) -> None:
-        _log_interrupted(await self.store.mark_interrupted(HOST, process_is_alive))
+        _settle_interrupted(await self.store.mark_interrupted(HOST, process_is_alive))
         await self._sync(None)
         if not self._stop.is_set():
             await self._run_engine(previous)
@@ -438,7 +445,7 @@ class Daemon:
             if any(host != HOST or process_is_alive(pid, started) for host, pid, started in runs)
         }
         if set(unfinished) - busy:  # runs of dead processes only: say so now, not at the next sweep
-            _log_interrupted(await self.store.mark_interrupted(HOST, process_is_alive))
+            _settle_interrupted(await self.store.mark_interrupted(HOST, process_is_alive))
         return busy
 
     # -- triggers --------------------------------------------------------------------------
@@ -539,7 +546,7 @@ class Daemon:
                     if not await self.store.renew_lease(LEASE, host=HOST, pid=PID):
                         raise DaemonRunning("another daemon took over this store's lease; stopping")
                     last_renewal = time.monotonic()
-                _log_interrupted(await self.store.mark_interrupted(HOST, process_is_alive))
+                _settle_interrupted(await self.store.mark_interrupted(HOST, process_is_alive))
             except StoreError as exc:
                 await _store_trouble(exc)
             await anyio.sleep(SWEEP_EVERY)
@@ -715,10 +722,12 @@ async def end_leftover_tasks(within: float = 1.0) -> None:
         os._exit(0)
 
 
-def _log_interrupted(run_ids: list[str]) -> None:
-    """One ``run_interrupted`` per run marked, at start as in the sweep, so a log shipper sees
-    every interrupted run (a restarted daemon's own predecessor's too)."""
-    for run_id in run_ids:
+def _settle_interrupted(interrupted: Interrupted) -> None:
+    """Kill what the runs marked interrupted left running, and log one ``run_interrupted`` per
+    run, at start as in the sweep, so a log shipper sees every interrupted run (a restarted
+    daemon's own predecessor's too)."""
+    kill_orphaned_groups(interrupted.groups)
+    for run_id in interrupted.run_ids:
         log.logger.warning(
             f"run {run_id} interrupted: the process running it died",
             extra={"event": "run_interrupted", "run_id": run_id},

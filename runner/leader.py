@@ -47,8 +47,7 @@ from runner import log
 from runner.errors import RunnerError, StoreError
 from runner.models import iso
 from runner.processes import HOST, PID
-from runner.store import Store
-from runner.store.store import PG_WRITE_LOCK, Lease
+from runner.store import PG_WRITE_LOCK, Lease, Store
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection

@@ -225,3 +225,15 @@ class Written:
 
     lost_fires: list[str] = field(default_factory=list)  # tasks whose fire another daemon took
     dropped_retries: list[str] = field(default_factory=list)  # retries of ends not written
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who holds a named lease (the daemon's), since when, and when it last said it was alive."""
+
+    name: str
+    host: str
+    pid: int
+    pid_started: float | None
+    acquired_at: float
+    heartbeat_at: float
