@@ -113,7 +113,7 @@ LOCK_RECORDS: list[tuple[str, int, float, float, float]] = []
 CONNECTS: list[float] = []
 _WRAPPED = (
     "claim_runs", "finish_queued", "mark_interrupted", "recover_job", "cancel_job", "sync_tasks",
-    "ensure_queue", "_prepare", "save_schedule_states", "acquire_lease", "renew_lease", "prune_runs",
+    "ensure_queue", "migrate", "save_schedule_states", "acquire_lease", "renew_lease", "prune_runs",
 )
 
 

@@ -54,7 +54,7 @@ MIGRATIONS: list[Callable[[Any], None]] = [
 class Migrations(StoreBase):
     """Brings the store's schema to ``CURRENT_VERSION`` when it is opened."""
 
-    async def _prepare(self) -> None:
+    async def migrate(self) -> None:
         """Create the schema on a new store, upgrade an older one, refuse a newer one."""
         version = await self._version()
         if version == CURRENT_VERSION:

@@ -85,7 +85,7 @@ async def open_store(db: str | Path, *, sweep: bool = True) -> AsyncIterator[Sto
         configure_sqlite(engine, read_only=read_only is not None)
     store = Store(engine, url, read_only=read_only)
     try:
-        await store._prepare()
+        await store.migrate()
         store.watch_file()
         if sweep:
             kill_orphaned_groups((await store.mark_interrupted(HOST, process_is_alive)).groups)
