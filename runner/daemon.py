@@ -373,8 +373,7 @@ class Daemon:
             name, state.schedule, state.anchor, next_fire(schedule, now, anchor=state.anchor), state.next_fire_at
         )
         self.states[name] = advanced
-        assert advanced.last_fire_at is not None
-        fires = [Fire(name, advanced.next_fire_at, advanced.last_fire_at)]
+        fires = [Fire(name, advanced.next_fire_at, state.next_fire_at)]
         try:
             # Shielded: a stop that comes while the fire is being committed must not leave its
             # runs queued but never started.
