@@ -143,6 +143,11 @@ class StoreBase:
                 raise StoreError(f"cannot write the store at {self.url}: {exc.orig}") from exc
 
     @property
+    def postgres(self) -> bool:
+        """Whether the store is a PostgreSQL database (else a SQLite file)."""
+        return self._postgres
+
+    @property
     def where(self) -> str:
         """The store as messages name it: a SQLite store's file, or its URL (no password)."""
         return str(self.path) if self.path is not None else self.url
