@@ -17,16 +17,15 @@ import click
 
 from runner import log
 from runner.errors import (
-    ParameterError,
     Problem,
     ProjectError,
     RunnerError,
-    RunNotFound,
     TaskNotRunnable,
+    refusal,
 )
 from runner.models import RunStatus
 
-EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_NOT_RUNNABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE = 0, 1, 2  # and 3: RunnerError.exit_code
 
 T = TypeVar("T")
 
@@ -124,13 +123,9 @@ class _Group(click.Group):
                 raise _sole_error(group) from group
         except ProjectError as exc:
             _print_problems(exc.problems, ctx.obj.project if isinstance(ctx.obj, Settings) else Path.cwd())
-            _fail(f"{len(exc.problems)} problem(s) in the task files; nothing was changed", EXIT_USAGE)
-        except ParameterError as exc:
-            _fail(str(exc), EXIT_USAGE)
-        except (TaskNotRunnable, RunNotFound) as exc:
-            _fail(str(exc), EXIT_NOT_RUNNABLE)
+            _fail(f"{len(exc.problems)} problem(s) in the task files; nothing was changed", exc.exit_code)
         except RunnerError as exc:
-            _fail(str(exc), EXIT_USAGE)
+            _fail(str(exc), exc.exit_code)
 
 
 def _sole_error(group: BaseExceptionGroup[Any]) -> BaseException:
@@ -395,8 +390,9 @@ def _exit_with_runs(runs: list[Any], *, as_json: bool, stopped_by: int | None = 
     """Print the runs of a workflow that ran elsewhere (the target's last) as `runner run`
     does, and exit as it does."""
     target = runs[-1]
-    if target.error and target.error.get("type") in ("TaskNotRunnable", "ParameterError"):
-        _fail(target.error["message"], EXIT_NOT_RUNNABLE if target.error["type"] == "TaskNotRunnable" else EXIT_USAGE)
+    refused = refusal(target.error.get("type")) if target.error else None
+    if refused is not None:
+        _fail(target.error["message"], refused.exit_code)
     if as_json:
         for run_ in runs:
             click.echo(json.dumps(run_.to_json()))

@@ -34,18 +34,25 @@ from anyio.abc import TaskGroup
 from runner import inject, registry
 from runner.capture import RunOutput, captured, installed
 from runner.context import RunContext, Upstream, current_run
-from runner.errors import ParameterError, RecordRefused, RunnerError, RunNotFound, TaskNotRunnable
+from runner.errors import (
+    ParameterError,
+    RecordRefused,
+    RunnerError,
+    RunNotFound,
+    SecretUnavailable,
+    ShellStartError,
+    TaskNotRunnable,
+)
 from runner.executors.python import PythonOutcome, call_python
 from runner.executors.shell import (
     DEFAULT_KILL_GRACE,
     DEFAULT_OUTPUT_CAP,
-    ShellStartError,
     run_shell,
 )
 from runner.graph import upstream_order
 from runner.inputs import parameter_problems
 from runner.jsonsafe import json_safe
-from runner.masking import Masker, SecretUnavailable, readable_secrets, resolve_env
+from runner.masking import Masker, readable_secrets, resolve_env
 from runner.models import (
     LogLine,
     Run,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import registry
-from runner.errors import CallableNotFound, Problem
+from runner.errors import CallableNotFound, Problem, SignatureError
 from runner.models import TaskSpec, TaskType
 from runner.spec import Declared, load_tasks
 from runner.sync import Wanted
@@ -93,7 +93,7 @@ def load_project(root: Path, declared: Declared | None = None) -> Project:
 
 def check_callable(spec: TaskSpec, declared: Declared) -> CallableFinding | None:
     """None if ``spec``'s callable resolves and its parameters fit; otherwise what is wrong."""
-    from runner.signature import SignatureError, check_parameters
+    from runner.signature import check_parameters
 
     reference = spec.callable or ""
     try:

@@ -13,7 +13,7 @@ import uvicorn
 from anyio.abc import TaskStatus
 
 from runner import log
-from runner.errors import RunnerError
+from runner.errors import HttpError
 from runner.http.app import build_app
 from runner.http.limits import BACKLOG, IDLE_TIMEOUT, Guard, connection_cap, protocol
 
@@ -22,10 +22,6 @@ if TYPE_CHECKING:
 
 SHUTDOWN_GRACE = 2.0
 """Seconds open requests get to finish when the daemon stops (event streams end at once)."""
-
-
-class HttpError(RunnerError):
-    """The HTTP API cannot listen where it was told to."""
 
 
 class _Server(uvicorn.Server):
