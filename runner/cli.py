@@ -217,7 +217,7 @@ def init(settings: Settings, directory: Path | None) -> None:
 @main.command()
 def schema() -> None:
     """Print the JSON Schema of task files (the file runner carries, byte for byte)."""
-    from runner.spec import schema_file
+    from runner.schema import schema_file
 
     sys.stdout.buffer.write(schema_file().read_bytes())
 
@@ -305,7 +305,7 @@ def _relative(at: float, now: float) -> str:
 
 
 def _parse_parameter(text: str) -> tuple[str, Any]:
-    from runner.inputs import parse_override
+    from runner.taskfile import parse_override
 
     try:
         return parse_override(text)

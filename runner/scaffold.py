@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner.errors import ProjectExists
-from runner.spec import schema_file
+from runner.schema import schema_file
 
 TASKS = """\
 # yaml-language-server: $schema=../schemas/tasks.schema.json

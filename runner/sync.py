@@ -215,7 +215,7 @@ def _runner_mark() -> str:
     import hashlib
 
     from runner import __version__
-    from runner.spec import load_schema
+    from runner.schema import load_schema
 
     schema = json.dumps(load_schema(), sort_keys=True).encode()
     return f"{__version__} {hashlib.sha256(schema).hexdigest()[:16]}"
