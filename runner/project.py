@@ -18,7 +18,7 @@ from runner import registry
 from runner.errors import CallableNotFound, Problem, SignatureError
 from runner.models import TaskSpec, TaskType
 from runner.spec import Declared, load_tasks
-from runner.sync import Wanted
+from runner.syncplan import Wanted
 
 
 @dataclass(frozen=True)

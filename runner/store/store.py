@@ -53,7 +53,7 @@ from runner.models import (
 from runner.processes import HOST, PID, PID_STARTED, kill_orphaned_group, process_is_alive
 from runner.store import _tables as t
 from runner.store._sessions import TaskSessions
-from runner.sync import SyncPlan
+from runner.syncplan import SyncPlan
 
 CURRENT_VERSION = 5
 

@@ -23,7 +23,7 @@ from runner.errors import RunNotFound, StoreVersionError
 from runner.models import RunStatus, Source, TaskSpec, TaskType
 from runner.store import CURRENT_VERSION, Store, open_store
 from runner.store.store import Lease, LeaseHeld, RunBatch, ScheduleState, Trigger
-from runner.sync import Wanted, plan
+from runner.syncplan import Wanted, plan
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -393,7 +393,7 @@ WORKER = textwrap.dedent(
     import anyio
     from runner.models import Source, TaskSpec, TaskType
     from runner.store import open_store
-    from runner.sync import Wanted, plan
+    from runner.syncplan import Wanted, plan
 
     db, me, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 

@@ -22,7 +22,7 @@ from runner.errors import StoreError, StoreVersionError
 from runner.models import Source, TaskSpec, TaskType
 from runner.store import CURRENT_VERSION, open_store
 from runner.store import store as store_module
-from runner.sync import Wanted, plan
+from runner.syncplan import Wanted, plan
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -230,7 +230,7 @@ WORKER = textwrap.dedent(
     import anyio
     from runner.models import Source, TaskSpec, TaskType
     from runner.store import open_store
-    from runner.sync import Wanted, plan
+    from runner.syncplan import Wanted, plan
 
     db, me, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 
