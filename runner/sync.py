@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner import __version__, log
+from runner import log
+from runner._version import __version__
 from runner.errors import ProjectError
 from runner.models import StoredTask, TaskType
 from runner.project import Project, load_project
