@@ -1,10 +1,12 @@
 """runner: declarative tasks in git, run by an anyio engine, recorded in a store.
 
 The public API is what ``__all__`` lists, and ``runner.testing`` for testing your own tasks;
-everything else is private and may change. ``import runner`` stays light (no anyio, SQLAlchemy
-or jsonschema): ``Engine``, which needs them, is imported when first asked for.
+everything else is private and may change. ``import runner`` stays light, as plugins import
+it and ``runner validate`` imports every plugin: ``Engine`` (anyio, SQLAlchemy), ``Run`` and
+``RunStatus`` are imported when first asked for.
 """
 
+import importlib as _importlib
 import typing as _typing
 
 from runner._version import __version__ as __version__
@@ -12,11 +14,11 @@ from runner.context import RunContext, Upstream, current_run
 from runner.errors import NoUpstreamResult, RunnerError
 from runner.history import History
 from runner.inject import register_injectable
-from runner.models import Run, RunStatus
 from runner.registry import task
 
 if _typing.TYPE_CHECKING:
     from runner.engine import Engine
+    from runner.models import Run, RunStatus
 
 __all__ = [
     "Engine",
@@ -33,10 +35,12 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> _typing.Any:
-    if name == "Engine":
-        from runner.engine import Engine  # lazy, for start-up time (anyio, SQLAlchemy)
+_LAZY = {"Engine": "runner.engine", "Run": "runner.models", "RunStatus": "runner.models"}
 
-        globals()["Engine"] = Engine
-        return Engine
-    raise AttributeError(f"module 'runner' has no attribute {name!r}")
+
+def __getattr__(name: str) -> _typing.Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'runner' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -85,7 +85,8 @@ def schema() -> None:
 @click.pass_obj
 def sync(settings: Settings, dry_run: bool, as_json: bool) -> None:
     """Reconcile the store with the task files (the files win)."""
-    from runner.store import open_store  # lazy, for start-up time (SQLAlchemy)
+    # lazy, for start-up time (SQLAlchemy)
+    from runner.store import open_store
     from runner.sync import sync_project
 
     async def reconcile() -> Any:
@@ -113,7 +114,8 @@ def sync(settings: Settings, dry_run: bool, as_json: bool) -> None:
 @click.pass_obj
 def list_(settings: Settings, state: str | None, include_removed: bool, as_json: bool) -> None:
     """Tasks in the store: their state, schedule and next fire time, and their last run."""
-    from runner.overview import task_overviews  # lazy, for start-up time (SQLAlchemy)
+    # lazy, for start-up time (SQLAlchemy)
+    from runner.overview import task_overviews
     from runner.store import open_store
 
     now = time.time()

@@ -106,7 +106,8 @@ def logs(settings: Settings, run_id: str | None, task_name: str | None, follow: 
     with NAME's later runs, until SIGINT/SIGTERM (then exits 0). Exits 3 if there is no such
     run, or NAME has none.
     """
-    from runner.follow import follow_logs  # lazy, for start-up time (SQLAlchemy)
+    # lazy, for start-up time (SQLAlchemy)
+    from runner.follow import follow_logs
     from runner.store import open_store
 
     if (run_id is None) == (task_name is None):

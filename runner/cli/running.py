@@ -48,7 +48,8 @@ def run(
     unfinished run is recorded cancelled).
     """
     overrides = dict(parse_parameter(p) for p in params)  # refused before the heavy imports
-    from runner.oneshot import run_once  # lazy, for start-up time (SQLAlchemy)
+    # lazy, for start-up time (SQLAlchemy)
+    from runner.oneshot import run_once
     from runner.progress import Reporter
     from runner.store import open_store
 
@@ -78,7 +79,8 @@ def run(
 
 
 def _run_remote(settings: Settings, name: str, overrides: dict[str, Any], *, with_needs: bool, as_json: bool) -> NoReturn:
-    from runner.remote import send, send_and_wait  # lazy, for start-up time (SQLAlchemy)
+    # lazy, for start-up time (SQLAlchemy)
+    from runner.remote import send, send_and_wait
     from runner.store import open_store
     from runner.sync import sync_project
 
@@ -119,7 +121,8 @@ def trigger(
     With --wait, exits 0 when every run succeeded and 1 when one did not.
     """
     overrides = dict(parse_parameter(p) for p in params)  # refused before the heavy imports
-    from runner.daemon import describe_holder, request_run  # lazy, for start-up time (SQLAlchemy)
+    # lazy, for start-up time (SQLAlchemy)
+    from runner.daemon import describe_holder, request_run
     from runner.engine import checked_parameters, runnable
     from runner.follow import wait_for
     from runner.remote import send

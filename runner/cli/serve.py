@@ -151,7 +151,8 @@ def worker(settings: Settings, concurrency: int, queues: tuple[str, ...], grace:
     are imported from this machine's plugins/. On the first signal it takes no more runs and
     lets running ones finish within --grace, then cancels them and exits 0.
     """
-    from runner.daemon import end_leftover_tasks  # lazy, for start-up time (SQLAlchemy)
+    # lazy, for start-up time (SQLAlchemy)
+    from runner.daemon import end_leftover_tasks
     from runner.remote import Worker
     from runner.store import open_store
 
