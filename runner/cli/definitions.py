@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -61,7 +60,10 @@ def init(settings: Settings, directory: Path | None) -> None:
 
     Overwrites nothing: if any of these files exists, writes none and exits 2, naming them.
     """
-    from runner.scaffold import init_project  # lazy, for start-up time
+    # lazy, for start-up time
+    import shlex
+
+    from runner.scaffold import init_project
 
     root = (directory or settings.project).resolve()
     written = init_project(root)

@@ -3,11 +3,9 @@ worker (runs off a PostgreSQL store's queue)."""
 
 from __future__ import annotations
 
-import faulthandler
 import importlib.util
 import logging
 import os
-import signal
 from typing import Any
 
 import click
@@ -126,6 +124,9 @@ def daemon(
         async with open_store(settings.store_location, sweep=False) as store:
             await Daemon(settings.project, store, options).run()
         await end_leftover_tasks()
+
+    import faulthandler  # lazy, for start-up time
+    import signal
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: where it is stuck
     run_async(serve)
