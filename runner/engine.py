@@ -34,18 +34,26 @@ from anyio.abc import TaskGroup
 from runner import inject, registry
 from runner.capture import RunOutput, captured, installed
 from runner.context import RunContext, Upstream, current_run
-from runner.errors import ParameterError, RecordRefused, RunnerError, RunNotFound, TaskNotRunnable
+from runner.errors import (
+    ParameterError,
+    RecordRefused,
+    RunnerError,
+    RunNotFound,
+    SecretUnavailable,
+    ShellStartError,
+    TaskNotRunnable,
+)
 from runner.executors.python import PythonOutcome, call_python
 from runner.executors.shell import (
     DEFAULT_KILL_GRACE,
     DEFAULT_OUTPUT_CAP,
-    ShellStartError,
     run_shell,
 )
 from runner.graph import upstream_order
+from runner.history import History
 from runner.inputs import parameter_problems
 from runner.jsonsafe import json_safe
-from runner.masking import Masker, SecretUnavailable, readable_secrets, resolve_env
+from runner.masking import Masker, readable_secrets, resolve_env
 from runner.models import (
     LogLine,
     Run,
@@ -84,9 +92,13 @@ class InjectionScope:
     """What injection providers may draw on for one run."""
 
     context: RunContext
-    store: Store
+    store: Store  # for the task's session; a task reads the store through ``history``
     engine: Engine
     upstream: Upstream
+
+    @property
+    def history(self) -> History:
+        return History(self.store)
 
 
 @asynccontextmanager
@@ -108,7 +120,7 @@ async def _task_session(scope: InjectionScope) -> Any:
 inject.set_provider(inject.RUN_CONTEXT, lambda scope: scope.context)
 inject.set_provider(inject.UPSTREAM, lambda scope: scope.upstream)
 inject.set_provider(inject.ASYNC_SESSION, _task_session)
-inject.set_provider(inject.STORE, lambda scope: scope.store)
+inject.set_provider(inject.HISTORY, lambda scope: scope.history)
 inject.set_provider(inject.ENGINE, lambda scope: scope.engine)
 
 

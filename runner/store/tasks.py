@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from runner.models import Source, StoredTask, TaskSpec, TaskType
 from runner.store import _tables as t
 from runner.store.connection import StoreBase
-from runner.sync import SyncPlan
+from runner.syncplan import SyncPlan
 
 
 class TaskStore(StoreBase):

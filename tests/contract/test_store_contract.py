@@ -32,7 +32,7 @@ from runner.store import (
     Trigger,
     open_store,
 )
-from runner.sync import Wanted, plan
+from runner.syncplan import Wanted, plan
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -403,7 +403,7 @@ WORKER = textwrap.dedent(
     import anyio
     from runner.models import Source, TaskSpec, TaskType
     from runner.store import open_store
-    from runner.sync import Wanted, plan
+    from runner.syncplan import Wanted, plan
 
     db, me, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 

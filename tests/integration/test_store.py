@@ -21,7 +21,7 @@ from conftest import ProjectDir, cli_env
 from runner.errors import StoreError, StoreVersionError
 from runner.models import Source, TaskSpec, TaskType
 from runner.store import CURRENT_VERSION, migrations, open_store
-from runner.sync import Wanted, plan
+from runner.syncplan import Wanted, plan
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -229,7 +229,7 @@ WORKER = textwrap.dedent(
     import anyio
     from runner.models import Source, TaskSpec, TaskType
     from runner.store import open_store
-    from runner.sync import Wanted, plan
+    from runner.syncplan import Wanted, plan
 
     db, me, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 
