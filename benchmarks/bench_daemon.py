@@ -384,16 +384,17 @@ def measure_reloads(
 # -- where a reload's time goes (in process) ------------------------------------------------------
 
 # Runner's functions on the reload path, wrapped with a timer (those that exist are timed).
+# Each is wrapped where its caller looks it up (sync_project calls `runner.sync.load_project`).
 PHASES = [
     ("runner.daemon", "Daemon", "_sync", "the whole reload (Daemon._sync)"),
     ("runner.spec", None, "load_tasks", "  load_tasks (in a thread; changed files parsed, the rest from the cache)"),
     ("runner.sync", None, "sync_project", "  sync_project"),
-    ("runner.store.store", "Store", "task_files", "    Store.task_files"),
-    ("runner.store.store", "Store", "_tasks", "    Store._tasks (a full read of the tasks table)"),
-    ("runner.project", None, "load_project", "    load_project (plugins, callables)"),
+    ("runner.store", "Store", "task_files", "    Store.task_files"),
+    ("runner.store", "Store", "_tasks", "    Store._tasks (a full read of the tasks table)"),
+    ("runner.sync", None, "load_project", "    load_project (plugins, callables)"),
     ("runner.sync", None, "plan", "    sync.plan"),
-    ("runner.store.store", "Store", "sync_tasks", "    Store.sync_tasks (write lock: read, plan, apply)"),
-    ("runner.store.store", "Store", "_apply", "      Store._apply"),
+    ("runner.store", "Store", "sync_tasks", "    Store.sync_tasks (write lock: read, plan, apply)"),
+    ("runner.store", "Store", "_apply", "      Store._apply"),
     ("runner.engine", "Engine", "reload", "  Engine.reload (read the tasks again)"),
     ("runner.daemon", "Daemon", "_reschedule", "  Daemon._reschedule"),
 ]

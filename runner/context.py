@@ -8,6 +8,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.errors import NoUpstreamResult
+
 
 @dataclass(frozen=True)
 class RunContext:
@@ -28,13 +30,6 @@ class RunContext:
 
 current_run: ContextVar[RunContext] = ContextVar("runner_current_run")
 """The run being executed, for code deeper down that was not handed a RunContext."""
-
-
-class NoUpstreamResult(KeyError):
-    """A result asked of ``Upstream`` that it does not have; reads as its message."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class Upstream(Mapping[str, Any]):

@@ -11,7 +11,6 @@ neither repeats nor drops one.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import signal
@@ -28,13 +27,21 @@ from anyio.abc import TaskGroup, TaskStatus
 from runner import leader, log, registry
 from runner.engine import Engine, Workflow
 from runner.errors import ParameterError, RunnerError, StoreError, StoreFileChanged, TaskNotRunnable
-from runner.models import RunStatus, Schedule, iso
-from runner.processes import HOST, PID, PID_STARTED, process_is_alive
+from runner.models import RunStatus, Schedule, TaskType, iso
+from runner.processes import HOST, PID, PID_STARTED, kill_orphaned_groups, process_is_alive
+from runner.records import Fire, QueuedRun, RunEnd, RunError, next_attempt
 from runner.revision import Revision, project_revision
 from runner.schedule import next_fire
 from runner.spec import ParseCache
-from runner.store import Store
-from runner.store.store import FILE_CHECK_EVERY, Lease, LeaseHeld, ScheduleState, Trigger
+from runner.store import (
+    FILE_CHECK_EVERY,
+    Interrupted,
+    Lease,
+    LeaseHeld,
+    ScheduleState,
+    Store,
+    Trigger,
+)
 
 LEASE = "daemon"
 DEFAULT_GRACE = 30.0
@@ -193,7 +200,7 @@ class Daemon:
                 await self.store.release_lease(LEASE, host=HOST, pid=PID)
 
     async def _serve(self, previous: Lease | None) -> None:
-        _log_interrupted(await self.store.mark_interrupted(HOST, process_is_alive))
+        _settle_interrupted(await self.store.mark_interrupted(HOST, process_is_alive))
         await self._sync(None)
         if not self._stop.is_set():
             await self._run_engine(previous)
@@ -368,7 +375,7 @@ class Daemon:
             name, state.schedule, state.anchor, next_fire(schedule, now, anchor=state.anchor), state.next_fire_at
         )
         self.states[name] = advanced
-        fires = [{"task": name, "next_fire_at": advanced.next_fire_at, "last_fire_at": advanced.last_fire_at}]
+        fires = [Fire(name, advanced.next_fire_at, state.next_fire_at)]
         try:
             # Shielded: a stop that comes while the fire is being committed must not leave its
             # runs queued but never started.
@@ -384,7 +391,7 @@ class Daemon:
         schedule: Schedule,
         state: ScheduleState,
         advanced: ScheduleState,
-        fires: list[dict[str, Any]],
+        fires: list[Fire],
         busy: bool,
     ) -> None:
         if state.next_fire_at < self._started_at and schedule.misfire == "skip":
@@ -439,7 +446,7 @@ class Daemon:
             if any(host != HOST or process_is_alive(pid, started) for host, pid, started in runs)
         }
         if set(unfinished) - busy:  # runs of dead processes only: say so now, not at the next sweep
-            _log_interrupted(await self.store.mark_interrupted(HOST, process_is_alive))
+            _settle_interrupted(await self.store.mark_interrupted(HOST, process_is_alive))
         return busy
 
     # -- triggers --------------------------------------------------------------------------
@@ -483,16 +490,12 @@ class Daemon:
         """Record a trigger that cannot run as a failed run with its id, saying why."""
         stored = self.engine.tasks.get(trigger.task)
         now = time.time()
-        row = {
-            "id": trigger.run_id, "task": trigger.task, "type": stored.spec.type.value if stored else "shell",
-            "status": RunStatus.QUEUED.value, "attempt": 1, "trigger": "trigger", "parent_id": None,
-            "invocation": trigger.run_id, "parameters": "{}", "queued_at": now,
-            "host": HOST, "pid": PID, "pid_started": PID_STARTED,
-        }
-        error = {"type": type(exc).__name__, "message": str(exc), "traceback": None}
-        finish = {"id": trigger.run_id, "status": RunStatus.FAILED.value, "finished_at": now, "error": json.dumps(error)}
-        await self.engine.recorder.queued([row], claimed=[trigger.run_id])
-        await self.engine.recorder.finished(finish, [])
+        run = QueuedRun(
+            id=trigger.run_id, task=trigger.task, type=stored.spec.type if stored else TaskType.SHELL, attempt=1,
+            trigger="trigger", parent_id=None, invocation=trigger.run_id, parameters_json="{}", queued_at=now,
+        )
+        await self.engine.recorder.queued([run], claimed=[trigger.run_id])
+        await self.engine.recorder.finished(RunEnd(trigger.run_id, RunStatus.FAILED, now, error=RunError.of(exc)), [])
         log.logger.error(
             f"{trigger.task}: trigger {trigger.run_id} refused: {exc}",
             extra={"event": "trigger_refused", "task": trigger.task, "run_id": trigger.run_id},
@@ -516,12 +519,13 @@ class Daemon:
         """Retry the runs a dead daemon had started, where their task has retries left."""
         for run in await self.store.started_runs_interrupted(previous.host, previous.pid):
             stored = self.engine.tasks.get(run.task)
-            if stored is None or run.attempt > stored.spec.retries.count:
+            number = next_attempt(run.status, run.attempt, stored.spec.retries.count if stored else None)
+            if number is None:
                 continue
             try:
                 workflow = self.engine.workflow(
                     run.task, parameters=run.parameters, with_needs=False, trigger="retry",
-                    parent_id=run.id, attempt=run.attempt + 1,
+                    parent_id=run.id, attempt=number,
                 )
             except (TaskNotRunnable, ParameterError) as exc:
                 log.warn(
@@ -543,7 +547,7 @@ class Daemon:
                     if not await self.store.renew_lease(LEASE, host=HOST, pid=PID):
                         raise DaemonRunning("another daemon took over this store's lease; stopping")
                     last_renewal = time.monotonic()
-                _log_interrupted(await self.store.mark_interrupted(HOST, process_is_alive))
+                _settle_interrupted(await self.store.mark_interrupted(HOST, process_is_alive))
             except StoreError as exc:
                 await _store_trouble(exc)
             await anyio.sleep(SWEEP_EVERY)
@@ -721,10 +725,12 @@ async def end_leftover_tasks(within: float = 1.0) -> None:
         os._exit(0)
 
 
-def _log_interrupted(run_ids: list[str]) -> None:
-    """One ``run_interrupted`` per run marked, at start as in the sweep, so a log shipper sees
-    every interrupted run (a restarted daemon's own predecessor's too)."""
-    for run_id in run_ids:
+def _settle_interrupted(interrupted: Interrupted) -> None:
+    """Kill what the runs marked interrupted left running, and log one ``run_interrupted`` per
+    run, at start as in the sweep, so a log shipper sees every interrupted run (a restarted
+    daemon's own predecessor's too)."""
+    kill_orphaned_groups(interrupted.groups)
+    for run_id in interrupted.run_ids:
         log.logger.warning(
             f"run {run_id} interrupted: the process running it died",
             extra={"event": "run_interrupted", "run_id": run_id},

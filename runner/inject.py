@@ -161,5 +161,5 @@ UPSTREAM = register_injectable("runner.context:Upstream", names=["Upstream"])
 ASYNC_SESSION = register_injectable(
     "sqlalchemy.ext.asyncio.session:AsyncSession", names=["AsyncSession"]
 )
-STORE = register_injectable("runner.store.store:Store", names=["Store"])
+HISTORY = register_injectable("runner.history:History", names=["History"])
 ENGINE = register_injectable("runner.engine:Engine", names=["Engine"])

@@ -1,8 +1,8 @@
 """What may enter runner from outside: parameter names and values, and text for the OS.
 
 Checked where the input enters, before anything is recorded or started: a task file as it is
-read (``spec.py``), ``-p`` as it is parsed (``cli.py``), a job from another host as a worker
-takes it (``remote.py``), and the parameters of every workflow the engine makes
+read and ``-p`` as it is parsed (``taskfile.py``), a job from another host as a worker takes
+it (``remote.py``), and the parameters of every workflow the engine makes
 (``engine.checked_parameters``): an HTTP trigger body, ``runner trigger`` through the store and a
 task's own ``Engine.submit`` arrive there. What is refused, and why:
 
@@ -114,22 +114,3 @@ def check_parameters(parameters: object) -> dict[str, Any]:
         raise ParameterError(problems)
     assert isinstance(parameters, Mapping)
     return dict(parameters)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """One ``-p KEY=VALUE``: the name and the value, read as the same text would be in a task
-    file's ``parameters`` (so ``2026-11-28`` stays a string); ValueError saying what is wrong."""
-    from runner.spec import read_value
-
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ValueError(f"{text!r} is not KEY=VALUE")
-    problem = name_problem(key)
-    if problem is not None:
-        raise ValueError(f"{problem} (in {text!r})")
-    problem = text_problem(raw)
-    if problem is not None:
-        raise ValueError(f"{key}: the value {problem}")
-    # read_value refuses what a task file may not hold (a NUL, .nan); "" read as YAML is null.
-    return key, "" if raw == "" else read_value(raw, key)

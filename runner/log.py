@@ -15,10 +15,9 @@ import sys
 import threading
 import traceback
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from runner.models import Run
+from runner.models import Run, RunStatus
 
 logger = logging.getLogger("runner")
 
@@ -112,8 +111,6 @@ def warn(event: str, message: str, **fields: Any) -> None:
 
 def run_finished(run: Run) -> None:
     """Log a run's end: info when it succeeded or was skipped, a warning otherwise."""
-    from runner.models import RunStatus
-
     took = f" in {run.duration_s:.3f}s" if run.duration_s is not None else ""
     level = logging.INFO if run.status in (RunStatus.SUCCEEDED, RunStatus.SKIPPED) else logging.WARNING
     why = f": {run.error['message']}" if run.error and run.status is not RunStatus.FAILED else ""

@@ -7,15 +7,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from runner.errors import RunnerError
+from runner.errors import SecretUnavailable
 from runner.inputs import text_problem
 from runner.models import SecretRef
 
 MASK = "***"
-
-
-class SecretUnavailable(RunnerError):
-    """A secret reference names an environment variable or file that is not there."""
 
 
 def resolve_env(

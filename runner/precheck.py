@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from runner.spec import load_schema
+from runner.schema import load_schema
 
 _TASK_KEYS = frozenset(
     {

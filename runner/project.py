@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from runner import registry
-from runner.errors import CallableNotFound, Problem
+from runner.errors import CallableNotFound, Problem, SignatureError
 from runner.models import TaskSpec, TaskType
+from runner.signature import check_parameters, inspect_callable
 from runner.spec import Declared, load_tasks
-from runner.sync import Wanted
+from runner.syncplan import Wanted
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,6 @@ def load_project(root: Path, declared: Declared | None = None) -> Project:
 
 def check_callable(spec: TaskSpec, declared: Declared) -> CallableFinding | None:
     """None if ``spec``'s callable resolves and its parameters fit; otherwise what is wrong."""
-    from runner.signature import SignatureError, check_parameters
-
     reference = spec.callable or ""
     try:
         fn = registry.resolve(reference)
@@ -133,8 +132,6 @@ _signatures: weakref.WeakKeyDictionary[Callable[..., Any], Any] = weakref.WeakKe
 
 def signature_of(fn: Callable[..., Any]) -> Any:
     """``inspect_callable(fn)``, once per callable."""
-    from runner.signature import inspect_callable
-
     try:
         sig = _signatures.get(fn)
     except TypeError:  # an object that cannot be weakly referenced: inspected every time

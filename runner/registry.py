@@ -191,7 +191,7 @@ def resolve(reference: str) -> Callable[..., Any]:
 
 
 def _unregistered_hint(name: str) -> str:
-    import difflib
+    import difflib  # lazy, for start-up time: only this hint needs it
 
     close = difflib.get_close_matches(name, list(_registered), n=1)
     if close:

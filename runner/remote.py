@@ -31,10 +31,10 @@ from runner.engine import Engine, Workflow
 from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnable
 from runner.inputs import check_parameters
 from runner.models import RunStatus
-from runner.processes import HOST, PID, process_is_alive
+from runner.processes import HOST, PID, kill_orphaned_groups, process_is_alive
+from runner.records import JobArgs, LogChunk, RunError
 from runner.revision import project_revision
-from runner.store import Store
-from runner.store.store import JOB_TASK
+from runner.store import JOB_TASK, Store
 
 HEARTBEAT = 2.0
 """Seconds between a worker's heartbeats (procrastinate's worker table)."""
@@ -49,15 +49,10 @@ FETCH_POLL = 1.0
 """Seconds an idle worker waits, at most, before it looks for jobs again without a wake-up."""
 
 
-def conninfo(store: Store) -> str:
-    """The libpq connection string of a PostgreSQL store (password included: not for messages)."""
-    return store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def _app(store: Store) -> Any:
     import procrastinate
 
-    connector = procrastinate.PsycopgConnector(conninfo=conninfo(store), min_size=1, max_size=4)
+    connector = procrastinate.PsycopgConnector(conninfo=store.conninfo(), min_size=1, max_size=4)
     return procrastinate.App(connector=connector)
 
 
@@ -137,35 +132,32 @@ class Worker:
         with anyio.CancelScope() as scope:
             self._scopes.add(scope)
             try:
-                await self.execute(args)
+                await self.execute(JobArgs.from_json(args))
             finally:
                 self._scopes.discard(scope)
 
-    async def execute(self, args: dict[str, Any]) -> None:
+    async def execute(self, args: JobArgs) -> None:
         """Run the workflow a job carries, unless its runs were taken up or ended meanwhile."""
-        run_ids = list(args["runs"].values())
+        run_ids = list(args.runs.values())
         notes = await self._check_revision(args)
         try:
             # Checked here too: the job was written by another process, maybe another host.
-            check_parameters(args["parameters"])
+            check_parameters(args.parameters)
             workflow = await self._workflow(args)
         except (TaskNotRunnable, ParameterError) as exc:
-            error = {"type": type(exc).__name__, "message": str(exc), "traceback": None}
-            if await self.store.finish_queued(run_ids, RunStatus.FAILED, error):
+            if await self.store.finish_queued(run_ids, RunStatus.FAILED, RunError.of(exc)):
                 log.logger.error(
-                    f"{args['task']}: run {args['runs'][args['task']]} cannot run here: {exc}",
-                    extra={"event": "job_refused", "task": args["task"], "run_id": args["runs"][args["task"]]},
+                    f"{args.task}: run {args.target_run_id} cannot run here: {exc}",
+                    extra={"event": "job_refused", "task": args.task, "run_id": args.target_run_id},
                 )
             return
-        notes_rows = [
-            {"run_id": workflow.target_run_id, "at": time.time(), "level": "warning", "message": note, "stream": "log"}
-            for note in notes
-        ]
+        now = time.time()
+        notes_rows = [LogChunk(workflow.target_run_id, now, "log", "warning", note) for note in notes]
         revision = self.revision
         if not await self.store.claim_runs(run_ids, revision=revision.digest, git_commit=revision.commit, notes=notes_rows):
             log.logger.info(
-                f"{args['task']}: run {workflow.target_run_id} was taken up or ended elsewhere; skipped",
-                extra={"event": "job_skipped", "task": args["task"], "run_id": workflow.target_run_id},
+                f"{args.task}: run {workflow.target_run_id} was taken up or ended elsewhere; skipped",
+                extra={"event": "job_skipped", "task": args.task, "run_id": workflow.target_run_id},
             )
             return
         workflow.on_run = log.run_finished
@@ -174,13 +166,13 @@ class Worker:
         except RunnerError as exc:
             log.logger.error(f"{workflow.target}: {exc}", extra={"event": "run_error", "task": workflow.target})
 
-    async def _workflow(self, args: dict[str, Any]) -> Workflow:
+    async def _workflow(self, args: JobArgs) -> Workflow:
         def make() -> Workflow:
             return self.engine.workflow(
-                args["task"], parameters=args["parameters"], with_needs=args["with_needs"],
-                trigger=args["trigger"], parent_id=args["parent_id"], attempt=args["attempt"],
-                scheduled_for=args["scheduled_for"], run_ids=args["runs"], invocation=args["invocation"],
-                queue=args.get("queue"),
+                args.task, parameters=args.parameters, with_needs=args.with_needs,
+                trigger=args.trigger, parent_id=args.parent_id, attempt=args.attempt,
+                scheduled_for=args.scheduled_for, run_ids=args.runs, invocation=args.invocation,
+                queue=args.queue or None,
             )
 
         try:
@@ -189,10 +181,10 @@ class Worker:
             await self.engine.reload()  # synced since this worker last read the tasks?
             return make()
 
-    async def _check_revision(self, args: dict[str, Any]) -> list[str]:
+    async def _check_revision(self, args: JobArgs) -> list[str]:
         """Notice a job queued at another revision of the files: read the tasks again, and the
         plugins if this worker's files changed too; say so when the revisions still differ."""
-        theirs = args.get("revision")
+        theirs = args.revision
         if theirs is None or theirs == self.revision.digest:
             return []
         if theirs != self._seen_revision:
@@ -243,6 +235,7 @@ async def recover_stalled(store: Store, *, sweep: bool = False) -> None:
             recovery = await store.recover_job(job_id, retries)
             if recovery is None:
                 continue
+            kill_orphaned_groups(recovery.groups)
             if recovery.requeued:
                 log.logger.warning(
                     f"job {job_id}: its worker died before taking its runs up; queued again",
@@ -259,7 +252,7 @@ async def recover_stalled(store: Store, *, sweep: bool = False) -> None:
                     extra={"event": "retry_interrupted", "run_id": retry_id, "parent_id": run_id},
                 )
         if sweep:
-            await store.mark_interrupted(HOST, process_is_alive)
+            kill_orphaned_groups((await store.mark_interrupted(HOST, process_is_alive)).groups)
     except StoreError as exc:
         log.logger.error(f"{exc}", extra={"event": "store_error"})
 

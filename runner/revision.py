@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.files import read_regular
+
 
 @dataclass(frozen=True)
 class Revision:
@@ -24,8 +26,6 @@ class Revision:
 
 
 def project_revision(root: Path) -> Revision:
-    from runner.spec import read_regular
-
     digest = hashlib.sha256()
     for path in _files(root):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")

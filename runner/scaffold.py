@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.errors import RunnerError
-from runner.spec import schema_file
+from runner.errors import ProjectExists
+from runner.schema import schema_file
 
 TASKS = """\
 # yaml-language-server: $schema=../schemas/tasks.schema.json
@@ -63,10 +63,6 @@ repos:
         pass_filenames: false
         files: ^(tasks\\.d/.*\\.ya?ml|plugins/.*\\.py)$
 """
-
-
-class ProjectExists(RunnerError):
-    """``runner init`` would overwrite files that exist."""
 
 
 def project_files() -> dict[str, bytes]:

@@ -23,7 +23,7 @@ CRON_ALIASES = {
 @functools.cache
 def normalize_cron(expression: str) -> str:
     """The 5-field form of ``expression`` (aliases such as ``@daily`` expanded); ValueError if bad."""
-    from cronsim import CronSim, CronSimError
+    from cronsim import CronSim, CronSimError  # lazy, for start-up time
 
     expression = " ".join(expression.split())
     expression = CRON_ALIASES.get(expression.lower(), expression)
@@ -59,7 +59,7 @@ def next_fire(schedule: Schedule, after: float, *, anchor: float) -> float:
         steps = max(math.floor((after - anchor) / schedule.every) + 1, 1)
         fire = anchor + steps * schedule.every
         return fire if fire > after else fire + schedule.every  # float rounding at the edge
-    from cronsim import CronSim
+    from cronsim import CronSim  # lazy, for start-up time
 
     zone = zoneinfo.ZoneInfo(schedule.timezone or "UTC")
     start = datetime.fromtimestamp(after, zone)
@@ -75,7 +75,7 @@ def describe(schedule: Schedule) -> str:
 
 @functools.cache
 def _explain(expression: str) -> str:
-    from cronsim import CronSim
+    from cronsim import CronSim  # lazy, for start-up time
 
     explained: str = CronSim(expression, datetime(2000, 1, 1)).explain()
     return explained

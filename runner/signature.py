@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from types import UnionType
 from typing import Any, NoReturn
 
-from runner.errors import RunnerError
+from runner.errors import SignatureError
 from runner.inject import InjectableRef, display_name, injectable_key, key_for_name, union
 
 _EMPTY = inspect.Parameter.empty
@@ -38,14 +38,6 @@ _ACCEPTED_FOR: dict[Any, tuple[type[Collection[Any]], ...]] = {
 }
 _MAPPINGS = {dict, Mapping, MutableMapping}
 _YAML_BOOL_HINT = " (YAML 1.1 reads plain yes/no/on/off/true/false as booleans; quote the value)"
-
-
-class SignatureError(RunnerError, TypeError):
-    """A callable runner cannot call with keyword parameters, or whose hints do not resolve."""
-
-    def __init__(self, message: str, *, parameter: str | None = None) -> None:
-        self.parameter = parameter
-        super().__init__(message)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from runner.models import Run, RunStatus
 from runner.oneshot import run_once
 from runner.store import open_store
 
+__all__ = ["TaskOutcome", "run_task", "run_task_sync"]
+
 
 @dataclass(frozen=True)
 class TaskOutcome:

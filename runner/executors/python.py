@@ -23,12 +23,8 @@ from typing import Any
 import anyio
 
 from runner import inject
-from runner.errors import RunnerError
+from runner.errors import RunnerError, TaskTimeout
 from runner.signature import CallableSignature
-
-
-class TaskTimeout(RunnerError, TimeoutError):
-    """A python task ran past its timeout."""
 
 
 @dataclass(frozen=True)

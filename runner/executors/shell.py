@@ -33,17 +33,13 @@ from dataclasses import dataclass
 
 import anyio
 
-from runner.errors import RunnerError
+from runner.errors import ShellStartError
 
 DEFAULT_OUTPUT_CAP = 1_000_000
 DEFAULT_KILL_GRACE = 2.0
 # Enough to collect what a finished child already wrote; short because whoever still holds the
 # pipe open is a leftover background process that is about to be killed.
 _DRAIN_GRACE = 0.1
-
-
-class ShellStartError(RunnerError):
-    """The command could not be started (missing program, bad cwd, no permission)."""
 
 
 @dataclass(frozen=True)

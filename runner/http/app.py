@@ -30,7 +30,8 @@ from runner.http.problems import Problem, problem_response, reader_ok, require_r
 from runner.models import RunStatus, TaskType, iso
 
 if TYPE_CHECKING:
-    from runner.daemon import Daemon, HttpOptions
+    from runner.daemon import HttpOptions
+    from runner.http.view import DaemonView
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -155,7 +156,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
 class Api:
     """The handlers, over one daemon."""
 
-    def __init__(self, daemon: Daemon, options: HttpOptions) -> None:
+    def __init__(self, daemon: DaemonView, options: HttpOptions) -> None:
         self.daemon = daemon
         self.options = options
         self.metrics = metrics.Metrics(daemon)
@@ -332,7 +333,7 @@ async def _http_problem(request: Request, exc: Exception) -> Response:
     return problem_response(exc.status_code, detail, instance=request.url.path, headers=dict(exc.headers or {}))
 
 
-def build_app(daemon: Daemon, options: HttpOptions) -> Starlette:
+def build_app(daemon: DaemonView, options: HttpOptions) -> Starlette:
     from runner.http import web
 
     api = Api(daemon, options)

@@ -17,7 +17,7 @@ import anyio
 from runner.models import RunStatus
 
 if TYPE_CHECKING:
-    from runner.daemon import Daemon
+    from runner.http.view import DaemonView
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CACHE = 2.0
@@ -38,7 +38,7 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 class Metrics:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonView) -> None:
         self.daemon = daemon
         self._text = ""
         self._at = -CACHE

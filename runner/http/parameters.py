@@ -19,7 +19,10 @@ from collections.abc import Mapping, MutableMapping, MutableSequence, Sequence
 from types import UnionType
 from typing import TYPE_CHECKING, Any
 
+from runner import registry
+from runner.errors import RunnerError
 from runner.inputs import PARAMETER_NAME, name_problem, place, text_problem
+from runner.project import signature_of
 
 if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
@@ -133,10 +136,6 @@ def parameters_schema(task: StoredTask) -> dict[str, Any]:
 
 
 def _signature(task: StoredTask) -> Any:
-    from runner import registry
-    from runner.errors import RunnerError
-    from runner.project import signature_of
-
     try:
         return signature_of(registry.resolve(task.spec.callable or ""))
     except RunnerError:
@@ -151,7 +150,7 @@ class Checker:
 
     def problems(self, task: StoredTask, parameters: Mapping[str, Any]) -> list[str]:
         """What does not fit, one message each (empty when everything fits)."""
-        from jsonschema import Draft202012Validator
+        from jsonschema import Draft202012Validator  # lazy, for start-up time
 
         cached = self._validators.get(task.name)
         if cached is None or cached[0] is not task:

@@ -13,19 +13,16 @@ import uvicorn
 from anyio.abc import TaskStatus
 
 from runner import log
-from runner.errors import RunnerError
+from runner.errors import HttpError
 from runner.http.app import build_app
 from runner.http.limits import BACKLOG, IDLE_TIMEOUT, Guard, connection_cap, protocol
 
 if TYPE_CHECKING:
-    from runner.daemon import Daemon, HttpOptions
+    from runner.daemon import HttpOptions
+    from runner.http.view import DaemonView
 
 SHUTDOWN_GRACE = 2.0
 """Seconds open requests get to finish when the daemon stops (event streams end at once)."""
-
-
-class HttpError(RunnerError):
-    """The HTTP API cannot listen where it was told to."""
 
 
 class _Server(uvicorn.Server):
@@ -55,7 +52,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 async def serve(
-    daemon: Daemon, options: HttpOptions, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    daemon: DaemonView, options: HttpOptions, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve the API for ``daemon`` until cancelled; ready (``task_status``) once listening."""
     sock = _listen(options.host, options.port)

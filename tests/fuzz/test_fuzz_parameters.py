@@ -17,7 +17,8 @@ from conftest import cli_env
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runner.inputs import PARAMETER_NAME, check_parameters, parse_override
+from runner.inputs import PARAMETER_NAME, check_parameters
+from runner.taskfile import parse_override
 from tests.fuzz.budget import fuzz
 
 # Every code point, lone surrogates included (argv bytes that are not UTF-8 arrive as those).

@@ -30,11 +30,11 @@ from conftest import ProjectDir, live_members
 
 from runner.engine import Engine
 from runner.errors import ParameterError, TaskNotRunnable
-from runner.models import Run, RunStatus
+from runner.models import Run, RunStatus, TaskType
 from runner.oneshot import OneShot, run_once
 from runner.processes import HOST
+from runner.records import Owner, QueuedRun, RunBatch, RunEnd
 from runner.store import Store, open_store
-from runner.store.store import RunBatch
 from runner.sync import sync_project
 from runner.testing import run_task, run_task_sync
 
@@ -54,10 +54,7 @@ import anyio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from runner import RunContext, task
-from runner.engine import Engine
-from runner.inject import register_injectable
-from runner.store import Store
+from runner import Engine, History, RunContext, register_injectable, task
 
 GATE = threading.Event()      # the test opens it to let a gated task finish
 STARTED = threading.Event()   # a gated task sets it once it runs
@@ -79,13 +76,13 @@ class Point:
 class Greeter:
     """A plugin's own injectable type."""
 
-    def __init__(self, task, run_id, store, engine):
-        self.task, self.run_id, self.store, self.engine = task, run_id, store, engine
+    def __init__(self, task, run_id, history, engine):
+        self.task, self.run_id, self.history, self.engine = task, run_id, history, engine
 
 
 register_injectable(
     Greeter,
-    lambda scope: Greeter(scope.context.task, scope.context.run_id, scope.store, scope.engine),
+    lambda scope: Greeter(scope.context.task, scope.context.run_id, scope.history, scope.engine),
 )
 
 
@@ -164,11 +161,14 @@ async def write_note(session: AsyncSession, value: str, fail: bool = False) -> s
     return value
 
 
-def greet(greeter: Greeter, ctx: Optional[RunContext], also: RunContext | None, store: Store) -> dict:
+async def greet(greeter: Greeter, ctx: Optional[RunContext], also: RunContext | None, history: History) -> dict:
+    [running] = await history.runs(task="greet")
     return {
         "task": greeter.task,
-        "same_run": greeter.run_id == ctx.run_id == also.run_id,
-        "store_is_the_runners": greeter.store is store,
+        "same_run": greeter.run_id == ctx.run_id == also.run_id == running.id,
+        "tasks": sorted(await history.tasks()),
+        "tasks_seen_by_a_provider": sorted(await greeter.history.tasks()),
+        "can_write": [name for name in ("write_runs", "prune_runs", "sync_tasks", "session_engine") if hasattr(history, name)],
         "engine": type(greeter.engine).__name__,
     }
 
@@ -704,7 +704,9 @@ async def test_plugin_registers_its_own_injectable_and_optional_hints_work(
     assert target.result == {
         "task": "greet",
         "same_run": True,
-        "store_is_the_runners": True,
+        "tasks": ["greet"],
+        "tasks_seen_by_a_provider": ["greet"],
+        "can_write": [],
         "engine": "Engine",
     }
 
@@ -1112,30 +1114,22 @@ async def test_opening_the_store_marks_runs_of_dead_processes_interrupted(
     dead = await anyio.run_process([sys.executable, "-c", "import os; print(os.getpid())"])
     dead_pid = int(dead.stdout)  # a process that has exited: its runs can never finish
 
-    def row(run_id: str, pid: int, status: str) -> dict[str, Any]:
-        return {
-            "id": run_id,
-            "task": "t",
-            "type": "shell",
-            "status": status,
-            "attempt": 1,
-            "trigger": "cli",
-            "parent_id": None,
-            "parameters": "{}",
-            "queued_at": 1.0,
-            "host": HOST,
-            "pid": pid,
-            "pid_started": None,
-        }
+    def row(run_id: str, pid: int) -> QueuedRun:
+        return QueuedRun(
+            id=run_id, task="t", type=TaskType.SHELL, attempt=1, trigger="cli", parent_id=None,
+            invocation=run_id, parameters_json="{}", queued_at=1.0, owner=Owner(HOST, pid, None),
+        )
 
     await store.write_runs(
         RunBatch(
             inserts=[
-                row("dead-running", dead_pid, "running"),
-                row("dead-queued", dead_pid, "queued"),
-                row("dead-finished", dead_pid, "succeeded"),
-                row("alive-running", os.getpid(), "running"),
-            ]
+                row("dead-running", dead_pid),
+                row("dead-queued", dead_pid),
+                row("dead-finished", dead_pid),
+                row("alive-running", os.getpid()),
+            ],
+            starts=[("dead-running", 1.0), ("alive-running", 1.0)],
+            finishes=[RunEnd("dead-finished", RunStatus.SUCCEEDED, 1.0)],
         )
     )
     async with open_store(db) as reopened:

@@ -12,8 +12,9 @@ import anyio
 import pytest
 
 from runner.http import events
-from runner.store import Store
-from runner.store.store import RunBatch
+from runner.models import RunStatus, TaskType
+from runner.records import LogChunk, QueuedRun, RunEnd
+from runner.store import RunBatch, Store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
@@ -21,9 +22,16 @@ NOW = time.time()
 
 
 def lines(run_id: str, numbers: range) -> RunBatch:
-    return RunBatch(
-        logs=[{"run_id": run_id, "at": NOW, "stream": "stdout", "level": "", "message": f"line {i}\n"} for i in numbers]
-    )
+    return RunBatch(logs=[LogChunk(run_id, NOW, "stdout", "", f"line {i}\n") for i in numbers])
+
+
+def running(*run_ids: str) -> RunBatch:
+    runs = [
+        QueuedRun(id=run_id, task="t", type=TaskType.SHELL, attempt=1, trigger="api", parent_id=None,
+                  invocation=run_id, parameters_json="{}", queued_at=NOW)
+        for run_id in run_ids
+    ]
+    return RunBatch(inserts=runs, starts=[(run_id, NOW) for run_id in run_ids])
 
 
 def parse(message: str) -> dict[str, Any]:
@@ -33,10 +41,7 @@ def parse(message: str) -> dict[str, Any]:
 
 async def test_streams_on_one_run_each_get_every_row_once_whenever_they_join(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(events, "KEEP_ROWS", 4)  # the hub lets rows go: late streams read them themselves
-    run = {"id": "r", "task": "t", "type": "shell", "status": "running", "attempt": 1, "trigger": "api",
-           "parameters": "{}", "queued_at": NOW, "host": "h", "pid": 1}
-    other = {**run, "id": "o"}
-    await store.write_runs(RunBatch(inserts=[run, other]))
+    await store.write_runs(running("r", "o"))
     await store.write_runs(lines("r", range(1, 4)))
     await store.write_runs(lines("o", range(100, 110)))  # another run's rows: never in r's streams
     hub = events.Hub(store, interval=0.01)
@@ -68,7 +73,7 @@ async def test_streams_on_one_run_each_get_every_row_once_whenever_they_join(sto
         group.start_soon(consume, "resumed", fifth)
         await until(lambda: len(texts("late")) == 13 and len(texts("resumed")) == 8)
         await store.write_runs(lines("r", range(14, 16)))
-        await store.write_runs(RunBatch(finishes=[{"id": "r", "status": "succeeded", "finished_at": NOW + 1, "stdout": "all\n"}]))
+        await store.write_runs(RunBatch(finishes=[RunEnd("r", RunStatus.SUCCEEDED, NOW + 1, stdout="all\n")]))
     every = [f"line {i}\n" for i in range(1, 16)]
     assert texts("early") == texts("late") == every
     assert texts("resumed") == every[5:]
@@ -89,9 +94,7 @@ async def test_a_pruned_run_ends_its_stream_with_an_error(store: Store) -> None:
 
 
 async def test_a_stream_leaving_while_the_hub_reads_leaves_the_others_reading(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    run = {"task": "t", "type": "shell", "status": "running", "attempt": 1, "trigger": "api",
-           "parameters": "{}", "queued_at": NOW, "host": "h", "pid": 1}
-    await store.write_runs(RunBatch(inserts=[{**run, "id": "a"}, {**run, "id": "b"}]))
+    await store.write_runs(running("a", "b"))
     hub = events.Hub(store, interval=0.01)
     await hub.join("a")
     await hub.join("b")

@@ -10,7 +10,8 @@ import anyio
 import pytest
 from conftest import live_members
 
-from runner.executors.shell import ShellOutcome, ShellStartError, run_shell
+from runner.errors import ShellStartError
+from runner.executors.shell import ShellOutcome, run_shell
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(5)]
 

@@ -14,11 +14,11 @@ from runner.inputs import (
     check_parameters,
     name_problem,
     parameter_problems,
-    parse_override,
     text_problem,
     value_problems,
 )
-from runner.spec import load_tasks, read_value
+from runner.spec import load_tasks
+from runner.taskfile import parse_override, read_value
 
 
 @pytest.mark.parametrize("text", ["", "plain", "ünïcode ✓", "emoji 😀", "tab\tand\nnewline"])

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.masking import MASK, Masker, SecretUnavailable, resolve_env
+from runner.errors import SecretUnavailable
+from runner.masking import MASK, Masker, resolve_env
 from runner.models import SecretRef
 
 pytestmark = pytest.mark.timeout(5)

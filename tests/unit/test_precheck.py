@@ -12,7 +12,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from runner.precheck import plainly_valid
-from runner.spec import load_schema
+from runner.schema import load_schema
 
 REPO = Path(__file__).resolve().parents[2]
 

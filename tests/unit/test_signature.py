@@ -19,12 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import runner
 from runner.context import RunContext
-from runner.errors import RunnerError
+from runner.errors import RunnerError, SignatureError
 from runner.inject import ASYNC_SESSION, RUN_CONTEXT
 from runner.signature import (
     CallableSignature,
     ParamIssue,
-    SignatureError,
     check_parameters,
     inspect_callable,
 )

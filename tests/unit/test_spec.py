@@ -12,9 +12,13 @@ from pathlib import Path
 import pytest
 from conftest import ProjectDir
 
+from runner import files as files_module
 from runner import spec as spec_module
+from runner import taskfile as taskfile_module
+from runner.files import list_task_files
 from runner.models import Retries, Schedule, Source, TaskType
-from runner.spec import list_task_files, load_tasks, parse_duration, read_task_file
+from runner.spec import load_tasks, parse_duration
+from runner.taskfile import read_task_file
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -694,7 +698,7 @@ def test_file_deleted_between_listing_and_reading(
 
 
 def test_alias_bomb_is_refused(project: ProjectDir, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spec_module, "_MAX_NODES", 10_000)
+    monkeypatch.setattr(taskfile_module, "_MAX_NODES", 10_000)
     lines = ["version: 1", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 6)]
     lines.append("tasks: {}")
@@ -708,7 +712,7 @@ def test_alias_bomb_is_refused(project: ProjectDir, monkeypatch: pytest.MonkeyPa
 
 
 def test_file_over_the_size_cap_is_refused_unread(project: ProjectDir, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spec_module, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(files_module, "MAX_FILE_BYTES", 100)
     project.tasks("big.yaml", "version: 1\ntasks:\n" + "".join(f"  t{i}:\n    command: echo\n" for i in range(20)))
     [problem] = problems(project)
     assert problem.startswith("tasks.d/big.yaml:1:1: file is ")
@@ -857,13 +861,13 @@ def test_a_cached_file_keeps_positions_read_again_only_while_problems_need_them(
     project: ProjectDir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     parsed: list[str] = []
-    parse = spec_module._parse
+    parse = taskfile_module._parse
 
-    def counting(file: spec_module.TaskFile, raw: bytes) -> None:
+    def counting(file: taskfile_module.TaskFile, raw: bytes) -> None:
         parsed.append(file.path)
         parse(file, raw)
 
-    monkeypatch.setattr(spec_module, "_parse", counting)
+    monkeypatch.setattr(taskfile_module, "_parse", counting)
     project.tasks("a.yaml", "version: 1\ntasks:\n  a:\n    command: echo 1\n")
     b = project.tasks("b.yaml", "version: 1\ntasks:\n  b:\n    command: echo\n  a:\n    command: echo 2\n")
     cache: spec_module.ParseCache = {}

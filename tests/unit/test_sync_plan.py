@@ -1,4 +1,4 @@
-"""``runner.sync.plan``: how stored tasks become what the files declare. Pure: no store, no files."""
+"""``runner.syncplan.plan``: how stored tasks become what the files declare. Pure: no store, no files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from runner.models import Source, StoredTask, TaskSpec, TaskType
-from runner.sync import SyncPlan, Wanted, plan
+from runner.syncplan import SyncPlan, Wanted, plan
 
 pytestmark = pytest.mark.timeout(5)
 

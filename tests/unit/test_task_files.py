@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import ProjectDir
 
-from runner import spec as spec_module
+from runner import files as files_module
+from runner import taskfile as taskfile_module
+from runner.files import read_regular
 from runner.revision import project_revision
-from runner.spec import fingerprint, load_tasks, read_regular
+from runner.spec import fingerprint, load_tasks
 
 # A FIFO opened for reading waits for a writer: a regression hangs, and must fail fast instead.
 pytestmark = pytest.mark.timeout(10)
@@ -69,7 +71,7 @@ def test_a_file_swapped_for_a_fifo_after_the_stat_is_refused_by_the_fstat(
         return result
 
     monkeypatch.setattr(os, "stat", stat_then_swap)
-    with pytest.raises(spec_module.NotRegularFile, match=r"\(a FIFO\)"):
+    with pytest.raises(files_module.NotRegularFile, match=r"\(a FIFO\)"):
         read_regular(path)
 
 
@@ -77,7 +79,7 @@ def test_at_most_the_cap_is_read_from_a_file_larger_than_it_says(
     project: ProjectDir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # /proc files say they are empty; this one is longer than the cap set here
-    monkeypatch.setattr(spec_module, "MAX_FILE_BYTES", 64)
+    monkeypatch.setattr(files_module, "MAX_FILE_BYTES", 64)
     os.symlink("/proc/self/mountinfo", project.root / "tasks.d" / "proc.yaml")
     reads: list[int] = []
     real_read = os.read
@@ -162,7 +164,7 @@ def test_aliases_that_expand_past_the_cap_are_refused_where_they_are_used(projec
 
 
 def test_keys_reached_through_aliases_count_too(project: ProjectDir, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(spec_module, "MAX_EXPANDED_CHARS", 1000)
+    monkeypatch.setattr(taskfile_module, "MAX_EXPANDED_CHARS", 1000)
     keys = ", ".join(f"k{'x' * 40}{i}: 1" for i in range(10))
     project.tasks(
         "keys.yaml",

@@ -18,10 +18,11 @@ from runner.http.web.views import Web
 if TYPE_CHECKING:
     import anyio
 
-    from runner.daemon import Daemon, HttpOptions
+    from runner.daemon import HttpOptions
+    from runner.http.view import DaemonView
 
 
-def routes(daemon: Daemon, options: HttpOptions, closing: anyio.Event) -> list[Route]:
+def routes(daemon: DaemonView, options: HttpOptions, closing: anyio.Event) -> list[Route]:
     web = Web(daemon, options, closing)
     return [
         Route("/", web.handler(web.overview)),

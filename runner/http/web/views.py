@@ -15,7 +15,7 @@ import inspect
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -32,7 +32,8 @@ from runner.models import RunStatus, StoredTask, TaskType
 from runner.schedule import describe
 
 if TYPE_CHECKING:
-    from runner.daemon import Daemon, HttpOptions
+    from runner.daemon import HttpOptions
+    from runner.http.view import DaemonView
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -88,7 +89,7 @@ def _query(request: Request, key: str) -> str:
 class Web:
     """The pages, over one daemon."""
 
-    def __init__(self, daemon: Daemon, options: HttpOptions, closing: anyio.Event) -> None:
+    def __init__(self, daemon: DaemonView, options: HttpOptions, closing: anyio.Event) -> None:
         self.daemon = daemon
         self.options = options
         self.closing = closing
@@ -172,7 +173,7 @@ class Web:
         health = await self._health()
         return _html(page(title, body.replace("<!--sync-->", pages.sync_banner(health), 1), health=pages.health_corner(health), current=current))
 
-    def _tasks(self) -> dict[str, StoredTask]:
+    def _tasks(self) -> Mapping[str, StoredTask]:
         return self.daemon.engine.tasks
 
     def _indexes(self) -> tuple[dict[str, int], list[str], dict[str, list[str]]]:
