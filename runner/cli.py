@@ -502,7 +502,8 @@ def daemon(
     """
     import logging
 
-    from runner.daemon import Daemon, DaemonOptions, end_leftover_tasks
+    from runner.daemon import Daemon, DaemonOptions
+    from runner.shutdown import end_leftover_tasks
     from runner.store import open_store
 
     http_options = _http_options(http, http_allow_trigger, http_auth_read, http_timeout, http_max_connections)
@@ -554,8 +555,8 @@ def worker(settings: Settings, concurrency: int, queues: tuple[str, ...], grace:
     """
     import logging
 
-    from runner.daemon import end_leftover_tasks
     from runner.remote import Worker
+    from runner.shutdown import end_leftover_tasks
     from runner.store import open_store
 
     _require_postgres(settings, "runner worker")
@@ -594,10 +595,10 @@ def trigger(
     import time
 
     overrides = dict(_parse_parameter(p) for p in params)  # refused before the heavy imports
-    from runner.daemon import describe_holder, request_run
     from runner.engine import checked_parameters, runnable
     from runner.follow import wait_for
     from runner.graph import upstream_order
+    from runner.lease import describe_holder, request_run
     from runner.models import new_run_id
     from runner.store import open_store
     from runner.store.store import Trigger

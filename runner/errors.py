@@ -6,6 +6,8 @@
      ├── ParameterError          parameters that cannot reach a task, or do not fit its callable (ValueError)
      ├── TaskNotRunnable         unknown, disabled, orphaned, invalid or removed task (LookupError)
      ├── RunNotFound             no run with that id (LookupError)
+     ├── DaemonRunning           another live daemon holds the store's lease
+     ├── LeadershipLost          a daemon's lock session ended: another daemon may lead now
      └── StoreError              the store cannot be opened or used
           ├── StoreVersionError  the store was written by a newer runner
           ├── RecordRefused      the store would not take one run's records (the others' went in)
@@ -76,6 +78,14 @@ class TaskNotRunnable(RunnerError, LookupError):
 
 class RunNotFound(RunnerError, LookupError):
     """No run has that id."""
+
+
+class DaemonRunning(RunnerError):
+    """Another live daemon holds the store."""
+
+
+class LeadershipLost(RunnerError):
+    """The daemon's lock session ended or stopped answering: another daemon may lead now."""
 
 
 class StoreError(RunnerError):

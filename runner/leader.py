@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from runner import log
-from runner.errors import RunnerError, StoreError
+from runner.errors import StoreError
 from runner.models import iso
 from runner.processes import HOST, PID
 from runner.store import Store
@@ -94,10 +94,6 @@ def _not_our_check(record: logging.LogRecord) -> bool:
     """psycopg warns when a query it cancels does not end ("closing connection"): for the
     leader's check that did not answer, that is expected, and the leader says it itself."""
     return not _checking.get()
-
-
-class LeadershipLost(RunnerError):
-    """The daemon's lock session ended or stopped answering: another daemon may lead now."""
 
 
 class Election:
