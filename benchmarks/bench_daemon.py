@@ -383,11 +383,12 @@ def measure_reloads(
 
 # -- where a reload's time goes (in process) ------------------------------------------------------
 
-# Runner's functions on the reload path, wrapped with a timer (those that exist are timed).
+# Runner's functions on the reload path, wrapped with a timer where they are looked up (those
+# that exist are timed).
 PHASES = [
     ("runner.daemon.reload", "Reloader", "sync", "the whole reload (Reloader.sync)"),
-    ("runner.spec", None, "load_tasks", "  load_tasks (in a thread; changed files parsed, the rest from the cache)"),
-    ("runner.sync", None, "sync_project", "  sync_project"),
+    ("runner.daemon.reload", None, "load_tasks", "  load_tasks (in a thread; changed files parsed, the rest from the cache)"),
+    ("runner.daemon.reload", None, "sync_project", "  sync_project"),
     ("runner.store.store", "Store", "task_files", "    Store.task_files"),
     ("runner.store.store", "Store", "_tasks", "    Store._tasks (a full read of the tasks table)"),
     ("runner.project", None, "load_project", "    load_project (plugins, callables)"),
