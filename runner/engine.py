@@ -24,7 +24,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,10 @@ from runner.models import (
     TaskType,
     new_run_id,
 )
-from runner.processes import HOST, PID, PID_STARTED
+from runner.processes import HOST
 from runner.project import signature_of
 from runner.recorder import LiveLog, Recorder
+from runner.records import NO_PROCESS, JobArgs, QueuedRun, RunEnd, RunError, RunResult, next_attempt
 from runner.revision import Revision
 from runner.store import Store
 
@@ -139,28 +140,39 @@ class _RunLog(logging.Handler):
 _PACKAGE_DIR = str(Path(__file__).parent)
 
 
-def _error(exc: BaseException, masker: Masker, *, with_traceback: bool = True) -> dict[str, Any]:
+def _error(exc: BaseException, masker: Masker, *, with_traceback: bool = True) -> RunError:
     trace = None
     if with_traceback:
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
             tb = tb.tb_next  # runner's own frames tell the task's author nothing
         trace = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
-    return {
-        "type": type(exc).__qualname__,
-        "message": masker.text(str(exc)),
-        "traceback": masker.text(trace) if trace else None,
-    }
+    return RunError(type(exc).__qualname__, masker.text(str(exc)), masker.text(trace) if trace else None)
 
 
-def _fault(exc: BaseException, masker: Masker) -> dict[str, Any]:
+def _fault(exc: BaseException, masker: Masker) -> RunError:
     """The error of a run that runner itself could not prepare, start or record; plain when
     even masking it fails (then its message is not shown: it could hold a secret)."""
     try:
         return _error(exc, masker)
     except Exception as masking:
         message = f"(not shown: masking it failed with {type(masking).__qualname__})"
-        return {"type": type(exc).__qualname__, "message": message, "traceback": None}
+        return RunError(type(exc).__qualname__, message)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ending:
+    """How one attempt ended, before it is recorded (``Engine._finish``)."""
+
+    status: RunStatus
+    error: RunError | None = None
+    exit_code: int | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    result: Any = None
+    has_result: bool = False  # a python run that returned (``result`` may be None)
+    logs: tuple[LogLine, ...] = ()
+    masker: Masker | None = None  # with the secrets its run resolved; None: the attempt's own
 
 
 @dataclass
@@ -185,28 +197,26 @@ class _Attempt:
     next: _Attempt | None = None  # the retry this run's end queues
     queue: str | None = None  # the workers' queue it came by, for a worker's runs
 
-    def row(self) -> dict[str, Any]:
-        return {
-            "id": self.run_id,
-            "task": self.spec.name,
-            "type": self.spec.type.value,
-            "status": RunStatus.QUEUED.value,
-            "attempt": self.number,
-            "trigger": self.trigger,
-            "parent_id": self.parent_id,
-            "invocation": self.invocation,
-            "scheduled_for": self.scheduled_for,
-            "parameters": json.dumps(self.masker.data(json_safe(self.parameters))),
-            "queued_at": self.queued_at,
-            "host": HOST,
-            "pid": PID,
-            "pid_started": PID_STARTED,
-            "queue": self.queue,
-        }
+    def queued(self, revision: Revision | None) -> QueuedRun:
+        return QueuedRun(
+            id=self.run_id,
+            task=self.spec.name,
+            type=self.spec.type,
+            attempt=self.number,
+            trigger=self.trigger,
+            parent_id=self.parent_id,
+            invocation=self.invocation,
+            parameters_json=json.dumps(self.masker.data(json_safe(self.parameters))),
+            queued_at=self.queued_at,
+            scheduled_for=self.scheduled_for,
+            queue=self.queue,
+            revision=revision.digest if revision else None,
+            git_commit=revision.commit if revision else None,
+        )
 
-    def retry(self) -> _Attempt:
+    def retry(self, number: int) -> _Attempt:
         return _Attempt(
-            self.spec, new_run_id(), self.number + 1, self.parameters, "retry", self.run_id,
+            self.spec, new_run_id(), number, self.parameters, "retry", self.run_id,
             self.invocation, masker=self.masker, queue=self.queue,
         )
 
@@ -223,13 +233,15 @@ class Workflow:
     """A task and its needs, checked and ready to run; ``runs`` fills as runs finish."""
 
     def __init__(
-        self, engine: Engine, nodes: dict[str, _Node], target: str, invocation: str, request: dict[str, Any]
+        self, engine: Engine, nodes: dict[str, _Node], target: str, invocation: str, request: JobArgs
     ) -> None:
         self.engine = engine
         self.nodes = nodes
         self.target = target
         self.invocation = invocation
-        self.request = request  # how it was asked for: what a worker needs to make it again
+        # How it was asked for, as the job that takes it to a worker carries it (``send`` adds
+        # the runs' ids, the revision and the queue).
+        self.request = request
         self.runs: list[Run] = []  # every run made, as each finished
         self.on_run: Callable[[Run], None] | None = None  # told of each run as it finishes
 
@@ -258,35 +270,32 @@ class Workflow:
         ``with_runs``: a schedule's ``fires``, the triggers ``claimed``). Returns the tasks of
         ``fires`` whose fire was lost to another daemon: then nothing was recorded."""
         return await self.engine.recorder.queued(
-            [self.engine._row(node.attempt) for node in self.nodes.values()], **with_runs
+            [self.engine._queued(node.attempt) for node in self.nodes.values()], **with_runs
         )
 
     async def send(self, **with_runs: Any) -> list[str]:
         """Record every run of the workflow as ``queued`` for a worker, with the job that takes
         the workflow to one on the target's queue, in one transaction (see ``queue``)."""
         queue = self.nodes[self.target].task.spec.queue or DEFAULT_QUEUE
-        unowned = {"host": "", "pid": 0, "pid_started": None, "queue": queue}
-        rows = [{**self.engine._row(node.attempt), **unowned} for node in self.nodes.values()]
+        runs = [replace(self.engine._queued(node.attempt), owner=NO_PROCESS, queue=queue) for node in self.nodes.values()]
         revision = self.engine.revision
-        job = {
-            **self.request,
-            "parameters": json_safe(dict(self.request["parameters"] or {})),
-            "invocation": self.invocation,
-            "runs": {name: node.attempt.run_id for name, node in self.nodes.items()},
-            "revision": revision.digest if revision else None,
-            "queue": queue,
-        }
-        return await self.engine.recorder.queued(rows, jobs=[{"queue": queue, "args": job}], **with_runs)
+        job = replace(
+            self.request,
+            parameters=json_safe(dict(self.request.parameters)),
+            runs={name: node.attempt.run_id for name, node in self.nodes.items()},
+            revision=revision.digest if revision else None,
+            queue=queue,
+        )
+        return await self.engine.recorder.queued(runs, jobs=[job], **with_runs)
 
     async def skip(self, reason: str, **with_runs: Any) -> Run | None:
         """Record the target ``skipped`` for ``reason`` without running anything (its needs are
         not recorded): a schedule's fire while the task's previous run goes on. None if the
         fire was lost to another daemon (nothing recorded)."""
         node = self.nodes[self.target]
-        if await self.engine.recorder.queued([self.engine._row(node.attempt)], **with_runs):
+        if await self.engine.recorder.queued([self.engine._queued(node.attempt)], **with_runs):
             return None
-        error = {"type": "Skipped", "message": reason, "traceback": None}
-        node.final = await self.engine._finish(node.attempt, None, RunStatus.SKIPPED, error=error)
+        node.final = await self.engine._finish(node.attempt, None, _Ending(RunStatus.SKIPPED, RunError("Skipped", reason)))
         self._tell(node.final)
         node.done.set()
         return node.final
@@ -345,8 +354,8 @@ class Workflow:
                 raise  # its record could not be written: the store's trouble, the caller's to see
             # Whatever failed around this run (reading its needs' results) fails the run, not
             # the workflow, and not the process running it.
-            error = _fault(exc, node.attempt.masker)
-            node.final = await self.engine._finish(node.attempt, None, RunStatus.FAILED, error=error)
+            ending = _Ending(RunStatus.FAILED, _fault(exc, node.attempt.masker))
+            node.final = await self.engine._finish(node.attempt, None, ending)
             self._record(node.final)
         finally:
             node.done.set()
@@ -459,10 +468,6 @@ class Engine:
         retries are queued as the runs of that queue). Raises TaskNotRunnable (unknown,
         disabled, orphaned, invalid, removed) or ParameterError.
         """
-        request = {
-            "task": name, "parameters": parameters, "with_needs": with_needs, "trigger": trigger,
-            "parent_id": parent_id, "attempt": attempt, "scheduled_for": scheduled_for,
-        }
         target = self._runnable(name)
         order = upstream_order(name, self._needs) if with_needs else [name]
         if run_ids is not None and set(order) != set(run_ids):
@@ -471,6 +476,10 @@ class Engine:
                 f"now: {', '.join(order)}); run it again"
             )
         invocation = invocation or new_run_id()
+        request = JobArgs(
+            task=name, parameters=parameters or {}, with_needs=with_needs, trigger=trigger, parent_id=parent_id,
+            attempt=attempt, scheduled_for=scheduled_for, invocation=invocation, runs={}, revision=None, queue="",
+        )
         nodes: dict[str, _Node] = {}
         for task_name in order:
             stored = target if task_name == name else self._runnable(task_name, needed_by=name)
@@ -591,13 +600,12 @@ class Engine:
         why = ", ".join(
             f"{n.task.name} {n.final.status.value if n.final else 'did not run'}" for n in blocked
         )
-        error = {"type": "Skipped", "message": f"a need did not succeed: {why}", "traceback": None}
-        return await self._finish(attempt, None, RunStatus.SKIPPED, error=error)
+        error = RunError("Skipped", f"a need did not succeed: {why}")
+        return await self._finish(attempt, None, _Ending(RunStatus.SKIPPED, error))
 
     async def _cancelled(self, attempt: _Attempt, started: float | None) -> Run:
         message = "stopped on request" if started is not None else "stopped on request before it started"
-        error = {"type": "Cancelled", "message": message, "traceback": None}
-        return await self._finish(attempt, started, RunStatus.CANCELLED, error=error)
+        return await self._finish(attempt, started, _Ending(RunStatus.CANCELLED, RunError("Cancelled", message)))
 
     async def _attempt(self, attempt: _Attempt, upstream: Upstream) -> Run:
         started: float | None = None
@@ -610,25 +618,22 @@ class Engine:
                 try:
                     ending = await self._execute(attempt, upstream)
                 except Exception as exc:  # preparing or starting it failed: this run fails, nothing else
-                    ending = {"status": RunStatus.FAILED, "error": _fault(exc, attempt.masker)}
-            retryable = ending["status"] in (RunStatus.FAILED, RunStatus.TIMED_OUT)
-            if retryable and attempt.number <= attempt.spec.retries.count:
+                    ending = _Ending(RunStatus.FAILED, _fault(exc, attempt.masker))
+            number = next_attempt(ending.status, attempt.number, attempt.spec.retries.count)
+            if number is not None:
                 # Queued with this run's end, before the pause: whoever sees this run final
                 # sees its retry, and a stop during the pause records the retry cancelled.
-                attempt.next = attempt.retry()
+                attempt.next = attempt.retry(number)
             # The slot is free again while the record is committed with other runs' records.
-            return await self._finish(attempt, started, **ending)
+            return await self._finish(attempt, started, ending)
         except anyio.get_cancelled_exc_class():
             if attempt.final is None:
                 with anyio.CancelScope(shield=True):
                     await self._cancelled(attempt, started)
             raise
 
-    def _row(self, attempt: _Attempt) -> dict[str, Any]:
-        row = attempt.row()
-        if self.revision is not None:
-            row["revision"], row["git_commit"] = self.revision.digest, self.revision.commit
-        return row
+    def _queued(self, attempt: _Attempt) -> QueuedRun:
+        return attempt.queued(self.revision)
 
     def _task_limiter(self, spec: TaskSpec) -> AbstractAsyncContextManager[Any]:
         if spec.concurrency is None:
@@ -666,12 +671,12 @@ class Engine:
                     results[need] = found[0].stdout
         return Upstream(results, runs, unloadable)
 
-    async def _execute(self, attempt: _Attempt, upstream: Upstream) -> dict[str, Any]:
-        """Run the task once; return how it ended, as keyword arguments for ``_finish``."""
+    async def _execute(self, attempt: _Attempt, upstream: Upstream) -> _Ending:
+        """Run the task once; return how it ended."""
         try:
             env, secrets = resolve_env(attempt.spec.env, self.project)
         except SecretUnavailable as exc:
-            return {"status": RunStatus.FAILED, "error": _error(exc, attempt.masker, with_traceback=False)}
+            return _Ending(RunStatus.FAILED, _error(exc, attempt.masker, with_traceback=False))
         # The project's secrets and those known when it was queued, as in the final record;
         # kept on the attempt, for an error that escapes from here on.
         masker = attempt.masker = _masking(attempt.masker, secrets)
@@ -680,11 +685,9 @@ class Engine:
             ending = await self._shell(attempt, env, masker, upstream)
         else:
             ending = await self._python(attempt, env, masker, upstream)
-        return {**ending, "masker": masker}
+        return replace(ending, masker=masker)
 
-    async def _shell(
-        self, attempt: _Attempt, env: dict[str, str], masker: Masker, upstream: Upstream
-    ) -> dict[str, Any]:
+    async def _shell(self, attempt: _Attempt, env: dict[str, str], masker: Masker, upstream: Upstream) -> _Ending:
         child_env = {**self._child_environ, **env}
         if not attempt.spec.needs:
             if "RUNNER_UPSTREAM_FILE" not in env:
@@ -701,7 +704,7 @@ class Engine:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_remove, path)
 
-    async def _run_command(self, attempt: _Attempt, child_env: dict[str, str], masker: Masker) -> dict[str, Any]:
+    async def _run_command(self, attempt: _Attempt, child_env: dict[str, str], masker: Masker) -> _Ending:
         spec = attempt.spec
         for key, value in attempt.parameters.items():
             child_env[f"PARAM_{key.upper()}"] = value if isinstance(value, str) else json.dumps(json_safe(value))
@@ -721,28 +724,26 @@ class Engine:
                 on_start=functools.partial(self.recorder.spawned, attempt.run_id),
             )
         except ShellStartError as exc:
-            return {"status": RunStatus.FAILED, "error": _error(exc, masker, with_traceback=False)}
+            return _Ending(RunStatus.FAILED, _error(exc, masker, with_traceback=False))
         if outcome.timed_out:
             status = RunStatus.TIMED_OUT
         else:
             status = RunStatus.SUCCEEDED if outcome.exit_code == 0 else RunStatus.FAILED
-        return {
-            "status": status,
-            "exit_code": outcome.exit_code,
-            "stdout": masker.cut_text(outcome.stdout) if outcome.stdout_truncated else outcome.stdout,
-            "stderr": masker.cut_text(outcome.stderr) if outcome.stderr_truncated else outcome.stderr,
-        }
+        return _Ending(
+            status,
+            exit_code=outcome.exit_code,
+            stdout=masker.cut_text(outcome.stdout) if outcome.stdout_truncated else outcome.stdout,
+            stderr=masker.cut_text(outcome.stderr) if outcome.stderr_truncated else outcome.stderr,
+        )
 
-    async def _python(
-        self, attempt: _Attempt, env: dict[str, str], masker: Masker, upstream: Upstream
-    ) -> dict[str, Any]:
+    async def _python(self, attempt: _Attempt, env: dict[str, str], masker: Masker, upstream: Upstream) -> _Ending:
         spec = attempt.spec
         name = f"runner.task.{spec.name}"
         handler = _RunLog(attempt.live, name)
         logger = logging.Logger(name, logging.DEBUG)
         logger.addHandler(handler)
         context = RunContext(attempt.run_id, spec.name, attempt.number, attempt.parameters, logger, env)
-        printed: dict[str, Any] = {}
+        printed: dict[str, str | None] = {"stdout": None, "stderr": None}
         try:
             fn = registry.resolve(spec.callable or "")
             sig = signature_of(fn)
@@ -770,25 +771,14 @@ class Engine:
         if outcome.error is not None:
             status = RunStatus.TIMED_OUT if outcome.timed_out else RunStatus.FAILED
             error = _error(outcome.error, masker, with_traceback=not outcome.timed_out)
-            return {"status": status, "error": error, "logs": logs, **printed}
+            return _Ending(status, error, logs=logs, stdout=printed["stdout"], stderr=printed["stderr"])
         attempt.value = outcome.value
-        return {"status": RunStatus.SUCCEEDED, "result": outcome.value, "has_result": True, "logs": logs, **printed}
+        return _Ending(
+            RunStatus.SUCCEEDED, result=outcome.value, has_result=True, logs=logs,
+            stdout=printed["stdout"], stderr=printed["stderr"],
+        )
 
-    async def _finish(
-        self,
-        attempt: _Attempt,
-        started: float | None,
-        status: RunStatus,
-        *,
-        exit_code: int | None = None,
-        stdout: str | None = None,
-        stderr: str | None = None,
-        result: Any = None,
-        has_result: bool = False,
-        error: dict[str, Any] | None = None,
-        masker: Masker | None = None,
-        logs: tuple[LogLine, ...] = (),
-    ) -> Run:
+    async def _finish(self, attempt: _Attempt, started: float | None, ending: _Ending) -> Run:
         """Record the run's final status (committed before this returns) and return the run.
 
         What the run's output and log lines had not streamed yet is written in the same
@@ -798,28 +788,25 @@ class Engine:
         why, and no retry: the retry would meet the same.
         """
         # Skipped, cancelled and unstartable runs have no masker of their own.
-        masker = masker if masker is not None else attempt.masker
+        masker = ending.masker if ending.masker is not None else attempt.masker
         finished = time.time()
         try:
-            run, fields = self._final_record(
-                attempt, started, finished, status, masker, exit_code=exit_code, stdout=stdout,
-                stderr=stderr, result=result, has_result=has_result, error=error, logs=logs,
-            )
+            run, end = self._final_record(attempt, started, finished, ending, masker)
             unstreamed = attempt.live.close() if attempt.live is not None else []
         except Exception as exc:
             if attempt.live is not None:
                 with contextlib.suppress(Exception):  # what it still had is dropped with it
                     attempt.live.close()
-            run, fields = self._failed_record(attempt, started, finished, _fault(exc, masker))
+            run, end = self._failed_record(attempt, started, finished, _fault(exc, masker))
             unstreamed, attempt.next = [], None
         attempt.final = run  # from here on the record is on its way, whatever happens
-        retry = self._row(attempt.next) if attempt.next is not None else None
+        retry = self._queued(attempt.next) if attempt.next is not None else None
         try:
-            written = await self.recorder.finished(fields, unstreamed, retry)
+            written = await self.recorder.finished(end, unstreamed, retry)
         except RecordRefused as exc:
-            run, fields = self._failed_record(attempt, started, finished, _fault(exc, masker))
+            run, end = self._failed_record(attempt, started, finished, _fault(exc, masker))
             attempt.final, attempt.next = run, None
-            await self.recorder.finished(fields, [], None)
+            await self.recorder.finished(end, [], None)
             return run
         if not written:
             # Marked interrupted meanwhile (this worker was taken for dead) and retried
@@ -828,51 +815,31 @@ class Engine:
         return run
 
     def _final_record(
-        self,
-        attempt: _Attempt,
-        started: float | None,
-        finished: float,
-        status: RunStatus,
-        masker: Masker,
-        *,
-        exit_code: int | None,
-        stdout: str | None,
-        stderr: str | None,
-        result: Any,
-        has_result: bool,
-        error: dict[str, Any] | None,
-        logs: tuple[LogLine, ...],
-    ) -> tuple[Run, dict[str, Any]]:
-        """The run as it ended, and the fields of its row to write."""
+        self, attempt: _Attempt, started: float | None, finished: float, ending: _Ending, masker: Masker
+    ) -> tuple[Run, RunEnd]:
+        """The run as it ended, and its end to write."""
         duration = round(finished - started, 6) if started is not None else None
         parameters = masker.data(json_safe(attempt.parameters))
-        safe_result = masker.data(json_safe(result)) if has_result else None
-        stdout = masker.text(stdout) if stdout is not None else None
-        stderr = masker.text(stderr) if stderr is not None else None
-        fields: dict[str, Any] = {
-            "id": attempt.run_id,
-            "status": status.value,
-            "finished_at": finished,
-            "duration_s": duration,
-            "exit_code": exit_code,
-            "stdout": stdout,
-            "stderr": stderr,
-            "error": json.dumps(error) if error is not None else None,
-        }
-        if masker:
-            fields["parameters"] = json.dumps(parameters)
-        if has_result:
-            fields["result_json"] = json.dumps(safe_result)
-            fields["result_pickle"] = _pickled(result, masker)
-        run = self._run(
-            attempt, started, finished, duration, status, parameters, exit_code=exit_code,
-            stdout=stdout, stderr=stderr, result=safe_result, error=error, logs=logs,
+        result = None
+        if ending.has_result:
+            result = RunResult.of(masker.data(json_safe(ending.result)), _pickled(ending.result, masker))
+        end = RunEnd(
+            run_id=attempt.run_id,
+            status=ending.status,
+            finished_at=finished,
+            duration_s=duration,
+            exit_code=ending.exit_code,
+            stdout=masker.text(ending.stdout) if ending.stdout is not None else None,
+            stderr=masker.text(ending.stderr) if ending.stderr is not None else None,
+            error=ending.error,
+            parameters_json=json.dumps(parameters) if masker else None,
+            result=result,
         )
-        return run, fields
+        return self._run(attempt, started, end, parameters, ending.logs), end
 
     def _failed_record(
-        self, attempt: _Attempt, started: float | None, finished: float, error: dict[str, Any]
-    ) -> tuple[Run, dict[str, Any]]:
+        self, attempt: _Attempt, started: float | None, finished: float, error: RunError
+    ) -> tuple[Run, RunEnd]:
         """The run ``failed`` with ``error`` and nothing else: what is written when its own
         record could not be; the parameters stay as they were queued."""
         duration = round(finished - started, 6) if started is not None else None
@@ -880,40 +847,22 @@ class Engine:
             parameters = attempt.masker.data(json_safe(attempt.parameters))
         except Exception:
             parameters = {}  # not shown rather than shown unmasked
-        fields = {
-            "id": attempt.run_id,
-            "status": RunStatus.FAILED.value,
-            "finished_at": finished,
-            "duration_s": duration,
-            "exit_code": None,
-            "stdout": None,
-            "stderr": None,
-            "error": json.dumps(error),
-        }
-        run = self._run(attempt, started, finished, duration, RunStatus.FAILED, parameters, error=error)
-        return run, fields
+        end = RunEnd(attempt.run_id, RunStatus.FAILED, finished, duration, error=error)
+        return self._run(attempt, started, end, parameters), end
 
     def _run(
         self,
         attempt: _Attempt,
         started: float | None,
-        finished: float,
-        duration: float | None,
-        status: RunStatus,
-        parameters: dict[str, Any],
-        *,
-        exit_code: int | None = None,
-        stdout: str | None = None,
-        stderr: str | None = None,
-        result: Any = None,
-        error: dict[str, Any] | None = None,
+        end: RunEnd,
+        parameters: Mapping[str, Any],
         logs: tuple[LogLine, ...] = (),
     ) -> Run:
         return Run(
             id=attempt.run_id,
             task=attempt.spec.name,
             type=attempt.spec.type,
-            status=status,
+            status=end.status,
             attempt=attempt.number,
             parameters=parameters,
             trigger=attempt.trigger,
@@ -922,13 +871,13 @@ class Engine:
             scheduled_for=attempt.scheduled_for,
             queued_at=attempt.queued_at,
             started_at=started,
-            finished_at=finished,
-            duration_s=duration,
-            exit_code=exit_code,
-            stdout=stdout,
-            stderr=stderr,
-            result=result,
-            error=error,
+            finished_at=end.finished_at,
+            duration_s=end.duration_s,
+            exit_code=end.exit_code,
+            stdout=end.stdout,
+            stderr=end.stderr,
+            result=end.result.value if end.result is not None else None,
+            error=end.error.to_json() if end.error is not None else None,
             logs=logs,
             host=HOST,
             revision=self.revision.digest if self.revision else None,

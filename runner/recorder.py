@@ -29,8 +29,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import anyio
 from anyio.abc import TaskStatus
@@ -40,8 +39,8 @@ from runner import log
 from runner.errors import RecordRefused, StoreError, StoreFileChanged
 from runner.masking import Masker
 from runner.processes import process_start_time
+from runner.records import Fire, JobArgs, LogChunk, QueuedRun, RunBatch, RunEnd, Written
 from runner.store import Store
-from runner.store.store import RunBatch, Written
 
 FLUSH_INTERVAL = 0.2
 """Seconds a run's new output and log lines wait, at most, before they join a batch."""
@@ -82,8 +81,8 @@ class WriteFailure:
 
 
 def _runs_of(batch: RunBatch) -> list[str]:
-    ids = [row["id"] for row in batch.inserts] + [row["id"] for row in batch.finishes]
-    ids += [run_id for run_id, _ in batch.starts] + [row["run_id"] for row in batch.logs]
+    ids = [run.id for run in batch.inserts] + [end.run_id for end in batch.finishes]
+    ids += [run_id for run_id, _ in batch.starts] + [chunk.run_id for chunk in batch.logs]
     return list(dict.fromkeys(ids))
 
 
@@ -208,7 +207,7 @@ class Recorder:
             extra={"event": "record_refused"},
         )
 
-    def _take(self, live: LiveLog) -> list[dict[str, Any]]:
+    def _take(self, live: LiveLog) -> list[LogChunk]:
         """What ``live`` has to write; nothing (and its run refused) if that cannot be made."""
         try:
             return live.take()
@@ -239,7 +238,7 @@ class Recorder:
         self._closing = True
         self._wake.set()
 
-    async def _commit(self, fill: Any) -> _Pending:
+    async def _commit(self, fill: Callable[[RunBatch], None]) -> _Pending:
         if self._ended:
             raise StoreError("cannot record the run: the recorder is closed")
         pending = self._pending
@@ -256,11 +255,11 @@ class Recorder:
 
     async def queued(
         self,
-        rows: list[dict[str, Any]],
+        runs: Sequence[QueuedRun],
         *,
-        fires: Sequence[dict[str, Any]] = (),
+        fires: Sequence[Fire] = (),
         claimed: Sequence[str] = (),
-        jobs: Sequence[dict[str, Any]] = (),
+        jobs: Sequence[JobArgs] = (),
     ) -> list[str]:
         """Record runs queued; with them, in the same transaction, a schedule's fire, the
         triggers these runs take up, and the jobs that take them to workers. Returns the tasks
@@ -268,17 +267,17 @@ class Recorder:
         their jobs were not recorded."""
 
         def fill(batch: RunBatch) -> None:
-            batch.inserts.extend(rows)
+            batch.inserts.extend(runs)
             if fires:
-                ids = [row["id"] for row in rows]
-                batch.fires.extend({**fire, "runs": ids} for fire in fires)
+                ids = tuple(run.id for run in runs)
+                batch.fires.extend(replace(fire, runs=ids) for fire in fires)
             batch.claimed.extend(claimed)
             batch.jobs.extend(jobs)
 
         pending = await self._commit(fill)
         if self._refused:
-            self._raise_if_refused([row["id"] for row in rows])
-        return [fire["task"] for fire in fires if fire["task"] in pending.written.lost_fires]
+            self._raise_if_refused([run.id for run in runs])
+        return [fire.task for fire in fires if fire.task in pending.written.lost_fires]
 
     def started(self, run_id: str, at: float) -> None:
         """Record that a run started, without waiting: a run that lasts longer than a commit is
@@ -292,25 +291,23 @@ class Recorder:
         self._pending.batch.groups.append((run_id, pgid, process_start_time(pgid)))
         self._wake.set()
 
-    async def finished(
-        self, fields: dict[str, Any], logs: list[dict[str, Any]], retry: dict[str, Any] | None = None
-    ) -> bool:
+    async def finished(self, end: RunEnd, logs: Sequence[LogChunk], retry: QueuedRun | None = None) -> bool:
         """Record a run's end, with the log rows it had not streamed yet and the ``retry`` it
         queues, in one transaction. False if the run had ended already (taken for dead): then
         neither its end nor its retry was written."""
 
         def fill(batch: RunBatch) -> None:
-            batch.finishes.append(fields)
+            batch.finishes.append(end)
             batch.logs.extend(logs)
             if retry is not None:
                 batch.retries.append(retry)
 
         if self._refused:  # some of its rows were refused already: so is its end, unwritten
-            self._raise_if_refused([fields["id"]])
+            self._raise_if_refused([end.run_id])
         pending = await self._commit(fill)
         if self._refused:
-            self._raise_if_refused([fields["id"]])
-        return retry is None or retry["id"] not in pending.written.dropped_retries
+            self._raise_if_refused([end.run_id])
+        return retry is None or retry.id not in pending.written.dropped_retries
 
     def live(self, run_id: str, masker: Masker, *, output_cap: int) -> LiveLog:
         """A buffer for one run's output and log lines, flushed into batches while it runs."""
@@ -352,7 +349,7 @@ class _Output:
         self.buffer += data
         self.accepted += len(data)
 
-    def take(self, masker: Masker, secrets: list[bytes], run_id: str, *, final: bool) -> list[dict[str, Any]]:
+    def take(self, masker: Masker, secrets: list[bytes], run_id: str, *, final: bool) -> list[LogChunk]:
         """Rows for what can be written now: whole lines; a line without its end only when it
         is long, at the cap, or at the end; never the start of a secret without the rest."""
         ending = final or self.capped
@@ -365,12 +362,12 @@ class _Output:
                 cut = len(buffer)
         if secrets and not final:
             cut = _before_secret_start(buffer, cut, secrets)
-        rows: list[dict[str, Any]] = []
+        rows: list[LogChunk] = []
         if cut or ending:  # at the end, also the start of a character a long line was cut in
             chunk = bytes(buffer[:cut])
             text = masker.text(self.decoder.decode(chunk, final=ending))
             if text:
-                rows.append(_row(run_id, self.first_at, self.stream, "", text))
+                rows.append(LogChunk(run_id, self.first_at, self.stream, "", text))
         if ending:
             # What is left at the cap is the start of a secret: never written (the record has it).
             buffer.clear()
@@ -383,7 +380,7 @@ class _Output:
                 f"[runner: {self.stream} beyond {self.cap} bytes is not streamed; "
                 "the end is in the run's record]\n"
             )
-            rows.append(_row(run_id, self.last_at, self.stream, "warning", message))
+            rows.append(LogChunk(run_id, self.last_at, self.stream, "warning", message))
         return rows
 
 
@@ -399,10 +396,6 @@ def _before_secret_start(buffer: bytearray, cut: int, secrets: list[bytes]) -> i
                     moved = True
                     break
     return cut
-
-
-def _row(run_id: str, at: float, stream: str, level: str, message: str) -> dict[str, Any]:
-    return {"run_id": run_id, "at": at, "stream": stream, "level": level, "message": message}
 
 
 class LiveLog:
@@ -459,11 +452,11 @@ class LiveLog:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._recorder._mark_dirty, self)
 
-    def take(self) -> list[dict[str, Any]]:
+    def take(self) -> list[LogChunk]:
         """The rows ready to be written; on the event loop."""
         return self._take(final=False)
 
-    def close(self) -> list[dict[str, Any]]:
+    def close(self) -> list[LogChunk]:
         """Everything not written yet; later output and lines are dropped."""
         rows = self._take(final=True)
         self._closed = True
@@ -474,7 +467,7 @@ class LiveLog:
         with self._lock:
             self._closed = True
 
-    def _take(self, *, final: bool) -> list[dict[str, Any]]:
+    def _take(self, *, final: bool) -> list[LogChunk]:
         if self._closed:
             return []
         with self._lock:
@@ -483,13 +476,13 @@ class LiveLog:
             if final:
                 self._closed = True
         text = self._masker.text if self._masker else str
-        rows = [_row(self.run_id, at, "log", level, text(message)) for at, level, message in lines]
+        rows = [LogChunk(self.run_id, at, "log", level, text(message)) for at, level, message in lines]
         for out in self._outputs.values():
             if final or out.buffer or (out.capped and not out.told):
                 taken = out.take(self._masker, self._secrets, self.run_id, final=final)
                 if taken:
                     # Streams interleave: ids should follow the order things happened in.
-                    rows = sorted(rows + taken, key=lambda row: row["at"]) if rows else taken
+                    rows = sorted(rows + taken, key=lambda row: row.at) if rows else taken
         return rows
 
 
@@ -521,14 +514,15 @@ def _apart(batch: RunBatch) -> list[tuple[list[str], RunBatch]]:
         for root in roots[1:]:
             parent[root] = roots[0]
 
-    for row in batch.inserts:
-        join([row["id"], f"invocation:{row['invocation']}"])
+    for run in batch.inserts:
+        join([run.id, f"invocation:{run.invocation}"])
     for fire in batch.fires:
-        join([f"fire:{fire['task']}", *fire.get("runs", ())])
+        join([f"fire:{fire.task}", *fire.runs])
     for job in batch.jobs:
-        join(job["args"]["runs"].values())
-    for row in batch.retries:
-        join([row["id"], row["parent_id"]])
+        join(job.runs.values())
+    for run in batch.retries:
+        assert run.parent_id is not None
+        join([run.id, run.parent_id])
     parts: dict[str, tuple[list[str], RunBatch]] = {}
 
     def part(key: str) -> RunBatch:
@@ -537,24 +531,24 @@ def _apart(batch: RunBatch) -> list[tuple[list[str], RunBatch]]:
             parts[root] = ([], RunBatch())
         return parts[root][1]
 
-    for row in batch.inserts:
-        part(row["id"]).inserts.append(row)
+    for run in batch.inserts:
+        part(run.id).inserts.append(run)
     for start in batch.starts:
         part(start[0]).starts.append(start)
     for group in batch.groups:
         part(group[0]).groups.append(group)
-    for fields in batch.finishes:
-        part(fields["id"]).finishes.append(fields)
-    for row in batch.logs:
-        part(row["run_id"]).logs.append(row)
+    for end in batch.finishes:
+        part(end.run_id).finishes.append(end)
+    for chunk in batch.logs:
+        part(chunk.run_id).logs.append(chunk)
     for fire in batch.fires:
-        part(f"fire:{fire['task']}").fires.append(fire)
+        part(f"fire:{fire.task}").fires.append(fire)
     for run_id in batch.claimed:
         part(run_id).claimed.append(run_id)
     for job in batch.jobs:
-        part(next(iter(job["args"]["runs"].values()))).jobs.append(job)
-    for row in batch.retries:
-        part(row["id"]).retries.append(row)
+        part(next(iter(job.runs.values()))).jobs.append(job)
+    for run in batch.retries:
+        part(run.id).retries.append(run)
     for key in list(parent):
         if not key.startswith(("invocation:", "fire:")) and (root := find(key)) in parts:
             parts[root][0].append(key)

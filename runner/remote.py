@@ -31,7 +31,8 @@ from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnab
 from runner.follow import wait_for
 from runner.inputs import check_parameters
 from runner.models import RunStatus
-from runner.processes import HOST, PID, process_is_alive
+from runner.processes import HOST, PID, kill_orphaned_group, process_is_alive
+from runner.records import JobArgs, LogChunk, RunError
 from runner.revision import project_revision
 from runner.shutdown import on_stop_signals, signal_name
 from runner.store import Store
@@ -136,35 +137,32 @@ class Worker:
         with anyio.CancelScope() as scope:
             self._scopes.add(scope)
             try:
-                await self.execute(args)
+                await self.execute(JobArgs.from_json(args))
             finally:
                 self._scopes.discard(scope)
 
-    async def execute(self, args: dict[str, Any]) -> None:
+    async def execute(self, args: JobArgs) -> None:
         """Run the workflow a job carries, unless its runs were taken up or ended meanwhile."""
-        run_ids = list(args["runs"].values())
+        run_ids = list(args.runs.values())
         notes = await self._check_revision(args)
         try:
             # Checked here too: the job was written by another process, maybe another host.
-            check_parameters(args["parameters"])
+            check_parameters(args.parameters)
             workflow = await self._workflow(args)
         except (TaskNotRunnable, ParameterError) as exc:
-            error = {"type": type(exc).__name__, "message": str(exc), "traceback": None}
-            if await self.store.finish_queued(run_ids, RunStatus.FAILED, error):
+            if await self.store.finish_queued(run_ids, RunStatus.FAILED, RunError.of(exc)):
                 log.logger.error(
-                    f"{args['task']}: run {args['runs'][args['task']]} cannot run here: {exc}",
-                    extra={"event": "job_refused", "task": args["task"], "run_id": args["runs"][args["task"]]},
+                    f"{args.task}: run {args.target_run_id} cannot run here: {exc}",
+                    extra={"event": "job_refused", "task": args.task, "run_id": args.target_run_id},
                 )
             return
-        notes_rows = [
-            {"run_id": workflow.target_run_id, "at": time.time(), "level": "warning", "message": note, "stream": "log"}
-            for note in notes
-        ]
+        now = time.time()
+        notes_rows = [LogChunk(workflow.target_run_id, now, "log", "warning", note) for note in notes]
         revision = self.revision
         if not await self.store.claim_runs(run_ids, revision=revision.digest, git_commit=revision.commit, notes=notes_rows):
             log.logger.info(
-                f"{args['task']}: run {workflow.target_run_id} was taken up or ended elsewhere; skipped",
-                extra={"event": "job_skipped", "task": args["task"], "run_id": workflow.target_run_id},
+                f"{args.task}: run {workflow.target_run_id} was taken up or ended elsewhere; skipped",
+                extra={"event": "job_skipped", "task": args.task, "run_id": workflow.target_run_id},
             )
             return
         workflow.on_run = log.run_finished
@@ -173,13 +171,13 @@ class Worker:
         except RunnerError as exc:
             log.logger.error(f"{workflow.target}: {exc}", extra={"event": "run_error", "task": workflow.target})
 
-    async def _workflow(self, args: dict[str, Any]) -> Workflow:
+    async def _workflow(self, args: JobArgs) -> Workflow:
         def make() -> Workflow:
             return self.engine.workflow(
-                args["task"], parameters=args["parameters"], with_needs=args["with_needs"],
-                trigger=args["trigger"], parent_id=args["parent_id"], attempt=args["attempt"],
-                scheduled_for=args["scheduled_for"], run_ids=args["runs"], invocation=args["invocation"],
-                queue=args.get("queue"),
+                args.task, parameters=args.parameters, with_needs=args.with_needs,
+                trigger=args.trigger, parent_id=args.parent_id, attempt=args.attempt,
+                scheduled_for=args.scheduled_for, run_ids=args.runs, invocation=args.invocation,
+                queue=args.queue or None,
             )
 
         try:
@@ -188,10 +186,10 @@ class Worker:
             await self.engine.reload()  # synced since this worker last read the tasks?
             return make()
 
-    async def _check_revision(self, args: dict[str, Any]) -> list[str]:
+    async def _check_revision(self, args: JobArgs) -> list[str]:
         """Notice a job queued at another revision of the files: read the tasks again, and the
         plugins if this worker's files changed too; say so when the revisions still differ."""
-        theirs = args.get("revision")
+        theirs = args.revision
         if theirs is None or theirs == self.revision.digest:
             return []
         if theirs != self._seen_revision:
@@ -242,6 +240,8 @@ async def recover_stalled(store: Store, *, sweep: bool = False) -> None:
             recovery = await store.recover_job(job_id, retries)
             if recovery is None:
                 continue
+            for pgid, started in recovery.kill:
+                kill_orphaned_group(pgid, started)
             if recovery.requeued:
                 log.logger.warning(
                     f"job {job_id}: its worker died before taking its runs up; queued again",

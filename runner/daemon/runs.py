@@ -12,6 +12,7 @@ from anyio.abc import TaskGroup
 from runner import log
 from runner.engine import Engine, Workflow
 from runner.errors import ParameterError, RunnerError, TaskNotRunnable
+from runner.records import next_attempt
 from runner.store import Store
 from runner.store.store import Lease
 
@@ -91,12 +92,13 @@ class Runs:
         """Retry the runs a dead daemon had started, where their task has retries left."""
         for run in await store.started_runs_interrupted(previous.host, previous.pid):
             stored = self.engine.tasks.get(run.task)
-            if stored is None or run.attempt > stored.spec.retries.count:
+            number = next_attempt(run.status, run.attempt, stored.spec.retries.count if stored else None)
+            if number is None:
                 continue
             try:
                 workflow = self.engine.workflow(
                     run.task, parameters=run.parameters, with_needs=False, trigger="retry",
-                    parent_id=run.id, attempt=run.attempt + 1,
+                    parent_id=run.id, attempt=number,
                 )
             except (TaskNotRunnable, ParameterError) as exc:
                 log.warn(

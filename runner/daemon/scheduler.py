@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
 
@@ -29,6 +29,7 @@ from runner.engine import Engine
 from runner.errors import ParameterError, StoreError, TaskNotRunnable
 from runner.models import Schedule, iso
 from runner.processes import HOST, process_is_alive
+from runner.records import Fire
 from runner.schedule import next_fire
 from runner.store import Store
 from runner.store.store import ScheduleState
@@ -133,7 +134,8 @@ class Scheduler:
             name, state.schedule, state.anchor, next_fire(schedule, now, anchor=state.anchor), state.next_fire_at
         )
         self.states[name] = advanced
-        fires = [{"task": name, "next_fire_at": advanced.next_fire_at, "last_fire_at": advanced.last_fire_at}]
+        assert advanced.last_fire_at is not None
+        fires = [Fire(name, advanced.next_fire_at, advanced.last_fire_at)]
         try:
             # Shielded: a stop that comes while the fire is being committed must not leave its
             # runs queued but never started.
@@ -149,7 +151,7 @@ class Scheduler:
         schedule: Schedule,
         state: ScheduleState,
         advanced: ScheduleState,
-        fires: list[dict[str, Any]],
+        fires: list[Fire],
         busy: bool,
     ) -> None:
         if state.next_fire_at < self.started_at and schedule.misfire == "skip":

@@ -7,7 +7,6 @@ is recorded as a failed run with the trigger's run id, saying why.
 
 from __future__ import annotations
 
-import json
 import time
 
 import anyio
@@ -17,8 +16,8 @@ from runner.daemon.housekeeping import store_trouble
 from runner.daemon.runs import Dispatch
 from runner.engine import Engine
 from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnable
-from runner.models import RunStatus
-from runner.processes import HOST, PID, PID_STARTED
+from runner.models import RunStatus, TaskType
+from runner.records import QueuedRun, RunEnd, RunError
 from runner.store import Store
 from runner.store.store import Trigger
 
@@ -73,16 +72,12 @@ class Triggers:
         """Record a trigger that cannot run as a failed run with its id, saying why."""
         stored = self.engine.tasks.get(trigger.task)
         now = time.time()
-        row = {
-            "id": trigger.run_id, "task": trigger.task, "type": stored.spec.type.value if stored else "shell",
-            "status": RunStatus.QUEUED.value, "attempt": 1, "trigger": "trigger", "parent_id": None,
-            "invocation": trigger.run_id, "parameters": "{}", "queued_at": now,
-            "host": HOST, "pid": PID, "pid_started": PID_STARTED,
-        }
-        error = {"type": type(exc).__name__, "message": str(exc), "traceback": None}
-        finish = {"id": trigger.run_id, "status": RunStatus.FAILED.value, "finished_at": now, "error": json.dumps(error)}
-        await self.engine.recorder.queued([row], claimed=[trigger.run_id])
-        await self.engine.recorder.finished(finish, [])
+        run = QueuedRun(
+            id=trigger.run_id, task=trigger.task, type=stored.spec.type if stored else TaskType.SHELL, attempt=1,
+            trigger="trigger", parent_id=None, invocation=trigger.run_id, parameters_json="{}", queued_at=now,
+        )
+        await self.engine.recorder.queued([run], claimed=[trigger.run_id])
+        await self.engine.recorder.finished(RunEnd(trigger.run_id, RunStatus.FAILED, now, error=RunError.of(exc)), [])
         log.logger.error(
             f"{trigger.task}: trigger {trigger.run_id} refused: {exc}",
             extra={"event": "trigger_refused", "task": trigger.task, "run_id": trigger.run_id},

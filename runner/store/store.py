@@ -51,6 +51,18 @@ from runner.models import (
     new_run_id,
 )
 from runner.processes import HOST, PID, PID_STARTED, kill_orphaned_group, process_is_alive
+from runner.records import (
+    NO_PROCESS,
+    Fire,
+    JobArgs,
+    LogChunk,
+    QueuedRun,
+    RunBatch,
+    RunEnd,
+    RunError,
+    Written,
+    next_attempt,
+)
 from runner.store import _tables as t
 from runner.store._sessions import TaskSessions
 from runner.sync import SyncPlan
@@ -121,39 +133,54 @@ def _grouped_by_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return list(groups.values())
 
 
-@dataclass
-class RunBatch:
-    """Run writes gathered from many runs, committed together (group commit)."""
-
-    inserts: list[dict[str, Any]] = field(default_factory=list)
-    starts: list[tuple[str, float]] = field(default_factory=list)
-    groups: list[tuple[str, int, float | None]] = field(default_factory=list)  # run id, pgid, its start
-    finishes: list[dict[str, Any]] = field(default_factory=list)
-    logs: list[dict[str, Any]] = field(default_factory=list)
-    # Committed with the runs they start, so a fire or a trigger is never taken twice or lost.
-    # A fire: task, next_fire_at, last_fire_at (the fire's time: where the schedule must still
-    # stand, see write_runs), runs (the ids of the inserts queued with it).
-    fires: list[dict[str, Any]] = field(default_factory=list)
-    claimed: list[str] = field(default_factory=list)  # run ids of triggers taken up
-    # Committed with the runs they carry, so a run for workers is never queued without its job:
-    jobs: list[dict[str, Any]] = field(default_factory=list)  # queue, args (see remote.py)
-    # Queued by a run's end (its retry, with "parent_id"): written only if that end was.
-    retries: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return not (
-            self.inserts or self.starts or self.groups or self.finishes or self.logs or self.fires
-            or self.claimed or self.jobs or self.retries
-        )
+def _queued_row(run: QueuedRun) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "task": run.task,
+        "type": run.type.value,
+        "status": RunStatus.QUEUED.value,
+        "attempt": run.attempt,
+        "trigger": run.trigger,
+        "parent_id": run.parent_id,
+        "invocation": run.invocation,
+        "scheduled_for": run.scheduled_for,
+        "parameters": run.parameters_json,
+        "queued_at": run.queued_at,
+        "host": run.owner.host,
+        "pid": run.owner.pid,
+        "pid_started": run.owner.pid_started,
+        "queue": run.queue,
+        "revision": run.revision,
+        "git_commit": run.git_commit,
+    }
 
 
-@dataclass(frozen=True)
-class Written:
-    """What of a batch was not written (``Store.write_runs``)."""
+def _end_row(end: RunEnd) -> dict[str, Any]:
+    """The fields of a run's row its end sets; those it leaves as queued are not among them."""
+    row: dict[str, Any] = {
+        "id": end.run_id,
+        "status": end.status.value,
+        "finished_at": end.finished_at,
+        "duration_s": end.duration_s,
+        "exit_code": end.exit_code,
+        "stdout": end.stdout,
+        "stderr": end.stderr,
+        "error": _error_json(end.error),
+    }
+    if end.parameters_json is not None:
+        row["parameters"] = end.parameters_json
+    if end.result is not None:
+        row["result_json"] = end.result.json
+        row["result_pickle"] = end.result.pickled
+    return row
 
-    lost_fires: list[str] = field(default_factory=list)  # tasks whose fire another daemon took
-    dropped_retries: list[str] = field(default_factory=list)  # retries of ends not written
+
+def _log_row(chunk: LogChunk) -> dict[str, Any]:
+    return {"run_id": chunk.run_id, "at": chunk.at, "stream": chunk.stream, "level": chunk.level, "message": chunk.message}
+
+
+def _error_json(error: RunError | None) -> str | None:
+    return json.dumps(error.to_json()) if error is not None else None
 
 
 @dataclass(frozen=True)
@@ -210,6 +237,9 @@ class Recovery:
     requeued: bool = False  # no worker had taken its runs up: queued again as they were
     interrupted: list[str] = field(default_factory=list)
     retried: list[tuple[str, str]] = field(default_factory=list)  # (interrupted run, its retry)
+    # The process groups of its interrupted shell runs on this host (pgid, its start time):
+    # what its tasks left running, for the caller to kill.
+    kill: list[tuple[int, float | None]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -753,17 +783,15 @@ class Store:
     async def _write_runs(self, batch: RunBatch, *, fire_by_fire: bool) -> Written:
         if batch.empty:
             return Written()
-        if self._postgres:
-            batch = _without_nul(batch)
+        inserts, jobs = batch.inserts, batch.jobs
         async with self._write() as conn:
             lost = await self._move_schedules(conn, batch.fires, fire_by_fire) if batch.fires else []
-            inserts, jobs = batch.inserts, batch.jobs
             if lost:
-                dropped = {run_id for fire in batch.fires if fire["task"] in lost for run_id in fire.get("runs", ())}
-                inserts = [row for row in inserts if row["id"] not in dropped]
-                jobs = [job for job in jobs if not dropped.intersection(job["args"]["runs"].values())]
-            for rows in _grouped_by_keys(inserts):
-                await conn.execute(t.runs.insert(), rows)
+                dropped = {run_id for fire in batch.fires if fire.task in lost for run_id in fire.runs}
+                inserts = [run for run in inserts if run.id not in dropped]
+                jobs = [job for job in jobs if not dropped.intersection(job.runs.values())]
+            if inserts:
+                await conn.execute(t.runs.insert(), self._clean([_queued_row(run) for run in inserts]))
             if batch.starts:
                 await conn.execute(
                     update(t.runs)
@@ -780,7 +808,7 @@ class Store:
                 )
             if jobs:
                 await self._defer(conn, jobs)
-            for fields in _grouped_by_keys(batch.finishes):
+            for fields in _grouped_by_keys(self._clean([_end_row(end) for end in batch.finishes])):
                 await conn.execute(
                     update(t.runs)
                     .where(t.runs.c.id == bindparam("b_id"), _unfinished)
@@ -789,26 +817,38 @@ class Store:
                 )
             unwritten = await self._queue_retries(conn, batch) if batch.retries else []
             if batch.logs:
-                await conn.execute(t.run_logs.insert(), batch.logs)
+                await conn.execute(t.run_logs.insert(), self._clean([_log_row(chunk) for chunk in batch.logs]))
             if batch.claimed:
                 await conn.execute(t.triggers.delete().where(t.triggers.c.run_id.in_(batch.claimed)))
         return Written(lost, unwritten)
 
+    def _clean(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``rows``, on PostgreSQL with NUL characters in their text replaced by U+FFFD: its
+        text cannot hold them, and one stray NUL in a run's output must not lose its record."""
+        if not self._postgres:
+            return rows
+        return [
+            {k: v.replace("\x00", "\ufffd") if isinstance(v, str) else v for k, v in row.items()}
+            if any(isinstance(v, str) and "\x00" in v for v in row.values())
+            else row
+            for row in rows
+        ]
+
     async def _queue_retries(self, conn: AsyncConnection, batch: RunBatch) -> list[str]:
         """Insert the retries whose parent's end was written (it has the status and end time
         this batch gave it); the ids of the others."""
-        ended = {f["id"]: (f["status"], f["finished_at"]) for f in batch.finishes}
-        parents = [row["parent_id"] for row in batch.retries]
+        ended = {end.run_id: (end.status.value, end.finished_at) for end in batch.finishes}
+        parents = [run.parent_id for run in batch.retries]
         found = await conn.execute(
             select(t.runs.c.id, t.runs.c.status, t.runs.c.finished_at).where(t.runs.c.id.in_(parents))
         )
         written = {run_id for run_id, status, at in found if ended.get(run_id) == (status, at)}
-        keep = [row for row in batch.retries if row["parent_id"] in written]
-        for rows in _grouped_by_keys(keep):
-            await conn.execute(t.runs.insert(), rows)
-        return [row["id"] for row in batch.retries if row["parent_id"] not in written]
+        keep = [run for run in batch.retries if run.parent_id in written]
+        if keep:
+            await conn.execute(t.runs.insert(), self._clean([_queued_row(run) for run in keep]))
+        return [run.id for run in batch.retries if run.parent_id not in written]
 
-    async def _move_schedules(self, conn: AsyncConnection, fires: list[dict[str, Any]], fire_by_fire: bool) -> list[str]:
+    async def _move_schedules(self, conn: AsyncConnection, fires: list[Fire], fire_by_fire: bool) -> list[str]:
         """Move each fire's schedule on, if it still stands at the fire's time; return the
         tasks of the fires whose schedule did not. Several fires go in one statement, as
         before the compare-and-set; if one of them was lost (rare), ``_WhichFire`` rolls the
@@ -818,12 +858,12 @@ class Store:
             .where(t.schedules.c.task == bindparam("b_task"), t.schedules.c.next_fire_at == bindparam("b_last"))
             .values(next_fire_at=bindparam("b_next"), last_fire_at=bindparam("b_last"))
         )
-        params = [{"b_task": f["task"], "b_next": f["next_fire_at"], "b_last": f["last_fire_at"]} for f in fires]
+        params = [{"b_task": f.task, "b_next": f.next_fire_at, "b_last": f.last_fire_at} for f in fires]
         if fire_by_fire or len(fires) == 1:
             lost = []
             for fire, one in zip(fires, params, strict=True):
                 if (await conn.execute(move, one)).rowcount != 1:
-                    lost.append(fire["task"])
+                    lost.append(fire.task)
             return lost
         if (await conn.execute(move, params)).rowcount != len(fires):
             raise _WhichFire
@@ -951,9 +991,7 @@ class Store:
                 .values(
                     status=RunStatus.INTERRUPTED.value,
                     finished_at=now,
-                    error=json.dumps(
-                        {"type": "Interrupted", "message": "the process running it died", "traceback": None}
-                    ),
+                    error=_error_json(RunError("Interrupted", "the process running it died")),
                 )
             )
         for row in dead:
@@ -1110,7 +1148,7 @@ class Store:
                 except psycopg.Error as exc:
                     raise StoreError(f"cannot install the job queue in the store at {self.url}: {exc}") from exc
 
-    async def _defer(self, conn: AsyncConnection, jobs: list[dict[str, Any]]) -> None:
+    async def _defer(self, conn: AsyncConnection, jobs: list[JobArgs]) -> None:
         """Put ``jobs`` on the queue, in the transaction that queues their runs, and note each
         job's id on its runs (a job carries one workflow: the runs of one invocation)."""
         ids = (
@@ -1122,8 +1160,8 @@ class Store:
                 ),
                 {
                     "task": JOB_TASK,
-                    "queues": [job["queue"] for job in jobs],
-                    "args": [json.dumps(job["args"]) for job in jobs],
+                    "queues": [job.queue for job in jobs],
+                    "args": [json.dumps(job.to_json()) for job in jobs],
                 },
             )
         ).scalars().all()
@@ -1141,7 +1179,7 @@ class Store:
         *,
         revision: str | None,
         git_commit: str | None,
-        notes: Sequence[dict[str, Any]] = (),
+        notes: Sequence[LogChunk] = (),
     ) -> bool:
         """Take up a job's queued runs for this process, with ``notes`` for their logs; False if
         they are not all waiting for a worker any more (taken up already, or cancelled): then
@@ -1156,19 +1194,19 @@ class Store:
                 if result.rowcount != len(run_ids):
                     raise _Taken
                 if notes:
-                    await conn.execute(t.run_logs.insert(), list(notes))
+                    await conn.execute(t.run_logs.insert(), [_log_row(note) for note in notes])
         except _Taken:
             return False
         return True
 
-    async def finish_queued(self, run_ids: list[str], status: RunStatus, error: dict[str, Any]) -> list[str]:
+    async def finish_queued(self, run_ids: list[str], status: RunStatus, error: RunError) -> list[str]:
         """End the runs among ``run_ids`` that are still queued, with ``status`` and ``error``;
         their ids."""
         async with self._write() as conn:
             rows = await conn.execute(
                 update(t.runs)
                 .where(t.runs.c.id.in_(run_ids), t.runs.c.status == RunStatus.QUEUED.value)
-                .values(status=status.value, finished_at=time.time(), error=json.dumps(error))
+                .values(status=status.value, finished_at=time.time(), error=_error_json(error))
                 .returning(t.runs.c.id)
             )
             return list(rows.scalars())
@@ -1195,11 +1233,11 @@ class Store:
                 )
             ).first()
             if gone is not None:
-                error = {"type": "Cancelled", "message": "stopped on request before it started", "traceback": None}
+                error = RunError("Cancelled", "stopped on request before it started")
                 await conn.execute(
                     update(t.runs)
                     .where(t.runs.c.job_id == job_id, t.runs.c.status == RunStatus.QUEUED.value)
-                    .values(status=RunStatus.CANCELLED.value, finished_at=time.time(), error=json.dumps(error))
+                    .values(status=RunStatus.CANCELLED.value, finished_at=time.time(), error=_error_json(error))
                 )
                 return True
             await conn.execute(text("SELECT procrastinate_cancel_job_v1(:id, true, false)"), {"id": job_id})
@@ -1234,12 +1272,13 @@ class Store:
             found.update(job for job, pid, started in here if not is_alive(pid, started))
         return sorted(found)
 
-    async def recover_job(self, job_id: int, retries: Callable[[str], int | None]) -> Recovery | None:
+    async def recover_job(self, job_id: int, left: Callable[[str], int | None]) -> Recovery | None:
         """Take a stalled job off the queue and settle its runs (those it carried, and the
         retries its worker queued for them), in one transaction: never taken up, they are
         queued again as they were; else the unfinished ones are marked interrupted, and each
-        that had started gets another attempt (a job of its own) if ``retries(task)`` says its
-        task has one left. None if another process settled it."""
+        that had started gets another attempt (a job of its own) if its task has one left
+        (``left(task)``: the task's retries, None if it is gone). None if another process
+        settled it."""
         async with self._write() as conn:
             row = (
                 await conn.execute(
@@ -1249,58 +1288,55 @@ class Store:
             ).first()
             if row is None:
                 return None
-            queue, args = row.queue_name, row.args
+            args = JobArgs.from_json(row.args, queue=row.queue_name)
             runs = (
                 await conn.execute(
                     select(*_RUN_COLUMNS, t.runs.c.pgid, t.runs.c.pgid_started).where(
                         # With the retries its worker queued itself: they share the invocation.
-                        or_(t.runs.c.id.in_(list(args["runs"].values())), t.runs.c.invocation == args["invocation"])
+                        or_(t.runs.c.id.in_(list(args.runs.values())), t.runs.c.invocation == args.invocation)
                     )
                 )
             ).all()
             if all(run.host == "" for run in runs):
-                await self._defer(conn, [{"queue": queue, "args": args}])
+                await self._defer(conn, [args])
                 return Recovery(job_id, requeued=True)
             now = time.time()
-            error = {"type": "Interrupted", "message": "the worker running it died", "traceback": None}
+            error = RunError("Interrupted", "the worker running it died")
             interrupted = (
                 await conn.execute(
                     update(t.runs)
                     .where(t.runs.c.id.in_([run.id for run in runs]), t.runs.c.status.in_(_UNFINISHED))
-                    .values(status=RunStatus.INTERRUPTED.value, finished_at=now, error=json.dumps(error))
+                    .values(status=RunStatus.INTERRUPTED.value, finished_at=now, error=_error_json(error))
                     .returning(t.runs.c.id)
                 )
             ).scalars().all()
             retried: list[tuple[str, str]] = []
-            jobs: list[dict[str, Any]] = []
-            inserts: list[dict[str, Any]] = []
+            jobs: list[JobArgs] = []
+            retries: list[QueuedRun] = []
             for run in runs:
-                left = retries(run.task)
                 if run.started_at is None or run.status not in (*_UNFINISHED, RunStatus.INTERRUPTED.value):
                     continue
-                if left is None or run.attempt > left:
+                number = next_attempt(RunStatus.INTERRUPTED, run.attempt, left(run.task))
+                if number is None:
                     continue
-                new_id = new_run_id()
-                own = args["parameters"] if run.task == args["task"] else {}
-                inserts.append({
-                    "id": new_id, "task": run.task, "type": run.type, "status": RunStatus.QUEUED.value,
-                    "attempt": run.attempt + 1, "trigger": "retry", "parent_id": run.id, "invocation": new_id,
-                    "scheduled_for": run.scheduled_for, "parameters": run.parameters, "queued_at": now,
-                    "host": "", "pid": 0, "pid_started": None, "queue": queue,
-                })
-                jobs.append({"queue": queue, "args": {
-                    **args, "task": run.task, "parameters": own, "with_needs": False, "trigger": "retry",
-                    "parent_id": run.id, "attempt": run.attempt + 1, "scheduled_for": run.scheduled_for,
-                    "invocation": new_id, "runs": {run.task: new_id},
-                }})
-                retried.append((run.id, new_id))
-            if inserts:
-                await conn.execute(t.runs.insert(), inserts)
+                retry = QueuedRun(
+                    id=new_run_id(), task=run.task, type=TaskType(run.type), attempt=number, trigger="retry",
+                    parent_id=run.id, invocation="", parameters_json=run.parameters, queued_at=now,
+                    scheduled_for=run.scheduled_for, owner=NO_PROCESS, queue=args.queue,
+                )
+                retry = replace(retry, invocation=retry.id)
+                retries.append(retry)
+                jobs.append(replace(
+                    args, task=run.task, parameters=args.parameters if run.task == args.task else {},
+                    with_needs=False, trigger="retry", parent_id=run.id, attempt=number,
+                    scheduled_for=run.scheduled_for, invocation=retry.id, runs={run.task: retry.id},
+                ))
+                retried.append((run.id, retry.id))
+            if retries:
+                await conn.execute(t.runs.insert(), [_queued_row(retry) for retry in retries])
                 await self._defer(conn, jobs)
-        for run in runs:
-            if run.id in interrupted and run.pgid is not None and run.host == HOST:
-                kill_orphaned_group(run.pgid, run.pgid_started)
-        return Recovery(job_id, interrupted=list(interrupted), retried=retried)
+        kill = [(run.pgid, run.pgid_started) for run in runs if run.id in interrupted and run.pgid is not None and run.host == HOST]
+        return Recovery(job_id, interrupted=list(interrupted), retried=retried, kill=kill)
 
     # -- retention ------------------------------------------------------------------------------
 
@@ -1598,21 +1634,6 @@ class Store:
 
 class _WhichFire(Exception):
     """A fire of several in one statement was lost; which one, only a statement each can tell."""
-
-
-def _without_nul(batch: RunBatch) -> RunBatch:
-    """The batch with NUL characters in output and log lines replaced by U+FFFD: PostgreSQL's
-    text cannot hold them, and one stray NUL must not lose a run's record."""
-
-    def clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [
-            {k: v.replace("\x00", "\ufffd") if isinstance(v, str) else v for k, v in row.items()}
-            if any(isinstance(v, str) and "\x00" in v for v in row.values())
-            else row
-            for row in rows
-        ]
-
-    return replace(batch, inserts=clean(batch.inserts), finishes=clean(batch.finishes), logs=clean(batch.logs))
 
 
 def _after(key: tuple[float, str] | None) -> list[Any]:

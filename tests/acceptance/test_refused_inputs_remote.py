@@ -6,6 +6,7 @@ arrive is a bad name or parameters that are not a mapping."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -28,14 +29,13 @@ TASKS = """
 
 def queue_directly(url: str, run_id: str, parameters: Any) -> None:
     """Write a run and its job as another host's runner would, without its checks."""
+    from runner.records import RunBatch
     from runner.store import open_store
-    from runner.store.store import RunBatch
 
     async def write() -> None:
         async with open_store(url) as store:
             await store.ensure_queue()
-            sent = job(run_id, task="show", invocation=run_id)
-            sent["args"]["parameters"] = parameters
+            sent = replace(job(run_id, task="show", invocation=run_id), parameters=parameters)
             await store.write_runs(RunBatch(inserts=[unowned(run_id, "show", run_id)], jobs=[sent]))
 
     anyio.run(write)

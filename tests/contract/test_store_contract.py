@@ -6,6 +6,7 @@ tests/integration/test_store.py; here only behaviour a caller can see through ``
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -21,8 +22,9 @@ from pg import pg_server, pg_url, store_url  # noqa: F401
 
 from runner.errors import RunNotFound, StoreVersionError
 from runner.models import RunStatus, Source, TaskSpec, TaskType
+from runner.records import Fire, LogChunk, Owner, QueuedRun, RunBatch, RunEnd, RunResult
 from runner.store import CURRENT_VERSION, Store, open_store
-from runner.store.store import Lease, LeaseHeld, RunBatch, ScheduleState, Trigger
+from runner.store.store import Lease, LeaseHeld, ScheduleState, Trigger
 from runner.sync import Wanted, plan
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
@@ -63,11 +65,22 @@ async def sync(store: Store, want: dict[str, Wanted]) -> dict[str, list[str]]:
     return {k: v for k, v in result.to_json().items() if v}
 
 
-def run_row(run_id: str, task: str = "a", *, status: str = "queued", queued: float = NOW, **more: Any) -> dict[str, Any]:
-    return {
-        "id": run_id, "task": task, "type": "shell", "status": status, "attempt": 1, "trigger": "cli",
-        "parameters": "{}", "queued_at": queued, "host": "elsewhere", "pid": 1, **more,
-    }
+def run_row(
+    run_id: str, task: str = "a", *, queued: float = NOW, host: str = "elsewhere", pid: int = 1,
+    parameters: dict[str, Any] | None = None, invocation: str | None = None, scheduled_for: float | None = None,
+) -> QueuedRun:
+    return QueuedRun(
+        id=run_id, task=task, type=TaskType.SHELL, attempt=1, trigger="cli", parent_id=None,
+        invocation=invocation or run_id, parameters_json=json.dumps(parameters or {}), queued_at=queued,
+        scheduled_for=scheduled_for, owner=Owner(host, pid, None),
+    )
+
+
+def recorded(run: QueuedRun, status: str, finished_at: float | None = None) -> RunBatch:
+    """``run`` queued and then running, or ended ``status`` at ``finished_at``."""
+    if status == "running":
+        return RunBatch(inserts=[run], starts=[(run.id, run.queued_at)])
+    return RunBatch(inserts=[run], finishes=[RunEnd(run.id, RunStatus(status), finished_at or run.queued_at)])
 
 
 # -- schema and versions -------------------------------------------------------------------------
@@ -168,7 +181,7 @@ async def test_runs_round_trip_through_a_batch(store: Store) -> None:
     result = Odd(Fraction(1, 3))
     await store.write_runs(
         RunBatch(
-            inserts=[run_row("r1", parameters='{"a": 1, "s": "ü"}', invocation="inv"), run_row("r2", queued=NOW + 1, invocation=None)],
+            inserts=[run_row("r1", parameters={"a": 1, "s": "ü"}, invocation="inv"), run_row("r2", queued=NOW + 1)],
             starts=[("r1", NOW + 0.5)],
             groups=[("r1", 4242, NOW + 0.25)],
         )
@@ -179,12 +192,10 @@ async def test_runs_round_trip_through_a_batch(store: Store) -> None:
     await store.write_runs(
         RunBatch(
             finishes=[
-                {"id": "r1", "status": "succeeded", "finished_at": NOW + 2, "duration_s": 1.5,
-                 "result_json": '{"_type": "Odd"}', "result_pickle": pickle.dumps(result)},
-                {"id": "r2", "status": "failed", "finished_at": NOW + 3, "exit_code": 3,
-                 "stdout": "out ü\n", "stderr": "err\n"},
+                RunEnd("r1", RunStatus.SUCCEEDED, NOW + 2, 1.5, result=RunResult.of({"_type": "Odd"}, pickle.dumps(result))),
+                RunEnd("r2", RunStatus.FAILED, NOW + 3, exit_code=3, stdout="out ü\n", stderr="err\n"),
             ],
-            logs=[{"run_id": "r1", "at": NOW + 1, "level": "info", "message": "hello ü"}],
+            logs=[LogChunk("r1", NOW + 1, "log", "info", "hello ü")],
         )
     )
     r1 = await store.run("r1")
@@ -223,7 +234,7 @@ async def test_log_lines_page_by_id(store: Store) -> None:
     lines = [("ra", "log", "info", "one"), ("rb", "stdout", None, "two\n"), ("ra", "stderr", None, "three\n")]
     for run_id, stream, level, message in lines:
         await store.write_runs(
-            RunBatch(logs=[{"run_id": run_id, "at": NOW, "stream": stream, "level": level or "", "message": message}])
+            RunBatch(logs=[LogChunk(run_id, NOW, stream, level or "", message)])
         )
     every = await store.log_lines()
     assert [(e.run_id, e.task, e.stream, e.level, e.message) for e in every] == [
@@ -240,8 +251,8 @@ async def test_output_with_a_nul_is_recorded(store: Store) -> None:
     await store.write_runs(RunBatch(inserts=[run_row("r")]))
     await store.write_runs(
         RunBatch(
-            finishes=[{"id": "r", "status": "succeeded", "stdout": "a\x00b", "stderr": None}],
-            logs=[{"run_id": "r", "at": NOW, "stream": "stdout", "level": "", "message": "a\x00b"}],
+            finishes=[RunEnd("r", RunStatus.SUCCEEDED, NOW, stdout="a\x00b")],
+            logs=[LogChunk("r", NOW, "stdout", "", "a\x00b")],
         )
     )
     stdout = (await store.run("r")).stdout
@@ -250,17 +261,13 @@ async def test_output_with_a_nul_is_recorded(store: Store) -> None:
 
 
 async def test_runs_of_dead_processes_are_marked_interrupted(store: Store) -> None:
-    await store.write_runs(
-        RunBatch(
-            inserts=[
-                run_row("dead", host="h", pid=10, status="running"),
-                run_row("alive", host="h", pid=11, status="running"),
-                run_row("done", host="h", pid=10, status="succeeded"),
-                run_row("other-host", host="g", pid=10),
-            ],
-            starts=[("dead", NOW)],
-        )
-    )
+    for batch in (
+        recorded(run_row("dead", host="h", pid=10), "running"),
+        recorded(run_row("alive", host="h", pid=11), "running"),
+        recorded(run_row("done", host="h", pid=10), "succeeded"),
+        RunBatch(inserts=[run_row("other-host", host="g", pid=10)]),
+    ):
+        await store.write_runs(batch)
     assert await store.mark_interrupted("h", lambda pid, _started: pid == 11) == ["dead"]
     dead = await store.run("dead")
     assert dead.status is RunStatus.INTERRUPTED and dead.error is not None
@@ -277,23 +284,20 @@ async def test_runs_of_dead_processes_are_marked_interrupted(store: Store) -> No
 
 async def test_prune_runs_keeps_unfinished_and_the_latest_success(store: Store) -> None:
     day = 86_400.0
-    await store.write_runs(
-        RunBatch(
-            inserts=[
-                run_row("old-ok", status="succeeded", queued=NOW - 40 * day, finished_at=NOW - 40 * day),
-                run_row("old-failed", status="failed", queued=NOW - 39 * day, finished_at=NOW - 39 * day),
-                run_row("old-running", status="running", queued=NOW - 50 * day, finished_at=None),
-                run_row("new-failed", status="failed", queued=NOW - 60, finished_at=NOW - 60),
-            ],
-            logs=[{"run_id": "old-failed", "at": NOW, "level": "info", "message": "x"}],
-        )
-    )
+    for batch in (
+        recorded(run_row("old-ok", queued=NOW - 40 * day), "succeeded", NOW - 40 * day),
+        recorded(run_row("old-failed", queued=NOW - 39 * day), "failed", NOW - 39 * day),
+        recorded(run_row("old-running", queued=NOW - 50 * day), "running"),
+        recorded(run_row("new-failed", queued=NOW - 60), "failed", NOW - 60),
+        RunBatch(logs=[LogChunk("old-failed", NOW, "log", "info", "x")]),
+    ):
+        await store.write_runs(batch)
     assert await store.prune_runs(older_than=30 * day, keep_per_task=None, dry_run=True) == 1
     assert await store.prune_runs(older_than=30 * day, keep_per_task=None) == 1
     assert {r.id for r in await store.runs()} == {"old-ok", "old-running", "new-failed"}
     assert await store.log_lines() == []
     assert await store.prune_runs(older_than=None, keep_per_task=1) == 0  # old-ok is a's latest success
-    await store.write_runs(RunBatch(inserts=[run_row("newer-ok", status="succeeded", queued=NOW - 30, finished_at=NOW)]))
+    await store.write_runs(recorded(run_row("newer-ok", queued=NOW - 30), "succeeded", NOW))
     assert await store.prune_runs(older_than=None, keep_per_task=1) == 2
     assert {r.id for r in await store.runs()} == {"old-running", "newer-ok"}
 
@@ -342,7 +346,7 @@ async def test_schedule_states_are_saved_replaced_and_dropped(store: Store) -> N
     await store.save_schedule_states([a2], ["b"])
     assert await store.schedule_states() == {"a": a2}
     await store.write_runs(
-        RunBatch(inserts=[run_row("f", scheduled_for=NOW + 120)], fires=[{"task": "a", "next_fire_at": NOW + 180, "last_fire_at": NOW + 120}])
+        RunBatch(inserts=[run_row("f", scheduled_for=NOW + 120)], fires=[Fire("a", NOW + 180, NOW + 120)])
     )
     assert await store.schedule_states() == {"a": ScheduleState("a", '{"every": 60}', NOW, NOW + 180, NOW + 120)}
 
@@ -354,18 +358,17 @@ async def test_a_fire_moves_its_schedule_only_from_where_it_stands_or_writes_not
         [ScheduleState("a", '{"every": 60}', NOW, NOW + 60), ScheduleState("b", '{"every": 60}', NOW, NOW + 60)], []
     )
     await store.write_runs(RunBatch(inserts=[run_row("other", "b")]))
-    unscheduled = {"scheduled_for": None}  # the rows of one insert have the same keys
 
     def fire(task: str, run_id: str) -> RunBatch:
         return RunBatch(
-            inserts=[run_row(run_id, task, scheduled_for=NOW + 60), run_row(f"{run_id}-need", "n", **unscheduled)],
-            fires=[{"task": task, "next_fire_at": NOW + 120, "last_fire_at": NOW + 60, "runs": [run_id, f"{run_id}-need"]}],
+            inserts=[run_row(run_id, task, scheduled_for=NOW + 60), run_row(f"{run_id}-need", "n")],
+            fires=[Fire(task, NOW + 120, NOW + 60, (run_id, f"{run_id}-need"))],
         )
 
     assert (await store.write_runs(fire("a", "first"))).lost_fires == []
     second = fire("a", "second")
-    second.inserts.append(run_row("unrelated", **unscheduled))
-    second.finishes.append({"id": "other", "status": "succeeded", "finished_at": NOW})
+    second.inserts.append(run_row("unrelated"))
+    second.finishes.append(RunEnd("other", RunStatus.SUCCEEDED, NOW))
     b = fire("b", "b-fire")
     written = await store.write_runs(
         RunBatch(inserts=second.inserts + b.inserts, finishes=second.finishes, fires=second.fires + b.fires)

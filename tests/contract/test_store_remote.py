@@ -15,10 +15,11 @@ import pytest
 from pg import pg_server, pg_url  # noqa: F401
 
 from runner.errors import StoreError
-from runner.models import RunStatus
+from runner.models import RunStatus, TaskType
 from runner.processes import HOST
+from runner.records import NO_PROCESS, JobArgs, LogChunk, QueuedRun, RunBatch, RunEnd, RunError
 from runner.store import Store, open_store
-from runner.store.store import RunBatch, database_url
+from runner.store.store import database_url
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -53,21 +54,22 @@ async def take(store: Store, job_id: int, *, beating: bool = True) -> None:
         )
 
 
-def unowned(run_id: str, task: str = "a", invocation: str = "inv", **more: Any) -> dict[str, Any]:
-    return {
-        "id": run_id, "task": task, "type": "shell", "status": "queued", "attempt": 1, "trigger": "cli",
-        "parameters": "{}", "queued_at": time.time(), "host": "", "pid": 0, "invocation": invocation,
-        "queue": "default", **more,
-    }
+def unowned(
+    run_id: str, task: str = "a", invocation: str = "inv", *, parent_id: str | None = None, attempt: int = 1,
+    trigger: str = "cli",
+) -> QueuedRun:
+    return QueuedRun(
+        id=run_id, task=task, type=TaskType.SHELL, attempt=attempt, trigger=trigger, parent_id=parent_id,
+        invocation=invocation, parameters_json="{}", queued_at=time.time(), owner=NO_PROCESS, queue="default",
+    )
 
 
-def job(*run_ids: str, task: str = "a", invocation: str = "inv", queue: str = "default") -> dict[str, Any]:
-    args = {
-        "task": task, "parameters": {"x": 1}, "with_needs": True, "trigger": "cli", "parent_id": None,
-        "attempt": 1, "scheduled_for": None, "invocation": invocation,
-        "runs": {f"t{i}" if i else task: run_id for i, run_id in enumerate(run_ids)}, "revision": "abc",
-    }
-    return {"queue": queue, "args": args}
+def job(*run_ids: str, task: str = "a", invocation: str = "inv", queue: str = "default") -> JobArgs:
+    return JobArgs(
+        task=task, parameters={"x": 1}, with_needs=True, trigger="cli", parent_id=None, attempt=1,
+        scheduled_for=None, invocation=invocation,
+        runs={f"t{i}" if i else task: run_id for i, run_id in enumerate(run_ids)}, revision="abc", queue=queue,
+    )
 
 
 async def send(store: Store, *run_ids: str, task: str = "a", invocation: str = "inv") -> int:
@@ -114,7 +116,7 @@ async def test_runs_and_their_job_are_committed_together(store: Store) -> None:
 
 async def test_runs_are_claimed_once(store: Store) -> None:
     await send(store, "r1", "r2")
-    note = {"run_id": "r1", "at": time.time(), "level": "warning", "message": "revisions differ", "stream": "log"}
+    note = LogChunk("r1", time.time(), "log", "warning", "revisions differ")
     assert await store.claim_runs(["r1", "r2"], revision="abc", git_commit="c0ffee", notes=[note])
     assert not await store.claim_runs(["r1", "r2"], revision="abc", git_commit=None)
     run = await store.run("r1")
@@ -124,7 +126,7 @@ async def test_runs_are_claimed_once(store: Store) -> None:
 
 async def test_a_claim_of_runs_not_all_waiting_changes_nothing(store: Store) -> None:
     await send(store, "r1", "r2")
-    assert await store.finish_queued(["r2"], RunStatus.FAILED, {"type": "X", "message": "no", "traceback": None}) == ["r2"]
+    assert await store.finish_queued(["r2"], RunStatus.FAILED, RunError("X", "no")) == ["r2"]
     assert not await store.claim_runs(["r1", "r2"], revision=None, git_commit=None)
     assert (await store.run("r1")).host is None
 
@@ -200,7 +202,7 @@ async def test_a_final_status_is_written_once(store: Store) -> None:
     written = await store.write_runs(
         RunBatch(
             starts=[("r1", time.time())],
-            finishes=[{"id": "r1", "status": "failed", "finished_at": time.time()}],
+            finishes=[RunEnd("r1", RunStatus.FAILED, time.time())],
             retries=[unowned("r1-retry", parent_id="r1", attempt=2, trigger="retry")],
         )
     )
@@ -215,7 +217,7 @@ async def test_a_retry_is_written_with_the_end_that_queues_it(store: Store) -> N
     await store.write_runs(RunBatch(inserts=[unowned("r1")]))
     written = await store.write_runs(
         RunBatch(
-            finishes=[{"id": "r1", "status": "failed", "finished_at": time.time()}],
+            finishes=[RunEnd("r1", RunStatus.FAILED, time.time())],
             retries=[unowned("r2", parent_id="r1", attempt=2, trigger="retry")],
         )
     )

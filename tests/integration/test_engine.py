@@ -30,11 +30,11 @@ from conftest import ProjectDir, live_members
 
 from runner.engine import Engine
 from runner.errors import ParameterError, TaskNotRunnable
-from runner.models import Run, RunStatus
+from runner.models import Run, RunStatus, TaskType
 from runner.oneshot import OneShot, run_once
 from runner.processes import HOST
+from runner.records import Owner, QueuedRun, RunBatch, RunEnd
 from runner.store import Store, open_store
-from runner.store.store import RunBatch
 from runner.sync import sync_project
 from runner.testing import run_task, run_task_sync
 
@@ -1112,30 +1112,22 @@ async def test_opening_the_store_marks_runs_of_dead_processes_interrupted(
     dead = await anyio.run_process([sys.executable, "-c", "import os; print(os.getpid())"])
     dead_pid = int(dead.stdout)  # a process that has exited: its runs can never finish
 
-    def row(run_id: str, pid: int, status: str) -> dict[str, Any]:
-        return {
-            "id": run_id,
-            "task": "t",
-            "type": "shell",
-            "status": status,
-            "attempt": 1,
-            "trigger": "cli",
-            "parent_id": None,
-            "parameters": "{}",
-            "queued_at": 1.0,
-            "host": HOST,
-            "pid": pid,
-            "pid_started": None,
-        }
+    def row(run_id: str, pid: int) -> QueuedRun:
+        return QueuedRun(
+            id=run_id, task="t", type=TaskType.SHELL, attempt=1, trigger="cli", parent_id=None,
+            invocation=run_id, parameters_json="{}", queued_at=1.0, owner=Owner(HOST, pid, None),
+        )
 
     await store.write_runs(
         RunBatch(
             inserts=[
-                row("dead-running", dead_pid, "running"),
-                row("dead-queued", dead_pid, "queued"),
-                row("dead-finished", dead_pid, "succeeded"),
-                row("alive-running", os.getpid(), "running"),
-            ]
+                row("dead-running", dead_pid),
+                row("dead-queued", dead_pid),
+                row("dead-finished", dead_pid),
+                row("alive-running", os.getpid()),
+            ],
+            starts=[("dead-running", 1.0), ("alive-running", 1.0)],
+            finishes=[RunEnd("dead-finished", RunStatus.SUCCEEDED, 1.0)],
         )
     )
     async with open_store(db) as reopened:

@@ -25,8 +25,8 @@ from runner.engine import Engine
 from runner.errors import RecordRefused
 from runner.masking import Masker
 from runner.models import Run, RunStatus
+from runner.records import LogChunk, RunBatch, RunEnd, Written
 from runner.store import Store
-from runner.store.store import RunBatch, Written
 from runner.sync import sync_project
 
 pytestmark = [pytest.mark.timeout(10), pytest.mark.usefixtures("fresh_plugins")]
@@ -245,12 +245,8 @@ async def test_a_refused_batch_is_written_again_run_by_run(
         await good.queue()
         batches.clear()
 
-        def ending(run_id: str, message: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-            fields = {
-                "id": run_id, "status": "succeeded", "finished_at": 2.0, "duration_s": 1.0,
-                "exit_code": None, "stdout": None, "stderr": None, "error": None,
-            }
-            return fields, [{"run_id": run_id, "at": 1.0, "stream": "log", "level": "info", "message": message}]
+        def ending(run_id: str, message: str) -> tuple[RunEnd, list[LogChunk]]:
+            return RunEnd(run_id, RunStatus.SUCCEEDED, 2.0, 1.0), [LogChunk(run_id, 1.0, "log", "info", message)]
 
         outcomes: dict[str, Any] = {}
 
@@ -301,8 +297,8 @@ async def test_a_run_the_store_never_takes_ends_its_workflow_with_a_store_error_
     write_runs = store.write_runs
 
     async def refuse_upstream(batch: RunBatch) -> Written:
-        if any(row["task"] == "upstream" for row in batch.inserts) or any(
-            fields["id"] == refused_id for fields in batch.finishes
+        if any(run.task == "upstream" for run in batch.inserts) or any(
+            end.run_id == refused_id for end in batch.finishes
         ):
             raise ValueError("the store will not take this run")
         return await write_runs(batch)

@@ -20,7 +20,9 @@ import pytest
 from pg import pg_server, pg_url  # noqa: F401
 
 from runner import leader
+from runner.models import TaskType
 from runner.recorder import Recorder
+from runner.records import Fire, Owner, QueuedRun
 from runner.store import Store, open_store
 from runner.store.store import ScheduleState, database_url
 
@@ -184,13 +186,13 @@ def test_a_leader_cut_off_from_the_server_gives_up_before_the_server_frees_the_l
 
 async def test_the_second_of_two_fires_of_one_time_records_nothing_and_says_so(store: Store) -> None:
     await store.save_schedule_states([ScheduleState("tick", '{"every": 1}', 0.0, 1.0)], [])
-    fire = {"task": "tick", "next_fire_at": 2.0, "last_fire_at": 1.0}
+    fire = Fire("tick", 2.0, 1.0)
 
-    def row(run_id: str) -> dict[str, Any]:
-        return {
-            "id": run_id, "task": "tick", "type": "shell", "status": "queued", "attempt": 1, "trigger": "schedule",
-            "parameters": "{}", "queued_at": time.time(), "scheduled_for": 1.0, "host": "h", "pid": 1,
-        }
+    def row(run_id: str) -> QueuedRun:
+        return QueuedRun(
+            id=run_id, task="tick", type=TaskType.SHELL, attempt=1, trigger="schedule", parent_id=None,
+            invocation=run_id, parameters_json="{}", queued_at=time.time(), scheduled_for=1.0, owner=Owner("h", 1, None),
+        )
 
     recorder = Recorder(store)
     async with anyio.create_task_group() as group:

@@ -18,19 +18,20 @@ import pytest
 from sqlalchemy import event
 
 from runner.errors import StoreError, StoreFileChanged
+from runner.models import RunStatus, TaskType
 from runner.recorder import Recorder
+from runner.records import LogChunk, Owner, QueuedRun, RunBatch, RunEnd
 from runner.store import Store, open_store
-from runner.store.store import SQLITE_PATIENCE, RunBatch
+from runner.store.store import SQLITE_PATIENCE
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
 
-def _row(run_id: str) -> dict[str, Any]:
-    return {
-        "id": run_id, "task": "t", "type": "shell", "status": "queued", "attempt": 1, "parameters": "{}",
-        "trigger": "cli", "parent_id": None, "invocation": run_id, "queued_at": time.time(),
-        "host": "h", "pid": 1, "pid_started": None,
-    }
+def _row(run_id: str) -> QueuedRun:
+    return QueuedRun(
+        id=run_id, task="t", type=TaskType.SHELL, attempt=1, trigger="cli", parent_id=None,
+        invocation=run_id, parameters_json="{}", queued_at=time.time(), owner=Owner("h", 1, None),
+    )
 
 
 async def _cap_pages(store: Store) -> None:
@@ -49,7 +50,7 @@ async def _cap_pages(store: Store) -> None:
 
 def _big_batch(run_id: str) -> RunBatch:
     batch = RunBatch(inserts=[_row(run_id)])
-    batch.logs = [{"run_id": run_id, "at": time.time(), "stream": "stdout", "level": "", "message": "x" * 100_000}]
+    batch.logs = [LogChunk(run_id, time.time(), "stdout", "", "x" * 100_000)]
     return batch
 
 
@@ -103,7 +104,7 @@ async def test_the_recorder_waits_out_a_full_disk_no_longer_than_its_patience(db
             started = time.monotonic()
             try:  # the writer ends only when closed: a failed check must not leave it waiting
                 with pytest.raises(StoreError, match="database or disk is full"):
-                    await recorder.finished({"id": "x", "status": "succeeded"}, _big_batch("x").logs)
+                    await recorder.finished(RunEnd("x", RunStatus.SUCCEEDED, time.time()), _big_batch("x").logs)
             finally:
                 recorder.close()
             took = time.monotonic() - started
@@ -128,7 +129,7 @@ async def test_give_up_ends_the_wait_at_once(db: Path) -> None:
             started = time.monotonic()
             try:
                 with pytest.raises(StoreError, match="database or disk is full"):
-                    await recorder.finished({"id": "x", "status": "succeeded"}, _big_batch("x").logs)
+                    await recorder.finished(RunEnd("x", RunStatus.SUCCEEDED, time.time()), _big_batch("x").logs)
             finally:
                 recorder.close()
             assert time.monotonic() - started < 1.5

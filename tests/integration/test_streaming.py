@@ -279,13 +279,13 @@ async def test_output_is_cut_at_line_ends_so_a_secret_is_never_split(
     async with recording(synced) as recorder:
         live = recorder.live(run_id, Masker([SECRET]), output_cap=1_000_000)
         live.output(1, f"one\ntoken={SECRET[:5]}".encode())
-        assert [r["message"] for r in live.take()] == ["one\n"]
+        assert [r.message for r in live.take()] == ["one\n"]
         live.output(1, f"{SECRET[5:]} ok\npartial".encode())
         live.output(2, "ünï".encode()[:-1])  # a character cut in two, and no line end yet
-        assert [r["message"] for r in live.take()] == ["token=*** ok\n"]
+        assert [r.message for r in live.take()] == ["token=*** ok\n"]
         live.output(2, "ünï".encode()[-1:] + b" ok\n")
-        assert [(r["stream"], r["message"]) for r in live.take()] == [("stderr", "ünï ok\n")]
-        assert [r["message"] for r in live.close()] == ["partial"]
+        assert [(r.stream, r.message) for r in live.take()] == [("stderr", "ünï ok\n")]
+        assert [r.message for r in live.close()] == ["partial"]
         live.output(1, b"after the end\n")
         assert live.take() == []
 
@@ -302,7 +302,7 @@ async def test_a_long_line_is_written_in_parts_but_never_with_the_start_of_a_sec
         assert part.message == "x" * FLUSH_BYTES
         assert SECRET[:8].encode() not in db_bytes(db)
         live.output(1, SECRET[8:].encode() + b"\n")
-        assert [r["message"] for r in live.close()] == ["***\n"]
+        assert [r.message for r in live.close()] == ["***\n"]
 
 
 @pytest.mark.anyio
@@ -451,7 +451,7 @@ async def test_a_run_ends_recorded_through_a_short_outage_of_the_store(project: 
     from sqlalchemy.exc import OperationalError
 
     from runner.errors import StoreError
-    from runner.store.store import RunBatch, Written
+    from runner.records import RunBatch, Written
 
     write(project, "version: 1\ntasks:\n  hello: {command: echo hi}\n")
     async with open_store(tmp_path / "runner.db") as store:

@@ -1,0 +1,227 @@
+"""The records runner's parts hand the store to write: a queued run, a run's end, its error, a
+job's arguments, a batch of them; and the one rule that says whether a run gets another attempt.
+
+Each record is frozen and has its JSON form here (``to_json``), where it has one; only the store
+turns records into rows (``runner/store``). User data (parameters, a result) arrives JSON-safe,
+masked, and already written as JSON text: a value that JSON cannot write (an int of more than
+4,300 digits, which Python refuses to turn into text) fails the run where it is made, and never
+a batch of other runs' records.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.models import RunStatus, TaskType
+from runner.processes import HOST, PID, PID_STARTED
+
+RETRYABLE = (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.INTERRUPTED)
+"""The ends after which a run may get another attempt: not success, a skip or a cancel."""
+
+
+def next_attempt(status: RunStatus, attempt: int, retries: int | None) -> int | None:
+    """The number of the attempt after attempt ``attempt`` that ended ``status``, or None when
+    there is none: a run that failed, timed out or was interrupted gets one while its task's
+    ``retries`` (the attempts allowed after the first; None: the task is gone) last."""
+    if retries is None or status not in RETRYABLE or attempt > retries:
+        return None
+    return attempt + 1
+
+
+@dataclass(frozen=True, slots=True)
+class RunError:
+    """Why a run did not succeed, as ``Run.error`` and the JSON show it."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+    @classmethod
+    def of(cls, exc: BaseException) -> RunError:
+        """A run refused before it ran, for ``exc`` (no traceback: runner's own reasons)."""
+        return cls(type(exc).__name__, str(exc))
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The process answerable for a run: its host, pid and the pid's start time (so that a
+    reused pid is not taken for it)."""
+
+    host: str
+    pid: int
+    pid_started: float | None
+
+
+THIS_PROCESS = Owner(HOST, PID, PID_STARTED)
+NO_PROCESS = Owner("", 0, None)
+"""The owner of a run sent to workers until one takes it up: no process answers for it."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRun:
+    """A run as it is first recorded, ``queued``."""
+
+    id: str
+    task: str
+    type: TaskType
+    attempt: int
+    trigger: str  # cli, schedule, trigger, retry, api, task
+    parent_id: str | None  # the run that started this one, or the earlier attempt
+    invocation: str  # the workflow it is part of
+    parameters_json: str  # the JSON text of its parameters, secrets masked
+    queued_at: float
+    scheduled_for: float | None = None  # the fire time, for the run a schedule started
+    owner: Owner = THIS_PROCESS
+    queue: str | None = None  # the workers' queue, for a run sent to workers
+    revision: str | None = None  # of the task files and plugins it is queued with
+    git_commit: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What a python run returned: its JSON-safe, masked copy (and that as JSON text) and the
+    original, pickled (None when it cannot be, or holds a secret)."""
+
+    value: Any
+    json: str
+    pickled: bytes | None
+
+    @classmethod
+    def of(cls, value: Any, pickled: bytes | None) -> RunResult:
+        return cls(value, json.dumps(value), pickled)
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """A run's final status and what it produced, written once."""
+
+    run_id: str
+    status: RunStatus
+    finished_at: float
+    duration_s: float | None = None
+    exit_code: int | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    error: RunError | None = None
+    # The parameters' JSON text, masked again with the secrets known at its end; None leaves
+    # them as queued.
+    parameters_json: str | None = None
+    result: RunResult | None = None  # None: no result (not a python run, or it did not return)
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    """A line a run logged (``stream`` "log"), or a chunk of its stdout or stderr (``level``
+    "", or "warning" for runner's note that the stream stopped at the output cap)."""
+
+    run_id: str
+    at: float
+    stream: str
+    level: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fire:
+    """A schedule's fire, committed with the runs it queues: it moves the schedule on only if
+    the schedule still stands at the fire's time (``last_fire_at``)."""
+
+    task: str
+    next_fire_at: float
+    last_fire_at: float
+    runs: tuple[str, ...] = ()  # the ids of the runs queued with it
+
+
+@dataclass(frozen=True, slots=True)
+class JobArgs:
+    """What a job on the workers' queue carries: one workflow, enough for a worker to make it
+    again with the ids its runs were queued with."""
+
+    task: str
+    parameters: Mapping[str, Any]  # the target's overrides, JSON-safe
+    with_needs: bool
+    trigger: str
+    parent_id: str | None
+    attempt: int
+    scheduled_for: float | None
+    invocation: str
+    runs: Mapping[str, str]  # task -> the id of its queued run
+    revision: str | None  # of the files it was queued at
+    queue: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "parameters": self.parameters,  # as it came: a job from elsewhere may hold anything
+            "with_needs": self.with_needs,
+            "trigger": self.trigger,
+            "parent_id": self.parent_id,
+            "attempt": self.attempt,
+            "scheduled_for": self.scheduled_for,
+            "invocation": self.invocation,
+            "runs": self.runs,
+            "revision": self.revision,
+            "queue": self.queue,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, queue: str | None = None) -> JobArgs:
+        """The arguments as a job holds them (written by another process, maybe another
+        runner: a job from before the queue was noted in them is on ``queue``)."""
+        return cls(
+            task=data["task"],
+            parameters=data["parameters"],
+            with_needs=data["with_needs"],
+            trigger=data["trigger"],
+            parent_id=data["parent_id"],
+            attempt=data["attempt"],
+            scheduled_for=data["scheduled_for"],
+            invocation=data["invocation"],
+            runs=data["runs"],
+            revision=data.get("revision"),
+            queue=data.get("queue") or queue or "",
+        )
+
+    @property
+    def target_run_id(self) -> str:
+        return self.runs[self.task]
+
+
+@dataclass(slots=True)
+class RunBatch:
+    """Run writes gathered from many runs, committed together (group commit). Not frozen: the
+    recorder fills one while the one before it is being committed."""
+
+    inserts: list[QueuedRun] = field(default_factory=list)
+    starts: list[tuple[str, float]] = field(default_factory=list)  # run id, when it started
+    groups: list[tuple[str, int, float | None]] = field(default_factory=list)  # run id, pgid, its start
+    finishes: list[RunEnd] = field(default_factory=list)
+    logs: list[LogChunk] = field(default_factory=list)
+    # Committed with the runs they start, so a fire or a trigger is never taken twice or lost.
+    fires: list[Fire] = field(default_factory=list)
+    claimed: list[str] = field(default_factory=list)  # run ids of triggers taken up
+    # Committed with the runs they carry, so a run for workers is never queued without its job.
+    jobs: list[JobArgs] = field(default_factory=list)
+    # Queued by a run's end (its retry, with ``parent_id``): written only if that end was.
+    retries: list[QueuedRun] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.inserts or self.starts or self.groups or self.finishes or self.logs or self.fires
+            or self.claimed or self.jobs or self.retries
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What of a batch was not written (``Store.write_runs``)."""
+
+    lost_fires: list[str] = field(default_factory=list)  # tasks whose fire another daemon took
+    dropped_retries: list[str] = field(default_factory=list)  # retries of ends not written
