@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from runner.progress import Reporter
     from runner.recorder import WriteFailure
 from runner.sync import sync_project
+from runner.workflow import WorkflowOptions
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ async def run_once(
     tasks: dict[str, str] = {}  # run id -> task, for a message about runs not recorded
     try:
         async with engine:
-            workflow = engine.workflow(name, parameters=parameters, with_needs=with_needs)
+            workflow = engine.workflow(name, WorkflowOptions(parameters=parameters, with_needs=with_needs))
             tasks = {node.attempt.run_id: task for task, node in workflow.nodes.items()}
             stopped_by: int | None = None
             target: Run | None = None

@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 
 from runner import log, registry
-from runner.engine import Engine, Workflow
+from runner.engine import Engine
 from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnable
 from runner.follow import wait_for
 from runner.inputs import check_parameters
@@ -37,6 +37,7 @@ from runner.revision import project_revision
 from runner.shutdown import on_stop_signals, signal_name
 from runner.store import Store
 from runner.store.store import JOB_TASK
+from runner.workflow import Workflow, WorkflowOptions
 
 HEARTBEAT = 2.0
 """Seconds between a worker's heartbeats (procrastinate's worker table)."""
@@ -173,12 +174,7 @@ class Worker:
 
     async def _workflow(self, args: JobArgs) -> Workflow:
         def make() -> Workflow:
-            return self.engine.workflow(
-                args.task, parameters=args.parameters, with_needs=args.with_needs,
-                trigger=args.trigger, parent_id=args.parent_id, attempt=args.attempt,
-                scheduled_for=args.scheduled_for, run_ids=args.runs, invocation=args.invocation,
-                queue=args.queue or None,
-            )
+            return self.engine.workflow(args.task, WorkflowOptions.of_job(args))
 
         try:
             return make()
@@ -272,7 +268,7 @@ async def send(
     if parameters:
         registry.import_plugins(root)  # to check them against the callable's hints
     async with Engine(store, root, revision=project_revision(root)) as engine:
-        workflow = engine.workflow(name, parameters=parameters, with_needs=with_needs, trigger=trigger)
+        workflow = engine.workflow(name, WorkflowOptions(parameters=parameters, with_needs=with_needs, trigger=trigger))
         await workflow.send()
         return workflow.target_run_id
 

@@ -29,6 +29,7 @@ from runner.revision import Revision
 from runner.shutdown import on_stop_signals, signal_name
 from runner.store import Store
 from runner.store.store import Lease, LeaseHeld, ScheduleState
+from runner.workflow import WorkflowOptions
 
 
 def _gone(_lease: Lease) -> bool:
@@ -190,7 +191,7 @@ class Daemon:
         """Run ``name`` after its needs, as a trigger would (the HTTP API's POST); its run id
         once queued. Raises TaskNotRunnable or ParameterError, before anything is recorded."""
         assert self._runs is not None
-        workflow = self.engine.workflow(name, parameters=parameters, trigger="api")
+        workflow = self.engine.workflow(name, WorkflowOptions(parameters=parameters, trigger="api"))
         with anyio.CancelScope(shield=True):
             await self._runs.dispatch(workflow)
         log.logger.info(

@@ -10,11 +10,12 @@ import anyio
 from anyio.abc import TaskGroup
 
 from runner import log
-from runner.engine import Engine, Workflow
+from runner.engine import Engine
 from runner.errors import ParameterError, RunnerError, TaskNotRunnable
 from runner.records import next_attempt
 from runner.store import Store
 from runner.store.store import Lease
+from runner.workflow import Workflow, WorkflowOptions
 
 Dispatch = Callable[..., Awaitable[list[str]]]
 """``Runs.dispatch``: queue a workflow (committing the keyword arguments with its runs) and
@@ -97,8 +98,10 @@ class Runs:
                 continue
             try:
                 workflow = self.engine.workflow(
-                    run.task, parameters=run.parameters, with_needs=False, trigger="retry",
-                    parent_id=run.id, attempt=number,
+                    run.task,
+                    WorkflowOptions(
+                        parameters=run.parameters, with_needs=False, trigger="retry", parent_id=run.id, attempt=number
+                    ),
                 )
             except (TaskNotRunnable, ParameterError) as exc:
                 log.warn(

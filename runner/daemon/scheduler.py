@@ -33,6 +33,7 @@ from runner.records import Fire
 from runner.schedule import next_fire
 from runner.store import Store
 from runner.store.store import ScheduleState
+from runner.workflow import WorkflowOptions
 
 CLOCK_CHECK = 30.0
 """The longest the scheduler sleeps without looking at the wall clock."""
@@ -163,7 +164,7 @@ class Scheduler:
             await self.store.save_schedule_states([advanced], [])
             return
         try:
-            workflow = self.engine.workflow(name, trigger="schedule", scheduled_for=state.next_fire_at)
+            workflow = self.engine.workflow(name, WorkflowOptions(trigger="schedule", scheduled_for=state.next_fire_at))
         except (TaskNotRunnable, ParameterError) as exc:
             log.logger.error(f"{name}: cannot fire: {exc}", extra={"event": "fire_failed", "task": name})
             await self.store.save_schedule_states([advanced], [])

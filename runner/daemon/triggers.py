@@ -20,6 +20,7 @@ from runner.models import RunStatus, TaskType
 from runner.records import QueuedRun, RunEnd, RunError
 from runner.store import Store
 from runner.store.store import Trigger
+from runner.workflow import WorkflowOptions
 
 TRIGGER_POLL = 0.1
 """Seconds between looks for new triggers."""
@@ -52,10 +53,12 @@ class Triggers:
         try:
             workflow = self.engine.workflow(
                 trigger.task,
-                parameters=trigger.parameters,
-                with_needs=trigger.with_needs,
-                trigger="trigger",
-                run_id=trigger.run_id,
+                WorkflowOptions(
+                    parameters=trigger.parameters,
+                    with_needs=trigger.with_needs,
+                    trigger="trigger",
+                    run_id=trigger.run_id,
+                ),
             )
         except (TaskNotRunnable, ParameterError) as exc:
             with anyio.CancelScope(shield=True):
