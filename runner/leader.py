@@ -3,7 +3,7 @@
 The daemon that holds the session-level advisory lock ``LEADER_LOCK`` leads: it does all that
 a daemon does. The others are standbys: they say once who leads, try for the lock every
 ``RETRY_EVERY`` seconds, and do nothing else. On SQLite there is nothing to elect (one daemon
-per store, the lease decides: daemon.py), and ``election`` gives a stand-in that leads at once.
+per store, the lease decides: runner/lease.py), and ``election`` gives a stand-in that leads at once.
 
 Why a session-level advisory lock, on a connection of its own (rather than a lease row with
 a heartbeat, whose takeover waits out a timeout and trusts clocks, or a row lock, which needs a
@@ -143,7 +143,7 @@ class AdvisoryLockElection(Election):
                 await conn.close()
 
     async def _connect(self) -> AsyncConnection[Any]:
-        import psycopg
+        import psycopg  # the postgres extra: an election happens on PostgreSQL only
 
         url = self.store.engine.url.set(drivername="postgresql")
         conn = await psycopg.AsyncConnection.connect(

@@ -24,7 +24,7 @@ from runner.models import Run
 from runner.revision import project_revision
 from runner.shutdown import first_stop_signal
 from runner.store import Store
-from runner.store.store import FILE_CHECK_EVERY
+from runner.store.store import FILE_CHECK_EVERY, failure_cause
 
 if TYPE_CHECKING:
     from runner.progress import Reporter
@@ -115,8 +115,6 @@ async def run_once(
 
 def _not_recorded(store: Store, failure: WriteFailure, tasks: dict[str, str]) -> StoreError:
     """The error a one-shot run ends with when the store did not take some of its records."""
-    from runner.store.store import failure_cause
-
     named = ", ".join(f"run {run_id} ({tasks[run_id]})" if run_id in tasks else f"run {run_id}" for run_id in failure.runs)
     if failure.more:
         named += f" and {failure.more} more"

@@ -58,7 +58,7 @@ def conninfo(store: Store) -> str:
 
 
 def _app(store: Store) -> Any:
-    import procrastinate
+    import procrastinate  # the postgres extra, imported only by the processes that use the queue
 
     connector = procrastinate.PsycopgConnector(conninfo=conninfo(store), min_size=1, max_size=4)
     return procrastinate.App(connector=connector)
@@ -91,7 +91,7 @@ class Worker:
     async def run(self, *, handle_signals: bool = True) -> None:
         """Take jobs until SIGTERM/SIGINT; then running workflows get the grace period, and are
         cancelled after it (or at a second signal)."""
-        from procrastinate.worker import Worker as QueueWorker
+        from procrastinate.worker import Worker as QueueWorker  # the postgres extra, as in _app
 
         await self.store.ensure_queue()
         registry.import_plugins(self.root)
