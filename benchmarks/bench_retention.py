@@ -156,7 +156,7 @@ def fresh_copy(template: Path, db: Path) -> Path:
 
 def timed_writes() -> list[float]:
     """Wrap ``Store._write`` to record how long each write transaction took; return the list."""
-    from runner.store.store import Store
+    from runner.store import Store
 
     took: list[float] = []
     original = Store._write

@@ -113,7 +113,7 @@ LOCK_RECORDS: list[tuple[str, int, float, float, float]] = []
 CONNECTS: list[float] = []
 _WRAPPED = (
     "claim_runs", "finish_queued", "mark_interrupted", "recover_job", "cancel_job", "sync_tasks",
-    "ensure_queue", "_prepare", "save_schedule_states", "acquire_lease", "renew_lease", "prune_runs",
+    "ensure_queue", "migrate", "save_schedule_states", "acquire_lease", "renew_lease", "prune_runs",
 )
 
 
@@ -131,7 +131,7 @@ def install_lock_timing(unlocked: bool = False) -> None:
     from sqlalchemy.pool import Pool
 
     from runner.errors import StoreError
-    from runner.store.store import Store
+    from runner.store import Store
 
     event.listen(Pool, "connect", lambda *_: CONNECTS.append(time.time()))
     original_write = Store._write

@@ -44,7 +44,7 @@ class Settings:
 
 def _require_postgres(settings: Settings, what: str) -> None:
     """Exit 2 before anything is opened when ``what`` (workers, --remote) meets a SQLite store."""
-    from runner.store.store import database_url
+    from runner.store import database_url
 
     if not database_url(settings.store_location).startswith("postgresql"):
         _fail(
@@ -600,8 +600,7 @@ def trigger(
     from runner.graph import upstream_order
     from runner.lease import describe_holder, request_run
     from runner.models import new_run_id
-    from runner.store import open_store
-    from runner.store.store import Trigger
+    from runner.store import Trigger, open_store
 
     if remote:
         _require_postgres(settings, "runner trigger --remote")

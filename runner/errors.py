@@ -11,7 +11,8 @@
      └── StoreError              the store cannot be opened or used
           ├── StoreVersionError  the store was written by a newer runner
           ├── RecordRefused      the store would not take one run's records (the others' went in)
-          └── StoreFileChanged   the store's file was deleted or replaced under this process
+          ├── StoreFileChanged   the store's file was deleted or replaced under this process
+          └── LeaseHeld          another live process holds the lease (the daemon's)
 
 Third-party errors are translated where they enter (the store, the loader) and kept as
 ``__cause__``. Every message says what to do next.
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from runner.records import Lease
 
 
 class RunnerError(Exception):
@@ -112,3 +115,11 @@ class StoreFileChanged(StoreError):
             f"the store file {path} was {what} while runner was running; stopping: "
             "restart runner to use the file now at that path"
         )
+
+
+class LeaseHeld(StoreError):
+    """Another live process holds the lease."""
+
+    def __init__(self, holder: Lease) -> None:
+        super().__init__(f"lease {holder.name!r} is held by pid {holder.pid} on {holder.host}")
+        self.holder = holder

@@ -18,10 +18,9 @@ from anyio.abc import TaskStatus
 
 from runner.errors import RunNotFound
 from runner.models import Run, RunStatus
-from runner.processes import HOST, process_is_alive
+from runner.processes import HOST, kill_orphaned_groups, process_is_alive
 from runner.shutdown import first_stop_signal
-from runner.store import Store
-from runner.store.store import LogEntry
+from runner.store import LogEntry, Store
 
 POLL_INTERVAL = 0.15
 """Seconds between two reads of the store while following."""
@@ -119,7 +118,7 @@ async def _run(store: Store, emit: Emit, run_id: str, *, follow: bool, interval:
         if anyio.current_time() - swept >= SWEEP_INTERVAL:
             # A run whose runner died would otherwise be followed forever (on this host).
             swept = anyio.current_time()
-            await store.mark_interrupted(HOST, process_is_alive)
+            kill_orphaned_groups((await store.mark_interrupted(HOST, process_is_alive)).groups)
         await anyio.sleep(interval)
 
 

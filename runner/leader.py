@@ -47,8 +47,7 @@ from runner import log
 from runner.errors import StoreError
 from runner.models import iso
 from runner.processes import HOST, PID
-from runner.store import Store
-from runner.store.store import PG_WRITE_LOCK, Lease
+from runner.store import PG_WRITE_LOCK, Lease, Store
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -145,9 +144,8 @@ class AdvisoryLockElection(Election):
     async def _connect(self) -> AsyncConnection[Any]:
         import psycopg  # the postgres extra: an election happens on PostgreSQL only
 
-        url = self.store.engine.url.set(drivername="postgresql")
         conn = await psycopg.AsyncConnection.connect(
-            url.render_as_string(hide_password=False),
+            self.store.conninfo(),
             autocommit=True,
             application_name=f"runner daemon {PID} on {HOST}"[:63],
             connect_timeout=CONNECT_TIMEOUT,
@@ -271,7 +269,7 @@ class AdvisoryLockElection(Election):
 async def election(store: Store, lease: str, is_stale: Callable[[Lease], bool]) -> AsyncIterator[Election]:
     """The election for a daemon on ``store`` (``lease``: the name of the daemon's lease,
     which names the leader to standbys; ``is_stale``: whether a lease's holder is gone)."""
-    if store.engine.dialect.name != "postgresql":
+    if not store.postgres:
         yield Election()
         return
     chosen = AdvisoryLockElection(store, lease, is_stale)

@@ -12,8 +12,7 @@ import time
 
 from runner.models import iso
 from runner.processes import HOST, process_is_alive
-from runner.store import Store
-from runner.store.store import Lease, Trigger
+from runner.store import Lease, Store, Trigger
 
 LEASE = "daemon"
 """The name of the daemon's lease in the store."""

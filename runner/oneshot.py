@@ -23,8 +23,7 @@ from runner.errors import StoreError, StoreFileChanged
 from runner.models import Run
 from runner.revision import project_revision
 from runner.shutdown import first_stop_signal
-from runner.store import Store
-from runner.store.store import FILE_CHECK_EVERY, failure_cause
+from runner.store import FILE_CHECK_EVERY, Store, failure_cause
 
 if TYPE_CHECKING:
     from runner.progress import Reporter

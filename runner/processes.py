@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from collections.abc import Iterable
 
 HOST = socket.gethostname()
 
@@ -53,3 +54,9 @@ def kill_orphaned_group(pgid: int, leader_started: float | None) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def kill_orphaned_groups(groups: Iterable[tuple[int, float | None]]) -> None:
+    """``kill_orphaned_group`` for each (pgid, start time of its first process) in ``groups``."""
+    for pgid, leader_started in groups:
+        kill_orphaned_group(pgid, leader_started)

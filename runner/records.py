@@ -1,8 +1,9 @@
-"""The records runner's parts hand the store to write: a queued run, a run's end, its error, a
-job's arguments, a batch of them; and the one rule that says whether a run gets another attempt.
+"""The records runner's parts hand the store: a queued run, its end and its error, a chunk of
+its log, a schedule's fire, a job's arguments, the batch that carries them to one transaction,
+and a lease; and the one rule that says whether a run gets another attempt (``next_attempt``).
 
-Each record is frozen and has its JSON form here (``to_json``), where it has one; only the store
-turns records into rows (``runner/store``). User data (parameters, a result) arrives JSON-safe,
+Each record is frozen (the batch, filled as runs go, aside) and has its JSON form here
+(``to_json``), where it has one; only the store turns records into rows (``runner/store``). User data (parameters, a result) arrives JSON-safe,
 masked, and already written as JSON text: a value that JSON cannot write (an int of more than
 4,300 digits, which Python refuses to turn into text) fails the run where it is made, and never
 a batch of other runs' records.
@@ -225,3 +226,15 @@ class Written:
 
     lost_fires: list[str] = field(default_factory=list)  # tasks whose fire another daemon took
     dropped_retries: list[str] = field(default_factory=list)  # retries of ends not written
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who holds a named lease (the daemon's), since when, and when it last said it was alive."""
+
+    name: str
+    host: str
+    pid: int
+    pid_started: float | None
+    acquired_at: float
+    heartbeat_at: float

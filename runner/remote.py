@@ -31,12 +31,11 @@ from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnab
 from runner.follow import wait_for
 from runner.inputs import check_parameters
 from runner.models import RunStatus
-from runner.processes import HOST, PID, kill_orphaned_group, process_is_alive
+from runner.processes import HOST, PID, kill_orphaned_groups, process_is_alive
 from runner.records import JobArgs, LogChunk, RunError
 from runner.revision import project_revision
 from runner.shutdown import on_stop_signals, signal_name
-from runner.store import Store
-from runner.store.store import JOB_TASK
+from runner.store import JOB_TASK, Store
 from runner.workflow import Workflow, WorkflowOptions
 
 HEARTBEAT = 2.0
@@ -52,15 +51,10 @@ FETCH_POLL = 1.0
 """Seconds an idle worker waits, at most, before it looks for jobs again without a wake-up."""
 
 
-def conninfo(store: Store) -> str:
-    """The libpq connection string of a PostgreSQL store (password included: not for messages)."""
-    return store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def _app(store: Store) -> Any:
     import procrastinate  # the postgres extra, imported only by the processes that use the queue
 
-    connector = procrastinate.PsycopgConnector(conninfo=conninfo(store), min_size=1, max_size=4)
+    connector = procrastinate.PsycopgConnector(conninfo=store.conninfo(), min_size=1, max_size=4)
     return procrastinate.App(connector=connector)
 
 
@@ -236,8 +230,7 @@ async def recover_stalled(store: Store, *, sweep: bool = False) -> None:
             recovery = await store.recover_job(job_id, retries)
             if recovery is None:
                 continue
-            for pgid, started in recovery.kill:
-                kill_orphaned_group(pgid, started)
+            kill_orphaned_groups(recovery.groups)
             if recovery.requeued:
                 log.logger.warning(
                     f"job {job_id}: its worker died before taking its runs up; queued again",
@@ -254,7 +247,7 @@ async def recover_stalled(store: Store, *, sweep: bool = False) -> None:
                     extra={"event": "retry_interrupted", "run_id": retry_id, "parent_id": run_id},
                 )
         if sweep:
-            await store.mark_interrupted(HOST, process_is_alive)
+            kill_orphaned_groups((await store.mark_interrupted(HOST, process_is_alive)).groups)
     except StoreError as exc:
         log.logger.error(f"{exc}", extra={"event": "store_error"})
 

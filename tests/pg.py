@@ -138,7 +138,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """``url``: a store URL on each backend in turn, a new SQLite file, then an empty PostgreSQL
     database (import ``pg_server`` and ``pg_url`` beside this fixture)."""
     if request.param == "sqlite":
-        from runner.store.store import database_url
+        from runner.store import database_url
 
         return database_url(tmp_path / "runner.db")
     found: str = request.getfixturevalue("pg_url")

@@ -27,8 +27,7 @@ from runner.lease import LEASE, describe_holder, lease_is_stale
 from runner.processes import HOST, PID, PID_STARTED
 from runner.revision import Revision
 from runner.shutdown import on_stop_signals, signal_name
-from runner.store import Store
-from runner.store.store import Lease, LeaseHeld, ScheduleState
+from runner.store import Lease, LeaseHeld, ScheduleState, Store
 from runner.workflow import WorkflowOptions
 
 

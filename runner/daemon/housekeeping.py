@@ -17,10 +17,9 @@ from runner import log
 from runner.daemon.options import DaemonOptions
 from runner.errors import DaemonRunning, StoreError, StoreFileChanged
 from runner.lease import HEARTBEAT, LEASE
-from runner.processes import HOST, PID, process_is_alive
+from runner.processes import HOST, PID, kill_orphaned_groups, process_is_alive
 from runner.remote import RECOVER_EVERY, recover_stalled
-from runner.store import Store
-from runner.store.store import FILE_CHECK_EVERY
+from runner.store import FILE_CHECK_EVERY, Store
 
 SWEEP_EVERY = 1.0
 """Seconds between looks for runs of dead processes on this host (marked interrupted)."""
@@ -33,10 +32,12 @@ STORE_RETRY = 1.0
 
 
 async def sweep(store: Store) -> None:
-    """Mark the runs of dead processes on this host interrupted, one ``run_interrupted`` logged
-    per run, at start as in the sweep, so a log shipper sees every interrupted run (a
-    restarted daemon's own predecessor's too)."""
-    for run_id in await store.mark_interrupted(HOST, process_is_alive):
+    """Mark the runs of dead processes on this host interrupted, kill what they left running,
+    and log one ``run_interrupted`` per run, at start as in the sweep, so a log shipper sees
+    every interrupted run (a restarted daemon's own predecessor's too)."""
+    interrupted = await store.mark_interrupted(HOST, process_is_alive)
+    kill_orphaned_groups(interrupted.groups)
+    for run_id in interrupted.run_ids:
         log.logger.warning(
             f"run {run_id} interrupted: the process running it died",
             extra={"event": "run_interrupted", "run_id": run_id},

@@ -13,8 +13,7 @@ from runner import log
 from runner.engine import Engine
 from runner.errors import ParameterError, RunnerError, TaskNotRunnable
 from runner.records import next_attempt
-from runner.store import Store
-from runner.store.store import Lease
+from runner.store import Lease, Store
 from runner.workflow import Workflow, WorkflowOptions
 
 Dispatch = Callable[..., Awaitable[list[str]]]

@@ -31,8 +31,7 @@ from runner.models import Schedule, iso
 from runner.processes import HOST, process_is_alive
 from runner.records import Fire
 from runner.schedule import next_fire
-from runner.store import Store
-from runner.store.store import ScheduleState
+from runner.store import ScheduleState, Store
 from runner.workflow import WorkflowOptions
 
 CLOCK_CHECK = 30.0
@@ -135,8 +134,7 @@ class Scheduler:
             name, state.schedule, state.anchor, next_fire(schedule, now, anchor=state.anchor), state.next_fire_at
         )
         self.states[name] = advanced
-        assert advanced.last_fire_at is not None
-        fires = [Fire(name, advanced.next_fire_at, advanced.last_fire_at)]
+        fires = [Fire(name, advanced.next_fire_at, state.next_fire_at)]
         try:
             # Shielded: a stop that comes while the fire is being committed must not leave its
             # runs queued but never started.

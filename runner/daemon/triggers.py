@@ -18,8 +18,7 @@ from runner.engine import Engine
 from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnable
 from runner.models import RunStatus, TaskType
 from runner.records import QueuedRun, RunEnd, RunError
-from runner.store import Store
-from runner.store.store import Trigger
+from runner.store import Store, Trigger
 from runner.workflow import WorkflowOptions
 
 TRIGGER_POLL = 0.1

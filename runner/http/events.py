@@ -22,8 +22,7 @@ import anyio
 from runner.errors import RunNotFound, StoreError
 from runner.follow import POLL_INTERVAL
 from runner.models import RunStatus, iso
-from runner.store import Store
-from runner.store.store import LogEntry
+from runner.store import LogEntry, Store
 
 KEEPALIVE = 15.0
 """Seconds without an event after which a comment line is sent, so proxies keep the stream."""

@@ -1,9 +1,46 @@
-"""The store: where tasks and runs are kept. SQLite by default, any SQLAlchemy async URL later.
+"""The store: where tasks and runs are kept, in a SQLite file or a PostgreSQL database.
 
 ``Store`` is the only code that talks SQL. Its methods are named for what the caller means
-(``sync_tasks``, ``record_runs_finished``), and they return frozen records from ``runner.models``.
+(``sync_tasks``, ``write_runs``), take runner's records (``runner.records``) and return frozen
+records; ``store.py`` says which module holds which concern. Everything a caller needs is here.
 """
 
-from runner.store.store import CURRENT_VERSION, Store, database_url, open_store
+from runner.errors import LeaseHeld
+from runner.records import Lease, RunBatch, Written
+from runner.store.connection import (
+    FILE_CHECK_EVERY,
+    OUTAGE_PATIENCE,
+    PG_WRITE_LOCK,
+    SQLITE_PATIENCE,
+    database_url,
+    failure_cause,
+)
+from runner.store.logs import LogEntry
+from runner.store.migrations import CURRENT_VERSION
+from runner.store.queue import JOB_TASK, Recovery
+from runner.store.runs import Interrupted
+from runner.store.schedules import ScheduleState
+from runner.store.store import Store, open_store
+from runner.store.triggers import Trigger
 
-__all__ = ["CURRENT_VERSION", "Store", "database_url", "open_store"]
+__all__ = [
+    "CURRENT_VERSION",
+    "FILE_CHECK_EVERY",
+    "JOB_TASK",
+    "OUTAGE_PATIENCE",
+    "PG_WRITE_LOCK",
+    "SQLITE_PATIENCE",
+    "Interrupted",
+    "Lease",
+    "LeaseHeld",
+    "LogEntry",
+    "Recovery",
+    "RunBatch",
+    "ScheduleState",
+    "Store",
+    "Trigger",
+    "Written",
+    "database_url",
+    "failure_cause",
+    "open_store",
+]

@@ -1,4 +1,5 @@
-"""The store's tables. Private to ``runner.store``: callers get frozen records, never rows."""
+"""The store's tables. Private to ``runner.store``: callers get frozen records, never rows; the
+rows are made from runner's records, and read back into them, in ``_rows.py``."""
 
 from __future__ import annotations
 
@@ -42,12 +43,13 @@ tasks = Table(
 runs = Table(
     "runs",
     metadata,
-    Column("id", String(32), primary_key=True),  # time-ordered hex, see ids.py
+    Column("id", String(32), primary_key=True),  # time-ordered hex (models.new_run_id)
     Column("task", String(100), nullable=False),
     Column("type", String(16), nullable=False),
     Column("status", String(16), nullable=False),
     Column("attempt", Integer, nullable=False, default=1),
-    Column("trigger", String(16), nullable=False),  # cli, needs, schedule, retry, api, task
+    # cli, schedule, trigger, retry, api or task; a workflow's needs run with its target's
+    Column("trigger", String(16), nullable=False),
     Column("parent_id", String(32)),  # the run that started this one, or the earlier attempt
     Column("invocation", String(32)),  # one `runner run` (or fire, or submit): the whole workflow
     Column("scheduled_for", Float),  # the fire time, for the run a schedule started

@@ -23,8 +23,15 @@ from pg import pg_server, pg_url, store_url  # noqa: F401
 from runner.errors import RunNotFound, StoreVersionError
 from runner.models import RunStatus, Source, TaskSpec, TaskType
 from runner.records import Fire, LogChunk, Owner, QueuedRun, RunBatch, RunEnd, RunResult
-from runner.store import CURRENT_VERSION, Store, open_store
-from runner.store.store import Lease, LeaseHeld, ScheduleState, Trigger
+from runner.store import (
+    CURRENT_VERSION,
+    Lease,
+    LeaseHeld,
+    ScheduleState,
+    Store,
+    Trigger,
+    open_store,
+)
 from runner.sync import Wanted, plan
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
@@ -268,7 +275,7 @@ async def test_runs_of_dead_processes_are_marked_interrupted(store: Store) -> No
         RunBatch(inserts=[run_row("other-host", host="g", pid=10)]),
     ):
         await store.write_runs(batch)
-    assert await store.mark_interrupted("h", lambda pid, _started: pid == 11) == ["dead"]
+    assert (await store.mark_interrupted("h", lambda pid, _started: pid == 11)).run_ids == ["dead"]
     dead = await store.run("dead")
     assert dead.status is RunStatus.INTERRUPTED and dead.error is not None
     assert dead.error["type"] == "Interrupted"
@@ -279,7 +286,7 @@ async def test_runs_of_dead_processes_are_marked_interrupted(store: Store) -> No
     assert {task: sorted(found) for task, found in (await store.unfinished(["a"])).items()} == {
         "a": [("g", 10, None), ("h", 11, None)]
     }
-    assert await store.mark_interrupted("h", lambda pid, _started: pid == 11) == []
+    assert (await store.mark_interrupted("h", lambda pid, _started: pid == 11)).run_ids == []
 
 
 async def test_prune_runs_keeps_unfinished_and_the_latest_success(store: Store) -> None:

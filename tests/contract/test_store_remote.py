@@ -18,8 +18,7 @@ from runner.errors import StoreError
 from runner.models import RunStatus, TaskType
 from runner.processes import HOST
 from runner.records import NO_PROCESS, JobArgs, LogChunk, QueuedRun, RunBatch, RunEnd, RunError
-from runner.store import Store, open_store
-from runner.store.store import database_url
+from runner.store import Store, database_url, open_store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

@@ -19,8 +19,7 @@ from runner.daemon import Daemon, DaemonOptions
 from runner.lease import LEASE, request_run
 from runner.models import Run, RunStatus, new_run_id
 from runner.processes import PID
-from runner.store import Store
-from runner.store.store import Trigger
+from runner.store import Store, Trigger
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
 

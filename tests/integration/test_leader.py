@@ -23,8 +23,7 @@ from runner import leader
 from runner.models import TaskType
 from runner.recorder import Recorder
 from runner.records import Fire, Owner, QueuedRun
-from runner.store import Store, open_store
-from runner.store.store import ScheduleState, database_url
+from runner.store import ScheduleState, Store, database_url, open_store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 

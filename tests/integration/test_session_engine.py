@@ -26,9 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from runner.engine import Engine
 from runner.models import RunStatus, new_run_id
-from runner.store import Store, open_store
-from runner.store import store as store_module
-from runner.store.store import Trigger
+from runner.store import Store, Trigger, _sqlite, connection, open_store
 from runner.sync import sync_project
 
 pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("fresh_plugins")]
@@ -138,8 +136,8 @@ async def hold(session: AsyncSession) -> None:
 async def test_records_wait_for_a_tasks_write_transaction_past_the_busy_timeout_and_the_patience(
     project: ProjectDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 100)
-    monkeypatch.setattr(store_module, "SQLITE_PATIENCE", 0.2)
+    monkeypatch.setattr(_sqlite, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(connection, "SQLITE_PATIENCE", 0.2)
     project.tasks(
         "a.yaml",
         """
@@ -176,7 +174,7 @@ async def test_runners_idle_limit_for_its_own_writers_does_not_end_a_tasks_sessi
     pg_url: str,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(store_module, "WRITER_IDLE_LIMIT", "300ms")
+    monkeypatch.setattr(connection, "WRITER_IDLE_LIMIT", "300ms")
     await execute(pg_url, "CREATE TABLE notes (tag VARCHAR(10))")
     async with open_store(pg_url) as store:
         await runner_writes(store)

@@ -20,8 +20,7 @@ from conftest import ProjectDir, cli_env
 
 from runner.errors import StoreError, StoreVersionError
 from runner.models import Source, TaskSpec, TaskType
-from runner.store import CURRENT_VERSION, open_store
-from runner.store import store as store_module
+from runner.store import CURRENT_VERSION, migrations, open_store
 from runner.sync import Wanted, plan
 
 pytestmark = pytest.mark.timeout(30)
@@ -100,8 +99,8 @@ async def test_older_store_is_upgraded_by_the_next_migration_keeping_its_data(
         ran.append(1)
         sync_conn.exec_driver_sql("CREATE TABLE added_later (x INTEGER)")
 
-    monkeypatch.setattr(store_module, "CURRENT_VERSION", CURRENT_VERSION + 1)
-    monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, to_next])
+    monkeypatch.setattr(migrations, "CURRENT_VERSION", CURRENT_VERSION + 1)
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, to_next])
     async with open_store(db) as store:
         assert list(await store.tasks()) == ["a"]
     async with open_store(db):

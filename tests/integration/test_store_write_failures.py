@@ -21,8 +21,7 @@ from runner.errors import StoreError, StoreFileChanged
 from runner.models import RunStatus, TaskType
 from runner.recorder import Recorder
 from runner.records import LogChunk, Owner, QueuedRun, RunBatch, RunEnd
-from runner.store import Store, open_store
-from runner.store.store import SQLITE_PATIENCE
+from runner.store import SQLITE_PATIENCE, Store, open_store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 

@@ -23,8 +23,7 @@ from runner.masking import Masker
 from runner.models import RunStatus
 from runner.oneshot import OneShot, run_once
 from runner.recorder import FLUSH_BYTES, Recorder
-from runner.store import Store, open_store
-from runner.store.store import LogEntry
+from runner.store import LogEntry, Store, open_store
 
 pytestmark = [pytest.mark.timeout(15), pytest.mark.usefixtures("fresh_plugins")]
 

@@ -1,0 +1,259 @@
+"""Runs: written in batches (group commit, see ``runner/recorder.py``), read back as records."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from runner.errors import RunNotFound
+from runner.models import LogLine, Run, RunStatus
+from runner.records import RunBatch, RunError, Written
+from runner.store import _tables as t
+from runner.store._rows import (
+    RUN_COLUMNS,
+    UNFINISHED,
+    UNFINISHED_SQL,
+    end_row,
+    error_json,
+    grouped_by_keys,
+    log_row,
+    queued_row,
+    run_from_row,
+)
+from runner.store.connection import StoreBase
+from runner.store.queue import defer
+from runner.store.schedules import WhichFire, move_schedules
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """Runs marked interrupted because the process running them died (``mark_interrupted``),
+    and the process groups their shell tasks started (pgid, the start time of its first
+    process): what the tasks may have left running, for the caller to kill."""
+
+    run_ids: list[str] = field(default_factory=list)
+    groups: list[tuple[int, float | None]] = field(default_factory=list)
+
+
+class RunStore(StoreBase):
+    """Runs: their batched writes, their history, and the runs of processes that died."""
+
+    async def write_runs(self, batch: RunBatch) -> Written:
+        """Apply a batch of run writes in one transaction: inserts, then starts, then finishes.
+
+        A fire is a compare-and-set: it moves its schedule on only if the schedule still
+        stands at the fire's time (its ``last_fire_at``). Otherwise another daemon fired it
+        first, and the runs queued with it are not written; the rest of the batch is. A run's
+        final status is written once: a finish of a run that already has one (a worker taken
+        for dead, whose run was marked interrupted and retried elsewhere) is not written, and
+        neither is the retry it queues. Returns what was not written."""
+        try:
+            return await self._write_runs(batch, fire_by_fire=False)
+        except WhichFire:
+            return await self._write_runs(batch, fire_by_fire=True)
+
+    async def _write_runs(self, batch: RunBatch, *, fire_by_fire: bool) -> Written:
+        if batch.empty:
+            return Written()
+        inserts, jobs = batch.inserts, batch.jobs
+        async with self._write() as conn:
+            lost = await move_schedules(conn, batch.fires, fire_by_fire) if batch.fires else []
+            if lost:
+                dropped = {run_id for fire in batch.fires if fire.task in lost for run_id in fire.runs}
+                inserts = [run for run in inserts if run.id not in dropped]
+                jobs = [job for job in jobs if not dropped.intersection(job.runs.values())]
+            if inserts:
+                await conn.execute(t.runs.insert(), self._clean([queued_row(run) for run in inserts]))
+            if batch.starts:
+                await conn.execute(
+                    update(t.runs)
+                    .where(t.runs.c.id == bindparam("b_id"), UNFINISHED_SQL)
+                    .values(status=RunStatus.RUNNING.value, started_at=bindparam("b_started_at")),
+                    [{"b_id": run_id, "b_started_at": at} for run_id, at in batch.starts],
+                )
+            if batch.groups:
+                await conn.execute(
+                    update(t.runs)
+                    .where(t.runs.c.id == bindparam("b_id"))
+                    .values(pgid=bindparam("b_pgid"), pgid_started=bindparam("b_pgid_started")),
+                    [{"b_id": i, "b_pgid": g, "b_pgid_started": s} for i, g, s in batch.groups],
+                )
+            if jobs:
+                await defer(conn, jobs)
+            for fields in grouped_by_keys(self._clean([end_row(end) for end in batch.finishes])):
+                await conn.execute(
+                    update(t.runs)
+                    .where(t.runs.c.id == bindparam("b_id"), UNFINISHED_SQL)
+                    .values({k: bindparam(f"b_{k}") for k in fields[0] if k != "id"}),
+                    [{f"b_{k}": v for k, v in row.items()} for row in fields],
+                )
+            unwritten = await self._queue_retries(conn, batch) if batch.retries else []
+            if batch.logs:
+                await conn.execute(t.run_logs.insert(), self._clean([log_row(chunk) for chunk in batch.logs]))
+            if batch.claimed:
+                await conn.execute(t.triggers.delete().where(t.triggers.c.run_id.in_(batch.claimed)))
+        return Written(lost, unwritten)
+
+    def _clean(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``rows``, on PostgreSQL with NUL characters in their text replaced by U+FFFD: its
+        text cannot hold them, and one stray NUL in a run's output must not lose its record."""
+        if not self._postgres:
+            return rows
+        return [
+            {k: v.replace("\x00", "\ufffd") if isinstance(v, str) else v for k, v in row.items()}
+            if any(isinstance(v, str) and "\x00" in v for v in row.values())
+            else row
+            for row in rows
+        ]
+
+    async def _queue_retries(self, conn: AsyncConnection, batch: RunBatch) -> list[str]:
+        """Insert the retries whose parent's end was written (it has the status and end time
+        this batch gave it); the ids of the others."""
+        ended = {end.run_id: (end.status.value, end.finished_at) for end in batch.finishes}
+        parents = [run.parent_id for run in batch.retries]
+        found = await conn.execute(
+            select(t.runs.c.id, t.runs.c.status, t.runs.c.finished_at).where(t.runs.c.id.in_(parents))
+        )
+        written = {run_id for run_id, status, at in found if ended.get(run_id) == (status, at)}
+        keep = [run for run in batch.retries if run.parent_id in written]
+        if keep:
+            await conn.execute(t.runs.insert(), self._clean([queued_row(run) for run in keep]))
+        return [run.id for run in batch.retries if run.parent_id not in written]
+
+    async def run(self, run_id: str) -> Run:
+        """One run with its log lines (not its streamed output: the record has that); RunNotFound
+        if there is none with that id."""
+        async with self._read() as conn:
+            row = (await conn.execute(select(*RUN_COLUMNS).where(t.runs.c.id == run_id))).first()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}; `runner runs` lists recent ones")
+            logs = await conn.execute(
+                select(t.run_logs.c.at, t.run_logs.c.level, t.run_logs.c.message)
+                .where(t.run_logs.c.run_id == run_id, t.run_logs.c.stream == "log")
+                .order_by(t.run_logs.c.id)
+            )
+            return run_from_row(row, tuple(LogLine(*line) for line in logs))
+
+    async def run_status(self, run_id: str) -> tuple[str, RunStatus]:
+        """A run's task and status, read cheaply (for following it); RunNotFound if none."""
+        async with self._read() as conn:
+            row = (await conn.execute(select(t.runs.c.task, t.runs.c.status).where(t.runs.c.id == run_id))).first()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}; `runner runs` lists recent ones")
+        return row.task, RunStatus(row.status)
+
+    async def runs(
+        self,
+        *,
+        task: str | None = None,
+        status: str | None = None,
+        invocation: str | None = None,
+        limit: int | None = 20,
+    ) -> list[Run]:
+        """Run history, newest first."""
+        query = select(*RUN_COLUMNS).order_by(t.runs.c.queued_at.desc(), t.runs.c.id.desc())
+        if task is not None:
+            query = query.where(t.runs.c.task == task)
+        if invocation is not None:
+            query = query.where(t.runs.c.invocation == invocation)
+        if status is not None:
+            query = query.where(t.runs.c.status == status)
+        if limit is not None:
+            query = query.limit(limit)
+        async with self._read() as conn:
+            return [run_from_row(row) for row in await conn.execute(query)]
+
+    async def load_result(self, run_id: str) -> Any:
+        """The original object a python run returned, unpickled (its JSON-safe copy if none)."""
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(t.runs.c.result_pickle, t.runs.c.result_json).where(t.runs.c.id == run_id)
+                )
+            ).first()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        if row.result_pickle is not None:
+            return pickle.loads(row.result_pickle)
+        return json.loads(row.result_json) if row.result_json is not None else None
+
+    async def runs_before(
+        self, *, task: str | None = None, status: str | None = None, before: str | None = None, limit: int = 50
+    ) -> list[Run]:
+        """A page of run history, newest first: the runs older than the run ``before`` (in
+        (queued_at, id) order, so pages neither repeat nor skip a run); RunNotFound if there
+        is no run ``before``."""
+        runs = t.runs.c
+        query = select(*RUN_COLUMNS).order_by(runs.queued_at.desc(), runs.id.desc()).limit(limit)
+        if task is not None:
+            query = query.where(runs.task == task)
+        if status is not None:
+            query = query.where(runs.status == status)
+        async with self._read() as conn:
+            if before is not None:
+                queued_at = (await conn.execute(select(runs.queued_at).where(runs.id == before))).scalar()
+                if queued_at is None:
+                    raise RunNotFound(f"no run with id {before!r}")
+                query = query.where(
+                    runs.queued_at <= queued_at,
+                    or_(runs.queued_at < queued_at, and_(runs.queued_at == queued_at, runs.id < before)),
+                )
+            return [run_from_row(row) for row in await conn.execute(query)]
+
+    async def mark_interrupted(self, host: str, is_alive: Callable[[int, float | None], bool]) -> Interrupted:
+        """Mark the unfinished runs of dead processes on ``host`` interrupted; return them, with
+        what is left of their shell tasks' process groups, for the caller to kill.
+
+        Not the runs of workers (sent to a queue): ``recover_job`` settles those, marking them
+        interrupted in the transaction that queues their retries, so that whoever waits for a
+        run never sees it interrupted before its retry exists."""
+        query = select(t.runs.c.id, t.runs.c.pid, t.runs.c.pid_started, t.runs.c.pgid, t.runs.c.pgid_started).where(
+            t.runs.c.status.in_(UNFINISHED), t.runs.c.host == host, t.runs.c.queue.is_(None)
+        )
+        async with self._read() as conn:
+            dead = [row for row in await conn.execute(query) if not is_alive(row.pid, row.pid_started)]
+        if not dead or self.read_only is not None:  # a reader that cannot write leaves them
+            return Interrupted()
+        now = time.time()
+        async with self._write() as conn:
+            await conn.execute(
+                update(t.runs)
+                .where(t.runs.c.id.in_([row.id for row in dead]), t.runs.c.status.in_(UNFINISHED))
+                .values(
+                    status=RunStatus.INTERRUPTED.value,
+                    finished_at=now,
+                    error=error_json(RunError("Interrupted", "the process running it died")),
+                )
+            )
+        groups = [(row.pgid, row.pgid_started) for row in dead if row.pgid is not None]
+        return Interrupted([row.id for row in dead], groups)
+
+    async def unfinished(self, tasks: list[str]) -> dict[str, list[tuple[str, int, float | None]]]:
+        """The runs of these tasks that are queued or running, by task: (host, pid, pid_started)
+        of the process running each."""
+        query = select(t.runs.c.task, t.runs.c.host, t.runs.c.pid, t.runs.c.pid_started).where(
+            t.runs.c.status.in_((RunStatus.QUEUED.value, RunStatus.RUNNING.value)), t.runs.c.task.in_(tasks)
+        )
+        found: dict[str, list[tuple[str, int, float | None]]] = {}
+        async with self._read() as conn:
+            for task, host, pid, started in await conn.execute(query):
+                found.setdefault(task, []).append((host, pid, started))
+        return found
+
+    async def started_runs_interrupted(self, host: str, pid: int) -> list[Run]:
+        """The runs of process ``pid`` on ``host`` that started and were then interrupted."""
+        query = select(*RUN_COLUMNS).where(
+            t.runs.c.status == RunStatus.INTERRUPTED.value,
+            t.runs.c.host == host,
+            t.runs.c.pid == pid,
+            t.runs.c.started_at.is_not(None),
+        )
+        async with self._read() as conn:
+            return [run_from_row(row) for row in await conn.execute(query)]
