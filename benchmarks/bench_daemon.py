@@ -31,7 +31,7 @@ Usage::
         [--profile DIR] [--keep]
 
 ``--phases`` also times the steps of a one-file reload of the largest ``--sizes`` project in this
-process (``Daemon._sync`` called directly, no watcher; runner's functions wrapped with a timer).
+process (``Reloader.sync`` called directly, no watcher; runner's functions wrapped with a timer).
 ``--profile DIR`` writes cProfile output of those reloads (``DIR/reload-phases-N.prof``) and
 runs one more daemon on that project under cProfile for five reloads
 (``python -m cProfile -o DIR/reload-N.prof -m runner ... daemon``; its file-reading thread is not
@@ -386,9 +386,9 @@ def measure_reloads(
 # Runner's functions on the reload path, wrapped with a timer (those that exist are timed).
 # Each is wrapped where its caller looks it up (sync_project calls `runner.sync.load_project`).
 PHASES = [
-    ("runner.daemon", "Daemon", "_sync", "the whole reload (Daemon._sync)"),
-    ("runner.spec", None, "load_tasks", "  load_tasks (in a thread; changed files parsed, the rest from the cache)"),
-    ("runner.sync", None, "sync_project", "  sync_project"),
+    ("runner.daemon.reload", "Reloader", "sync", "the whole reload (Reloader.sync)"),
+    ("runner.daemon.reload", None, "load_tasks", "  load_tasks (in a thread; changed files parsed, the rest from the cache)"),
+    ("runner.daemon.reload", None, "sync_project", "  sync_project"),
     ("runner.store", "Store", "task_files", "    Store.task_files"),
     ("runner.store", "Store", "_tasks", "    Store._tasks (a full read of the tasks table)"),
     ("runner.sync", None, "load_project", "    load_project (plugins, callables)"),
@@ -396,12 +396,12 @@ PHASES = [
     ("runner.store", "Store", "sync_tasks", "    Store.sync_tasks (write lock: read, plan, apply)"),
     ("runner.store", "Store", "_apply", "      Store._apply"),
     ("runner.engine", "Engine", "reload", "  Engine.reload (read the tasks again)"),
-    ("runner.daemon", "Daemon", "_reschedule", "  Daemon._reschedule"),
+    ("runner.daemon.scheduler", "Scheduler", "reschedule", "  Scheduler.reschedule"),
 ]
 
 
 def reload_phases(root: Path, repeat: int, profile: Path | None) -> tuple[list[float], list[tuple[str, float, float]]]:
-    """Time the steps of ``Daemon._sync`` for a one-file edit, in this process (no file watcher).
+    """Time the steps of ``Reloader.sync`` for a one-file edit, in this process (no file watcher).
 
     Returns the wall time of each reload and, per step: its label, calls per reload and the
     median over reloads of the time spent in it. Nested steps are counted in their parents too.
@@ -450,7 +450,8 @@ def reload_phases(root: Path, repeat: int, profile: Path | None) -> tuple[list[f
         setattr(owner, attr, timed(original, label))
         undo.append((owner, attr, original))
 
-    from runner.daemon import Daemon, DaemonOptions
+    from runner.daemon.reload import Reloader
+    from runner.daemon.scheduler import Scheduler, SystemClock
     from runner.engine import Engine
     from runner.store import open_store
 
@@ -458,14 +459,26 @@ def reload_phases(root: Path, repeat: int, profile: Path | None) -> tuple[list[f
     profiler = cProfile.Profile() if profile else None
     write_probe(root, 0)
 
+    resolved = root.resolve()
+
     async def run() -> None:
         async with open_store(root / "phases.db") as store:
-            daemon = Daemon(root, store, DaemonOptions(watch=False))
-            await daemon._sync(None)
+            reloader = Reloader(resolved, store, anyio.Event())
+            await reloader.sync(None)
             async with Engine(store, root) as engine:
-                daemon._engine = engine
-                daemon.states = await store.schedule_states()
-                await daemon._reschedule()
+
+                async def dispatch(*_: Any, **__: Any) -> list[str]:
+                    return []
+
+                scheduler = Scheduler(store, engine, dispatch, started_at=time.time(), clock=SystemClock())
+                await scheduler.start()
+
+                async def apply(revision: Any) -> None:
+                    engine.revision = revision
+                    await engine.reload()
+                    await scheduler.reschedule()
+
+                reloader.apply = apply
                 for version in range(1, repeat + 2):
                     write_probe(root, version)
                     current.clear()
@@ -473,7 +486,7 @@ def reload_phases(root: Path, repeat: int, profile: Path | None) -> tuple[list[f
                     if profiler:
                         profiler.enable()
                     start = time.perf_counter()
-                    await daemon._sync({root / "tasks.d" / "zz-probe.yaml"})
+                    await reloader.sync({root / "tasks.d" / "zz-probe.yaml"})
                     wall = time.perf_counter() - start
                     if profiler:
                         profiler.disable()
@@ -703,7 +716,7 @@ def main() -> int:
                 if prof:
                     prof.parent.mkdir(parents=True, exist_ok=True)
                 print(f"\n[reload] where the time goes: {args.repeat} reloads of {sizes[-1]:,} tasks in this "
-                      "process (Daemon._sync called directly; no watcher) ...", flush=True)
+                      "process (Reloader.sync called directly; no watcher) ...", flush=True)
                 walls, steps = reload_phases(root, args.repeat, prof)
                 loads.append(load_average())
                 print(f"load average: {loads[-1]}")

@@ -113,7 +113,7 @@ async def engine_rate(
 def shared_scratch(directory: Path):
     """Prototype (not runner's behaviour): the engine's per-run scratch directory, which only a
     shell task with needs writes into, replaced by one directory made once."""
-    import runner.engine
+    import runner.execution
 
     class Shared:
         def __init__(self, *args: object, **kwargs: object) -> None:
@@ -126,12 +126,12 @@ def shared_scratch(directory: Path):
             pass
 
     directory.mkdir(exist_ok=True)
-    real = runner.engine.tempfile
-    runner.engine.tempfile = type("tempfile", (), {"TemporaryDirectory": Shared})  # type: ignore[assignment]
+    real = runner.execution.tempfile
+    runner.execution.tempfile = type("tempfile", (), {"TemporaryDirectory": Shared})  # type: ignore[assignment]
     try:
         yield
     finally:
-        runner.engine.tempfile = real
+        runner.execution.tempfile = real
 
 
 class _Collect(asyncio.SubprocessProtocol):
@@ -182,14 +182,14 @@ async def protocol_run_shell(command: str | list[str], *, env: dict[str, str], c
 @contextlib.contextmanager
 def lean_executor():
     """Prototype (not runner's behaviour): the engine calls ``protocol_run_shell``."""
-    import runner.engine
+    import runner.execution
 
-    real = runner.engine.run_shell
-    runner.engine.run_shell = protocol_run_shell  # type: ignore[assignment]
+    real = runner.execution.run_shell
+    runner.execution.run_shell = protocol_run_shell  # type: ignore[assignment]
     try:
         yield
     finally:
-        runner.engine.run_shell = real
+        runner.execution.run_shell = real
 
 
 async def commit_per_change_rate(db: Path, changes: int) -> float:

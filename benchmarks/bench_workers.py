@@ -502,7 +502,9 @@ class Sender:
         await self._stack.aclose()
 
     async def send(self, name: str, trigger: str) -> str:
-        workflow = self.engine.workflow(name, trigger=trigger)
+        from runner.workflow import WorkflowOptions
+
+        workflow = self.engine.workflow(name, WorkflowOptions(trigger=trigger))
         await workflow.send()
         return workflow.target_run_id
 

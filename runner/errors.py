@@ -100,6 +100,14 @@ class RunNotFound(RunnerError, LookupError):
     exit_code = 3
 
 
+class DaemonRunning(RunnerError):
+    """Another live daemon holds the store."""
+
+
+class LeadershipLost(RunnerError):
+    """The daemon's lock session ended or stopped answering: another daemon may lead now."""
+
+
 class StoreError(RunnerError):
     """The store cannot be opened or used."""
 

@@ -10,15 +10,16 @@ misses nothing and repeats nothing.
 from __future__ import annotations
 
 import functools
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
+from anyio.abc import TaskStatus
 
 from runner.errors import RunNotFound
 from runner.models import Run, RunStatus
 from runner.processes import HOST, kill_orphaned_groups, process_is_alive
+from runner.shutdown import first_stop_signal
 from runner.store import LogEntry, Store
 
 POLL_INTERVAL = 0.15
@@ -80,18 +81,15 @@ async def _until_signal(work: Callable[[], Awaitable[RunStatus | None]]) -> Foll
     ended: list[Followed] = []
     async with anyio.create_task_group() as group:
 
-        async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    ended.append(Followed(stopped_by=signum))
-                    group.cancel_scope.cancel()
-                    return
+        async def stop_on_signal(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            ended.append(Followed(stopped_by=await first_stop_signal(task_status=task_status)))
+            group.cancel_scope.cancel()
 
         async def run_work() -> None:
             ended.append(Followed(await work()))
             group.cancel_scope.cancel()
 
-        group.start_soon(stop_on_signal)
+        await group.start(stop_on_signal)
         group.start_soon(run_work)
     return ended[0]
 

@@ -3,7 +3,7 @@
 Checked where the input enters, before anything is recorded or started: a task file as it is
 read and ``-p`` as it is parsed (``taskfile.py``), a job from another host as a worker takes
 it (``remote.py``), and the parameters of every workflow the engine makes
-(``engine.checked_parameters``): an HTTP trigger body, ``runner trigger`` through the store and a
+(``runnable.checked_parameters``): an HTTP trigger body, ``runner trigger`` through the store and a
 task's own ``Engine.submit`` arrive there. What is refused, and why:
 
 - a NUL byte, anywhere: environment variables, argv items and paths are C strings, so

@@ -3,7 +3,7 @@
 The daemon that holds the session-level advisory lock ``LEADER_LOCK`` leads: it does all that
 a daemon does. The others are standbys: they say once who leads, try for the lock every
 ``RETRY_EVERY`` seconds, and do nothing else. On SQLite there is nothing to elect (one daemon
-per store, the lease decides: daemon.py), and ``election`` gives a stand-in that leads at once.
+per store, the lease decides: runner/lease.py), and ``election`` gives a stand-in that leads at once.
 
 Why a session-level advisory lock, on a connection of its own (rather than a lease row with
 a heartbeat, whose takeover waits out a timeout and trusts clocks, or a row lock, which needs a
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from runner import log
-from runner.errors import RunnerError, StoreError
+from runner.errors import StoreError
 from runner.models import iso
 from runner.processes import HOST, PID
 from runner.store import PG_WRITE_LOCK, Lease, Store
@@ -95,10 +95,6 @@ def _not_our_check(record: logging.LogRecord) -> bool:
     return not _checking.get()
 
 
-class LeadershipLost(RunnerError):
-    """The daemon's lock session ended or stopped answering: another daemon may lead now."""
-
-
 class Election:
     """One daemon's part in the election: ``campaign`` until it leads, then lead within
     ``leading``.
@@ -146,7 +142,7 @@ class AdvisoryLockElection(Election):
                 await conn.close()
 
     async def _connect(self) -> AsyncConnection[Any]:
-        import psycopg
+        import psycopg  # the postgres extra: an election happens on PostgreSQL only
 
         conn = await psycopg.AsyncConnection.connect(
             self.store.conninfo(),

@@ -10,24 +10,26 @@ recorded: a one-shot run never reports a run whose record was not committed.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from anyio.abc import TaskStatus
 
 from runner.engine import Engine
 from runner.errors import StoreError, StoreFileChanged
 from runner.models import Run
 from runner.revision import project_revision
+from runner.shutdown import first_stop_signal
 from runner.store import FILE_CHECK_EVERY, Store, failure_cause
 
 if TYPE_CHECKING:
     from runner.progress import Reporter
     from runner.recorder import WriteFailure
 from runner.sync import sync_project
+from runner.workflow import WorkflowOptions
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ async def run_once(
     tasks: dict[str, str] = {}  # run id -> task, for a message about runs not recorded
     try:
         async with engine:
-            workflow = engine.workflow(name, parameters=parameters, with_needs=with_needs)
+            workflow = engine.workflow(name, WorkflowOptions(parameters=parameters, with_needs=with_needs))
             tasks = {node.attempt.run_id: task for task, node in workflow.nodes.items()}
             stopped_by: int | None = None
             target: Run | None = None
@@ -70,13 +72,10 @@ async def run_once(
                     runs_scope.cancel()
                     engine.cancel_submitted()
 
-                async def stop_on_signal() -> None:
+                async def stop_on_signal(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
                     nonlocal stopped_by
-                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                        async for signum in signals:
-                            stopped_by = signum
-                            stop()
-                            return
+                    stopped_by = await first_stop_signal(task_status=task_status)
+                    stop()
 
                 async def watch_store_file() -> None:
                     while True:
@@ -90,7 +89,7 @@ async def run_once(
                 engine.recorder.on_failure = stop
                 group.start_soon(watch_store_file)
                 if handle_signals:
-                    group.start_soon(stop_on_signal)
+                    await group.start(stop_on_signal)
                 if reporter is not None:
                     workflow.on_run = reporter.run_finished
                     group.start_soon(reporter.watch, workflow)

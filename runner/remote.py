@@ -16,25 +16,27 @@ retried if its task has retries left, all in one transaction (``Store.recover_jo
 
 from __future__ import annotations
 
+import functools
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
 
 from runner import log, registry
-from runner.engine import Engine, Workflow
+from runner.engine import Engine
 from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnable
+from runner.follow import wait_for
 from runner.inputs import check_parameters
 from runner.models import RunStatus
 from runner.processes import HOST, PID, kill_orphaned_groups, process_is_alive
 from runner.records import JobArgs, LogChunk, RunError
 from runner.revision import project_revision
+from runner.shutdown import on_stop_signals, signal_name
 from runner.store import JOB_TASK, Store
+from runner.workflow import Workflow, WorkflowOptions
 
 HEARTBEAT = 2.0
 """Seconds between a worker's heartbeats (procrastinate's worker table)."""
@@ -50,7 +52,7 @@ FETCH_POLL = 1.0
 
 
 def _app(store: Store) -> Any:
-    import procrastinate
+    import procrastinate  # the postgres extra, imported only by the processes that use the queue
 
     connector = procrastinate.PsycopgConnector(conninfo=store.conninfo(), min_size=1, max_size=4)
     return procrastinate.App(connector=connector)
@@ -83,7 +85,7 @@ class Worker:
     async def run(self, *, handle_signals: bool = True) -> None:
         """Take jobs until SIGTERM/SIGINT; then running workflows get the grace period, and are
         cancelled after it (or at a second signal)."""
-        from procrastinate.worker import Worker as QueueWorker
+        from procrastinate.worker import Worker as QueueWorker  # the postgres extra, as in _app
 
         await self.store.ensure_queue()
         registry.import_plugins(self.root)
@@ -102,7 +104,7 @@ class Worker:
                     fetch_job_polling_interval=FETCH_POLL,
                 )
                 if handle_signals:
-                    await group.start(self._on_signals, worker)
+                    await group.start(on_stop_signals, functools.partial(self._on_signal, worker))
                 group.start_soon(self._recover)
                 log.logger.info(
                     f"worker started: pid {PID}, queues {', '.join(self.queues or ['(all)'])}, "
@@ -112,21 +114,19 @@ class Worker:
                 await worker.run()  # type: ignore[no-untyped-call]
                 group.cancel_scope.cancel()
 
-    async def _on_signals(self, worker: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            task_status.started()
-            async for signum in signals:
-                if self._stopping:
-                    for scope in list(self._scopes):
-                        scope.cancel()
-                    continue
-                self._stopping = True
-                log.logger.info(
-                    f"stopping on {signal.Signals(signum).name}: no new jobs; running ones get "
-                    f"{self.grace:g}s to finish (a second signal cancels them now)",
-                    extra={"event": "worker_stopping", "signal": signum},
-                )
-                worker.stop()
+    def _on_signal(self, worker: Any, signum: int) -> None:
+        """The first SIGTERM/SIGINT stops taking jobs; a second one cancels the running ones."""
+        if self._stopping:
+            for scope in list(self._scopes):
+                scope.cancel()
+            return
+        self._stopping = True
+        log.logger.info(
+            f"stopping on {signal_name(signum)}: no new jobs; running ones get "
+            f"{self.grace:g}s to finish (a second signal cancels them now)",
+            extra={"event": "worker_stopping", "signal": signum},
+        )
+        worker.stop()
 
     async def _job(self, **args: Any) -> None:
         with anyio.CancelScope() as scope:
@@ -168,12 +168,7 @@ class Worker:
 
     async def _workflow(self, args: JobArgs) -> Workflow:
         def make() -> Workflow:
-            return self.engine.workflow(
-                args.task, parameters=args.parameters, with_needs=args.with_needs,
-                trigger=args.trigger, parent_id=args.parent_id, attempt=args.attempt,
-                scheduled_for=args.scheduled_for, run_ids=args.runs, invocation=args.invocation,
-                queue=args.queue or None,
-            )
+            return self.engine.workflow(args.task, WorkflowOptions.of_job(args))
 
         try:
             return make()
@@ -266,7 +261,7 @@ async def send(
     if parameters:
         registry.import_plugins(root)  # to check them against the callable's hints
     async with Engine(store, root, revision=project_revision(root)) as engine:
-        workflow = engine.workflow(name, parameters=parameters, with_needs=with_needs, trigger=trigger)
+        workflow = engine.workflow(name, WorkflowOptions(parameters=parameters, with_needs=with_needs, trigger=trigger))
         await workflow.send()
         return workflow.target_run_id
 
@@ -276,8 +271,6 @@ async def send_and_wait(store: Store, send: Callable[[], Awaitable[str]]) -> tup
     is final (the target's last), and the signal that stopped it, if one did. SIGINT/SIGTERM
     cancel the workflow, on its worker or before one takes it up, and the wait goes on until
     it ends; one that comes while it is being sent cancels it once it is queued."""
-    from runner.follow import wait_for
-
     stopped_by: int | None = None
     run_id: str | None = None
 
@@ -287,22 +280,21 @@ async def send_and_wait(store: Store, send: Callable[[], Awaitable[str]]) -> tup
         if job_id is not None:
             await store.cancel_job(job_id)
 
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with anyio.create_task_group() as group:
+    async with anyio.create_task_group() as group:
 
-            async def cancel_on_signal() -> None:
-                nonlocal stopped_by
-                async for signum in signals:
-                    stopped_by = signum
-                    if run_id is not None:
-                        await cancel()
-                    return
+        def on_signal(signum: int) -> None:
+            # The first cancels; later ones change nothing, the wait goes on until it ends.
+            nonlocal stopped_by
+            if stopped_by is None:
+                stopped_by = signum
+                if run_id is not None:
+                    group.start_soon(cancel)
 
-            group.start_soon(cancel_on_signal)
-            with anyio.CancelScope(shield=True):
-                run_id = sent = await send()
-            if stopped_by is not None:
-                await cancel()
-            runs = await wait_for(store, sent)
-            group.cancel_scope.cancel()
+        await group.start(on_stop_signals, on_signal)
+        with anyio.CancelScope(shield=True):
+            run_id = sent = await send()
+        if stopped_by is not None:
+            await cancel()
+        runs = await wait_for(store, sent)
+        group.cancel_scope.cancel()
     return runs, stopped_by

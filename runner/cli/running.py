@@ -122,9 +122,9 @@ def trigger(
     """
     overrides = dict(parse_parameter(p) for p in params)  # refused before the heavy imports
     # lazy, for start-up time (SQLAlchemy)
-    from runner.daemon import describe_holder, request_run
     from runner.engine import checked_parameters, runnable
     from runner.follow import wait_for
+    from runner.lease import describe_holder, request_run
     from runner.remote import send
     from runner.store import Trigger, open_store
 

@@ -98,11 +98,9 @@ def daemon(
     daemon on the same SQLite store exits 2 at once, naming the first; on PostgreSQL it waits
     as a standby and leads when the leader goes.
     """
-    from runner.daemon import (  # lazy, for start-up time (SQLAlchemy)
-        Daemon,
-        DaemonOptions,
-        end_leftover_tasks,
-    )
+    # lazy, for start-up time (SQLAlchemy)
+    from runner.daemon import Daemon, DaemonOptions
+    from runner.shutdown import end_leftover_tasks
     from runner.store import open_store
 
     http_options = _http_options(http, http_allow_trigger, http_auth_read, http_timeout, http_max_connections)
@@ -153,8 +151,8 @@ def worker(settings: Settings, concurrency: int, queues: tuple[str, ...], grace:
     lets running ones finish within --grace, then cancels them and exits 0.
     """
     # lazy, for start-up time (SQLAlchemy)
-    from runner.daemon import end_leftover_tasks
     from runner.remote import Worker
+    from runner.shutdown import end_leftover_tasks
     from runner.store import open_store
 
     require_postgres(settings, "runner worker")

@@ -1,7 +1,8 @@
 """`runner daemon` as operators run it: a real process on a real store, files edited under it,
 signals, `kill -9`, a second daemon, triggers from other shells.
 
-The daemon logs JSON lines (``--log-format json``) to a file the tests read, so they wait for
+What a process shows is tested here; the scheduling logic (fire times, misfire, overlap, needs,
+cron) runs in process on a fake clock in tests/integration/test_scheduler.py. The daemon logs JSON lines (``--log-format json``) to a file the tests read, so they wait for
 what the daemon says it did instead of for time to pass.
 """
 
@@ -76,23 +77,7 @@ TICK = """
 """
 
 
-# -- schedules ------------------------------------------------------------------------------------
-
-
-def test_an_every_schedule_fires_on_its_grid_and_records_the_fire_time(project: ProjectDir, cli: Cli) -> None:
-    project.tasks("a.yaml", TICK)
-    daemon = Daemon(cli).started()
-    daemon.wait_for("run_finished", count=3, task="tick")
-    assert daemon.stop() == 0
-
-    runs = runs_of(project, "tick")
-    assert len(runs) >= 3
-    assert {r["status"] for r in runs} == {"succeeded"} and {r["trigger"] for r in runs} == {"schedule"}
-    (anchor,) = store_rows(project, "SELECT anchor FROM schedules WHERE task = 'tick'")[0]
-    fires = [r["scheduled_for"] for r in runs]
-    assert [round((f - anchor) / 0.5) for f in fires] == list(range(1, len(runs) + 1))
-    for run in runs:
-        assert run["queued_at"] >= run["scheduled_for"]  # never early
+# -- schedules across a crash ---------------------------------------------------------------------
 
 
 def test_a_restart_after_kill_9_neither_repeats_nor_drops_a_fire(project: ProjectDir, cli: Cli) -> None:
@@ -114,89 +99,6 @@ def test_a_restart_after_kill_9_neither_repeats_nor_drops_a_fire(project: Projec
     # except those that one catch-up run stands for.
     gaps = [b - a for a, b in itertools.pairwise(slots)]
     assert gaps.count(1) >= len(gaps) - 1, f"fires dropped: {slots}"
-
-
-def test_missed_fires_follow_the_misfire_policy(project: ProjectDir, cli: Cli) -> None:
-    project.tasks(
-        "a.yaml",
-        """
-        version: 1
-        tasks:
-          once:
-            command: "true"
-            schedule: {every: 1h}
-          skipper:
-            command: "true"
-            schedule: {every: 1h, misfire: skip}
-        """,
-    )
-    first = Daemon(cli).started()
-    assert first.stop() == 0
-    # As if the daemon had been down for three hours: every fire time moves back.
-    past = time.time() - 3 * 3600 - 60
-    with closing(sqlite3.connect(project.db)) as conn, conn:
-        conn.execute("UPDATE schedules SET next_fire_at = ?, anchor = ?", (past, past - 3600))
-
-    second = Daemon(cli).started()
-    second.wait_for("run_finished", task="once")
-    second.wait_for("fire_missed", task="skipper")
-    assert second.stop() == 0
-
-    (once,) = runs_of(project, "once")
-    assert once["scheduled_for"] == pytest.approx(past) and once["status"] == "succeeded"
-    assert runs_of(project, "skipper") == []
-    (next_fire,) = store_rows(project, "SELECT next_fire_at FROM schedules WHERE task = 'skipper'")[0]
-    assert next_fire > time.time()
-
-
-def test_a_fire_while_the_previous_run_goes_on_is_recorded_skipped(project: ProjectDir, cli: Cli) -> None:
-    project.tasks(
-        "a.yaml",
-        """
-        version: 1
-        tasks:
-          slow:
-            command: sleep 1.2
-            schedule: {every: 0.5s}
-          both:
-            command: sleep 1.2
-            schedule: {every: 0.5s, overlap: allow}
-        """,
-    )
-    daemon = Daemon(cli).started()
-    daemon.wait_for("run_finished", task="slow", status="skipped")
-    daemon.wait_for("fired", count=3, task="both")
-    assert daemon.stop() == 0
-
-    skipped = [r for r in runs_of(project, "slow") if r["status"] == "skipped"]
-    assert skipped and "still going (overlap: skip)" in json.loads(skipped[0]["error"])["message"]
-    allowed = runs_of(project, "both")
-    assert "skipped" not in {r["status"] for r in allowed}
-    first, second = allowed[0], allowed[1]
-    assert second["started_at"] < first["finished_at"], "overlap: allow runs side by side"
-
-
-def test_a_schedule_fires_its_task_after_its_needs(project: ProjectDir, cli: Cli) -> None:
-    project.tasks(
-        "a.yaml",
-        """
-        version: 1
-        tasks:
-          fetch:
-            command: echo fetched
-          report:
-            command: cat "$RUNNER_UPSTREAM_FILE"
-            needs: [fetch]
-            schedule: {every: 0.5s}
-        """,
-    )
-    daemon = Daemon(cli).started()
-    daemon.wait_for("run_finished", task="report")
-    assert daemon.stop() == 0
-    report = runs_of(project, "report")[0]
-    (fetch,) = [r for r in runs_of(project, "fetch") if r["invocation"] == report["invocation"]]
-    assert fetch["finished_at"] <= report["started_at"]
-    assert json.loads(report["stdout"])["fetch"]["stdout"] == "fetched\n"
 
 
 # -- hot reload -----------------------------------------------------------------------------------

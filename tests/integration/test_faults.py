@@ -20,7 +20,7 @@ import anyio
 import pytest
 from conftest import ProjectDir
 
-from runner import engine as engine_module
+from runner import execution
 from runner.engine import Engine
 from runner.errors import RecordRefused
 from runner.masking import Masker
@@ -123,14 +123,14 @@ def spawn_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     async def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("spawn exploded")
 
-    monkeypatch.setattr(engine_module, "run_shell", explode)
+    monkeypatch.setattr(execution, "run_shell", explode)
 
 
 def disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
     def full(data: Any) -> str:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(engine_module, "_write_upstream_file", full)
+    monkeypatch.setattr(execution, "_write_upstream_file", full)
 
 
 def masker_raises(monkeypatch: pytest.MonkeyPatch) -> None:

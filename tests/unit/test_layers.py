@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "runner._version", "runner.capture", "runner.context", "runner.errors", "runner.executors",
             "runner.executors.python", "runner.executors.shell", "runner.files", "runner.graph",
             "runner.inject", "runner.inputs", "runner.jsonsafe", "runner.log", "runner.masking",
-            "runner.models", "runner.processes", "runner.records", "runner.registry", "runner.revision",
+            "runner.models", "runner.processes", "runner.records", "runner.registry", "runner.revision", "runner.shutdown",
             "runner.schedule", "runner.signature",
         },
     ),
@@ -40,9 +40,12 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("sync", {"runner.sync"}),
     (
         "engine",
-        {"runner.engine", "runner.recorder", "runner.progress", "runner.oneshot", "runner.follow", "runner.overview"},
+        {
+            "runner.engine", "runner.attempt", "runner.execution", "runner.workflow", "runner.runnable",
+            "runner.recorder", "runner.progress", "runner.oneshot", "runner.follow", "runner.overview",
+        },
     ),
-    ("daemon/workers", {"runner.daemon", "runner.leader", "runner.remote"}),
+    ("daemon/workers", {"runner.daemon", "runner.daemon.*", "runner.lease", "runner.leader", "runner.remote"}),
     ("http/cli", {"runner.http", "runner.http.*", "runner.cli", "runner.cli.*", "runner.__main__"}),
     ("public API", {"runner", "runner.testing"}),
 ]

@@ -1,0 +1,220 @@
+"""The executors' glue: what one attempt's shell command or python callable gets (environment,
+parameters, its needs' results, injection), run through ``executors/``, and how it ended.
+
+A shell task gets its parameters as ``PARAM_<NAME>`` and ``RUNNER_PARAMS``, its needs' runs in
+the file ``RUNNER_UPSTREAM_FILE``, and none of the variables the project's secret references
+read from unless it declares them. A python task gets its parameters checked against its
+callable's hints, what it asks for by type injected, and what it prints and logs recorded with
+its run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import tempfile
+import traceback
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from runner import registry
+from runner.attempt import Attempt, Ending, error_of, masking
+from runner.capture import RunOutput, captured
+from runner.context import RunContext, Upstream, current_run
+from runner.errors import RunnerError, SecretUnavailable, ShellStartError
+from runner.executors.python import PythonOutcome, call_python
+from runner.executors.shell import (
+    DEFAULT_KILL_GRACE,
+    DEFAULT_OUTPUT_CAP,
+    run_shell,
+)
+from runner.jsonsafe import json_safe
+from runner.masking import Masker, resolve_env
+from runner.models import LogLine, RunStatus, TaskType
+from runner.project import signature_of
+from runner.recorder import LiveLog, Recorder
+from runner.runnable import checked_parameters
+
+Scope = Callable[[RunContext, Upstream], object]
+"""What injection providers draw on for one run (the engine's ``InjectionScope``)."""
+
+
+class _RunLog(logging.Handler):
+    """Collects the lines a task writes to ``ctx.logger`` for its final run, and streams each
+    to the store as it is written (``live``)."""
+
+    def __init__(self, live: LiveLog | None, name: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[tuple[float, str, str]] = []
+        self.live = live
+        self.name = name  # of ``ctx.logger``; lines of other loggers (stdlib logging) say whose
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + "".join(traceback.format_exception(*record.exc_info))
+        except Exception as exc:  # a bad format string must not fail the task
+            message = f"{record.msg!r} (log formatting failed: {exc})"
+        if record.name != self.name and record.name != "root":
+            message = f"{record.name}: {message}"
+        line = (record.created, record.levelname.lower(), message)
+        self.lines.append(line)
+        if self.live is not None:
+            self.live.log(*line)
+
+
+class Execution:
+    """Runs the task of one attempt in ``project``: ``await execution(attempt, upstream)``."""
+
+    def __init__(
+        self,
+        project: Path,
+        recorder: Recorder,
+        scope: Scope,
+        *,
+        output_cap: int = DEFAULT_OUTPUT_CAP,
+        kill_grace: float = DEFAULT_KILL_GRACE,
+    ) -> None:
+        self.project = project
+        self.recorder = recorder
+        self.scope = scope
+        self.output_cap = output_cap
+        self.kill_grace = kill_grace
+        # Copied once: reading os.environ decodes every variable, on every access.
+        self.environ = dict(os.environ)
+        self.child_environ = self.environ  # without the secrets' sources (the engine's reload)
+
+    async def __call__(self, attempt: Attempt, upstream: Upstream) -> Ending:
+        """Run the task once; return how it ended."""
+        try:
+            env, secrets = resolve_env(attempt.spec.env, self.project)
+        except SecretUnavailable as exc:
+            return Ending(RunStatus.FAILED, error_of(exc, attempt.masker, with_traceback=False))
+        # The project's secrets and those known when it was queued, as in the final record;
+        # kept on the attempt, for an error that escapes from here on.
+        masker = attempt.masker = masking(attempt.masker, secrets)
+        attempt.live = self.recorder.live(attempt.run_id, masker, output_cap=self.output_cap)
+        if attempt.spec.type is TaskType.SHELL:
+            ending = await self._shell(attempt, env, masker, upstream)
+        else:
+            ending = await self._python(attempt, env, masker, upstream)
+        return replace(ending, masker=masker)
+
+    async def _shell(self, attempt: Attempt, env: dict[str, str], masker: Masker, upstream: Upstream) -> Ending:
+        child_env = {**self.child_environ, **env}
+        if not attempt.spec.needs:
+            if "RUNNER_UPSTREAM_FILE" not in env:
+                # Inherited when a task started this runner: that file is not this task's.
+                child_env.pop("RUNNER_UPSTREAM_FILE", None)
+            return await self._run_command(attempt, child_env, masker)
+        # Even when no need has a run to show (--no-deps). File work goes to a thread: on a
+        # busy disk creating and removing files can stall the event loop for milliseconds.
+        path = await anyio.to_thread.run_sync(_write_upstream_file, _upstream_json(upstream))
+        child_env["RUNNER_UPSTREAM_FILE"] = path
+        try:
+            return await self._run_command(attempt, child_env, masker)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_remove, path)
+
+    async def _run_command(self, attempt: Attempt, child_env: dict[str, str], masker: Masker) -> Ending:
+        spec = attempt.spec
+        for key, value in attempt.parameters.items():
+            child_env[f"PARAM_{key.upper()}"] = value if isinstance(value, str) else json.dumps(json_safe(value))
+        child_env["RUNNER_PARAMS"] = json.dumps(json_safe(attempt.parameters))
+        child_env["RUNNER_RUN_ID"] = attempt.run_id
+        child_env["RUNNER_TASK"] = spec.name
+        assert spec.command is not None
+        try:
+            outcome = await run_shell(
+                spec.command,
+                env=child_env,
+                cwd=self.project / spec.cwd if spec.cwd else self.project,
+                timeout=spec.timeout,
+                output_cap=self.output_cap,
+                kill_grace=self.kill_grace,
+                on_output=attempt.live.output if attempt.live is not None else None,
+                on_start=functools.partial(self.recorder.spawned, attempt.run_id),
+            )
+        except ShellStartError as exc:
+            return Ending(RunStatus.FAILED, error_of(exc, masker, with_traceback=False))
+        if outcome.timed_out:
+            status = RunStatus.TIMED_OUT
+        else:
+            status = RunStatus.SUCCEEDED if outcome.exit_code == 0 else RunStatus.FAILED
+        return Ending(
+            status,
+            exit_code=outcome.exit_code,
+            stdout=masker.cut_text(outcome.stdout) if outcome.stdout_truncated else outcome.stdout,
+            stderr=masker.cut_text(outcome.stderr) if outcome.stderr_truncated else outcome.stderr,
+        )
+
+    async def _python(self, attempt: Attempt, env: dict[str, str], masker: Masker, upstream: Upstream) -> Ending:
+        spec = attempt.spec
+        name = f"runner.task.{spec.name}"
+        handler = _RunLog(attempt.live, name)
+        logger = logging.Logger(name, logging.DEBUG)
+        logger.addHandler(handler)
+        context = RunContext(attempt.run_id, spec.name, attempt.number, attempt.parameters, logger, env)
+        printed: dict[str, str | None] = {"stdout": None, "stderr": None}
+        try:
+            fn = registry.resolve(spec.callable or "")
+            sig = signature_of(fn)
+            kwargs = checked_parameters(spec, attempt.parameters)
+        except RunnerError as exc:
+            outcome = PythonOutcome(error=exc)
+        else:
+            # What it prints and logs through the stdlib is its run's, not this process's.
+            output = RunOutput(attempt.live.output if attempt.live is not None else None, handler.emit, self.output_cap)
+            token = current_run.set(context)
+            try:
+                with captured(output):
+                    outcome = await call_python(
+                        fn, sig, kwargs,
+                        scope=self.scope(context, upstream),
+                        time_limit=spec.timeout,
+                        thread_name=f"runner:{spec.name}:{attempt.run_id}",
+                    )
+            finally:
+                current_run.reset(token)
+                for key, (text, cut) in zip(("stdout", "stderr"), output.close(), strict=True):
+                    printed[key] = masker.cut_text(text) if cut and text is not None else text
+        # For the final run; the store has each line already (or gets it with the final record).
+        logs = tuple(LogLine(at, level, masker.text(message)) for at, level, message in handler.lines)
+        if outcome.error is not None:
+            status = RunStatus.TIMED_OUT if outcome.timed_out else RunStatus.FAILED
+            error = error_of(outcome.error, masker, with_traceback=not outcome.timed_out)
+            return Ending(status, error, logs=logs, stdout=printed["stdout"], stderr=printed["stderr"])
+        attempt.value = outcome.value
+        return Ending(
+            RunStatus.SUCCEEDED, result=outcome.value, has_result=True, logs=logs,
+            stdout=printed["stdout"], stderr=printed["stderr"],
+        )
+
+
+def _write_upstream_file(data: dict[str, Any]) -> str:
+    fd, path = tempfile.mkstemp(prefix="runner-upstream-", suffix=".json")  # mode 0600
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        json.dump(data, file)
+    return path
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _upstream_json(upstream: Upstream) -> dict[str, Any]:
+    """What a shell task finds in ``$RUNNER_UPSTREAM_FILE``: its needs' runs, as stored."""
+    return {
+        name: {key: body[key] for key in ("id", "status", "result", "stdout", "exit_code")}
+        for name, body in ((name, run.to_json()) for name, run in upstream.runs.items())
+    }
