@@ -91,7 +91,6 @@ def failure_cause(exc: BaseException) -> str:
     return f"{text} ({name})" if name else text
 
 
-
 class StoreBase:
     """The connection every part of the store reads and writes through."""
 

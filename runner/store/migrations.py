@@ -50,7 +50,6 @@ MIGRATIONS: list[Callable[[Any], None]] = [
 ]
 
 
-
 class Migrations(StoreBase):
     """Brings the store's schema to ``CURRENT_VERSION`` when it is opened."""
 

@@ -40,10 +40,8 @@ class Recovery:
     groups: list[tuple[int, float | None]] = field(default_factory=list)
 
 
-
 class _Taken(Exception):
     """Rolls back a claim on runs that are not all free to take."""
-
 
 
 async def defer(conn: AsyncConnection, jobs: list[JobArgs]) -> None:

@@ -23,7 +23,6 @@ class ScheduleState:
     last_fire_at: float | None = None
 
 
-
 class WhichFire(Exception):
     """A fire of several in one statement was lost; which one, only a statement each can tell."""
 

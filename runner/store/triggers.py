@@ -24,7 +24,6 @@ class Trigger:
     requested_at: float
 
 
-
 class TriggerStore(StoreBase):
     """Add a trigger; read those not yet taken up."""
 
