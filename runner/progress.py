@@ -10,8 +10,8 @@ from typing import TextIO
 
 import anyio
 
-from runner.engine import Workflow
 from runner.models import Run, RunStatus
+from runner.workflow import Workflow
 
 _CLEAR = "\r\x1b[K"
 
