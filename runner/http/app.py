@@ -23,7 +23,7 @@ from starlette.routing import Route
 from runner import log
 from runner.engine import checked_parameters
 from runner.errors import ParameterError, RunnerError, RunNotFound, StoreError, TaskNotRunnable
-from runner.http import events, metrics
+from runner.http import events, metrics, web
 from runner.http.openapi import document
 from runner.http.parameters import Checker
 from runner.http.problems import Problem, problem_response, reader_ok, require_reader, require_token
@@ -334,8 +334,6 @@ async def _http_problem(request: Request, exc: Exception) -> Response:
 
 
 def build_app(daemon: DaemonView, options: HttpOptions) -> Starlette:
-    from runner.http import web
-
     api = Api(daemon, options)
 
     def route(path: str, handler: Handler, method: str = "GET") -> Route:

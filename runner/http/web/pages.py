@@ -14,6 +14,7 @@ from typing import Any
 
 from runner.http.web import graph
 from runner.http.web.html import (
+    STATUS_CLASS,
     attr,
     definition_list,
     duration,
@@ -124,8 +125,6 @@ def _strip(last: list[LastRun]) -> str:
 
 
 def _kind(status: RunStatus) -> str:
-    from runner.http.web.html import STATUS_CLASS
-
     return STATUS_CLASS[status]
 
 

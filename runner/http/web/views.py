@@ -23,12 +23,14 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from runner import log
+from runner import log, registry
 from runner.errors import RunnerError, RunNotFound, StoreError
+from runner.http.parameters import value_schema
 from runner.http.problems import reader_ok
 from runner.http.web import graph, pages
 from runner.http.web.html import ASSETS, esc, page
 from runner.models import RunStatus, StoredTask, TaskType
+from runner.project import signature_of
 from runner.schedule import describe
 
 if TYPE_CHECKING:
@@ -344,14 +346,9 @@ def _local(request: Request) -> str:
 def _parameters(task: StoredTask) -> list[pages.Parameter]:
     """What a trigger may pass: for a python task its callable's parameters (not the injected
     ones) with their annotations; for a shell task the names its file declares."""
-    from runner.http.parameters import value_schema
-
     declared = task.spec.parameters
     found = []
     if task.spec.type is TaskType.PYTHON:
-        from runner import registry
-        from runner.project import signature_of
-
         try:
             sig = signature_of(registry.resolve(task.spec.callable or ""))
         except RunnerError:
