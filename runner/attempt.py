@@ -26,10 +26,11 @@ import anyio
 from runner.context import Upstream
 from runner.errors import RecordRefused
 from runner.jsonsafe import json_safe
+from runner.livelog import LiveLog
 from runner.masking import Masker
 from runner.models import LogLine, Run, RunStatus, TaskSpec, new_run_id
 from runner.processes import HOST
-from runner.recorder import LiveLog, Recorder
+from runner.recorder import Recorder
 from runner.records import QueuedRun, RunEnd, RunError, RunResult, next_attempt
 from runner.revision import Revision
 from runner.store import Store

@@ -36,10 +36,11 @@ from runner.executors.shell import (
     run_shell,
 )
 from runner.jsonsafe import json_safe
+from runner.livelog import LiveLog
 from runner.masking import Masker, resolve_env
 from runner.models import LogLine, RunStatus, TaskType
 from runner.project import signature_of
-from runner.recorder import LiveLog, Recorder
+from runner.recorder import Recorder
 from runner.runnable import checked_parameters
 
 Scope = Callable[[RunContext, Upstream], object]

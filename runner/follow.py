@@ -1,6 +1,6 @@
 """Following a run's log as it is written, for ``runner logs``.
 
-A run's output and log lines reach the store while it runs (``recorder.LiveLog``); a follower
+A run's output and log lines reach the store while it runs (``livelog.LiveLog``); a follower
 in any process polls for the rows after the last one it printed. The rows a run had not
 streamed yet are committed with its final status, so once a follower sees a run final, one
 more read has all of its rows. Rows are committed in id order, so "after the last id seen"

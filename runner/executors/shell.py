@@ -9,7 +9,7 @@ and stderr as they arrive, and each keeps only its last ``output_cap`` bytes
 (``DEFAULT_OUTPUT_CAP``, 1 MB), so a task that prints gigabytes costs a bounded amount of memory; the ``*_truncated`` flags say when the start was dropped. Bytes are decoded as UTF-8
 with invalid sequences replaced, never raising. ``on_output(fd, data)``, when given, also sees
 every chunk as it arrives (fd 1 or 2), on the event loop: that is how a run's output reaches
-the store while it runs (``recorder.LiveLog``).
+the store while it runs (``livelog.LiveLog``).
 
 Process group: the child starts in a new session, so it and everything it spawns share one
 process group that belongs to this run. When the run times out or is cancelled, the group gets

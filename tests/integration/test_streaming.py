@@ -19,10 +19,11 @@ import anyio
 import pytest
 from conftest import ProjectDir
 
+from runner.livelog import FLUSH_BYTES
 from runner.masking import Masker
 from runner.models import RunStatus
 from runner.oneshot import OneShot, run_once
-from runner.recorder import FLUSH_BYTES, Recorder
+from runner.recorder import Recorder
 from runner.store import LogEntry, Store, open_store
 
 pytestmark = [pytest.mark.timeout(15), pytest.mark.usefixtures("fresh_plugins")]

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "runner._version", "runner.capture", "runner.context", "runner.errors", "runner.executors",
             "runner.executors.python", "runner.executors.shell", "runner.files", "runner.graph",
             "runner.inject", "runner.inputs", "runner.jsonsafe", "runner.log", "runner.masking",
-            "runner.models", "runner.processes", "runner.records", "runner.registry", "runner.revision", "runner.shutdown",
+            "runner.models", "runner.processes", "runner.records", "runner.livelog", "runner.registry", "runner.revision", "runner.shutdown",
             "runner.schedule", "runner.signature",
         },
     ),
