@@ -19,20 +19,25 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pg
 import pytest
 
 if TYPE_CHECKING:
     from runner.store import Store
 
 
+_PG_ROOT = pytest.StashKey[Path]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Compile runner's own modules to bytecode once, before any test starts a ``runner`` process.
+    """Once per session, in the controlling process only (pytest-xdist's workers have
+    ``workerinput``): make the directory of the session's PostgreSQL cluster (see pg.py), and
+    compile runner's own modules to bytecode before any test starts a ``runner`` process.
 
     The suite starts hundreds of them, with ``PYTHONDONTWRITEBYTECODE=1`` (see ``cli_env``), and
     in an environment that also sets it for pytest nothing else writes ``runner/__pycache__``:
     each process would compile runner's ~12,000 lines afresh, ~0.15 s of CPU out of its ~0.7 s.
-    Done in the controlling process only (pytest-xdist's workers have ``workerinput``); a module
-    already compiled and unchanged is left alone, an edited one is compiled again.
+    A module already compiled and unchanged is left alone, an edited one is compiled again.
     """
     if hasattr(config, "workerinput"):
         return
@@ -41,6 +46,13 @@ def pytest_configure(config: pytest.Config) -> None:
     import runner
 
     compileall.compile_dir(Path(runner.__file__).parent, quiet=1)
+    if not os.environ.get("RUNNER_TEST_PG_URL"):
+        config.stash[_PG_ROOT] = pg.session_root()  # one PostgreSQL cluster for every worker
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if (root := config.stash.get(_PG_ROOT, None)) is not None:
+        pg.stop_session_cluster(root)
 
 
 @pytest.fixture
