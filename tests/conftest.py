@@ -55,6 +55,32 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         pg.stop_session_cluster(root)
 
 
+# The longest test modules, longest first (summed test time of each in a full run). pytest-xdist
+# (``--dist loadfile``) hands modules to its processes in the order collected: one of these
+# started last would keep one process busy for a minute after the others ran out of work.
+LONGEST_FIRST = (
+    "acceptance/test_workers.py",
+    "acceptance/test_cli_definitions.py",
+    "acceptance/test_daemon.py",
+    "acceptance/test_store_faults.py",
+    "acceptance/test_cli_workflows.py",
+    "acceptance/test_cli_runs.py",
+    "acceptance/test_refused_inputs.py",
+    "acceptance/test_task_sessions.py",
+    "acceptance/test_http_openapi.py",
+    "acceptance/test_cli_logs.py",
+    "acceptance/test_docs_examples.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.path.as_posix()
+        return next((n for n, name in enumerate(LONGEST_FIRST) if path.endswith(f"tests/{name}")), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: within a module, and for every other module, the order stays
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
