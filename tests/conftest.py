@@ -26,6 +26,24 @@ if TYPE_CHECKING:
     from runner.store import Store
 
 
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """How many processes ``-n auto`` (pyproject.toml's addopts) starts: four on two cores, as most
+    tests wait on another process (a daemon's tick, a task's sleep, a worker's poll) for much of
+    their time and two more processes fill those waits. None besides this one for the unit
+    tests alone, which never wait: each further process would spend ~1.5 s of CPU starting and
+    collecting, more than the ~5 s of all their work shared out; and at most one per test module
+    named (``--dist loadfile`` gives a module to one process)."""
+    paths = {Path(arg.split("::")[0]).resolve() for arg in config.args} or {TESTS}
+    if all(path.is_relative_to(TESTS / "unit") for path in paths):
+        return 0
+    if all(path.is_file() for path in paths):
+        return 0 if len(paths) == 1 else min(len(paths), 4)
+    return 4
+
+
 _PG_ROOT = pytest.StashKey[Path]()
 
 
