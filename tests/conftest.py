@@ -54,7 +54,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
     The suite starts hundreds of them, with ``PYTHONDONTWRITEBYTECODE=1`` (see ``cli_env``), and
     in an environment that also sets it for pytest nothing else writes ``runner/__pycache__``:
-    each process would compile runner's ~12,000 lines afresh, ~0.15 s of CPU out of its ~0.7 s.
+    each process would compile runner's ~12,000 lines afresh (3-6% of the CPU time of a module of
+    CLI tests, measured interleaved).
     A module already compiled and unchanged is left alone, an edited one is compiled again.
     """
     if hasattr(config, "workerinput"):
