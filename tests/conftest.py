@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 TESTS = Path(__file__).resolve().parent
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: `-p no:xdist` still works
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """How many processes ``-n auto`` (pyproject.toml's addopts) starts: four on two cores, as most
     tests wait on another process (a daemon's tick, a task's sleep, a worker's poll) for much of
