@@ -19,10 +19,86 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pg
 import pytest
 
 if TYPE_CHECKING:
     from runner.store import Store
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: `-p no:xdist` still works
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """How many processes ``-n auto`` (pyproject.toml's addopts) starts: four on two cores, as most
+    tests wait on another process (a daemon's tick, a task's sleep, a worker's poll) for much of
+    their time and two more processes fill those waits. None besides this one for the unit
+    tests alone, which never wait: each further process would spend ~1.5 s of CPU starting and
+    collecting, more than the ~5 s of all their work shared out; and at most one per test module
+    named (``--dist loadfile`` gives a module to one process)."""
+    paths = {Path(arg.split("::")[0]).resolve() for arg in config.args} or {TESTS}
+    if all(path.is_relative_to(TESTS / "unit") for path in paths):
+        return 0
+    if all(path.is_file() for path in paths):
+        return 0 if len(paths) == 1 else min(len(paths), 4)
+    return 4
+
+
+_PG_ROOT = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Once per session, in the controlling process only (pytest-xdist's workers have
+    ``workerinput``): make the directory of the session's PostgreSQL cluster (see pg.py), and
+    compile runner's own modules to bytecode before any test starts a ``runner`` process.
+
+    The suite starts hundreds of them, with ``PYTHONDONTWRITEBYTECODE=1`` (see ``cli_env``), and
+    in an environment that also sets it for pytest nothing else writes ``runner/__pycache__``:
+    each process would compile runner's ~12,000 lines afresh (3-6% of the CPU time of a module of
+    CLI tests, measured interleaved).
+    A module already compiled and unchanged is left alone, an edited one is compiled again.
+    """
+    if hasattr(config, "workerinput"):
+        return
+    import compileall
+
+    import runner
+
+    compileall.compile_dir(Path(runner.__file__).parent, quiet=1)
+    if not os.environ.get("RUNNER_TEST_PG_URL"):
+        config.stash[_PG_ROOT] = pg.session_root()  # one PostgreSQL cluster for every worker
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if (root := config.stash.get(_PG_ROOT, None)) is not None:
+        pg.stop_session_cluster(root)
+
+
+# The longest test modules, longest first (summed test time of each in a full run). pytest-xdist
+# (``--dist loadfile``) hands modules to its processes in the order collected: one of these
+# started last would keep one process busy for a minute after the others ran out of work.
+LONGEST_FIRST = (
+    "acceptance/test_workers.py",
+    "acceptance/test_cli_definitions.py",
+    "acceptance/test_daemon.py",
+    "acceptance/test_store_faults.py",
+    "acceptance/test_cli_workflows.py",
+    "acceptance/test_cli_runs.py",
+    "acceptance/test_refused_inputs.py",
+    "acceptance/test_task_sessions.py",
+    "acceptance/test_http_openapi.py",
+    "acceptance/test_cli_logs.py",
+    "acceptance/test_docs_examples.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.path.as_posix()
+        return next((n for n, name in enumerate(LONGEST_FIRST) if path.endswith(f"tests/{name}")), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: within a module, and for every other module, the order stays
 
 
 @pytest.fixture

@@ -3,8 +3,12 @@
 ``RUNNER_TEST_PG_URL`` (an admin URL, e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``)
 points at a server you run. Without it, the first test that asks starts a throwaway cluster
 (``initdb`` + ``pg_ctl`` from PATH or ``/usr/lib/postgresql/*/bin``, on 127.0.0.1 and a free
-port, fsync off) and stops it when the session ends. PostgreSQL refuses to run as root, so as
-root the cluster belongs to, and runs as, the ``postgres`` user.
+port, fsync off), one for the whole session: the pytest-xdist workers share it (the first to
+need it starts it, under a lock in the session's directory ``RUNNER_TEST_PG_ROOT``, which
+conftest.py makes), and conftest.py stops it when the session ends. One cluster instead of one
+per worker saves each further worker an ``initdb`` and a server (~2 s of CPU, ~40 MB).
+PostgreSQL refuses to run as root, so as root the cluster belongs to, and runs as, the
+``postgres`` user.
 
 When no server can be had, the tests that need one are skipped, naming why; with ``CI`` set
 they fail instead, because CI must test PostgreSQL.
@@ -14,8 +18,10 @@ Import the fixtures into a test module (``from pg import pg_url``) to use them.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import itertools
+import json
 import os
 import shutil
 import socket
@@ -83,21 +89,56 @@ def _start_cluster(root: Path) -> tuple[Server, list[str] | None]:
     return Server(f"postgresql://postgres@127.0.0.1:{port}/postgres"), stop
 
 
+ROOT_VARIABLE = "RUNNER_TEST_PG_ROOT"
+
+
+def session_root() -> Path:
+    """A directory for this session's cluster; set in the environment, so that the workers
+    pytest-xdist starts afterwards find it."""
+    root = Path(tempfile.mkdtemp(prefix="runner-pg-"))
+    root.chmod(0o755)  # as root, the cluster below it belongs to the postgres user, who must get in
+    os.environ[ROOT_VARIABLE] = str(root)
+    return root
+
+
+def stop_session_cluster(root: Path) -> None:
+    """Stop the session's cluster, if a worker started one, and remove its directory."""
+    stop = root / "stop.json"
+    if stop.exists():
+        subprocess.run(json.loads(stop.read_text()), capture_output=True, timeout=60)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Server]:
     url = os.environ.get("RUNNER_TEST_PG_URL")
     if url:
         yield Server(url)
         return
-    root = Path(tempfile.mkdtemp(prefix="runner-pg-"))
-    stop: list[str] | None = None
-    try:
-        server, stop = _start_cluster(root)
-        yield server
-    finally:
-        if stop is not None:
-            subprocess.run(stop, capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+    shared = os.environ.get(ROOT_VARIABLE)
+    if shared is None:  # pg.py used without tests/conftest.py: a cluster of this process's own
+        root = session_root()
+        try:
+            yield _shared_server(root)
+        finally:
+            stop_session_cluster(root)
+        return
+    yield _shared_server(Path(shared))
+
+
+def _shared_server(root: Path) -> Server:
+    """The session's server: started by the first process to ask, read by the others."""
+    with (root / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        known = root / "server.json"
+        if not known.exists():
+            cluster = root / "cluster"
+            cluster.mkdir()
+            server, stop = _start_cluster(cluster)
+            if stop is not None:
+                (root / "stop.json").write_text(json.dumps(stop))
+            known.write_text(json.dumps({"admin": server.admin, "reason": server.reason}))
+        return Server(**json.loads(known.read_text()))
 
 
 _numbers = itertools.count()

@@ -1,6 +1,7 @@
 """How hard the fuzz suite tries: ``RUNNER_FUZZ_EXAMPLES`` examples per in-process property
-(default 100, about 15 s for the whole suite on 2 cores); properties that start a real
-``runner`` process get a twentieth of that (at least 3).
+(default 100, about 20 s for the whole suite on 2 cores); properties that start a real
+``runner`` process get a twentieth of that (at least 3), the precheck's property sixty times that
+in documents.
 
 Before a release, run it longer (README.md says so too):
 
