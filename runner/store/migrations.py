@@ -16,7 +16,7 @@ from runner.errors import StoreVersionError
 from runner.store import _tables as t
 from runner.store.connection import StoreBase
 
-CURRENT_VERSION = 5
+CURRENT_VERSION = 6
 
 
 def _add_invocation(sync_conn: Any) -> None:
@@ -39,6 +39,10 @@ def _add_remote_columns(sync_conn: Any) -> None:
     Index("runs_parent", t.runs.c.parent_id).create(sync_conn)
 
 
+def _add_cancel_requests(sync_conn: Any) -> None:
+    sync_conn.execute(text("ALTER TABLE runs ADD COLUMN cancel_requested_at FLOAT"))
+
+
 # MIGRATIONS[N - 1] takes a store from version N - 1 to N. A new store (version 0) is created at
 # the current version in one step, so MIGRATIONS[0] creates everything.
 MIGRATIONS: list[Callable[[Any], None]] = [
@@ -47,6 +51,7 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     _add_invocation,
     _add_daemon_tables,
     _add_remote_columns,
+    _add_cancel_requests,
 ]
 
 
