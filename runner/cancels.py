@@ -19,11 +19,15 @@ from anyio.abc import TaskStatus
 
 from runner import log
 from runner.errors import StoreError
-from runner.store import Store
+from runner.models import Run, RunStatus
+from runner.store import CancelOutcome, Store
 
 CANCEL_POLL = 0.5
 """Seconds between looks for cancel requests while runs are watched: a cancel takes effect
 within this, plus the time to stop the task (a shell task's group gets its kill grace)."""
+
+RECORD_POLL = 0.05
+"""Seconds between looks at a run's status while ``cancel_run`` waits for its record."""
 
 
 class CancelWatch:
@@ -70,3 +74,17 @@ class CancelWatch:
             if not scope.cancel_called:
                 log.logger.info(f"run {run_id}: cancel requested; stopping it", extra={"event": "run_cancelling", "run_id": run_id})
                 scope.cancel()
+
+
+async def cancel_run(store: Store, run_id: str, *, wait: float) -> tuple[CancelOutcome, Run]:
+    """Ask for ``run_id`` to be stopped, then wait up to ``wait`` seconds for it to be final;
+    what the request did and the run as it is then (still unfinished when no process recorded
+    it by then). RunNotFound if there is no such run."""
+    outcome = await store.request_cancel(run_id)
+    if outcome is CancelOutcome.REQUESTED:
+        with anyio.move_on_after(wait):
+            while True:
+                if (await store.run_status(run_id))[1] not in (RunStatus.QUEUED, RunStatus.RUNNING):
+                    break
+                await anyio.sleep(RECORD_POLL)
+    return outcome, await store.run(run_id)
