@@ -239,10 +239,10 @@ looks every half second, and a shell task's group gets its kill grace (2 s) afte
     "--wait", "wait_s", type=click.FloatRange(min=0), default=DEFAULT_CANCEL_WAIT, show_default=True,
     metavar="SECONDS", help="How long to wait for the run to be recorded cancelled.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON as it is at the end (as `runner show --json`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run as it is at the end as one JSON line (without its log lines), whatever the exit code.")
 @click.pass_obj
 def cancel(settings: Settings, run_id: str, wait_s: float, as_json: bool) -> None:
-    """Stop RUN_ID wherever it runs: here, in the daemon, in another `runner run`, on a worker.
+    """Stop RUN_ID wherever it runs: in the daemon, in a `runner run`, on a worker.
 
     The request goes through the store; the process running the run kills its task (a shell
     task's whole process group) and records it cancelled. A queued run is cancelled before it
