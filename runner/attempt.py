@@ -16,13 +16,14 @@ import pickle
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from runner.cancels import CancelWatch
 from runner.context import Upstream
 from runner.errors import RecordRefused
 from runner.jsonsafe import json_safe
@@ -156,10 +157,14 @@ class Attempts:
         self.limiter = limiter
         self.execute = execute
         self.revision = revision  # of the files the runs are queued or run with, recorded on each
+        self.cancels = CancelWatch(store)  # the engine runs its loop
         self._task_limiters: dict[str, anyio.CapacityLimiter] = {}
 
     def queued(self, attempt: Attempt) -> QueuedRun:
         return attempt.queued(self.revision)
+
+    def watch(self, run_id: Callable[[], str]) -> AbstractContextManager[anyio.CancelScope]:
+        return self.cancels.watching(run_id)
 
     async def run(self, attempt: Attempt, upstream: Upstream) -> Run:
         """Run ``attempt`` once and record how it ended; its retry (``attempt.next``), if it

@@ -150,6 +150,10 @@ class Engine:
         writer = await self._stack.enter_async_context(anyio.create_task_group())
         await writer.start(self.recorder.run)
         self._stack.callback(self.recorder.close)
+        # Entered before the runs' group, so it looks for cancel requests until they are done.
+        watcher = await self._stack.enter_async_context(anyio.create_task_group())
+        await watcher.start(self._attempts.cancels.run)
+        self._stack.callback(watcher.cancel_scope.cancel)
         self._background = await self._stack.enter_async_context(anyio.create_task_group())
         await self.reload()
         return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -77,6 +78,10 @@ class Runner(Protocol):
 
     def queued(self, attempt: Attempt) -> QueuedRun:
         """The record of ``attempt`` queued."""
+        ...
+
+    def watch(self, run_id: Callable[[], str]) -> AbstractContextManager[anyio.CancelScope]:
+        """A cancel scope that a cancel request for the run ``run_id()`` cancels."""
         ...
 
     async def run(self, attempt: Attempt, upstream: Upstream) -> Run:
@@ -199,6 +204,12 @@ class Workflow:
         return final
 
     async def _run_node(self, node: Node) -> None:
+        # A cancel request for the node's run ends here, recorded cancelled below; its needers
+        # are then skipped, as after any run that did not succeed.
+        with self.runner.watch(lambda: node.attempt.run_id):
+            await self._run_watched(node)
+
+    async def _run_watched(self, node: Node) -> None:
         try:
             needs = [self.nodes[n] for n in node.task.spec.needs if n in self.nodes]
             for need in needs:

@@ -73,7 +73,7 @@ def main(ctx: click.Context, project: Path, db: str | None, log_format: str, ver
 
 for _command in (
     definitions.validate, definitions.init, definitions.schema, definitions.sync, definitions.list_,
-    running.run, running.trigger,
+    running.run, running.trigger, running.cancel,
     history.runs, history.show, history.logs, history.prune,
     serve.daemon, serve.worker,
 ):

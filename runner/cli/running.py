@@ -226,3 +226,59 @@ def exit_with_runs(runs: list[Run], *, as_json: bool, stopped_by: int | None = N
         sys.exit(128 + stopped_by)
     last = {r.task: r for r in runs}
     sys.exit(EXIT_OK if all(r.succeeded for r in last.values()) else EXIT_RUN_FAILED)
+
+
+DEFAULT_CANCEL_WAIT = 10.0
+"""Seconds `runner cancel` waits for the run to be recorded cancelled: the process running it
+looks every half second, and a shell task's group gets its kill grace (2 s) after SIGTERM."""
+
+
+@click.command()
+@click.argument("run_id")
+@click.option(
+    "--wait", "wait_s", type=click.FloatRange(min=0), default=DEFAULT_CANCEL_WAIT, show_default=True,
+    metavar="SECONDS", help="How long to wait for the run to be recorded cancelled.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the run as it is at the end as one JSON line (without its log lines), whatever the exit code.")
+@click.pass_obj
+def cancel(settings: Settings, run_id: str, wait_s: float, as_json: bool) -> None:
+    """Stop RUN_ID wherever it runs: in the daemon, in a `runner run`, on a worker.
+
+    The request goes through the store; the process running the run kills its task (a shell
+    task's whole process group) and records it cancelled. A queued run is cancelled before it
+    starts (one queued for a worker that none has taken up: its workflow's job is taken off the
+    queue and its runs are recorded cancelled at once). Runs that need it are then skipped.
+
+    Exits 0 once the run is recorded cancelled, 1 if it had already finished (or finished
+    before it could be stopped, or nothing recorded it within --wait), 3 if there is no such run.
+    """
+    # lazy, for start-up time (SQLAlchemy)
+    from runner.cancels import cancel_run
+    from runner.models import RunStatus
+    from runner.store import CancelOutcome, open_store
+
+    async def request() -> tuple[CancelOutcome, Run]:
+        async with open_store(settings.store_location) as store:
+            return await cancel_run(store, run_id, wait=wait_s)
+
+    outcome, found = run_async(request)
+    if as_json:
+        click.echo(json.dumps(found.to_json()))
+    status = found.status
+    if status is RunStatus.CANCELLED and outcome is not CancelOutcome.FINISHED:
+        if not as_json:
+            click.echo(f"run {run_id} ({found.task}) cancelled")
+        sys.exit(EXIT_OK)
+    if outcome is CancelOutcome.FINISHED and status is RunStatus.INTERRUPTED:
+        fail(f"run {run_id} ({found.task}) was interrupted: the process running it died; there is nothing to cancel", EXIT_RUN_FAILED)
+    if outcome is CancelOutcome.FINISHED:
+        fail(f"run {run_id} ({found.task}) had already finished: {status.value}", EXIT_RUN_FAILED)
+    if found.finished_at is not None:
+        fail(f"run {run_id} ({found.task}) finished {status.value} before it could be stopped", EXIT_RUN_FAILED)
+    where = f"on {found.host}" if found.host else "(no worker has taken it up)"
+    fail(
+        f"run {run_id} ({found.task}) is still {status.value} after {wait_s:g}s: the process running it {where} "
+        f"has not recorded it cancelled. The request stands: that process stops the run when it looks "
+        f"(if it is stuck, or its host is gone, it will be marked interrupted). `runner show {run_id}` tells",
+        EXIT_RUN_FAILED,
+    )

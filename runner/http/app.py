@@ -28,6 +28,7 @@ from runner.http.openapi import document
 from runner.http.parameters import Checker
 from runner.http.problems import Problem, problem_response, reader_ok, require_reader, require_token
 from runner.models import RunStatus, TaskType, iso
+from runner.store import CancelOutcome
 
 if TYPE_CHECKING:
     from runner.daemon import HttpOptions
@@ -272,6 +273,31 @@ class Api:
             headers={"Location": location},
         )
 
+    async def cancel(self, request: Request) -> Response:
+        """Ask whichever process runs the run to stop it (``Store.request_cancel``); 202 with
+        the run as it is now: the record of its end comes from that process."""
+        if not self.options.allow_trigger:
+            raise Problem(
+                405,
+                "cancelling runs over HTTP is off; the daemon allows it with --http-allow-trigger "
+                "(and RUNNER_HTTP_TOKEN)",
+                headers={"Allow": ""},
+            )
+        require_token(request, self.options.token)
+        run_id = _run_id(request.path_params["run_id"])
+        try:
+            outcome = await self.daemon.store.request_cancel(run_id)
+            found = await self.daemon.store.run(run_id)
+        except RunNotFound as exc:
+            raise Problem(404, str(exc)) from None
+        if outcome is CancelOutcome.FINISHED:
+            raise Problem(409, f"run {run_id} had already finished: {found.status.value}", run_status=found.status.value)
+        log.logger.info(
+            f"{found.task}: cancel of run {run_id} requested over HTTP",
+            extra={"event": "cancel_requested", "task": found.task, "run_id": run_id},
+        )
+        return json_response(found.to_json(), 202, headers={"Location": f"/api/v1/runs/{run_id}"})
+
     def _check_parameters(self, name: str, parameters: dict[str, Any]) -> None:
         """422 for parameters the task does not take, as its operation in /openapi.json says
         (a task that cannot run is left to run_now: 404 or 409)."""
@@ -347,6 +373,7 @@ def build_app(daemon: DaemonView, options: HttpOptions) -> Starlette:
             route("/api/v1/runs", api.runs),
             route("/api/v1/runs/{run_id}", api.run),
             route("/api/v1/runs/{run_id}/events", api.run_events),
+            route("/api/v1/runs/{run_id}/cancel", api.cancel, "POST"),
             route("/health", api.health),
             route("/metrics", api.prometheus),
             route("/openapi.json", api.openapi),

@@ -63,6 +63,7 @@ _SCHEMAS: dict[str, Any] = {
             "detail": {"type": "string"},
             "instance": {"type": "string"},
             "errors": {"type": "array", "items": {"type": "string"}},
+            "run_status": {"enum": list(RunStatus)},
         },
     },
     "Task": {
@@ -189,6 +190,27 @@ _ACCEPTED = _json("The run is queued; Location is the run", {
         "events": {"type": "string"},
     },
 })
+
+
+def _cancel(run_id: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": "Stop a queued or running run, wherever it runs (this daemon, a `runner run`, a worker)",
+            "description": "The request goes through the store; the process running the run kills its task "
+            "and records it `cancelled`, within about a second. Follow the run (or its events) to see that.",
+            "operationId": "cancel-run",
+            "security": [{"bearer": []}],
+            "parameters": [run_id],
+            "responses": {
+                "202": _json("Asked: the run as it is now (queued or running; or cancelled, when no process "
+                             "had taken it up yet)", _ref("Run")),
+                "401": _problem("The bearer token is missing or wrong"),
+                "404": _problem("No such run"),
+                "409": _problem("The run had already finished; `run_status` says how"),
+                "503": _problem("The store cannot be written right now"),
+            },
+        }
+    }
 
 
 def _trigger(summary: str, parameters: dict[str, Any], path_parameters: list[Any], operation_id: str) -> dict[str, Any]:
@@ -358,6 +380,12 @@ def document(options: HttpOptions, tasks: Iterable[StoredTask] = ()) -> dict[str
     }
     if options.allow_trigger:
         doc["paths"].update(_trigger_paths(tasks, name))
+        doc["paths"]["/api/v1/runs/{run_id}/cancel"] = _cancel(run_id)
+        # The run a trigger queued is the one a client may then cancel.
+        doc["components"]["responses"]["Accepted"] = {
+            **doc["components"]["responses"]["Accepted"],
+            "links": {"CancelRun": {"operationId": "cancel-run", "parameters": {"run_id": "$response.body#/id"}}},
+        }
     if options.allow_trigger or options.auth_read:
         # Only where an operation asks for it: a documented scheme promises a 401 without it.
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}

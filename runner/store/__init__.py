@@ -7,6 +7,7 @@ records; ``store.py`` says which module holds which concern. Everything a caller
 
 from runner.errors import LeaseHeld
 from runner.records import Lease, RunBatch, Written
+from runner.store.cancels import CancelOutcome
 from runner.store.connection import (
     FILE_CHECK_EVERY,
     OUTAGE_PATIENCE,
@@ -30,6 +31,7 @@ __all__ = [
     "OUTAGE_PATIENCE",
     "PG_WRITE_LOCK",
     "SQLITE_PATIENCE",
+    "CancelOutcome",
     "Interrupted",
     "Lease",
     "LeaseHeld",

@@ -76,6 +76,9 @@ runs = Table(
     # them up, host is "" and pid 0: no process of the enqueuer's is answerable for them.
     Column("queue", String(64)),
     Column("job_id", BigInteger),
+    # When someone asked for the run to be stopped (`runner cancel`, the API); the process
+    # running it looks for this on its own running runs, by id (runner/cancels.py).
+    Column("cancel_requested_at", Float),
     Index("runs_task_queued", "task", "queued_at"),
     # By status, newest last: a page of the runs of one status is a short walk (the web page's
     # and the API's ?status=), not a sort of every run with it (0.25 s for 60,000 of 1,000,000).

@@ -16,7 +16,7 @@ from runner.errors import StoreVersionError
 from runner.store import _tables as t
 from runner.store.connection import StoreBase
 
-CURRENT_VERSION = 6
+CURRENT_VERSION = 7
 
 
 def _add_invocation(sync_conn: Any) -> None:
@@ -47,6 +47,10 @@ def _index_status_by_time(sync_conn: Any) -> None:
     sync_conn.execute(text("DROP INDEX runs_status"))
 
 
+def _add_cancel_requests(sync_conn: Any) -> None:
+    sync_conn.execute(text("ALTER TABLE runs ADD COLUMN cancel_requested_at FLOAT"))
+
+
 # MIGRATIONS[N - 1] takes a store from version N - 1 to N. A new store (version 0) is created at
 # the current version in one step, so MIGRATIONS[0] creates everything.
 MIGRATIONS: list[Callable[[Any], None]] = [
@@ -56,6 +60,7 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     _add_daemon_tables,
     _add_remote_columns,
     _index_status_by_time,
+    _add_cancel_requests,
 ]
 
 

@@ -70,6 +70,26 @@ async def defer(conn: AsyncConnection, jobs: list[JobArgs]) -> None:
     )
 
 
+async def drop_waiting_job(conn: AsyncConnection, job_id: int) -> bool:
+    """Take a job off the queue if no worker has taken it yet, and record its queued runs
+    cancelled; False (nothing changed) if one has."""
+    gone = (
+        await conn.execute(
+            text("DELETE FROM procrastinate_jobs WHERE id = :id AND status = 'todo' RETURNING id"),
+            {"id": job_id},
+        )
+    ).first()
+    if gone is None:
+        return False
+    error = RunError("Cancelled", "stopped on request before it started")
+    await conn.execute(
+        update(t.runs)
+        .where(t.runs.c.job_id == job_id, t.runs.c.status == RunStatus.QUEUED.value)
+        .values(status=RunStatus.CANCELLED.value, finished_at=time.time(), error=error_json(error))
+    )
+    return True
+
+
 class QueueStore(StoreBase):
     """Jobs for workers: install the queue, claim a job's runs, cancel a job, settle the jobs
     of dead workers."""
@@ -167,19 +187,7 @@ class QueueStore(StoreBase):
         """Cancel the workflow a job carries: at once if no worker has taken it up (its queued
         runs are recorded cancelled; True), else by asking its worker to stop it (False)."""
         async with self._write() as conn:
-            gone = (
-                await conn.execute(
-                    text("DELETE FROM procrastinate_jobs WHERE id = :id AND status = 'todo' RETURNING id"),
-                    {"id": job_id},
-                )
-            ).first()
-            if gone is not None:
-                error = RunError("Cancelled", "stopped on request before it started")
-                await conn.execute(
-                    update(t.runs)
-                    .where(t.runs.c.job_id == job_id, t.runs.c.status == RunStatus.QUEUED.value)
-                    .values(status=RunStatus.CANCELLED.value, finished_at=time.time(), error=error_json(error))
-                )
+            if await drop_waiting_job(conn, job_id):
                 return True
             await conn.execute(text("SELECT procrastinate_cancel_job_v1(:id, true, false)"), {"id": job_id})
             return False

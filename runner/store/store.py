@@ -2,9 +2,9 @@
 
 Each part adds the intent-named methods of one concern, all on one connection (``StoreBase``):
 ``tasks.py`` (tasks and the files they came from), ``runs.py`` (batched run writes and run
-history), ``logs.py``, ``schedules.py``, ``leases.py``, ``triggers.py``, ``queue.py`` (the
-workers' jobs), ``retention.py``, ``stats.py``, ``pages.py`` (reads for the web page and the
-event streams), and ``migrations.py`` (the schema's version).
+history), ``cancels.py`` (requests to stop a run), ``logs.py``, ``schedules.py``, ``leases.py``,
+``triggers.py``, ``queue.py`` (the workers' jobs), ``retention.py``, ``stats.py``, ``pages.py``
+(reads for the web page and the event streams), and ``migrations.py`` (the schema's version).
 Callers get frozen records, never rows; the store decides nothing about processes: where a
 process that died left a task's process group, it says so, and its caller kills it.
 """
@@ -23,6 +23,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 from runner.errors import StoreError
 from runner.processes import HOST, kill_orphaned_groups, process_is_alive
 from runner.store._sqlite import configure_sqlite, inspect_sqlite_file, reader_uri, sqlite_path
+from runner.store.cancels import CancelStore
 from runner.store.connection import database_url, shown_url
 from runner.store.leases import LeaseStore
 from runner.store.logs import LogStore
@@ -40,6 +41,7 @@ from runner.store.triggers import TriggerStore
 class Store(
     TaskStore,
     RunStore,
+    CancelStore,
     LogStore,
     ScheduleStore,
     LeaseStore,

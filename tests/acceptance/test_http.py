@@ -258,6 +258,28 @@ def test_python_trigger_with_parameters_and_every_refusal(api: Api) -> None:
 # -- health, metrics, the document -------------------------------------------------------------
 
 
+def test_a_running_run_is_cancelled_over_http_with_the_token(api: Api) -> None:
+    (api.daemon.cli.project.root / "gate").unlink(missing_ok=True)
+    run_id = api.trigger("gated").json()["id"]
+    url = f"/api/v1/runs/{run_id}/cancel"
+    poll(lambda: api.get(f"/api/v1/runs/{run_id}").json()["status"] == "running", what="the run to start")
+    problem(api.post(url), 401)
+    problem(api.post(url, headers={"Authorization": "Bearer nope"}), 401)
+    problem(api.post("/api/v1/runs/0123456789abcdef0123456789abcdef/cancel", headers=api.auth), 404)
+    problem(api.post("/api/v1/runs/not-a-run/cancel", headers=api.auth), 404)
+
+    accepted = api.post(url, headers=api.auth)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.headers["location"] == f"/api/v1/runs/{run_id}"
+    assert (accepted.json()["id"], accepted.json()["status"]) == (run_id, "running")
+    run = api.wait_run(run_id)
+    assert run["status"] == "cancelled"
+    assert run["error"]["type"] == "Cancelled"
+    conflict = problem(api.post(url, headers=api.auth), 409)
+    assert conflict["run_status"] == "cancelled"
+    assert "already finished" in conflict["detail"]
+
+
 def test_health_metrics_and_openapi(api: Api) -> None:
     health = api.get("/health")
     assert health.status_code == 200
@@ -277,6 +299,7 @@ def test_health_metrics_and_openapi(api: Api) -> None:
         assert expected in text, text
     document = api.get("/openapi.json").json()
     assert document["openapi"].startswith("3.") and "/api/v1/runs/{run_id}/events" in document["paths"]
+    assert document["paths"]["/api/v1/runs/{run_id}/cancel"]["post"]["security"] == [{"bearer": []}]
     # One trigger operation per task that can run (add, gated, hello; not off or orphan).
     assert {p for p in document["paths"] if p.startswith("/api/v1/tasks/") and p.endswith("/runs")} == {
         "/api/v1/tasks/add/runs", "/api/v1/tasks/gated/runs", "/api/v1/tasks/hello/runs",
@@ -292,6 +315,8 @@ def test_read_only_by_default_auth_read_and_sigterm_with_an_open_stream(project:
     served = Api(cli, "--http-auth-read")
     # Even with the token: triggering is off, and not an operation of this daemon.
     assert problem(served.trigger("hello"), 405)["detail"].startswith("starting runs over HTTP is off")
+    off = served.post("/api/v1/runs/0123456789abcdef0123456789abcdef/cancel", headers=served.auth)
+    assert problem(off, 405)["detail"].startswith("cancelling runs over HTTP is off")
     problem(served.get("/api/v1/tasks"), 401)
     problem(served.get("/metrics", headers={"Authorization": "Bearer nope"}), 401)
     assert served.get("/api/v1/tasks", headers=served.auth).json()["tasks"][0]["name"] == "add"

@@ -791,3 +791,44 @@ def test_a_worker_on_a_sqlite_store_exits_2_saying_it_needs_postgresql(project: 
     assert "runner worker needs a PostgreSQL store (--db postgresql://... or RUNNER_DB)" in worker.stderr
     assert remote.returncode == 2 and "runner run --remote needs a PostgreSQL store" in remote.stderr
     assert not project.db.exists(), "nothing was created or run on the SQLite store"
+
+
+# -- cancel ------------------------------------------------------------------------------------------
+
+
+def test_runner_cancel_stops_a_workers_run_and_takes_a_waiting_one_off_the_queue(
+    project: ProjectDir, cli: Cli, workers: Workers, pg: Database, pg_url: str  # noqa: F811
+) -> None:
+    project.tasks(
+        "a.yaml",
+        f"""
+        version: 1
+        tasks:
+          long:
+            command: {json.dumps(marked("long", "sleep 29.4"))}
+          waiting:
+            command: echo never
+            queue: nobody
+        """,
+    )
+    ok(cli("--db", pg_url, "sync"))
+    (worker,) = workers.started(1, "--queue", "default")
+    run_id = ok(cli("--db", pg_url, "trigger", "--remote", "long")).stdout.strip()
+    pgid, _ = task_started(cli, "long")
+
+    cancelled = ok(cli("--db", pg_url, "cancel", run_id))
+    assert cancelled.stdout == f"run {run_id} (long) cancelled\n"
+    run = pg.run(run_id)
+    assert (run["status"], run["pid"]) == ("cancelled", worker.pid)
+    assert run["finished_at"] - run["cancel_requested_at"] < 1.0
+    poll(lambda: live_members(pgid) == [] and processes_with("sleep 29.4") == [], within=3, what="the task to go")
+
+    # Queued for a queue no worker takes: cancelled at once, its job gone from the queue.
+    queued = ok(cli("--db", pg_url, "trigger", "--remote", "waiting")).stdout.strip()
+    assert pg.jobs() == 1
+    body = json.loads(ok(cli("--db", pg_url, "cancel", "--json", queued)).stdout)
+    assert (body["status"], body["started_at"], body["error"]["message"]) == (
+        "cancelled", None, "stopped on request before it started",
+    )
+    assert pg.jobs() == 0
+    assert worker.stop() == 0

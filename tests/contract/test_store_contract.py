@@ -25,6 +25,7 @@ from runner.models import RunStatus, Source, TaskSpec, TaskType
 from runner.records import Fire, LogChunk, Owner, QueuedRun, RunBatch, RunEnd, RunResult
 from runner.store import (
     CURRENT_VERSION,
+    CancelOutcome,
     Lease,
     LeaseHeld,
     ScheduleState,
@@ -287,6 +288,27 @@ async def test_runs_of_dead_processes_are_marked_interrupted(store: Store) -> No
         "a": [("g", 10, None), ("h", 11, None)]
     }
     assert (await store.mark_interrupted("h", lambda pid, _started: pid == 11)).run_ids == []
+
+
+async def test_a_cancel_request_reaches_only_unfinished_runs_and_is_found_by_id(store: Store) -> None:
+    running, queued, done = run_row("r" * 32), run_row("q" * 32), run_row("d" * 32)
+    for batch in (recorded(running, "running"), RunBatch(inserts=[queued]), recorded(done, "succeeded")):
+        await store.write_runs(batch)
+    assert await store.cancel_requested([]) == []
+    assert await store.cancel_requested([running.id, queued.id, done.id]) == []
+
+    assert await store.request_cancel(running.id) is CancelOutcome.REQUESTED
+    assert await store.request_cancel(queued.id) is CancelOutcome.REQUESTED
+    assert await store.request_cancel(done.id) is CancelOutcome.FINISHED
+    with pytest.raises(RunNotFound):
+        await store.request_cancel("0" * 32)
+    # Asking does not change the run: the process running it records how it ended.
+    assert (await store.run(running.id)).status is RunStatus.RUNNING
+    assert sorted(await store.cancel_requested([running.id, queued.id, done.id, "0" * 32])) == [queued.id, running.id]
+    assert await store.cancel_requested([done.id]) == []
+
+    await store.write_runs(RunBatch(finishes=[RunEnd(running.id, RunStatus.CANCELLED, NOW + 1)]))
+    assert await store.request_cancel(running.id) is CancelOutcome.FINISHED
 
 
 async def test_prune_runs_keeps_unfinished_and_the_latest_success(store: Store) -> None:

@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     (
         "engine",
         {
-            "runner.engine", "runner.attempt", "runner.execution", "runner.workflow", "runner.runnable",
+            "runner.engine", "runner.attempt", "runner.cancels", "runner.execution", "runner.workflow", "runner.runnable",
             "runner.recorder", "runner.progress", "runner.oneshot", "runner.follow", "runner.overview",
         },
     ),

@@ -1,0 +1,68 @@
+"""Requests to cancel a run (``runner cancel``, ``POST /api/v1/runs/{id}/cancel``), which travel
+through the store to whichever process runs the run.
+
+A request is a time in the run's own row (``cancel_requested_at``), set only while the run is
+unfinished, so that asking and finding it finished are one statement. The processes that run
+runs look for requests on theirs with one query by primary key per tick
+(``cancel_requested``); the process that runs a run is the one that stops it and records it
+``cancelled``. A run queued for a worker that none has taken up yet has no such process: its
+job is taken off the queue and its runs are recorded cancelled at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Collection
+
+from sqlalchemy import select, update
+
+from runner.errors import RunNotFound
+from runner.models import RunStatus
+from runner.store import _tables as t
+from runner.store._rows import UNFINISHED
+from runner.store.connection import StoreBase
+from runner.store.queue import drop_waiting_job
+
+
+class CancelOutcome(enum.Enum):
+    """What asking to cancel a run did."""
+
+    REQUESTED = "requested"  # the process running it (or about to) will stop it and record it
+    CANCELLED = "cancelled"  # recorded cancelled at once: queued for a worker none had taken up
+    FINISHED = "finished"  # it had already finished: nothing to stop
+
+
+class CancelStore(StoreBase):
+    """Cancel requests: made by anyone, noticed by the process that runs the run."""
+
+    async def request_cancel(self, run_id: str) -> CancelOutcome:
+        """Ask for ``run_id`` to be stopped; RunNotFound if there is no such run."""
+        runs = t.runs.c
+        async with self._write() as conn:
+            row = (
+                await conn.execute(select(runs.status, runs.host, runs.job_id).where(runs.id == run_id))
+            ).first()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}; `runner runs` lists recent ones")
+            if row.status not in UNFINISHED:
+                return CancelOutcome.FINISHED
+            waiting = row.status == RunStatus.QUEUED.value and row.host == "" and row.job_id is not None
+            if waiting and self._postgres and await drop_waiting_job(conn, row.job_id):
+                return CancelOutcome.CANCELLED
+            # A worker took the job up meanwhile, or a process of its own runs the run: that
+            # process stops it (its status is checked again here: it may have just finished).
+            asked = await conn.execute(
+                update(t.runs)
+                .where(runs.id == run_id, runs.status.in_(UNFINISHED))
+                .values(cancel_requested_at=time.time())
+            )
+            return CancelOutcome.REQUESTED if asked.rowcount else CancelOutcome.FINISHED
+
+    async def cancel_requested(self, run_ids: Collection[str]) -> list[str]:
+        """The runs among ``run_ids`` someone asked to cancel: one lookup by primary key."""
+        if not run_ids:
+            return []
+        query = select(t.runs.c.id).where(t.runs.c.id.in_(list(run_ids)), t.runs.c.cancel_requested_at.is_not(None))
+        async with self._read() as conn:
+            return list((await conn.execute(query)).scalars())
