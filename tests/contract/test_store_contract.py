@@ -533,16 +533,19 @@ async def test_the_web_page_reads_counts_the_newest_runs_of_each_task_and_durati
     assert await store.run_statuses(["a-new", "b1", "nope"]) == {"a-new": RunStatus.RUNNING, "b1": RunStatus.QUEUED}
 
 
-async def test_a_version_5_store_gets_the_index_of_runs_by_status_and_time(url: str) -> None:
+async def test_a_version_5_store_gets_the_index_of_runs_by_status_and_time_and_cancel_requests(url: str) -> None:
     async with open_store(url) as store:
         await store.write_runs(recorded(run_row("r1"), "failed"))
         await store.write_runs(RunBatch(inserts=[run_row("r2", queued=NOW + 1)]))
     await execute(url, "DROP INDEX runs_status_queued")
     await execute(url, "CREATE INDEX runs_status ON runs (status)")
+    await execute(url, "ALTER TABLE runs DROP COLUMN cancel_requested_at")
     await execute(url, "UPDATE schema_version SET version = 5")
     async with open_store(url) as store:
         assert [r.id for r in await store.runs_before(status="failed")] == ["r1"]
         assert await store.queued_count() == 1
+        await store.request_cancel("r2")
+        assert await store.cancel_requested(["r1", "r2"]) == ["r2"]
     assert await execute(url, "SELECT version FROM schema_version") == [(CURRENT_VERSION,)]
     # Dropped: the new index serves what it did; creating it again is what a second upgrade would do.
     with pytest.raises(Exception, match="runs_status_queued"):
