@@ -1,7 +1,7 @@
 """The web page in a real headless Chromium, against a real daemon on a loopback port serving
 the example project (and one task of ours that waits for a gate file), as a person uses it:
 the overview lists the tasks; a run triggered from the form shows up in the runs list and its
-page streams the output, then says ``succeeded``, without a reload; a broken task file shows on
+page streams the output, then says ``succeeded``, without a reload; a running run is cancelled from its page; a broken task file shows on
 the overview with ``path:line:col`` within a second. On every page: no console error, no request
 leaving the machine, no serious or critical axe-core violation.
 
@@ -31,6 +31,9 @@ GATED = """
         command: 'echo "line 1 for $PARAM_WHO"; until [ -e gate ]; do sleep 0.02; done; echo "line 2"'
         parameters: {who: nobody}
         tags: [web]
+      held:
+        description: Prints a line, then waits for the file ./release.
+        command: 'echo "held"; until [ -e release ]; do sleep 0.02; done'
 """
 BROKEN = """
     version: 1
@@ -58,7 +61,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     cli = Cli(project)
     api = Api(cli, "--http-allow-trigger")
     yield api
-    (root / "gate").touch()  # a run a failed test left waiting would hold the daemon's stop
+    for gate in ("gate", "release"):
+        (root / gate).touch()  # a run a failed test left waiting would hold the daemon's stop
     api.close()
     cli.cleanup()
 
@@ -130,6 +134,23 @@ def test_a_run_triggered_from_the_form_streams_and_then_succeeds_without_a_reloa
     driver.get(served.base + "/tasks/slow")  # its history and duration chart now have the run
     assert run_id[-8:] in text_of(browser, "#history") and "last 1 run ·" in text_of(browser, ".chart")
     browser.screenshot("web-task")
+    browser.check_page(served.base)
+
+
+def test_a_running_run_is_cancelled_from_its_page_without_a_reload(served: Api, browser: Browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser.driver
+    run_id = served.trigger("held").json()["id"]
+    driver.get(f"{served.base}/runs/{run_id}")
+    poll(lambda: "held" in text_of(browser, "#stdout"), within=5, what="the run's first line")
+    driver.execute_script("window.notReloaded = true")
+    driver.find_element(By.ID, "cancel-token").send_keys(TOKEN)
+    driver.find_element(By.CSS_SELECTOR, "#cancel button[type=submit]").click()
+    poll(lambda: text_of(browser, "h1 [data-live=status]") == "cancelled", within=5, what="cancelled, without a reload")
+    assert driver.execute_script("return window.notReloaded") is True
+    assert served.get(f"/api/v1/runs/{run_id}").json()["status"] == "cancelled"
+    assert not driver.find_elements(By.ID, "cancel")  # the finished run's page has no button
     browser.check_page(served.base)
 
 

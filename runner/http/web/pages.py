@@ -388,6 +388,16 @@ class RunPage:
     workflow: list[Run]  # its invocation's runs (just itself when alone)
     needs: dict[str, list[str]]
     banner: str = ""
+    allow_cancel: bool = False  # the daemon takes cancels (--http-allow-trigger)
+
+
+def _cancel_form(run: Run) -> str:
+    """Hidden until the script shows it: without JavaScript the token cannot go in a header."""
+    return (
+        f'<form id="cancel" class="trigger" method="post" action="/api/v1/runs/{esc(run.id)}/cancel" hidden>'
+        '<label>Token <input type="password" id="cancel-token" autocomplete="off" required></label> '
+        '<button type="submit">Cancel this run</button> <output id="cancel-result" role="status"></output></form>'
+    )
 
 
 def run_page(data: RunPage) -> str:
@@ -465,6 +475,7 @@ def run_page(data: RunPage) -> str:
     return (
         f"{data.banner}"
         f'<div id="run"><h1>{esc(run.task)} <span class="mono muted">{esc(short(run.id))}</span> {status_badge(run.status, data_live="status")}</h1>'
+        f'{_cancel_form(run) if live and data.allow_cancel else ""}'
         f'<div class="two"><section aria-labelledby="h-facts"><h2 id="h-facts">Run</h2>{definition_list(facts)}</section>'
         f'<section aria-labelledby="h-params"><h2 id="h-params">Parameters</h2>{json_block(dict(run.parameters))}</section></div>'
         f"{workflow}{streams}{result}{error}</div>"

@@ -316,7 +316,9 @@ class Web:
         _states, _tags, needs = self._indexes()
         names = {run.task for run in workflow}
         among = {name: [n for n in needs.get(name, ()) if n in names] for name in names}
-        body = pages.run_page(pages.RunPage(found, output, workflow, among, "<!--sync-->"))
+        body = pages.run_page(
+            pages.RunPage(found, output, workflow, among, "<!--sync-->", allow_cancel=self.options.allow_trigger)
+        )
         return await self._page(f"{found.task} {pages.short(found.id)}", body, "runs")
 
     async def status(self, request: Request) -> Response:

@@ -2,7 +2,7 @@
 // No library, no build step. Loaded with `defer` from the daemon itself (the CSP allows
 // nothing else): times in the viewer's zone, the health corner and reload banner by long
 // polling /-/status, regions marked data-refresh re-read from the page's own URL, a running
-// run's output over the API's event stream, and the trigger form.
+// run's output over the API's event stream, the trigger form and the cancel button.
 "use strict";
 
 (function () {
@@ -167,6 +167,32 @@
     });
   }
 
+  function cancelForm(form) {
+    form.hidden = false;
+    const result = document.getElementById("cancel-result");
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      token = document.getElementById("cancel-token").value || token;
+      result.textContent = "asking…";
+      try {
+        const answer = await fetch(form.getAttribute("action"), {
+          method: "POST",
+          headers: { Authorization: `Bearer ${token}` },
+        });
+        const body = await answer.json();
+        if (answer.status === 202) {
+          result.textContent = "cancel asked for: the run stops within a second";
+          return;
+        }
+        if (answer.status === 401) token = "";
+        if (answer.status === 405) form.hidden = true;
+        result.textContent = answer.status === 409 ? `it had already finished: ${body.run_status}` : body.detail || `HTTP ${answer.status}`;
+      } catch (err) {
+        result.textContent = `the daemon did not answer: ${err.message}`;
+      }
+    });
+  }
+
   function start() {
     localTimes(document);
     followStatus();
@@ -175,6 +201,8 @@
     if (output) followRun(output);
     const form = document.getElementById("trigger");
     if (form) triggerForm(form);
+    const cancel = document.getElementById("cancel");
+    if (cancel) cancelForm(cancel);
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
