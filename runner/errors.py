@@ -30,9 +30,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from runner.records import Lease
+if TYPE_CHECKING:  # only for a hint: importing records at run time would cost every command its imports
+    from runner.records import Lease
 
 
 class RunnerError(Exception):
