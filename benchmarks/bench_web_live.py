@@ -82,6 +82,35 @@ def pages(base: str, run_ids: list[str], count: int, seconds: float, parts: str)
     return counts
 
 
+class LoopLag:
+    """The daemon's event-loop lag, seen from outside: the answer time of a static file (no
+    store read, no rendering) asked for every 50 ms from a thread at normal priority."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.times: list[float] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._probe, daemon=True)
+        self.thread.start()
+
+    def _probe(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=30) as client:
+            while not self.stopping.wait(0.05):
+                t = time.perf_counter()
+                client.get("/static/icon.svg")
+                self.times.append(time.perf_counter() - t)
+
+    def take(self) -> str:
+        times, self.times = self.times, []
+        if not times:
+            return "no answers"
+        return f"median {pct(times, 0.5) * 1000:.1f} ms, p95 {pct(times, 0.95) * 1000:.1f} ms, worst {max(times) * 1000:.0f} ms"
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -111,12 +140,14 @@ def main() -> None:
             auth = {"Authorization": f"Bearer {TOKEN}"}
             run_ids = [httpx.post(f"{base}/api/v1/tasks/talker/runs", headers=auth).json()["id"] for _ in range(args.live)]
             time.sleep(3)  # past the first fires; the talkers are talking
+            lag = LoopLag(base)
             t0, cpu0 = time.time(), cpu_seconds(process.pid)
             time.sleep(args.seconds)
-            quiet, quiet_cpu = (t0, time.time()), cpu_seconds(process.pid) - cpu0
+            quiet, quiet_cpu, quiet_lag = (t0, time.time()), cpu_seconds(process.pid) - cpu0, lag.take()
             t0, cpu0 = time.time(), cpu_seconds(process.pid)
             events, answers = pages(base, run_ids, args.pages, args.seconds, args.parts)
-            watched, watched_cpu = (t0, time.time()), cpu_seconds(process.pid) - cpu0
+            watched, watched_cpu, watched_lag = (t0, time.time()), cpu_seconds(process.pid) - cpu0, lag.take()
+            lag.stop()
             time.sleep(2)  # the last fires are recorded
             with closing(sqlite3.connect(db)) as conn:
                 (running,) = conn.execute("SELECT count(*) FROM runs WHERE task = 'talker' AND status = 'running'").fetchone()
@@ -128,6 +159,8 @@ def main() -> None:
                 f"  {args.pages} pages following: {describe_lateness(watched_late)}; daemon CPU "
                 f"{watched_cpu / args.seconds:.0%} of a core; {events} events and {answers} status answers read"
             )
+            print(f"  loop lag (a static file's answer time): nobody watching {quiet_lag}; watched {watched_lag}")
+            print(f"  load average at the end: {os.getloadavg()[0]:.1f}")
             print(f"  p95 difference: {(pct(watched_late, 0.95) - pct(base_late, 0.95)) * 1000:+.1f} ms")
             with closing(sqlite3.connect(db)) as conn:
                 rows = conn.execute(

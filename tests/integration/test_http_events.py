@@ -49,7 +49,7 @@ async def test_streams_on_one_run_each_get_every_row_once_whenever_they_join(sto
     seen: dict[str, list[dict[str, Any]]] = {"early": [], "late": [], "resumed": []}
 
     async def consume(name: str, after: int) -> None:
-        async for chunk in events.run_events(hub, "r", after=after, closing=closing, interval=0.01):
+        async for chunk in events.run_events(hub, "r", after=after, closing=closing):
             seen[name].extend(parse(message) for message in chunk.split("\n\n") if message.strip())
 
     def texts(name: str) -> list[str]:
@@ -88,7 +88,7 @@ async def test_streams_on_one_run_each_get_every_row_once_whenever_they_join(sto
 
 async def test_a_pruned_run_ends_its_stream_with_an_error(store: Store) -> None:
     hub = events.Hub(store, interval=0.01)
-    got = [parse(m) async for m in events.run_events(hub, "nope", closing=anyio.Event(), interval=0.01)]
+    got = [parse(m) async for m in events.run_events(hub, "nope", closing=anyio.Event())]
     assert [e["event"] for e in got] == ["error"] and "gone" in got[0]["data"]["detail"]
     assert hub.followed == {}
 
