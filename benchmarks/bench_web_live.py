@@ -41,26 +41,25 @@ TOKEN = "bench-token"
 TALKER = "for i in $(seq 100000); do echo \"line $i\"; sleep 0.1; done"
 
 
-async def follow(base: str, run_id: str, until: float, counts: list[int], parts: str) -> None:
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-        async def events() -> None:
-            async with client.stream("GET", f"/api/v1/runs/{run_id}/events") as response:
-                async for chunk in response.aiter_raw():
-                    counts[0] += chunk.count(b"\nevent: ")
+async def follow(client: httpx.AsyncClient, run_id: str, until: float, counts: list[int], parts: str) -> None:
+    async def events() -> None:
+        async with client.stream("GET", f"/api/v1/runs/{run_id}/events") as response:
+            async for chunk in response.aiter_raw():
+                counts[0] += chunk.count(b"\nevent: ")
 
-        async def corner() -> None:
-            have = ""
-            while True:
-                answer = await client.get(f"/-/status?have={have}")
-                have = answer.json()["digest"]
-                counts[1] += 1
+    async def corner() -> None:
+        have = ""
+        while True:
+            answer = await client.get(f"/-/status?have={have}")
+            have = answer.json()["digest"]
+            counts[1] += 1
 
-        tasks = [asyncio.create_task(events())] if "events" in parts else []
-        tasks += [asyncio.create_task(corner())] if "status" in parts else []
-        await asyncio.sleep(max(0.0, until - time.time()))
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    tasks = [asyncio.create_task(events())] if "events" in parts else []
+    tasks += [asyncio.create_task(corner())] if "status" in parts else []
+    await asyncio.sleep(max(0.0, until - time.time()))
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def pages(base: str, run_ids: list[str], count: int, seconds: float, parts: str) -> list[int]:
@@ -68,7 +67,12 @@ def pages(base: str, run_ids: list[str], count: int, seconds: float, parts: str)
 
     async def main() -> None:
         until = time.time() + seconds
-        await asyncio.gather(*(follow(base, run_ids[i % len(run_ids)], until, counts, parts) for i in range(count)))
+        # One client for all the pages (each request on a connection of its own): a client
+        # each cost this thread, at nice 19 on a busy machine, seconds of setting up before
+        # the first page asked anything.
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+            await asyncio.gather(*(follow(client, run_ids[i % len(run_ids)], until, counts, parts) for i in range(count)))
 
     def run() -> None:
         # The pages' browsers are on other machines: here they run at the lowest priority, so
