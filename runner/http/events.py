@@ -85,6 +85,10 @@ class Hub:
         self._read_at = -math.inf
         self._lock = anyio.Lock()
         self._polling = False  # a stream is sleeping out the interval to read for all
+        # The reads of one stream alone (a run as JSON, a joining stream's earlier rows), two
+        # at a time: a hundred pages opening at once read them all together, took the store's
+        # connections and were most of what the daemon's fires lost to pages (docs/performance.md).
+        self.alone = anyio.CapacityLimiter(2)
 
     async def join(self, run_id: str) -> _Followed:
         async with self._lock:
@@ -181,7 +185,10 @@ class Hub:
         run ended, so with its output)."""
         found = followed.runs.get(status)
         if found is None:
-            found = followed.runs[status] = (await self.store.run(run_id)).to_json()
+            async with self.alone:
+                found = followed.runs.get(status)  # another stream of this run may have read it meanwhile
+                if found is None:
+                    found = followed.runs[status] = (await self.store.run(run_id)).to_json()
         return found
 
 
@@ -205,7 +212,8 @@ async def run_events(
                 quiet_since = anyio.current_time()
             while after < followed.floor:
                 # Rows from before this run was followed (or that the hub let go): read here.
-                rows = await hub.store.log_lines(run_id, after=after, limit=_PAGE)
+                async with hub.alone:
+                    rows = await hub.store.log_lines(run_id, after=after, limit=_PAGE)
                 for row in rows:
                     if row.id > followed.floor:
                         break
