@@ -41,26 +41,25 @@ TOKEN = "bench-token"
 TALKER = "for i in $(seq 100000); do echo \"line $i\"; sleep 0.1; done"
 
 
-async def follow(base: str, run_id: str, until: float, counts: list[int], parts: str) -> None:
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-        async def events() -> None:
-            async with client.stream("GET", f"/api/v1/runs/{run_id}/events") as response:
-                async for chunk in response.aiter_raw():
-                    counts[0] += chunk.count(b"\nevent: ")
+async def follow(client: httpx.AsyncClient, run_id: str, until: float, counts: list[int], parts: str) -> None:
+    async def events() -> None:
+        async with client.stream("GET", f"/api/v1/runs/{run_id}/events") as response:
+            async for chunk in response.aiter_raw():
+                counts[0] += chunk.count(b"\nevent: ")
 
-        async def corner() -> None:
-            have = ""
-            while True:
-                answer = await client.get(f"/-/status?have={have}")
-                have = answer.json()["digest"]
-                counts[1] += 1
+    async def corner() -> None:
+        have = ""
+        while True:
+            answer = await client.get(f"/-/status?have={have}")
+            have = answer.json()["digest"]
+            counts[1] += 1
 
-        tasks = [asyncio.create_task(events())] if "events" in parts else []
-        tasks += [asyncio.create_task(corner())] if "status" in parts else []
-        await asyncio.sleep(max(0.0, until - time.time()))
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    tasks = [asyncio.create_task(events())] if "events" in parts else []
+    tasks += [asyncio.create_task(corner())] if "status" in parts else []
+    await asyncio.sleep(max(0.0, until - time.time()))
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def pages(base: str, run_ids: list[str], count: int, seconds: float, parts: str) -> list[int]:
@@ -68,7 +67,12 @@ def pages(base: str, run_ids: list[str], count: int, seconds: float, parts: str)
 
     async def main() -> None:
         until = time.time() + seconds
-        await asyncio.gather(*(follow(base, run_ids[i % len(run_ids)], until, counts, parts) for i in range(count)))
+        # One client for all the pages (each request on a connection of its own): a client
+        # each cost this thread, at nice 19 on a busy machine, seconds of setting up before
+        # the first page asked anything.
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+            await asyncio.gather(*(follow(client, run_ids[i % len(run_ids)], until, counts, parts) for i in range(count)))
 
     def run() -> None:
         # The pages' browsers are on other machines: here they run at the lowest priority, so
@@ -80,6 +84,35 @@ def pages(base: str, run_ids: list[str], count: int, seconds: float, parts: str)
     thread.start()
     thread.join()
     return counts
+
+
+class LoopLag:
+    """The daemon's event-loop lag, seen from outside: the answer time of a static file (no
+    store read, no rendering) asked for every 50 ms from a thread at normal priority."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.times: list[float] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._probe, daemon=True)
+        self.thread.start()
+
+    def _probe(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=30) as client:
+            while not self.stopping.wait(0.05):
+                t = time.perf_counter()
+                client.get("/static/icon.svg")
+                self.times.append(time.perf_counter() - t)
+
+    def take(self) -> str:
+        times, self.times = self.times, []
+        if not times:
+            return "no answers"
+        return f"median {pct(times, 0.5) * 1000:.1f} ms, p95 {pct(times, 0.95) * 1000:.1f} ms, worst {max(times) * 1000:.0f} ms"
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -111,12 +144,14 @@ def main() -> None:
             auth = {"Authorization": f"Bearer {TOKEN}"}
             run_ids = [httpx.post(f"{base}/api/v1/tasks/talker/runs", headers=auth).json()["id"] for _ in range(args.live)]
             time.sleep(3)  # past the first fires; the talkers are talking
+            lag = LoopLag(base)
             t0, cpu0 = time.time(), cpu_seconds(process.pid)
             time.sleep(args.seconds)
-            quiet, quiet_cpu = (t0, time.time()), cpu_seconds(process.pid) - cpu0
+            quiet, quiet_cpu, quiet_lag = (t0, time.time()), cpu_seconds(process.pid) - cpu0, lag.take()
             t0, cpu0 = time.time(), cpu_seconds(process.pid)
             events, answers = pages(base, run_ids, args.pages, args.seconds, args.parts)
-            watched, watched_cpu = (t0, time.time()), cpu_seconds(process.pid) - cpu0
+            watched, watched_cpu, watched_lag = (t0, time.time()), cpu_seconds(process.pid) - cpu0, lag.take()
+            lag.stop()
             time.sleep(2)  # the last fires are recorded
             with closing(sqlite3.connect(db)) as conn:
                 (running,) = conn.execute("SELECT count(*) FROM runs WHERE task = 'talker' AND status = 'running'").fetchone()
@@ -128,6 +163,8 @@ def main() -> None:
                 f"  {args.pages} pages following: {describe_lateness(watched_late)}; daemon CPU "
                 f"{watched_cpu / args.seconds:.0%} of a core; {events} events and {answers} status answers read"
             )
+            print(f"  loop lag (a static file's answer time): nobody watching {quiet_lag}; watched {watched_lag}")
+            print(f"  load average at the end: {os.getloadavg()[0]:.1f}")
             print(f"  p95 difference: {(pct(watched_late, 0.95) - pct(base_late, 0.95)) * 1000:+.1f} ms")
             with closing(sqlite3.connect(db)) as conn:
                 rows = conn.execute(

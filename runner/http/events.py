@@ -9,6 +9,8 @@ The reads are shared (:class:`Hub`): once per poll interval, one query takes the
 run some stream follows and one the rows written since, whatever the number of streams. Each
 stream polling on its own cost the daemon's fires 4.5 s at p95 with 100 streams on 10 runs
 (docs/performance.md). A stream that joins late reads its run's earlier rows itself, once.
+The waiting is shared too: one stream (whichever waits first) sleeps out the interval and reads
+for all; the others sleep until their run has news, instead of each waking every interval.
 
 Every event carries an SSE ``id``: an output or log event its row's id, a status or end event
 the id of the last row sent before it (the ``Last-Event-ID`` the stream started from, when no
@@ -68,6 +70,7 @@ class _Followed:
     gone: bool = False  # not in the store at the last read (pruned)
     runs: dict[RunStatus, dict[str, Any]] = field(default_factory=dict)  # the run as JSON, per status
     streams: int = 0
+    news: anyio.Event = field(default_factory=anyio.Event)  # set when a read brought this run something
 
 
 class Hub:
@@ -81,6 +84,11 @@ class Hub:
         self._after: int | None = None  # the newest row id read
         self._read_at = -math.inf
         self._lock = anyio.Lock()
+        self._polling = False  # a stream is sleeping out the interval to read for all
+        # The reads of one stream alone (a run as JSON, a joining stream's earlier rows), two
+        # at a time: a hundred pages opening at once read them all together, took the store's
+        # connections and were most of what the daemon's fires lost to pages (docs/performance.md).
+        self.alone = anyio.CapacityLimiter(2)
 
     async def join(self, run_id: str) -> _Followed:
         async with self._lock:
@@ -110,14 +118,19 @@ class Hub:
             # then dropped, and the hub forgets where it was once nobody follows anything.
             ids = list(self.followed)
             statuses = await self.store.run_statuses(ids)
+            changed: set[str] = set()
             for run_id, followed in self.followed.items():
-                followed.status = statuses.get(run_id)
-                followed.gone = followed.status is None
+                status = statuses.get(run_id)
+                if status != followed.status:
+                    changed.add(run_id)
+                followed.status = status
+                followed.gone = status is None
             while True:
                 rows = await self.store.log_lines_of(ids, after=after, limit=_PAGE)
                 for row in rows:
                     reader = self.followed.get(row.run_id)
                     if reader is not None:
+                        changed.add(row.run_id)
                         reader.rows.append(row)
                         reader.ids.append(row.id)
                         reader.messages.append(_row(row))
@@ -132,18 +145,55 @@ class Hub:
                     followed.floor = followed.ids[cut - 1]
                     del followed.rows[:cut], followed.ids[:cut], followed.messages[:cut]
             self._read_at = anyio.current_time()
+            for run_id in changed:
+                self._wake(self.followed.get(run_id))
+
+    @staticmethod
+    def _wake(followed: _Followed | None) -> None:
+        if followed is not None:
+            followed.news.set()
+            followed.news = anyio.Event()
+
+    async def wait(self, followed: _Followed, seconds: float, closing: anyio.Event) -> None:
+        """Wait until ``followed`` has news, ``closing`` is set or ``seconds`` have passed.
+
+        One waiting stream polls for all: it reads every interval and wakes the streams whose
+        run the read brought something, until its own run has news. Then, while it sends them,
+        it wakes the streams of one other run, and the first stream to wait again polls next. A
+        hundred streams were a hundred wake-ups every interval; now one, plus one per stream
+        whose run has news."""
+        if self._polling:
+            with anyio.move_on_after(seconds):
+                await followed.news.wait()
+            return
+        self._polling = True
+        news = followed.news
+        try:
+            with anyio.move_on_after(seconds):
+                while not news.is_set() and not closing.is_set():
+                    with anyio.move_on_after(self.interval):
+                        await closing.wait()
+                    await self.refresh()
+        finally:
+            self._polling = False
+            others = [other for other in self.followed.values() if other is not followed]
+            for other in (self.followed.values() if closing.is_set() else others[:1] or [followed]):
+                self._wake(other)
 
     async def run_json(self, run_id: str, followed: _Followed, status: RunStatus) -> dict[str, Any]:
         """The run as JSON, read once for each status it is seen with (the final one after the
         run ended, so with its output)."""
         found = followed.runs.get(status)
         if found is None:
-            found = followed.runs[status] = (await self.store.run(run_id)).to_json()
+            async with self.alone:
+                found = followed.runs.get(status)  # another stream of this run may have read it meanwhile
+                if found is None:
+                    found = followed.runs[status] = (await self.store.run(run_id)).to_json()
         return found
 
 
 async def run_events(
-    hub: Hub, run_id: str, *, after: int = 0, closing: anyio.Event, interval: float = POLL_INTERVAL
+    hub: Hub, run_id: str, *, after: int = 0, closing: anyio.Event
 ) -> AsyncIterator[str]:
     """The event stream of ``run_id``: ``status`` (the run as JSON, at first and on every
     change), ``output`` and ``log`` (rows), then ``end`` when the run is final."""
@@ -162,7 +212,8 @@ async def run_events(
                 quiet_since = anyio.current_time()
             while after < followed.floor:
                 # Rows from before this run was followed (or that the hub let go): read here.
-                rows = await hub.store.log_lines(run_id, after=after, limit=_PAGE)
+                async with hub.alone:
+                    rows = await hub.store.log_lines(run_id, after=after, limit=_PAGE)
                 for row in rows:
                     if row.id > followed.floor:
                         break
@@ -186,8 +237,7 @@ async def run_events(
             if anyio.current_time() - quiet_since >= KEEPALIVE:
                 yield ": keep-alive\n\n"
                 quiet_since = anyio.current_time()
-            with anyio.move_on_after(interval):
-                await closing.wait()
+            await hub.wait(followed, max(0.0, KEEPALIVE - (anyio.current_time() - quiet_since)), closing)
     except RunNotFound:
         yield message("error", {"run_id": run_id, "detail": "the run is gone (pruned)"}, after)
     except StoreError:

@@ -1,6 +1,7 @@
 """The event streams' shared reads (runner/http/events.py ``Hub``) on a real store: streams that
 join early, late, and from a Last-Event-ID, on a run whose rows outgrow what the hub keeps, each
-get every row after their start exactly once, in order, then the final status and the end."""
+get every row after their start exactly once, in order, then the final status and the end; and
+the streams of other runs keep hearing when the stream that polled for them goes."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ async def test_streams_on_one_run_each_get_every_row_once_whenever_they_join(sto
     seen: dict[str, list[dict[str, Any]]] = {"early": [], "late": [], "resumed": []}
 
     async def consume(name: str, after: int) -> None:
-        async for chunk in events.run_events(hub, "r", after=after, closing=closing, interval=0.01):
+        async for chunk in events.run_events(hub, "r", after=after, closing=closing):
             seen[name].extend(parse(message) for message in chunk.split("\n\n") if message.strip())
 
     def texts(name: str) -> list[str]:
@@ -88,7 +89,7 @@ async def test_streams_on_one_run_each_get_every_row_once_whenever_they_join(sto
 
 async def test_a_pruned_run_ends_its_stream_with_an_error(store: Store) -> None:
     hub = events.Hub(store, interval=0.01)
-    got = [parse(m) async for m in events.run_events(hub, "nope", closing=anyio.Event(), interval=0.01)]
+    got = [parse(m) async for m in events.run_events(hub, "nope", closing=anyio.Event())]
     assert [e["event"] for e in got] == ["error"] and "gone" in got[0]["data"]["detail"]
     assert hub.followed == {}
 
@@ -117,3 +118,44 @@ async def test_a_stream_leaving_while_the_hub_reads_leaves_the_others_reading(st
         go_on.set()
     assert list(hub.followed) == ["a"]
     assert [row.message for row in hub.followed["a"].rows] == ["line 1\n", "line 2\n"]
+
+
+async def test_streams_of_other_runs_go_on_when_the_stream_polling_for_them_goes(store: Store) -> None:
+    # One waiting stream polls the hub for all; the others sleep until their run has news. The
+    # poller going, as its run ends or as its client leaves, must leave someone polling.
+    await store.write_runs(running("a", "b", "c"))
+    hub = events.Hub(store, interval=0.01)
+    closing = anyio.Event()
+    seen: dict[str, list[dict[str, Any]]] = {"a": [], "b": [], "c": []}
+
+    async def consume(run_id: str) -> None:
+        async for chunk in events.run_events(hub, run_id, closing=closing):
+            seen[run_id].extend(parse(message) for message in chunk.split("\n\n") if message.strip())
+
+    def texts(run_id: str) -> list[str]:
+        return [e["data"]["text"] for e in seen[run_id] if e["event"] == "output"]
+
+    async def until(condition: Any) -> None:
+        for _ in range(500):  # 5 s at most
+            if condition():
+                return
+            await anyio.sleep(0.01)
+        raise AssertionError(f"gave up waiting; seen {seen}")
+
+    async with anyio.create_task_group() as group:
+        async with anyio.create_task_group() as first:
+            first.start_soon(consume, "a")
+            await until(lambda: seen["a"] != [])  # a's stream waits first: it polls
+            group.start_soon(consume, "b")
+            group.start_soon(consume, "c")
+            await until(lambda: seen["b"] != [] and seen["c"] != [])
+            first.cancel_scope.cancel()  # a's client leaves, mid-wait
+        await store.write_runs(lines("b", range(1, 3)))
+        await until(lambda: texts("b") == ["line 1\n", "line 2\n"])
+        await store.write_runs(RunBatch(finishes=[RunEnd("b", RunStatus.SUCCEEDED, NOW + 1)]))
+        await until(lambda: [e["event"] for e in seen["b"]][-1:] == ["end"])
+        await store.write_runs(lines("c", range(1, 2)))  # b's stream has gone too: c's still hears
+        await store.write_runs(RunBatch(finishes=[RunEnd("c", RunStatus.FAILED, NOW + 1)]))
+        await until(lambda: [e["event"] for e in seen["c"]][-1:] == ["end"])
+    assert texts("c") == ["line 1\n"]
+    assert hub.followed == {}
