@@ -145,6 +145,7 @@ def test_a_running_run_is_cancelled_from_its_page_without_a_reload(served: Api, 
     driver.get(f"{served.base}/runs/{run_id}")
     poll(lambda: "held" in text_of(browser, "#stdout"), within=5, what="the run's first line")
     driver.execute_script("window.notReloaded = true")
+    poll(lambda: driver.find_element(By.ID, "cancel").is_displayed(), within=5, what="the cancel button, shown by the script")
     driver.find_element(By.ID, "cancel-token").send_keys(TOKEN)
     driver.find_element(By.CSS_SELECTOR, "#cancel button[type=submit]").click()
     poll(lambda: text_of(browser, "h1 [data-live=status]") == "cancelled", within=5, what="cancelled, without a reload")
