@@ -80,7 +80,6 @@ class Ending:
     result: Any = None
     has_result: bool = False  # a python run that returned (``result`` may be None)
     logs: tuple[LogLine, ...] = ()
-    masker: Masker | None = None  # with the secrets its run resolved; None: the attempt's own
 
 
 def cancelled(started: float | None) -> Ending:
@@ -212,8 +211,7 @@ class Attempts:
         hold, while it takes the other runs' records) is replaced by the run ``failed`` with
         why, and no retry: the retry would meet the same.
         """
-        # Skipped, cancelled and unstartable runs have no masker of their own.
-        masker = ending.masker if ending.masker is not None else attempt.masker
+        masker = attempt.masker  # with the secrets its run resolved, once it got that far
         finished = time.time()
         try:
             run, end = self._final_record(attempt, started, finished, ending, masker)

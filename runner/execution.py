@@ -18,7 +18,6 @@ import os
 import tempfile
 import traceback
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +103,8 @@ class Execution:
         masker = attempt.masker = masking(attempt.masker, secrets)
         attempt.live = self.recorder.live(attempt.run_id, masker, output_cap=self.output_cap)
         if attempt.spec.type is TaskType.SHELL:
-            ending = await self._shell(attempt, env, masker, upstream)
-        else:
-            ending = await self._python(attempt, env, masker, upstream)
-        return replace(ending, masker=masker)
+            return await self._shell(attempt, env, masker, upstream)
+        return await self._python(attempt, env, masker, upstream)
 
     async def _shell(self, attempt: Attempt, env: dict[str, str], masker: Masker, upstream: Upstream) -> Ending:
         child_env = {**self.child_environ, **env}
