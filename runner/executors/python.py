@@ -154,8 +154,8 @@ class _Call:
         # ever raised into a thread still running this call, never into its next one.
         self.lock = threading.Lock()
 
-    def run(self) -> bool:
-        """In the pool thread: call, hand the outcome to the loop; False if abandoned meanwhile."""
+    def run(self, worker: _Thread) -> None:
+        """In ``worker``'s thread: call, hand the outcome to the loop (unless abandoned meanwhile)."""
         threading.current_thread().name = self.name
         try:
             self.value = self.context.run(self.fn, **self.arguments)
@@ -163,13 +163,15 @@ class _Call:
             self.error = exc
         with self.lock:
             if self.state == _ABANDONED:
-                return False
+                raise _Abandoned
             self.state = _DONE
+        # Back in the pool before the loop hears of it, so that the run the freed slot lets in
+        # finds this thread idle rather than starting one more.
+        worker.pool.rest(worker)
         # No blocking round trip: a callback queued after the run's printed text (callbacks
         # run in order), so the loop has all of it before it learns that the call is done.
         with contextlib.suppress(RuntimeError):  # the loop is closed
             self.loop.call_soon_threadsafe(_settle, self.done)
-        return True
 
     def abandon(self, thread: threading.Thread) -> bool:
         """On the loop, at the deadline or on cancel: give up on a call still running (True)."""
@@ -179,6 +181,10 @@ class _Call:
             self.state = _ABANDONED
             _raise_in_thread(thread, TaskTimeout)
         return True
+
+
+class _Abandoned(Exception):
+    """Ends a thread whose call was given up on: it leaves the pool."""
 
 
 def _settle(done: asyncio.Future[None]) -> None:
@@ -235,11 +241,9 @@ class _Thread:
                     if self.pool.retire(self):
                         return
                     continue  # handed a call just now: it is in the queue
-                if not call.run():
-                    return
-                self.pool.rest(self)
-        except TaskTimeout:
-            return  # raised into an abandoned call after its callable had returned: it ends here
+                call.run(self)
+        except (_Abandoned, TaskTimeout):
+            return  # TaskTimeout: raised into an abandoned call after its callable had returned
 
 
 _POOL = _Pool()
