@@ -111,12 +111,17 @@ async def _call_in_thread(
     call = _Call(fn, arguments, contextvars.copy_context(), name, loop, done)
     thread = _POOL.start(call)
     try:
-        with anyio.move_on_after(time_limit) as deadline:
+        if time_limit is None:  # no cancel scope to enter and leave
             await done
+            timed_out = False
+        else:
+            with anyio.move_on_after(time_limit) as deadline:
+                await done
+            timed_out = deadline.cancelled_caught
     except anyio.get_cancelled_exc_class():
         call.abandon(thread)
         raise
-    if deadline.cancelled_caught and call.abandon(thread):
+    if timed_out and call.abandon(thread):
         raise TaskTimeout(f"timed out after {time_limit:g}s; the thread was abandoned")
     # Finished (perhaps just at the deadline, its hand-back still queued): its outcome stands.
     if call.error is not None:
