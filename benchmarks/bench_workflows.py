@@ -120,13 +120,14 @@ def cli_figures(scratch: Path, width: int, repeat: int) -> dict[str, tuple[float
     write_cli_project(root, width)
     template = scratch / "cli-template.db"
     base = [sys.executable, "-m", "runner", "--project", str(root)]
-    subprocess.run([*base, "--db", str(template), "sync"], check=True, capture_output=True)
+    subprocess.run([*base, "--db", str(template), "sync"], check=True, capture_output=True, cwd=scratch)
     counter = iter(range(1_000_000))
 
     def timed(target: str) -> tuple[float, float]:
         db = fresh_copy(template, scratch / f"cli{next(counter)}.db")
         wall, cpu = time.perf_counter(), children_cpu()
-        subprocess.run([*base, "--db", str(db), "run", target], check=True, capture_output=True)
+        # Not from the checkout: `python -m` puts the working directory first on sys.path.
+        subprocess.run([*base, "--db", str(db), "run", target], check=True, capture_output=True, cwd=scratch)
         return time.perf_counter() - wall, children_cpu() - cpu
 
     figures = {}
