@@ -18,6 +18,7 @@ import contextlib
 import contextvars
 import ctypes
 import inspect
+import os
 import queue
 import threading
 from collections.abc import Callable, Mapping
@@ -209,6 +210,11 @@ class _Pool:
         self._lock = threading.Lock()
         self._idle: list[_Thread] = []
 
+    def forget(self) -> None:
+        """In a forked child: no thread of the parent's is there."""
+        self._lock = threading.Lock()
+        self._idle = []
+
     def start(self, call: _Call) -> threading.Thread:
         with self._lock:
             worker = self._idle.pop() if self._idle else None
@@ -252,6 +258,8 @@ class _Thread:
 
 
 _POOL = _Pool()
+# A forked child has none of the parent's threads: an idle one handed a call would never run it.
+os.register_at_fork(after_in_child=_POOL.forget)
 
 
 def _raise_in_thread(thread: threading.Thread, exc_type: type[BaseException]) -> None:

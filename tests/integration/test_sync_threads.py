@@ -4,6 +4,7 @@ abandoned and replaced. A real SQLite store and real threads; nothing waits on a
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from typing import Any
 
@@ -149,3 +150,32 @@ async def test_print_and_logging_of_concurrent_sync_runs_go_to_their_own_runs(
         assert run.status is RunStatus.SUCCEEDED
         assert run.stdout == "".join(f"{run.id} {i}\n" for i in range(40))
         assert [line.message for line in run.logs] == [f"plugins.talk: {run.id} {i}" for i in range(40)]
+
+
+FORK_SCRIPT = """
+import asyncio, os, sys
+from runner.executors.python import call_python
+from runner.signature import inspect_callable
+
+def me():
+    return "ran in " + ("child" if os.getpid() != PARENT else "parent")
+
+async def call():
+    outcome = await asyncio.wait_for(call_python(me, inspect_callable(me), {}, scope=None, time_limit=None), 3)
+    return outcome.value
+
+PARENT = os.getpid()
+print(asyncio.run(call()), flush=True)  # leaves an idle thread in the pool, which a fork does not copy
+pid = os.fork()
+if pid == 0:
+    try:
+        print(asyncio.run(call()), flush=True)
+    finally:
+        os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_forked_child_runs_sync_calls_in_threads_of_its_own() -> None:
+    done = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True, timeout=10)
+    assert done.stdout == "ran in parent\nran in child\n", done.stderr
