@@ -4,7 +4,9 @@ Each figure is printed beside the floor it is judged against, measured in the sa
 
 1. 2,000 independent no-op python tasks through the engine (every run recorded queued,
    running, succeeded) vs one SQLAlchemy async commit per state change (the rate a runner
-   without group commit is capped at). Target: >= 3,000 recorded runs/s.
+   without group commit is capped at). Target: >= 3,000 recorded runs/s. The same no-op
+   written as a plain ``def`` (run in one of the engine's reused threads) is printed below it,
+   with the CPU time per run of both.
 2. 200 shell ``true`` runs through the engine vs spawning ``true`` with plain asyncio
    subprocesses at the same concurrency. Target: >= 70% of the plain rate.
 3. ``runner run`` of a single task (a fresh process) vs
@@ -22,7 +24,7 @@ replaced by a bare asyncio ``SubprocessProtocol`` (no timeout, no output cap, no
 enough for ``true``, to show what a leaner executor would cost).
 
 Usage: python benchmarks/bench_runs.py [--python-tasks 2000] [--shell-tasks 200] [--repeat 3]
-    [--what-if] [--profile DIR]
+    [--what-if] [--profile DIR] [--only-python]
 
 ``--profile DIR`` writes cProfile output of one engine run of the python tasks
 (``DIR/python.prof``), of the shell tasks (``DIR/shell.prof``) and of ``run_shell`` alone
@@ -54,10 +56,13 @@ def write_project(root: Path, python_tasks: int, shell_tasks: int) -> None:
     (root / "tasks.d").mkdir(parents=True)
     (root / "plugins").mkdir()
     (root / "plugins" / "__init__.py").write_text("")
-    (root / "plugins" / "noop.py").write_text("async def noop() -> None:\n    return None\n")
+    (root / "plugins" / "noop.py").write_text(
+        "async def noop() -> None:\n    return None\n\n\ndef noop_def() -> None:\n    return None\n"
+    )
     lines = ["version: 1", "tasks:"]
     for i in range(python_tasks):
         lines += [f"  py{i}:", "    type: python", "    callable: plugins.noop:noop"]
+        lines += [f"  pd{i}:", "    type: python", "    callable: plugins.noop:noop_def"]
     for i in range(shell_tasks):
         lines += [f"  sh{i}:", "    command: [\"true\"]"]
     lines += ["  hello:", "    command: echo hello"]
@@ -274,6 +279,14 @@ def compile_runner() -> None:
     compileall.compile_dir(str(Path(runner.__file__).parent), quiet=1)
 
 
+def print_python(py: list[tuple[float, float]], pd: list[tuple[float, float]], repeat: int) -> None:
+    med = statistics.median
+    print(f"{'no-op python through the engine':48} {'runs/s':>12} {'cpu ms/run':>11}")
+    for label, pairs in (("  async def", py), ("  def", pd)):
+        print(f"{label:48} {med(r for r, _ in pairs):12.0f} {med(c for _, c in pairs) * 1e3:11.3f}")
+    print(f"(medians of {repeat}; concurrency {CONCURRENCY}; python {platform.python_version()}; nproc {os.cpu_count()})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--python-tasks", type=int, default=2000)
@@ -281,6 +294,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--what-if", action="store_true", help="also time two prototypes of a leaner shell path")
     parser.add_argument("--profile", type=Path, help="also write cProfile output into this directory")
+    parser.add_argument("--only-python", action="store_true", help="the python no-op runs only (async def, def)")
     args = parser.parse_args()
     compile_runner()
     import runner.engine  # imported before anything is timed, as in a running runner
@@ -291,11 +305,15 @@ def main() -> None:
         root = Path(scratch) / "project"
         write_project(root, args.python_tasks, args.shell_tasks)
         py_names = [f"py{i}" for i in range(args.python_tasks)]
+        pd_names = [f"pd{i}" for i in range(args.python_tasks)]
         sh_names = [f"sh{i}" for i in range(args.shell_tasks)]
 
-        py, floor, sh, plain, alone, shared, lean = [], [], [], [], [], [], []
+        py, pd, floor, sh, plain, alone, shared, lean = [], [], [], [], [], [], [], []
         for attempt in range(args.repeat):
             py.append(asyncio.run(engine_rate(root, Path(scratch) / f"py{attempt}.db", py_names)))
+            pd.append(asyncio.run(engine_rate(root, Path(scratch) / f"pd{attempt}.db", pd_names)))
+            if args.only_python:
+                continue
             floor.append(asyncio.run(commit_per_change_rate(Path(scratch) / f"floor{attempt}.db", 2000)))
             plain.append(asyncio.run(plain_spawn_rate(args.shell_tasks)))
             alone.append(asyncio.run(run_shell_rate(root, args.shell_tasks)))
@@ -306,6 +324,9 @@ def main() -> None:
                     with lean_executor():
                         lean.append(asyncio.run(engine_rate(root, Path(scratch) / f"shl{attempt}.db", sh_names)))
 
+        if args.only_python:
+            print_python(py, pd, args.repeat)
+            return
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             for name, make in (
@@ -363,6 +384,7 @@ def main() -> None:
             print(f"{label:48} {rate(pairs):12.0f} {vs_plain(pairs):>18} {cpu_ms(pairs):11.2f}")
     print(f"{'  (python no-op through the engine)':48} {py_rate:12.0f} {'':18} {cpu_ms(py):11.2f}")
     print()
+    print_python(py, pd, args.repeat)
     print(f"(medians of {args.repeat}; concurrency {CONCURRENCY}; python {platform.python_version()}; nproc {os.cpu_count()})")
     print("(load average before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} {:.2f})".format(*load_before, *load_after))
 

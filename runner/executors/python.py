@@ -1,19 +1,25 @@
 """Call one python task: inject what its type hints ask for, then await it or run it in a thread.
 
 Async callables run on the event loop and are cancelled at their deadline. Sync callables run
-in a thread of their own. Python cannot kill a thread, so at the deadline of a sync callable
-the run is recorded ``timed_out``, its concurrency slot is freed, and the thread is abandoned:
-runner raises ``TaskTimeout`` inside it (which stops code that is running Python bytecode, but
-not a blocking call such as ``time.sleep`` or a socket read), and the thread is a daemon, so it
-never keeps the process from exiting. Where a hard stop matters, use a shell task.
+in a thread of a pool of reused daemon threads, one call at a time each, with a copy of the
+caller's context variables (the current run, where its print() and logging go). Python cannot
+kill a thread, so at the deadline of a sync callable the run is recorded ``timed_out``, its
+concurrency slot is freed, and the thread is abandoned: runner raises ``TaskTimeout`` inside it
+(which stops code that is running Python bytecode, but not a blocking call such as
+``time.sleep`` or a socket read), the thread leaves the pool (the next call gets another one),
+and as a daemon it never keeps the process from exiting. Where a hard stop matters, use a shell
+task. A thread's own state (``threading.local``) may outlive a call, as in any thread pool.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import ctypes
 import inspect
+import os
+import queue
 import threading
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
@@ -99,34 +105,161 @@ async def _await_within(awaitable: Any, time_limit: float | None) -> Any:
 async def _call_in_thread(
     fn: Callable[..., Any], arguments: dict[str, Any], time_limit: float | None, name: str
 ) -> Any:
-    done = anyio.Event()
-    box: dict[str, Any] = {}
-    token = anyio.lowlevel.current_token()
-    context = contextvars.copy_context()  # current_run and friends, as on the loop
-
-    def target() -> None:
-        try:
-            box["value"] = context.run(fn, **arguments)
-        except BaseException as exc:
-            box["error"] = exc
-        finally:
-            with contextlib.suppress(anyio.RunFinishedError):
-                anyio.from_thread.run_sync(done.set, token=token)
-
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    thread.start()
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    # current_run and the run's print()/logging routing, as on the loop; copied per call, so a
+    # reused thread carries nothing over from the run before.
+    call = _Call(fn, arguments, contextvars.copy_context(), name, loop, done)
+    thread = _POOL.start(call)
     try:
-        with anyio.move_on_after(time_limit):
-            await done.wait()
+        if time_limit is None:  # no cancel scope to enter and leave
+            await done
+            timed_out = False
+        else:
+            with anyio.move_on_after(time_limit) as deadline:
+                await done
+            timed_out = deadline.cancelled_caught
     except anyio.get_cancelled_exc_class():
-        _raise_in_thread(thread, TaskTimeout)
+        call.abandon(thread)
         raise
-    if not done.is_set():
-        _raise_in_thread(thread, TaskTimeout)
+    if timed_out and call.abandon(thread):
         raise TaskTimeout(f"timed out after {time_limit:g}s; the thread was abandoned")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    # Finished (perhaps just at the deadline, its hand-back still queued): its outcome stands.
+    if call.error is not None:
+        raise call.error
+    return call.value
+
+
+_RUNNING, _DONE, _ABANDONED = range(3)
+
+
+class _Call:
+    """One sync call handed to a pool thread, and what came of it."""
+
+    __slots__ = ("arguments", "context", "done", "error", "fn", "lock", "loop", "name", "state", "value")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        arguments: dict[str, Any],
+        context: contextvars.Context,
+        name: str,
+        loop: asyncio.AbstractEventLoop,
+        done: asyncio.Future[None],
+    ) -> None:
+        self.fn = fn
+        self.arguments = arguments
+        self.context = context
+        self.name = name
+        self.loop = loop
+        self.done = done
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.state = _RUNNING
+        # Orders "the thread finished" against "the loop gave up on it": TaskTimeout is only
+        # ever raised into a thread still running this call, never into its next one.
+        self.lock = threading.Lock()
+
+    def run(self, worker: _Thread) -> None:
+        """In ``worker``'s thread: call, hand the outcome to the loop (unless abandoned meanwhile)."""
+        threading.current_thread().name = self.name
+        try:
+            self.value = self.context.run(self.fn, **self.arguments)
+        except BaseException as exc:
+            self.error = exc
+        with self.lock:
+            if self.state == _ABANDONED:
+                raise _Abandoned
+            self.state = _DONE
+        # Back in the pool before the loop hears of it, so that the run the freed slot lets in
+        # finds this thread idle rather than starting one more.
+        worker.pool.rest(worker)
+        # No blocking round trip: a callback queued after the run's printed text (callbacks
+        # run in order), so the loop has all of it before it learns that the call is done.
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self.loop.call_soon_threadsafe(_settle, self.done)
+
+    def abandon(self, thread: threading.Thread) -> bool:
+        """On the loop, at the deadline or on cancel: give up on a call still running (True)."""
+        with self.lock:
+            if self.state != _RUNNING:
+                return False
+            self.state = _ABANDONED
+            _raise_in_thread(thread, TaskTimeout)
+        return True
+
+
+class _Abandoned(Exception):
+    """Ends a thread whose call was given up on: it leaves the pool."""
+
+
+def _settle(done: asyncio.Future[None]) -> None:
+    if not done.done():  # not when its waiter was cancelled meanwhile
+        done.set_result(None)
+
+
+class _Pool:
+    """Daemon threads for sync calls, reused: starting a thread per call cost ~100 us of a no-op
+    run. A thread is made when no idle one is there, so there are as many as the most sync calls
+    at once (the engine's concurrency bounds them); one idle for ``IDLE_SECONDS`` ends. A thread
+    whose call was abandoned leaves the pool: it may stay stuck in a blocking call for good."""
+
+    IDLE_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[_Thread] = []
+
+    def forget(self) -> None:
+        """In a forked child: no thread of the parent's is there."""
+        self._lock = threading.Lock()
+        self._idle = []
+
+    def start(self, call: _Call) -> threading.Thread:
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+        if worker is None:
+            worker = _Thread(self)
+        worker.calls.put(call)
+        return worker.thread
+
+    def rest(self, worker: _Thread) -> None:
+        with self._lock:
+            self._idle.append(worker)
+
+    def retire(self, worker: _Thread) -> bool:
+        """Take an idle ``worker`` out of the pool; False if a call was handed to it meanwhile."""
+        with self._lock:
+            if worker not in self._idle:
+                return False
+            self._idle.remove(worker)
+            return True
+
+
+class _Thread:
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name="runner-task", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            while True:
+                try:
+                    call = self.calls.get(timeout=self.pool.IDLE_SECONDS)
+                except queue.Empty:
+                    if self.pool.retire(self):
+                        return
+                    continue  # handed a call just now: it is in the queue
+                call.run(self)
+        except (_Abandoned, TaskTimeout):
+            return  # TaskTimeout: raised into an abandoned call after its callable had returned
+
+
+_POOL = _Pool()
+# A forked child has none of the parent's threads: an idle one handed a call would never run it.
+os.register_at_fork(after_in_child=_POOL.forget)
 
 
 def _raise_in_thread(thread: threading.Thread, exc_type: type[BaseException]) -> None:
