@@ -27,13 +27,15 @@ if TYPE_CHECKING:
 
 
 TESTS = Path(__file__).resolve().parent
+CORES = len(os.sched_getaffinity(0))
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: `-p no:xdist` still works
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """How many processes ``-n auto`` (pyproject.toml's addopts) starts: four on two cores, as most
-    tests wait on another process (a daemon's tick, a task's sleep, a worker's poll) for much of
-    their time and two more processes fill those waits. None besides this one for the unit
+    """How many processes ``-n auto`` (pyproject.toml's addopts) starts: one per core. Four on
+    two cores were faster on a machine loaded by other work (the tests wait on other processes
+    much of their time), but no faster on a quiet one (289 s against 287 s for the whole suite
+    from a fresh clone) and the timing checks had less room. None besides this one for the unit
     tests alone, which never wait: each further process would spend ~1.5 s of CPU starting and
     collecting, more than the ~5 s of all their work shared out; and at most one per test module
     named (``--dist loadfile`` gives a module to one process)."""
@@ -41,8 +43,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     if all(path.is_relative_to(TESTS / "unit") for path in paths):
         return 0
     if all(path.is_file() for path in paths):
-        return 0 if len(paths) == 1 else min(len(paths), 4)
-    return 4
+        return 0 if len(paths) == 1 else min(len(paths), CORES)
+    return CORES
 
 
 _PG_ROOT = pytest.StashKey[Path]()

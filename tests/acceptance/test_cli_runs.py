@@ -436,7 +436,7 @@ def test_timeout_kills_the_task_and_everything_it_started(project: ProjectDir, c
     )
     began = time.monotonic()
     result = exits(cli("run", "sleepy", "--json"), 1)
-    assert time.monotonic() - began < 4
+    assert time.monotonic() - began < 10  # its children sleep 100 s: they were not waited for
     pgid, run_id = cli.task_started()
     [run] = json_lines(result.stdout)
     assert (run["id"], run["status"], run["exit_code"]) == (run_id, "timed_out", None)
