@@ -245,16 +245,19 @@ class Api:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def trigger(self, request: Request) -> Response:
+    def _require_writes(self, request: Request, what: str) -> None:
+        """405 unless the daemon allows writes (not an operation of this daemon then:
+        /openapi.json leaves it out, so no method is allowed); then the bearer token."""
         if not self.options.allow_trigger:
-            # Not an operation of this daemon (/openapi.json leaves it out): no method is.
             raise Problem(
                 405,
-                "starting runs over HTTP is off; the daemon allows it with --http-allow-trigger "
-                "(and RUNNER_HTTP_TOKEN)",
+                f"{what} over HTTP is off; the daemon allows it with --http-allow-trigger (and RUNNER_HTTP_TOKEN)",
                 headers={"Allow": ""},
             )
         require_token(request, self.options.token)
+
+    async def trigger(self, request: Request) -> Response:
+        self._require_writes(request, "starting runs")
         name = _name(request.path_params["name"])
         parameters = await _json_body(request)
         self._check_parameters(name, parameters)
@@ -276,14 +279,7 @@ class Api:
     async def cancel(self, request: Request) -> Response:
         """Ask whichever process runs the run to stop it (``Store.request_cancel``); 202 with
         the run as it is now: the record of its end comes from that process."""
-        if not self.options.allow_trigger:
-            raise Problem(
-                405,
-                "cancelling runs over HTTP is off; the daemon allows it with --http-allow-trigger "
-                "(and RUNNER_HTTP_TOKEN)",
-                headers={"Allow": ""},
-            )
-        require_token(request, self.options.token)
+        self._require_writes(request, "cancelling runs")
         run_id = _run_id(request.path_params["run_id"])
         try:
             outcome = await self.daemon.store.request_cancel(run_id)
