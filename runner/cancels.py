@@ -80,8 +80,9 @@ class CancelWatch:
 
 
 class _Watching:
-    """``CancelWatch.watching``, as a plain context manager: entered for every run, so it costs
-    no generator (a generator-based one was about 2% of a no-op python run's instructions)."""
+    """``CancelWatch.watching``, as a plain context manager: it is entered for every run, and a
+    generator-based one with its registration came to about 2% of a no-op python run's
+    instructions (callgrind; docs/performance.md)."""
 
     __slots__ = ("_run_id", "_scope", "_watch")
 
