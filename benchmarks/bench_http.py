@@ -35,14 +35,15 @@ from pathlib import Path
 import httpx
 
 
-def start(root: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(root: Path, log: Path, *more: str, within: float = 30.0) -> tuple[subprocess.Popen[bytes], str]:
+    """A daemon serving HTTP on a free loopback port, its JSON log in ``log``, and its base URL."""
     handle = log.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "runner", "--project", str(root), "--log-format", "json", "daemon",
-         "--http", "127.0.0.1:0", "--no-watch", "--retain", "0", "--retain-runs", "0"],
+         "--http", "127.0.0.1:0", "--no-watch", "--retain", "0", "--retain-runs", "0", *more],
         stdout=subprocess.DEVNULL, stderr=handle,
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         for line in log.read_text().splitlines():
             try:
@@ -51,14 +52,16 @@ def start(root: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
                 continue
             if body.get("event") == "http_started":
                 return process, f"http://127.0.0.1:{body['port']}"
+        if process.poll() is not None:
+            break
         time.sleep(0.05)
     process.kill()
     raise SystemExit(f"the daemon did not start:\n{log.read_text()}")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
+def stop(process: subprocess.Popen[bytes], within: float = 60.0) -> None:
     process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
+    process.wait(timeout=within)
 
 
 def hammer(base: str, path: str, seconds: float, clients: int) -> tuple[float, list[float], int]:

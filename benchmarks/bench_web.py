@@ -18,13 +18,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,38 +30,11 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_http import start, stop
 from gen_tasks import generate
 
 DAY = 86_400.0
 STATUSES = ("succeeded",) * 90 + ("failed",) * 6 + ("timed_out", "cancelled", "interrupted", "skipped")
-
-
-def start(root: Path, log: Path, *more: str) -> tuple[subprocess.Popen[bytes], str]:
-    handle = log.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "runner", "--project", str(root), "--log-format", "json", "daemon",
-         "--http", "127.0.0.1:0", "--no-watch", "--retain", "0", "--retain-runs", "0", *more],
-        stdout=subprocess.DEVNULL, stderr=handle,
-    )
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            try:
-                body = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if body.get("event") == "http_started":
-                return process, f"http://127.0.0.1:{body['port']}"
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit(f"the daemon did not start:\n{log.read_text()}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=120)
 
 
 def fill(db: Path, runs: int, tasks: list[str], now: float, seed: int = 1) -> None:
@@ -137,8 +107,8 @@ def main() -> None:
             text = re.sub(r"(?m)^    schedule: .*$", '    schedule: "0 3 1 1 *"', path.read_text())
             path.write_text(text)
         t0 = time.perf_counter()
-        process, _base = start(root, Path(tmp) / "sync.log")
-        stop(process)
+        process, _base = start(root, Path(tmp) / "sync.log", within=600)
+        stop(process, within=120)
         print(f"synced {args.tasks} tasks in {time.perf_counter() - t0:.1f}s", flush=True)
         db = root / ".runner" / "runner.db"
         with sqlite3.connect(db) as conn:
@@ -152,7 +122,7 @@ def main() -> None:
             (last_day,) = conn.execute("SELECT count(*) FROM runs WHERE queued_at > ?", (time.time() - DAY,)).fetchone()
         print(f"{last_day} runs in the last 24 h; the busiest task: {busy_task}", flush=True)
 
-        process, base = start(root, Path(tmp) / "daemon.log")
+        process, base = start(root, Path(tmp) / "daemon.log", within=600)
         try:
             pages = [
                 ("/", "overview, first page of 100 tasks"),
@@ -174,7 +144,7 @@ def main() -> None:
                     flush=True,
                 )
         finally:
-            stop(process)
+            stop(process, within=120)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_http import describe_lateness, lateness, pct, stop
-from bench_web import start
+from bench_http import describe_lateness, lateness, pct, start, stop
 
 TOKEN = "bench-token"
 TALKER = "for i in $(seq 100000); do echo \"line $i\"; sleep 0.1; done"
