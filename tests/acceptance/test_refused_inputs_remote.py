@@ -60,7 +60,7 @@ def test_a_worker_refuses_a_job_with_parameters_that_cannot_reach_a_task_and_goe
         error = run["error"] if isinstance(run["error"], dict) else json.loads(run["error"])
         assert error["type"] == "ParameterError" and message in error["message"]
         assert run["started_at"] is None  # refused before anything started
-    refused = worker.events("job_refused")
+    refused = worker.wait_for("job_refused", count=len(cases))  # logged just after the record is
     assert sorted(e["run_id"] for e in refused) == sorted(cases)
     assert worker.process.poll() is None
     done = ok(cli("--db", pg_url, "run", "--remote", "show", "-p", "x=1", "--json"))
