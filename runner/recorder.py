@@ -36,7 +36,7 @@ from runner.errors import RecordRefused, StoreError, StoreFileChanged
 from runner.livelog import LiveLog
 from runner.masking import Masker
 from runner.processes import process_start_time
-from runner.records import Fire, JobArgs, LogChunk, QueuedRun, RunBatch, RunEnd, Written
+from runner.records import Claim, Fire, JobArgs, LogChunk, QueuedRun, RunBatch, RunEnd, Written
 from runner.store import Store
 
 FLUSH_INTERVAL = 0.2
@@ -75,6 +75,7 @@ class WriteFailure:
 def _runs_of(batch: RunBatch) -> list[str]:
     ids = [run.id for run in batch.inserts] + [end.run_id for end in batch.finishes]
     ids += [run_id for run_id, _ in batch.starts] + [chunk.run_id for chunk in batch.logs]
+    ids += [run_id for claim in batch.claims for run_id in claim.run_ids]
     return list(dict.fromkeys(ids))
 
 
@@ -180,6 +181,7 @@ class Recorder:
             return Written()
         lost: list[str] = []
         dropped: list[str] = []
+        unclaimed: list[str] = []
         for run_ids, part in parts:
             try:
                 written = await self.store.write_runs(part)
@@ -188,7 +190,8 @@ class Recorder:
                 continue
             lost.extend(written.lost_fires)
             dropped.extend(written.dropped_retries)
-        return Written(lost, dropped)
+            unclaimed.extend(written.unclaimed)
+        return Written(lost, dropped, unclaimed)
 
     def _refuse(self, run_ids: list[str], error: BaseException) -> None:
         for run_id in run_ids:
@@ -271,6 +274,21 @@ class Recorder:
             self._raise_if_refused([run.id for run in runs])
         return [fire.task for fire in fires if fire.task in pending.written.lost_fires]
 
+    async def claim(self, claim: Claim, notes: Sequence[LogChunk] = ()) -> bool:
+        """Take up a job's queued runs for this worker (``Store.write_runs``), with ``notes`` for
+        their logs, in the batch being gathered: the claims of jobs taken at once share one
+        transaction, with the starts and ends being written. False if they were not all free
+        to take (taken up already, or ended): then nothing of it was written."""
+
+        def fill(batch: RunBatch) -> None:
+            batch.claims.append(claim)
+            batch.logs.extend(notes)
+
+        pending = await self._commit(fill)
+        if self._refused:
+            self._raise_if_refused(claim.run_ids)
+        return claim.run_ids[0] not in pending.written.unclaimed
+
     def started(self, run_id: str, at: float) -> None:
         """Record that a run started, without waiting: a run that lasts longer than a commit is
         seen ``running``; one that ends sooner may be committed with its end in one batch."""
@@ -350,6 +368,8 @@ def _apart(batch: RunBatch) -> list[tuple[list[str], RunBatch]]:
         join([f"fire:{fire.task}", *fire.runs])
     for job in batch.jobs:
         join(job.runs.values())
+    for claim in batch.claims:
+        join(claim.run_ids)
     for run in batch.retries:
         assert run.parent_id is not None
         join([run.id, run.parent_id])
@@ -379,6 +399,8 @@ def _apart(batch: RunBatch) -> list[tuple[list[str], RunBatch]]:
         part(next(iter(job.runs.values()))).jobs.append(job)
     for run in batch.retries:
         part(run.id).retries.append(run)
+    for claim in batch.claims:
+        part(claim.run_ids[0]).claims.append(claim)
     for key in list(parent):
         if not key.startswith(("invocation:", "fire:")) and (root := find(key)) in parts:
             parts[root][0].append(key)

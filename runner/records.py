@@ -194,6 +194,16 @@ class JobArgs:
         return self.runs[self.task]
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A worker taking up a job's queued runs (``Store.write_runs``): all of them or none, with
+    the revision of the files it runs them at."""
+
+    run_ids: tuple[str, ...]
+    revision: str | None
+    git_commit: str | None
+
+
 @dataclass(slots=True)
 class RunBatch:
     """Run writes gathered from many runs, committed together (group commit). Not frozen: the
@@ -211,13 +221,22 @@ class RunBatch:
     jobs: list[JobArgs] = field(default_factory=list)
     # Queued by a run's end (its retry, with ``parent_id``): written only if that end was.
     retries: list[QueuedRun] = field(default_factory=list)
+    # Taken up by this worker before anything of theirs is written (their log rows are notes
+    # that go with the claim: written only if it is made).
+    claims: list[Claim] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not (
             self.inserts or self.starts or self.groups or self.finishes or self.logs or self.fires
-            or self.claimed or self.jobs or self.retries
+            or self.claimed or self.jobs or self.retries or self.claims
         )
+
+    @property
+    def needs_lock(self) -> bool:
+        """Whether writing it needs the store's write lock: anything but claims, starts, process
+        groups and ends without log rows (see ``runner/store/connection.py``)."""
+        return bool(self.inserts or self.logs or self.fires or self.claimed or self.jobs or self.retries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +245,7 @@ class Written:
 
     lost_fires: list[str] = field(default_factory=list)  # tasks whose fire another daemon took
     dropped_retries: list[str] = field(default_factory=list)  # retries of ends not written
+    unclaimed: list[str] = field(default_factory=list)  # the runs of claims not made
 
 
 @dataclass(frozen=True, slots=True)

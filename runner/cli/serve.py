@@ -151,7 +151,7 @@ def worker(settings: Settings, concurrency: int, queues: tuple[str, ...], grace:
     lets running ones finish within --grace, then cancels them and exits 0.
     """
     # lazy, for start-up time (SQLAlchemy)
-    from runner.remote import Worker
+    from runner.remote import Worker, store_connections
     from runner.shutdown import end_leftover_tasks
     from runner.store import open_store
 
@@ -161,7 +161,7 @@ def worker(settings: Settings, concurrency: int, queues: tuple[str, ...], grace:
     seconds = duration_option(grace, "--grace") or 0.0
 
     async def serve() -> None:
-        async with open_store(settings.store_location) as store:
+        async with open_store(settings.store_location, connections=store_connections(concurrency)) as store:
             await Worker(settings.project, store, queues=list(queues) or None, concurrency=concurrency, grace=seconds).run()
         await end_leftover_tasks()
 

@@ -13,6 +13,21 @@ states) sees the state it changes, with no retry loop around a planner and no ro
 get right for rows that do not exist yet (a new task, a first lease), which SELECT ... FOR
 UPDATE cannot lock. It also keeps ``run_logs.id`` in commit order (see ``logs.py``).
 
+A few writes skip that lock (``_write(lock=False)``): those that change only existing rows of
+runs by primary key, each guarded by a condition on the row's own state that a concurrent
+writer of the same row would change (a claim: ``status = 'queued' AND host = ''``; a start or
+an end: the status not final yet). PostgreSQL's row locks make a second writer of such a row
+wait for the first to commit, then evaluate its condition again on the committed row (READ
+COMMITTED), so the compare-and-set holds without the store-wide lock; and they write no
+``run_logs`` row and no new row whose order anyone reads. Workers' claims, starts and ends
+go so (``runs.py``): from two workers on, the one lock was held 100% of the time, and each of
+those transactions held it for a few round trips of a busy client (docs/performance.md).
+
+A writer that stops in the middle of a transaction (a paused process, a lost host) must not
+hold the others up, behind the advisory lock or a row lock: the server ends the session of a
+store connection idle in a transaction for ``WRITER_IDLE_LIMIT`` (set when the connection is
+opened, ``connect_args``, so that it costs no round trip per transaction).
+
 Task sessions (``session_engine``) are on an engine of their own (``_sessions.py``): they never
 take the advisory lock (PostgreSQL locks their rows itself) and, on SQLite, take the write lock
 only when they first write.
@@ -38,7 +53,16 @@ from runner.store._sessions import TaskSessions
 from runner.store._sqlite import configure_sqlite, remove_own_sidecars, sqlite_path
 
 PG_WRITE_LOCK = 0x72756E6E6572  # "runner": the advisory lock key of the store's writers
-WRITER_IDLE_LIMIT = "10s"  # PostgreSQL: how long a write transaction may wait on its client
+WRITER_IDLE_LIMIT = "10s"  # PostgreSQL: how long a store transaction may wait on its client
+
+
+def connect_args(url: str) -> dict[str, Any]:
+    """What runner's own connections to a PostgreSQL store are opened with: the server ends a
+    session idle in a transaction for ``WRITER_IDLE_LIMIT``. Not task sessions (their engine
+    is made from the URL alone): a task may keep its transaction open while it works."""
+    given = make_url(url).query.get("options", "")
+    given = " ".join(given) if isinstance(given, tuple) else given
+    return {"options": f"{given} -c idle_in_transaction_session_timeout={WRITER_IDLE_LIMIT}".strip()}
 
 def database_url(db: str | Path) -> str:
     """A SQLAlchemy async URL for ``--db``: a bare path means a SQLite file; ``sqlite://`` and
@@ -120,7 +144,9 @@ class StoreBase:
                 raise StoreError(f"cannot read the store at {self.url}: {exc.orig}") from exc
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
+    async def _write(self, *, lock: bool = True) -> AsyncIterator[AsyncConnection]:
+        """A write transaction; on PostgreSQL holding the store's write lock unless ``lock`` is
+        False, which only the writes the module's docstring names may ask for."""
         with anyio.CancelScope(shield=True):  # as in _read
             self.check_file()
             if self.read_only is not None:
@@ -130,13 +156,8 @@ class StoreBase:
                 )
             try:
                 async with self._writer.begin() as conn:
-                    if self._postgres:
-                        # A writer that stops in the middle (a paused process, a lost host)
-                        # must not hold every other writer up: the server ends its session.
-                        await conn.exec_driver_sql(
-                            f"SELECT set_config('idle_in_transaction_session_timeout', '{WRITER_IDLE_LIMIT}', true),"
-                            f" pg_advisory_xact_lock({PG_WRITE_LOCK})"
-                        )
+                    if self._postgres and lock:
+                        await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
                     yield conn
             except (OperationalError, DBAPIError) as exc:
                 raise StoreError(f"cannot write the store at {self.url}: {exc.orig}") from exc

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from runner.errors import StoreError
 from runner.models import RunStatus, TaskType, new_run_id
 from runner.processes import HOST, PID, PID_STARTED
-from runner.records import NO_PROCESS, JobArgs, LogChunk, QueuedRun, RunError, next_attempt
+from runner.records import NO_PROCESS, Claim, JobArgs, LogChunk, QueuedRun, RunError, next_attempt
 from runner.store import _tables as t
 from runner.store._rows import RUN_COLUMNS, UNFINISHED, error_json, log_row, queued_row
 from runner.store.connection import StoreBase
@@ -40,8 +40,41 @@ class Recovery:
     groups: list[tuple[int, float | None]] = field(default_factory=list)
 
 
-class _Taken(Exception):
-    """Rolls back a claim on runs that are not all free to take."""
+async def claim(conn: AsyncConnection, claims: Sequence[Claim]) -> list[str]:
+    """Take up the runs of ``claims`` for this process, each claim all of its runs or none; the
+    runs of the claims not made (some of their runs taken up already, or ended).
+
+    Safe without the store's write lock: the rows are locked first (``FOR UPDATE``, in id
+    order, so two claimers of the same runs cannot deadlock), and a claimer that waited for
+    another's lock sees the committed row and checks ``status = 'queued' AND host = ''`` again
+    (READ COMMITTED), so of two only the first takes them. Two statements for any number of
+    claims: a worker's claims share the recorder's transactions."""
+    wanted = sorted({run_id for c in claims for run_id in c.run_ids})
+    free = set(
+        (
+            await conn.execute(
+                select(t.runs.c.id)
+                .where(t.runs.c.id.in_(wanted), t.runs.c.status == RunStatus.QUEUED.value, t.runs.c.host == "")
+                .order_by(t.runs.c.id)
+                .with_for_update()
+            )
+        ).scalars()
+    )
+    made = [c for c in claims if free.issuperset(c.run_ids)]
+    for (revision, git_commit), ids in _by_revision(made).items():
+        await conn.execute(
+            update(t.runs)
+            .where(t.runs.c.id.in_(ids))
+            .values(host=HOST, pid=PID, pid_started=PID_STARTED, revision=revision, git_commit=git_commit)
+        )
+    return [run_id for c in claims if not free.issuperset(c.run_ids) for run_id in c.run_ids]
+
+
+def _by_revision(claims: Sequence[Claim]) -> dict[tuple[str | None, str | None], list[str]]:
+    found: dict[tuple[str | None, str | None], list[str]] = {}
+    for c in claims:
+        found.setdefault((c.revision, c.git_commit), []).extend(c.run_ids)
+    return found
 
 
 async def defer(conn: AsyncConnection, jobs: list[JobArgs]) -> None:
@@ -144,20 +177,12 @@ class QueueStore(StoreBase):
     ) -> bool:
         """Take up a job's queued runs for this process, with ``notes`` for their logs; False if
         they are not all waiting for a worker any more (taken up already, or cancelled): then
-        nothing changes."""
-        try:
-            async with self._write() as conn:
-                result = await conn.execute(
-                    update(t.runs)
-                    .where(t.runs.c.id.in_(run_ids), t.runs.c.status == RunStatus.QUEUED.value, t.runs.c.host == "")
-                    .values(host=HOST, pid=PID, pid_started=PID_STARTED, revision=revision, git_commit=git_commit)
-                )
-                if result.rowcount != len(run_ids):
-                    raise _Taken
-                if notes:
-                    await conn.execute(t.run_logs.insert(), [log_row(note) for note in notes])
-        except _Taken:
-            return False
+        nothing changes. (A worker claims through its recorder, in the batches it writes.)"""
+        async with self._write(lock=bool(notes)) as conn:  # log rows keep their commit order
+            if await claim(conn, [Claim(tuple(run_ids), revision, git_commit)]):
+                return False
+            if notes:
+                await conn.execute(t.run_logs.insert(), [log_row(note) for note in notes])
         return True
 
     async def finish_queued(self, run_ids: list[str], status: RunStatus, error: RunError) -> list[str]:
@@ -238,12 +263,20 @@ class QueueStore(StoreBase):
             if row is None:
                 return None
             args = JobArgs.from_json(row.args, queue=row.queue_name)
+            # Locked as they are read: a worker's claims, starts and ends are written without
+            # the store's write lock (connection.py), so without the row locks one could change
+            # a run between this read and the writes below that decide on it (a run that ended
+            # meanwhile would get a retry); with them, it waits for this transaction, and then
+            # finds the run final (or, requeued, taken up by the new job's worker: skipped).
             runs = (
                 await conn.execute(
-                    select(*RUN_COLUMNS, t.runs.c.pgid, t.runs.c.pgid_started).where(
+                    select(*RUN_COLUMNS, t.runs.c.pgid, t.runs.c.pgid_started)
+                    .where(
                         # With the retries its worker queued itself: they share the invocation.
                         or_(t.runs.c.id.in_(list(args.runs.values())), t.runs.c.invocation == args.invocation)
                     )
+                    .order_by(t.runs.c.id)  # the order claims lock runs in
+                    .with_for_update(of=t.runs)
                 )
             ).all()
             if all(run.host == "" for run in runs):

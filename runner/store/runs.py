@@ -28,7 +28,7 @@ from runner.store._rows import (
     run_from_row,
 )
 from runner.store.connection import StoreBase
-from runner.store.queue import defer
+from runner.store.queue import claim, defer
 from runner.store.schedules import WhichFire, move_schedules
 
 
@@ -46,12 +46,14 @@ class RunStore(StoreBase):
     """Runs: their batched writes, their history, and the runs of processes that died."""
 
     async def write_runs(self, batch: RunBatch) -> Written:
-        """Apply a batch of run writes in one transaction: inserts, then starts, then finishes.
+        """Apply a batch of run writes in one transaction: claims, inserts, then starts, then
+        finishes; under the store's write lock only if ``batch.needs_lock``.
 
         A fire is a compare-and-set: it moves its schedule on only if the schedule still
         stands at the fire's time (its ``last_fire_at``). Otherwise another daemon fired it
-        first, and the runs queued with it are not written; the rest of the batch is. A run's
-        final status is written once: a finish of a run that already has one (a worker taken
+        first, and the runs queued with it are not written; the rest of the batch is. A claim
+        takes up all of its runs or none (the notes that came with it are then not written). A
+        run's final status is written once: a finish of a run that already has one (a worker taken
         for dead, whose run was marked interrupted and retried elsewhere) is not written, and
         neither is the retry it queues. Returns what was not written."""
         try:
@@ -62,8 +64,11 @@ class RunStore(StoreBase):
     async def _write_runs(self, batch: RunBatch, *, fire_by_fire: bool) -> Written:
         if batch.empty:
             return Written()
-        inserts, jobs = batch.inserts, batch.jobs
-        async with self._write() as conn:
+        inserts, jobs, logs = batch.inserts, batch.jobs, batch.logs
+        async with self._write(lock=batch.needs_lock) as conn:
+            unclaimed = await claim(conn, batch.claims) if batch.claims else []
+            if unclaimed:
+                logs = [chunk for chunk in logs if chunk.run_id not in unclaimed]
             lost = await move_schedules(conn, batch.fires, fire_by_fire) if batch.fires else []
             if lost:
                 dropped = {run_id for fire in batch.fires if fire.task in lost for run_id in fire.runs}
@@ -95,11 +100,11 @@ class RunStore(StoreBase):
                     [{f"b_{k}": v for k, v in row.items()} for row in fields],
                 )
             unwritten = await self._queue_retries(conn, batch) if batch.retries else []
-            if batch.logs:
-                await conn.execute(t.run_logs.insert(), self._clean([log_row(chunk) for chunk in batch.logs]))
+            if logs:
+                await conn.execute(t.run_logs.insert(), self._clean([log_row(chunk) for chunk in logs]))
             if batch.claimed:
                 await conn.execute(t.triggers.delete().where(t.triggers.c.run_id.in_(batch.claimed)))
-        return Written(lost, unwritten)
+        return Written(lost, unwritten, unclaimed)
 
     def _clean(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``rows``, on PostgreSQL with NUL characters in their text replaced by U+FFFD: its

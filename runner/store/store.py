@@ -24,7 +24,7 @@ from runner.errors import StoreError
 from runner.processes import HOST, kill_orphaned_groups, process_is_alive
 from runner.store._sqlite import configure_sqlite, inspect_sqlite_file, reader_uri, sqlite_path
 from runner.store.cancels import CancelStore
-from runner.store.connection import database_url, shown_url
+from runner.store.connection import connect_args, database_url, shown_url
 from runner.store.leases import LeaseStore
 from runner.store.logs import LogStore
 from runner.store.migrations import Migrations
@@ -56,17 +56,25 @@ class Store(
 
 
 @asynccontextmanager
-async def open_store(db: str | Path, *, sweep: bool = True) -> AsyncIterator[Store]:
+async def open_store(db: str | Path, *, sweep: bool = True, connections: int | None = None) -> AsyncIterator[Store]:
     """Open (creating or upgrading as needed) the store at a path or SQLAlchemy async URL.
 
     Every process that opens a store first marks the unfinished runs of dead runner processes
     on its host ``interrupted``, so no run stays ``running`` forever after a crash; the daemon
     (``sweep=False``) does that itself once it leads, and logs each run it marks.
+
+    ``connections``: how many connections to a PostgreSQL store the process keeps open once it
+    has used them (a worker: its concurrency and a few); beyond them as many again are opened
+    and closed as needed. By default SQLAlchemy's 5 (and 10).
     """
     url = database_url(db)
     path = sqlite_path(url)
     read_only: str | None = None
     options: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        options["connect_args"] = connect_args(url)
+        if connections is not None:
+            options.update(pool_size=connections, max_overflow=connections)
     if path is not None:
         if not path.parent.is_dir():
             try:
