@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,17 @@ from pg import pg_server, pg_url  # noqa: F401
 from runner.errors import StoreError
 from runner.models import RunStatus, TaskType
 from runner.processes import HOST
-from runner.records import NO_PROCESS, JobArgs, LogChunk, QueuedRun, RunBatch, RunEnd, RunError
-from runner.store import Store, database_url, open_store
+from runner.records import (
+    NO_PROCESS,
+    Claim,
+    JobArgs,
+    LogChunk,
+    QueuedRun,
+    RunBatch,
+    RunEnd,
+    RunError,
+)
+from runner.store import PG_WRITE_LOCK, Store, database_url, open_store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -245,3 +255,103 @@ async def test_a_claimed_job_of_a_dead_process_on_this_host_is_found_at_once(sto
 
     assert await store.stalled_jobs(3600.0, alive) == []
     assert await store.stalled_jobs(3600.0, dead) == [job_id]
+
+
+
+# -- claims, starts and ends without the store's write lock ----------------------------------------
+
+
+@asynccontextmanager
+async def holding(store: Store, sql: str) -> AsyncIterator[None]:
+    """A transaction of another client that has run ``sql`` (taking a lock) and is still open;
+    committed when the block ends."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(store.conninfo()) as conn:
+        await conn.execute(sql)
+        yield
+        await conn.commit()
+
+
+async def waiting_for_locks(store: Store, count: int) -> None:
+    """Return once ``count`` transactions wait for a lock."""
+    from sqlalchemy import text
+
+    with anyio.fail_after(5):
+        while True:
+            async with store.engine.connect() as conn:
+                if (await conn.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))).scalar() == count:
+                    return
+            await anyio.sleep(0.02)
+
+
+async def test_claims_starts_and_ends_do_not_wait_for_the_store_write_lock(store: Store) -> None:
+    await send(store, "r1", "r2")
+    await send(store, "r3", invocation="inv3")
+    note = LogChunk("r3", time.time(), "log", "warning", "revisions differ")
+    # The group ends after the lock's holder commits (the block's end).
+    async with anyio.create_task_group() as group, holding(store, f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})"):
+        with anyio.fail_after(5):
+            assert await store.claim_runs(["r1", "r2"], revision="abc", git_commit=None)
+            await store.write_runs(RunBatch(starts=[("r1", time.time())]))
+            await store.write_runs(RunBatch(finishes=[RunEnd("r1", RunStatus.SUCCEEDED, time.time())]))
+        # A claim with notes writes log rows, which keep their commit order under the lock.
+        group.start_soon(lambda: store.claim_runs(["r3"], revision=None, git_commit=None, notes=[note]))
+        await waiting_for_locks(store, 1)
+        assert (await store.run("r3")).host is None
+    assert (await store.run("r1")).status is RunStatus.SUCCEEDED
+    r3 = await store.run("r3")
+    assert (r3.host, [line.message for line in r3.logs]) == (HOST, ["revisions differ"])
+
+
+async def test_claims_in_one_batch_are_each_made_whole_or_not_at_all(store: Store) -> None:
+    await send(store, "r1", "r2")
+    await send(store, "r3", invocation="inv3")
+    assert await store.finish_queued(["r2"], RunStatus.FAILED, RunError("X", "no")) == ["r2"]
+    notes = [LogChunk(r, time.time(), "log", "warning", f"note of {r}") for r in ("r1", "r3")]
+    written = await store.write_runs(
+        RunBatch(claims=[Claim(("r1", "r2"), "abc", None), Claim(("r3",), "def", "c0ffee")], logs=notes)
+    )
+    assert sorted(written.unclaimed) == ["r1", "r2"]
+    r1, r3 = await store.run("r1"), await store.run("r3")
+    assert (r1.status, r1.host, r1.logs) == (RunStatus.QUEUED, None, ())
+    assert (r3.host, r3.revision, r3.git_commit) == (HOST, "def", "c0ffee")
+    assert [line.message for line in r3.logs] == ["note of r3"]
+
+
+async def test_of_two_claims_of_the_same_runs_at_once_one_takes_them(pg_url: str, store: Store) -> None:  # noqa: F811
+    await send(store, "r1", "r2")
+    results: list[bool] = []
+
+    async def claim(by: Store) -> None:
+        results.append(await by.claim_runs(["r1", "r2"], revision=None, git_commit=None))
+
+    async with (
+        open_store(pg_url) as other,
+        anyio.create_task_group() as group,
+        holding(store, "SELECT id FROM runs WHERE id = 'r2' FOR UPDATE"),
+    ):
+        group.start_soon(claim, store)
+        group.start_soon(claim, other)
+        await waiting_for_locks(store, 2)  # both wait for r2's row; the block's end lets it go
+    assert sorted(results) == [False, True]
+
+
+async def test_a_run_that_ends_while_its_dead_workers_job_is_settled_is_not_retried(store: Store) -> None:
+    job_id = await send(store, "r1")
+    await take(store, job_id)
+    assert await store.claim_runs(["r1"], revision=None, git_commit=None)
+    await store.write_runs(RunBatch(starts=[("r1", time.time())]))
+    recovered: list[Any] = []
+    # The worker (taken for dead) is writing the run's end: its transaction has the row.
+    async with anyio.create_task_group() as group, holding(store, "UPDATE runs SET status = 'succeeded' WHERE id = 'r1'"):
+        group.start_soon(lambda: _append(recovered, store.recover_job(job_id, lambda task: 1)))
+        await waiting_for_locks(store, 1)
+    [recovery] = recovered
+    assert recovery is not None and (recovery.interrupted, recovery.retried) == ([], [])
+    assert (await store.run("r1")).status is RunStatus.SUCCEEDED
+    assert await store.retry_of("r1") is None
+
+
+async def _append(found: list[Any], value: Awaitable[Any]) -> None:
+    found.append(await value)
