@@ -45,8 +45,8 @@ a pool checkout and a round trip are in it) and how long it held it as the clien
 (from then until COMMIT returned: every statement, round trip and event-loop turn in between,
 and the pool check-in). Summed over the throughput window they can exceed the window, since
 each client sees the lock a little after the server grants and releases it: the ``pg_locks``
-samples are the server's view. The workers also count the connections their SQLAlchemy pools
-open.
+samples are the server's view. The workers also count the database connections they open
+(SQLAlchemy's pool, procrastinate's pool and its listener).
 
 ``--what-if`` measures the workers once more with a prototype patched into them (not
 runner's behaviour): claims, and write transactions carrying only starts and finishes (no log
@@ -109,7 +109,7 @@ POLL = 0.005  # how often the idle-latency loop looks at its run's status
 _op: contextvars.ContextVar[tuple[str, int]] = contextvars.ContextVar("bench_op", default=("other", 0))
 # (label, runs in it, wall time the lock was taken, wait for it s, held s)
 LOCK_RECORDS: list[tuple[str, int, float, float, float]] = []
-# Wall times at which a SQLAlchemy pool opened a new database connection.
+# Wall times at which the process opened a database connection (any pool, or none).
 CONNECTS: list[float] = []
 _WRAPPED = (
     "claim_runs", "finish_queued", "mark_interrupted", "recover_job", "cancel_job", "sync_tasks",
@@ -126,14 +126,21 @@ PROTOTYPE_ENV = "BENCH_WORKERS_UNLOCKED"
 def install_lock_timing(unlocked: bool = False) -> None:
     """Wrap ``Store._write`` to time each write transaction, labelled by the method it serves;
     with ``unlocked`` (a prototype, not runner's behaviour) the ``UNLOCKED`` ones skip the lock."""
-    from sqlalchemy import event
+    import psycopg
     from sqlalchemy.exc import DBAPIError, OperationalError
-    from sqlalchemy.pool import Pool
 
     from runner.errors import StoreError
     from runner.store import Store
 
-    event.listen(Pool, "connect", lambda *_: CONNECTS.append(time.time()))
+    # Every connection the process opens (SQLAlchemy's pool, procrastinate's pool and listener)
+    # goes through psycopg's AsyncConnection.connect.
+    connect = psycopg.AsyncConnection.connect.__func__  # type: ignore[attr-defined]
+
+    async def counted_connect(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        CONNECTS.append(time.time())
+        return await connect(cls, *args, **kwargs)
+
+    psycopg.AsyncConnection.connect = classmethod(counted_connect)  # type: ignore[assignment, method-assign]
     original_write = Store._write
 
     @contextlib.asynccontextmanager
@@ -388,7 +395,7 @@ class Workers:
                 proc.wait()
 
     def lock_records(self) -> tuple[list[tuple[str, int, float, float, float]], list[float]]:
-        """The workers' write transactions and the times their SQLAlchemy pools connected."""
+        """The workers' write transactions and the times they opened database connections."""
         locks: list[tuple[str, int, float, float, float]] = []
         connects: list[float] = []
         for path in self.timings:
@@ -876,7 +883,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
           f"sent together; medians of {args.repeat} (min-max)"
           f"{'; procrastinate fetch planned afresh each call (--fetch-plan-fix)' if args.fetch_plan_fix else ''}\n")
     print("| configuration | load before | runs/s end to end | enqueue done after | CPU ms per run: workers / postgres / enqueuer "
-          "| write lock held (pg_locks sampled) | waiting for it, mean | connections (max) | other work on the machine (cores) |")
+          "| write lock held (pg_locks sampled) | waiting for it, mean | connections (max; opened by the workers per batch) "
+          "| other work on the machine (cores) |")
     print("|---|---|---:|---:|---|---:|---:|---:|---:|")
     ref = results.get("references")
     if ref:
@@ -907,7 +915,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
               f"{spread([c['this process'] for c in cpu], '{:.2f}')} | "
               f"{spread([b['lock_sampled']['held'] * 100 for b in batches], '{:.0f}')}% | "
               f"{spread([b['lock_sampled']['waiting_mean'] for b in batches], '{:.1f}')} | "
-              f"{max(b['connections_max'] for b in batches)} | {spread([b['other_cores'] for b in batches], '{:.2f}')} |")
+              f"{max(b['connections_max'] for b in batches)}"
+              f"{'; ' + spread([b['worker_pool_connects'] for b in batches]) if 'worker_pool_connects' in batches[0] else ''} | "
+              f"{spread([b['other_cores'] for b in batches], '{:.2f}')} |")
 
     print("\nLatency, enqueue to start (`started_at - queued_at`):\n")
     print("| workers | idle, one at a time: median / p95 / max | of which after the enqueue's commit: median / p95 "
