@@ -25,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from runner.engine import Engine
+from runner.errors import StoreError
 from runner.models import RunStatus, new_run_id
 from runner.store import Store, Trigger, _sqlite, connection, open_store
 from runner.sync import sync_project
@@ -184,3 +185,36 @@ async def test_runners_idle_limit_for_its_own_writers_does_not_end_a_tasks_sessi
             await runner_writes(store)
             await session.commit()
     assert await execute(pg_url, "SELECT tag FROM notes") == [("kept",)]
+
+
+@pytest.mark.anyio
+async def test_a_store_writer_that_stalls_in_its_transaction_is_ended_by_the_server(
+    pg_url: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Also one that holds no advisory lock (a worker's claim, start or end): its row locks
+    # would hold up whoever writes those runs next.
+    monkeypatch.setattr(connection, "WRITER_IDLE_LIMIT", "300ms")
+    async with open_store(pg_url) as store:
+        with pytest.raises(StoreError, match="cannot write the store"):
+            async with store._write(lock=False) as conn:
+                await conn.execute(text("UPDATE tasks SET name = name"))
+                await anyio.sleep(0.6)  # a paused process: idle in its transaction
+        assert await runner_writes(store) < 5.0  # the store goes on
+
+
+@pytest.mark.anyio
+async def test_a_store_sized_for_a_workers_concurrency_keeps_its_connections(pg_url: str) -> None:  # noqa: F811
+    async with open_store(pg_url, connections=6) as store:
+        seen: set[int] = set()
+        for _ in range(4):
+            async with anyio.create_task_group() as group:
+                for _ in range(6):  # as many at once as the pool keeps: none opened and closed
+
+                    async def use() -> None:
+                        async with store.engine.connect() as conn:
+                            seen.add((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+                            await anyio.sleep(0.05)
+
+                    group.start_soon(use)
+        assert len(seen) == 6
