@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import forkserver
 import pg
 import pytest
 
@@ -73,6 +74,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    forkserver.SERVER.stop()
     if (root := config.stash.get(_PG_ROOT, None)) is not None:
         pg.stop_session_cluster(root)
 
@@ -159,12 +161,10 @@ def runner_cli(project: ProjectDir) -> RunnerCli:
     """Run ``python -m runner --project <project> ARGS...`` and return the finished process."""
 
     def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        return forkserver.run(
             [sys.executable, "-m", "runner", "--project", str(project.root), *args],
             cwd=project.root,
             env=cli_env(),
-            capture_output=True,
-            text=True,
             timeout=timeout,
         )
 
@@ -292,7 +292,7 @@ class Cli:
 
     def start(self, *args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[str]:
         options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
-        process = subprocess.Popen(
+        process = forkserver.popen(
             self.argv(*args),
             cwd=self.project.root,
             env={**cli_env(), **(env or {})},

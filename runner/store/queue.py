@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.errors import StoreError
 from runner.models import RunStatus, TaskType, new_run_id
-from runner.processes import HOST, PID, PID_STARTED
+from runner.processes import HOST, this_process
 from runner.records import NO_PROCESS, JobArgs, LogChunk, QueuedRun, RunError, next_attempt
 from runner.store import _tables as t
 from runner.store._rows import RUN_COLUMNS, UNFINISHED, error_json, log_row, queued_row
@@ -145,12 +145,13 @@ class QueueStore(StoreBase):
         """Take up a job's queued runs for this process, with ``notes`` for their logs; False if
         they are not all waiting for a worker any more (taken up already, or cancelled): then
         nothing changes."""
+        me = this_process()
         try:
             async with self._write() as conn:
                 result = await conn.execute(
                     update(t.runs)
                     .where(t.runs.c.id.in_(run_ids), t.runs.c.status == RunStatus.QUEUED.value, t.runs.c.host == "")
-                    .values(host=HOST, pid=PID, pid_started=PID_STARTED, revision=revision, git_commit=git_commit)
+                    .values(host=me.host, pid=me.pid, pid_started=me.pid_started, revision=revision, git_commit=git_commit)
                 )
                 if result.rowcount != len(run_ids):
                     raise _Taken
