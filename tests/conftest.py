@@ -84,16 +84,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # started last would keep one process busy for a minute after the others ran out of work.
 LONGEST_FIRST = (
     "acceptance/test_workers.py",
+    "acceptance/test_docs_examples.py",
+    "acceptance/test_http_openapi.py",
     "acceptance/test_cli_definitions.py",
     "acceptance/test_daemon.py",
+    "contract/test_store_contract.py",
     "acceptance/test_store_faults.py",
-    "acceptance/test_cli_workflows.py",
-    "acceptance/test_cli_runs.py",
-    "acceptance/test_refused_inputs.py",
     "acceptance/test_task_sessions.py",
-    "acceptance/test_http_openapi.py",
-    "acceptance/test_cli_logs.py",
-    "acceptance/test_docs_examples.py",
+    "contract/test_store_remote.py",
+    "browser/test_web.py",
+    "fuzz/test_fuzz_parameters.py",
+    "fuzz/test_fuzz_precheck.py",
 )
 
 
