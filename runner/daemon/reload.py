@@ -59,6 +59,7 @@ class Reloader:
         self.apply: Apply | None = None  # None until the engine runs: the first sync is before
         self._parsed: ParseCache = {}  # task files as last read: a reload parses only changed ones
         self._read_from: dict[Path, tuple[int, int] | None] = {}  # the directories last read
+        self._read_digest = ""  # the files' digest as the last sync, good or not, began to read them
         self._reloading = anyio.Lock()
 
     async def watch(self) -> None:
@@ -71,15 +72,19 @@ class Reloader:
         from watchfiles import awatch  # imported only when watching (not with --no-watch)
 
         moved: set[Path] = set()
+        first = True
         while True:
             seen = self._read_from  # not what is there now: what the last sync read
             rewatch = anyio.Event()  # set when a directory is replaced, or the daemon stops
             async with anyio.create_task_group() as group:
                 group.start_soon(self._notice_replaced, seen, rewatch)
+                # These read once the new watch is in place (awatch sets it up before its first
+                # wait), so nothing changed after the read goes unseen.
                 if moved:
-                    # It reads once the new watch is in place (awatch sets it up before its first
-                    # wait), so nothing changed after the read goes unseen.
                     group.start_soon(self._reload, moved)
+                elif first:
+                    group.start_soon(self._catch_up)
+                first = False
                 watched = [place for place in seen if _identity(place) is not None]
                 if watched:
                     # The watcher waits in a thread that a cancel cannot interrupt; the event can.
@@ -93,6 +98,13 @@ class Reloader:
                 return
             # An event may have had the new directory read already.
             moved = {place for place, identity in self._read_from.items() if _identity(place) != identity}
+
+    async def _catch_up(self) -> None:
+        """Reload if the files changed between the first sync's read and the watch's start,
+        which no event reports."""
+        now = await anyio.to_thread.run_sync(project_revision, self.root)
+        if now.digest != self._read_digest:
+            await self._reload({self.root / "tasks.d", self.root / "plugins"})
 
     async def _notice_replaced(self, seen: dict[Path, tuple[int, int] | None], rewatch: anyio.Event) -> None:
         while not self.stopping.is_set():
@@ -116,6 +128,10 @@ class Reloader:
         make it live. Invalid files are logged and change nothing: the last good state runs on."""
         started = time.monotonic()
         self._read_from = {place: _identity(place) for place in (self.root / "tasks.d", self.root / "plugins")}
+        # Before the read: a change during it then shows as a revision other than the files',
+        # and is read again (the watch's event, or ``_catch_up`` at start), never taken as read.
+        revision = await anyio.to_thread.run_sync(project_revision, self.root)
+        self._read_digest = revision.digest
         declared = await anyio.to_thread.run_sync(load_tasks, self.root, self._parsed)
         plugins = self.root / "plugins"
         if changed is not None and any(p.suffix == ".py" or p == plugins or plugins in p.parents for p in changed):
@@ -141,7 +157,7 @@ class Reloader:
             return
         self.sync_state.last_ok_at, self.sync_state.last_error, self.sync_state.problems = time.time(), None, ()
         self.store.remember_specs(declared.specs.values())
-        self.revision = await anyio.to_thread.run_sync(project_revision, self.root)
+        self.revision = revision
         if self.apply is None:
             return
         await self.apply(self.revision)
