@@ -54,6 +54,11 @@ def _serve(path: str) -> dict[str, Any]:
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, connection)
+    try:
+        os.close(os.pidfd_open(os.getpid()))  # Linux 5.3 and later
+    except (AttributeError, OSError):
+        print("unsupported", flush=True)
+        raise SystemExit(0) from None
     print("ready", flush=True)
     while os.getppid() == parent:
         for key, _ in selector.select(timeout=1.0):
@@ -139,13 +144,18 @@ class _Server:
         self.process: subprocess.Popen[str] | None = None
         self.env: dict[str, str] = {}
         self.path = ""
+        self.unsupported = False  # no pidfd here: every command is spawned
 
     def serves(self, args: list[str], env: dict[str, str]) -> bool:
         if os.environ.get("RUNNER_TEST_FORK") == "0" or args[:3] != [sys.executable, "-m", "runner"]:
             return False
         with self.lock:
+            if self.unsupported:
+                return False
             if self.process is None or self.process.poll() is not None:
                 self._start(env)
+            if self.unsupported:
+                return False
         startup = {k: v for k, v in env.items() if k.startswith(_STARTUP_VARIABLES)}
         return startup == {k: v for k, v in self.env.items() if k.startswith(_STARTUP_VARIABLES)}
 
@@ -157,7 +167,10 @@ class _Server:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
         )
         assert self.process.stdout is not None
-        if self.process.stdout.readline() != "ready\n":
+        answer = self.process.stdout.readline()
+        if answer == "unsupported\n":
+            self.unsupported = True
+        elif answer != "ready\n":
             raise RuntimeError(f"the fork server did not start (exit {self.process.wait()})")
 
     def stop(self) -> None:
