@@ -9,6 +9,7 @@ save-by-rename or a ``git checkout`` is seen) and notices when either is replace
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 import time
@@ -71,20 +72,19 @@ class Reloader:
         """
         from watchfiles import awatch  # imported only when watching (not with --no-watch)
 
-        moved: set[Path] = set()
-        first = True
+        # What may have changed unseen, looked at once each watch is in place: at first, anything
+        # since the first sync read the files; later, the directories that were replaced.
+        moved = {self.root / "tasks.d", self.root / "plugins"}
         while True:
             seen = self._read_from  # not what is there now: what the last sync read
             rewatch = anyio.Event()  # set when a directory is replaced, or the daemon stops
             async with anyio.create_task_group() as group:
                 group.start_soon(self._notice_replaced, seen, rewatch)
-                # These read once the new watch is in place (awatch sets it up before its first
-                # wait), so nothing changed after the read goes unseen.
                 if moved:
-                    group.start_soon(self._reload, moved)
-                elif first:
-                    group.start_soon(self._catch_up)
-                first = False
+                    # It looks once the new watch is in place (awatch sets it up before its first
+                    # wait), so nothing changed after the read goes unseen; and reads only if
+                    # the files are not the ones last read (an event may have had them read).
+                    group.start_soon(functools.partial(self._reload, moved, unless_read=True))
                 watched = [place for place in seen if _identity(place) is not None]
                 if watched:
                     # The watcher waits in a thread that a cancel cannot interrupt; the event can.
@@ -96,15 +96,7 @@ class Reloader:
                 await rewatch.wait()
             if self.stopping.is_set():
                 return
-            # An event may have had the new directory read already.
-            moved = {place for place, identity in self._read_from.items() if _identity(place) != identity}
-
-    async def _catch_up(self) -> None:
-        """Reload if the files changed between the first sync's read and the watch's start,
-        which no event reports."""
-        now = await anyio.to_thread.run_sync(project_revision, self.root)
-        if now.digest != self._read_digest:
-            await self._reload({self.root / "tasks.d", self.root / "plugins"})
+            moved = {place for place, identity in seen.items() if _identity(place) != identity}
 
     async def _notice_replaced(self, seen: dict[Path, tuple[int, int] | None], rewatch: anyio.Event) -> None:
         while not self.stopping.is_set():
@@ -114,8 +106,13 @@ class Reloader:
                 break
         rewatch.set()
 
-    async def _reload(self, changed: set[Path]) -> None:
+    async def _reload(self, changed: set[Path], *, unless_read: bool = False) -> None:
+        """Sync ``changed``; with ``unless_read``, only if the files are not the ones last read."""
         async with self._reloading:
+            if unless_read:
+                now = await anyio.to_thread.run_sync(project_revision, self.root)
+                if now.digest == self._read_digest:
+                    return
             while True:
                 try:
                     await self.sync(changed)
@@ -129,7 +126,7 @@ class Reloader:
         started = time.monotonic()
         self._read_from = {place: _identity(place) for place in (self.root / "tasks.d", self.root / "plugins")}
         # Before the read: a change during it then shows as a revision other than the files',
-        # and is read again (the watch's event, or ``_catch_up`` at start), never taken as read.
+        # and is read again (on the watch's event, or when a watch begins), never taken as read.
         revision = await anyio.to_thread.run_sync(project_revision, self.root)
         self._read_digest = revision.digest
         declared = await anyio.to_thread.run_sync(load_tasks, self.root, self._parsed)
