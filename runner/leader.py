@@ -183,9 +183,10 @@ class AdvisoryLockElection(Election):
         while not stop.is_set():
             try:
                 if await self._try():
+                    pid = this_process().pid
                     log.logger.info(
-                        f"leading the daemons on {self.store.url} (pid {this_process().pid} on {HOST})",
-                        extra={"event": "leader_elected", "pid": this_process().pid, "host": HOST},
+                        f"leading the daemons on {self.store.url} (pid {pid} on {HOST})",
+                        extra={"event": "leader_elected", "pid": pid, "host": HOST},
                     )
                     return True
             except psycopg.Error as exc:

@@ -157,9 +157,10 @@ class Daemon:
                 from runner.http import serve
 
                 await services.start(serve, self, self.options.http)
+            pid = this_process().pid
             log.logger.info(
-                f"daemon started: pid {this_process().pid}, {len(engine.tasks)} tasks, {len(scheduler.states)} scheduled",
-                extra={"event": "daemon_started", "pid": this_process().pid, "scheduled": len(scheduler.states)},
+                f"daemon started: pid {pid}, {len(engine.tasks)} tasks, {len(scheduler.states)} scheduled",
+                extra={"event": "daemon_started", "pid": pid, "scheduled": len(scheduler.states)},
             )
             await self._stop.wait()
             services.cancel_scope.cancel()

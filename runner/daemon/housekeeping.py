@@ -68,7 +68,8 @@ class Housekeeping:
         while True:
             try:
                 if time.monotonic() - last_renewal >= HEARTBEAT:
-                    if not await self.store.renew_lease(LEASE, host=this_process().host, pid=this_process().pid):
+                    me = this_process()
+                    if not await self.store.renew_lease(LEASE, host=me.host, pid=me.pid):
                         raise DaemonRunning("another daemon took over this store's lease; stopping")
                     last_renewal = time.monotonic()
                 await sweep(self.store)
