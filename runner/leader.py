@@ -46,7 +46,7 @@ import anyio
 from runner import log
 from runner.errors import StoreError
 from runner.models import iso
-from runner.processes import HOST, PID
+from runner.processes import HOST, this_process
 from runner.store import PG_WRITE_LOCK, Lease, Store
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ class AdvisoryLockElection(Election):
         conn = await psycopg.AsyncConnection.connect(
             self.store.conninfo(),
             autocommit=True,
-            application_name=f"runner daemon {PID} on {HOST}"[:63],
+            application_name=f"runner daemon {this_process().pid} on {HOST}"[:63],
             connect_timeout=CONNECT_TIMEOUT,
             keepalives=1,
             keepalives_idle=KEEPALIVE_IDLE,
@@ -183,9 +183,10 @@ class AdvisoryLockElection(Election):
         while not stop.is_set():
             try:
                 if await self._try():
+                    pid = this_process().pid
                     log.logger.info(
-                        f"leading the daemons on {self.store.url} (pid {PID} on {HOST})",
-                        extra={"event": "leader_elected", "pid": PID, "host": HOST},
+                        f"leading the daemons on {self.store.url} (pid {pid} on {HOST})",
+                        extra={"event": "leader_elected", "pid": pid, "host": HOST},
                     )
                     return True
             except psycopg.Error as exc:

@@ -6,8 +6,19 @@ import os
 import signal
 import socket
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 HOST = socket.gethostname()
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The process answerable for a run: its host, pid and the pid's start time (so that a
+    reused pid is not taken for it)."""
+
+    host: str
+    pid: int
+    pid_started: float | None
 
 
 def process_start_time(pid: int) -> float | None:
@@ -31,8 +42,25 @@ def process_is_alive(pid: int, started: float | None) -> bool:
     return started is None or process_start_time(pid) in (None, started)
 
 
-PID = os.getpid()
-PID_STARTED = process_start_time(PID)
+_this: Owner | None = None
+
+
+def this_process() -> Owner:
+    """This process, as the owner of what it runs: worked out again in a child forked from a
+    process that had it (another process, which must not be taken for its parent)."""
+    global _this
+    if _this is None:
+        pid = os.getpid()
+        _this = Owner(HOST, pid, process_start_time(pid))
+    return _this
+
+
+def _forked() -> None:
+    global _this
+    _this = None
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def kill_orphaned_group(pgid: int, leader_started: float | None) -> bool:

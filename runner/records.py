@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.models import RunStatus, TaskType
-from runner.processes import HOST, PID, PID_STARTED
+from runner.processes import Owner, this_process
 
 RETRYABLE = (RunStatus.FAILED, RunStatus.TIMED_OUT, RunStatus.INTERRUPTED)
 """The ends after which a run may get another attempt: not success, a skip or a cancel."""
@@ -49,17 +49,6 @@ class RunError:
         return {"type": self.type, "message": self.message, "traceback": self.traceback}
 
 
-@dataclass(frozen=True, slots=True)
-class Owner:
-    """The process answerable for a run: its host, pid and the pid's start time (so that a
-    reused pid is not taken for it)."""
-
-    host: str
-    pid: int
-    pid_started: float | None
-
-
-THIS_PROCESS = Owner(HOST, PID, PID_STARTED)
 NO_PROCESS = Owner("", 0, None)
 """The owner of a run sent to workers until one takes it up: no process answers for it."""
 
@@ -78,7 +67,7 @@ class QueuedRun:
     parameters_json: str  # the JSON text of its parameters, secrets masked
     queued_at: float
     scheduled_for: float | None = None  # the fire time, for the run a schedule started
-    owner: Owner = THIS_PROCESS
+    owner: Owner = field(default_factory=this_process)
     queue: str | None = None  # the workers' queue, for a run sent to workers
     revision: str | None = None  # of the task files and plugins it is queued with
     git_commit: str | None = None

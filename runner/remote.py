@@ -9,7 +9,7 @@ compare-and-set before it runs anything (a job delivered twice runs once), then 
 workflow with the same engine as ``runner run``: timeouts, retries, output, cancellation.
 
 A worker that dies is noticed by whoever runs beside it: on its host at once (its pid is
-gone), from anywhere when its heartbeat is older than ``STALE_AFTER``. Its job is then taken
+gone), from anywhere when its heartbeat is older than ``stale_after()``. Its job is then taken
 off the queue, its unfinished runs are marked interrupted, and each that had started is
 retried if its task has retries left, all in one transaction (``Store.recover_job``).
 """
@@ -32,7 +32,7 @@ from runner.errors import ParameterError, RunnerError, StoreError, TaskNotRunnab
 from runner.follow import wait_for
 from runner.inputs import check_parameters
 from runner.models import RunStatus
-from runner.processes import HOST, PID, kill_orphaned_groups, process_is_alive
+from runner.processes import HOST, kill_orphaned_groups, process_is_alive, this_process
 from runner.records import Claim, JobArgs, LogChunk, RunError
 from runner.revision import project_revision
 from runner.shutdown import on_stop_signals, signal_name
@@ -42,8 +42,10 @@ from runner.workflow import Workflow, WorkflowOptions
 HEARTBEAT = 2.0
 """Seconds between a worker's heartbeats (procrastinate's worker table)."""
 
-STALE_AFTER = float(os.environ.get("RUNNER_WORKER_STALE_AFTER", "15"))
-"""A worker whose heartbeat is older than this is taken for dead, and its runs recovered."""
+def stale_after() -> float:
+    """A worker whose heartbeat is older than this (seconds) is taken for dead, and its runs
+    recovered: ``RUNNER_WORKER_STALE_AFTER``, 15 by default."""
+    return float(os.environ.get("RUNNER_WORKER_STALE_AFTER", "15"))
 
 RECOVER_EVERY = 2.0
 """Seconds between looks for the jobs of dead workers."""
@@ -135,9 +137,9 @@ class Worker:
             self._engine = engine
             async with app.open_async(), anyio.create_task_group() as group:
                 worker = QueueWorker(
-                    app, queues=self.queues, name=f"runner@{HOST}:{PID}", concurrency=self.concurrency,
+                    app, queues=self.queues, name=f"runner@{HOST}:{this_process().pid}", concurrency=self.concurrency,
                     install_signal_handlers=False, delete_jobs="always", shutdown_graceful_timeout=self.grace,
-                    update_heartbeat_interval=HEARTBEAT, stalled_worker_timeout=STALE_AFTER,
+                    update_heartbeat_interval=HEARTBEAT, stalled_worker_timeout=stale_after(),
                     # A job committed while a fetch finds nothing wakes no one (procrastinate
                     # 3.10 clears its wake-up after the fetch): look again at least this often.
                     fetch_job_polling_interval=FETCH_POLL,
@@ -146,9 +148,9 @@ class Worker:
                     await group.start(on_stop_signals, functools.partial(self._on_signal, worker))
                 group.start_soon(self._recover)
                 log.logger.info(
-                    f"worker started: pid {PID}, queues {', '.join(self.queues or ['(all)'])}, "
+                    f"worker started: pid {this_process().pid}, queues {', '.join(self.queues or ['(all)'])}, "
                     f"concurrency {self.concurrency}, revision {self.revision}",
-                    extra={"event": "worker_started", "pid": PID, "revision": self.revision.digest},
+                    extra={"event": "worker_started", "pid": this_process().pid, "revision": self.revision.digest},
                 )
                 await worker.run()  # type: ignore[no-untyped-call]
                 group.cancel_scope.cancel()
@@ -258,7 +260,7 @@ async def recover_stalled(store: Store, *, sweep: bool = False) -> None:
     The retries come from the store's tasks as they are now: a worker reads the tasks only
     when a job needs it, and may not have read them since they were synced."""
     try:
-        stalled = await store.stalled_jobs(STALE_AFTER, process_is_alive)
+        stalled = await store.stalled_jobs(stale_after(), process_is_alive)
         tasks = await store.tasks() if stalled else {}
 
         def retries(task: str) -> int | None:

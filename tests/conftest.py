@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import forkserver
 import pg
 import pytest
 
@@ -73,6 +74,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    forkserver.SERVER.stop()
     if (root := config.stash.get(_PG_ROOT, None)) is not None:
         pg.stop_session_cluster(root)
 
@@ -82,16 +84,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # started last would keep one process busy for a minute after the others ran out of work.
 LONGEST_FIRST = (
     "acceptance/test_workers.py",
+    "acceptance/test_docs_examples.py",
+    "acceptance/test_http_openapi.py",
     "acceptance/test_cli_definitions.py",
     "acceptance/test_daemon.py",
+    "contract/test_store_contract.py",
     "acceptance/test_store_faults.py",
-    "acceptance/test_cli_workflows.py",
-    "acceptance/test_cli_runs.py",
-    "acceptance/test_refused_inputs.py",
     "acceptance/test_task_sessions.py",
-    "acceptance/test_http_openapi.py",
-    "acceptance/test_cli_logs.py",
-    "acceptance/test_docs_examples.py",
+    "contract/test_store_remote.py",
+    "browser/test_web.py",
+    "fuzz/test_fuzz_parameters.py",
+    "fuzz/test_fuzz_precheck.py",
 )
 
 
@@ -159,12 +162,10 @@ def runner_cli(project: ProjectDir) -> RunnerCli:
     """Run ``python -m runner --project <project> ARGS...`` and return the finished process."""
 
     def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        return forkserver.run(
             [sys.executable, "-m", "runner", "--project", str(project.root), *args],
             cwd=project.root,
             env=cli_env(),
-            capture_output=True,
-            text=True,
             timeout=timeout,
         )
 
@@ -292,7 +293,7 @@ class Cli:
 
     def start(self, *args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[str]:
         options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
-        process = subprocess.Popen(
+        process = forkserver.popen(
             self.argv(*args),
             cwd=self.project.root,
             env={**cli_env(), **(env or {})},

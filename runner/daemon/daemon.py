@@ -24,7 +24,7 @@ from runner.daemon.triggers import Triggers
 from runner.engine import Engine
 from runner.errors import DaemonRunning, LeadershipLost, StoreFileChanged
 from runner.lease import LEASE, describe_holder, lease_is_stale
-from runner.processes import HOST, PID, PID_STARTED
+from runner.processes import this_process
 from runner.revision import Revision
 from runner.shutdown import on_stop_signals, signal_name
 from runner.store import Lease, LeaseHeld, ScheduleState, Store
@@ -92,9 +92,10 @@ class Daemon:
 
     async def _lead(self, proven: bool) -> None:
         """Hold the lease while serving (``proven``: the election proved its holder gone)."""
+        me = this_process()
         try:
             previous = await self.store.acquire_lease(
-                LEASE, host=HOST, pid=PID, pid_started=PID_STARTED, is_stale=_gone if proven else lease_is_stale
+                LEASE, host=me.host, pid=me.pid, pid_started=me.pid_started, is_stale=_gone if proven else lease_is_stale
             )
         except LeaseHeld as exc:
             raise DaemonRunning(
@@ -111,7 +112,7 @@ class Daemon:
         finally:
             # A lease in a file that was replaced is nobody's concern any more.
             with anyio.CancelScope(shield=True), contextlib.suppress(StoreFileChanged):
-                await self.store.release_lease(LEASE, host=HOST, pid=PID)
+                await self.store.release_lease(LEASE, host=me.host, pid=me.pid)
 
     async def _serve(self, previous: Lease | None) -> None:
         await sweep(self.store)
@@ -156,9 +157,10 @@ class Daemon:
                 from runner.http import serve
 
                 await services.start(serve, self, self.options.http)
+            pid = this_process().pid
             log.logger.info(
-                f"daemon started: pid {PID}, {len(engine.tasks)} tasks, {len(scheduler.states)} scheduled",
-                extra={"event": "daemon_started", "pid": PID, "scheduled": len(scheduler.states)},
+                f"daemon started: pid {pid}, {len(engine.tasks)} tasks, {len(scheduler.states)} scheduled",
+                extra={"event": "daemon_started", "pid": pid, "scheduled": len(scheduler.states)},
             )
             await self._stop.wait()
             services.cancel_scope.cancel()

@@ -17,7 +17,7 @@ from runner import log
 from runner.daemon.options import DaemonOptions
 from runner.errors import DaemonRunning, StoreError, StoreFileChanged
 from runner.lease import HEARTBEAT, LEASE
-from runner.processes import HOST, PID, kill_orphaned_groups, process_is_alive
+from runner.processes import HOST, kill_orphaned_groups, process_is_alive, this_process
 from runner.remote import RECOVER_EVERY, recover_stalled
 from runner.store import FILE_CHECK_EVERY, Store
 
@@ -68,7 +68,8 @@ class Housekeeping:
         while True:
             try:
                 if time.monotonic() - last_renewal >= HEARTBEAT:
-                    if not await self.store.renew_lease(LEASE, host=HOST, pid=PID):
+                    me = this_process()
+                    if not await self.store.renew_lease(LEASE, host=me.host, pid=me.pid):
                         raise DaemonRunning("another daemon took over this store's lease; stopping")
                     last_renewal = time.monotonic()
                 await sweep(self.store)

@@ -9,6 +9,7 @@ save-by-rename or a ``git checkout`` is seen) and notices when either is replace
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 import time
@@ -59,6 +60,7 @@ class Reloader:
         self.apply: Apply | None = None  # None until the engine runs: the first sync is before
         self._parsed: ParseCache = {}  # task files as last read: a reload parses only changed ones
         self._read_from: dict[Path, tuple[int, int] | None] = {}  # the directories last read
+        self._read_digest = ""  # the files' digest as the last sync, good or not, began to read them
         self._reloading = anyio.Lock()
 
     async def watch(self) -> None:
@@ -70,16 +72,19 @@ class Reloader:
         """
         from watchfiles import awatch  # imported only when watching (not with --no-watch)
 
-        moved: set[Path] = set()
+        # What may have changed unseen, looked at once each watch is in place: at first, anything
+        # since the first sync read the files; later, the directories that were replaced.
+        moved = {self.root / "tasks.d", self.root / "plugins"}
         while True:
             seen = self._read_from  # not what is there now: what the last sync read
             rewatch = anyio.Event()  # set when a directory is replaced, or the daemon stops
             async with anyio.create_task_group() as group:
                 group.start_soon(self._notice_replaced, seen, rewatch)
                 if moved:
-                    # It reads once the new watch is in place (awatch sets it up before its first
-                    # wait), so nothing changed after the read goes unseen.
-                    group.start_soon(self._reload, moved)
+                    # It looks once the new watch is in place (awatch sets it up before its first
+                    # wait), so nothing changed after the read goes unseen; and reads only if
+                    # the files are not the ones last read (an event may have had them read).
+                    group.start_soon(functools.partial(self._reload, moved, unless_read=True))
                 watched = [place for place in seen if _identity(place) is not None]
                 if watched:
                     # The watcher waits in a thread that a cancel cannot interrupt; the event can.
@@ -91,8 +96,7 @@ class Reloader:
                 await rewatch.wait()
             if self.stopping.is_set():
                 return
-            # An event may have had the new directory read already.
-            moved = {place for place, identity in self._read_from.items() if _identity(place) != identity}
+            moved = {place for place, identity in seen.items() if _identity(place) != identity}
 
     async def _notice_replaced(self, seen: dict[Path, tuple[int, int] | None], rewatch: anyio.Event) -> None:
         while not self.stopping.is_set():
@@ -102,8 +106,13 @@ class Reloader:
                 break
         rewatch.set()
 
-    async def _reload(self, changed: set[Path]) -> None:
+    async def _reload(self, changed: set[Path], *, unless_read: bool = False) -> None:
+        """Sync ``changed``; with ``unless_read``, only if the files are not the ones last read."""
         async with self._reloading:
+            if unless_read:
+                now = await anyio.to_thread.run_sync(project_revision, self.root)
+                if now.digest == self._read_digest:
+                    return
             while True:
                 try:
                     await self.sync(changed)
@@ -116,6 +125,10 @@ class Reloader:
         make it live. Invalid files are logged and change nothing: the last good state runs on."""
         started = time.monotonic()
         self._read_from = {place: _identity(place) for place in (self.root / "tasks.d", self.root / "plugins")}
+        # Before the read: a change during it then shows as a revision other than the files',
+        # and is read again (on the watch's event, or when a watch begins), never taken as read.
+        revision = await anyio.to_thread.run_sync(project_revision, self.root)
+        self._read_digest = revision.digest
         declared = await anyio.to_thread.run_sync(load_tasks, self.root, self._parsed)
         plugins = self.root / "plugins"
         if changed is not None and any(p.suffix == ".py" or p == plugins or plugins in p.parents for p in changed):
@@ -141,7 +154,7 @@ class Reloader:
             return
         self.sync_state.last_ok_at, self.sync_state.last_error, self.sync_state.problems = time.time(), None, ()
         self.store.remember_specs(declared.specs.values())
-        self.revision = await anyio.to_thread.run_sync(project_revision, self.root)
+        self.revision = revision
         if self.apply is None:
             return
         await self.apply(self.revision)

@@ -5,6 +5,7 @@
 records; ``store.py`` says which module holds which concern. Everything a caller needs is here.
 """
 
+import runner.store._asyncio  # noqa: F401  # first: SQLAlchemy's asyncio package without the ORM
 from runner.errors import LeaseHeld
 from runner.records import Lease, RunBatch, Written
 from runner.store.cancels import CancelOutcome

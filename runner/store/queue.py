@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.errors import StoreError
 from runner.models import RunStatus, TaskType, new_run_id
-from runner.processes import HOST, PID, PID_STARTED
+from runner.processes import HOST, this_process
 from runner.records import NO_PROCESS, Claim, JobArgs, LogChunk, QueuedRun, RunError, next_attempt
 from runner.store import _tables as t
 from runner.store._rows import RUN_COLUMNS, UNFINISHED, error_json, log_row, queued_row
@@ -66,11 +66,12 @@ async def claim(conn: AsyncConnection, claims: Sequence[Claim]) -> list[str]:
         ).scalars()
     )
     made = [c for c in claims if free.issuperset(c.run_ids)]
+    me = this_process()
     for (revision, git_commit), ids in _by_revision(made).items():
         await conn.execute(
             update(t.runs)
             .where(t.runs.c.id.in_(ids))
-            .values(host=HOST, pid=PID, pid_started=PID_STARTED, revision=revision, git_commit=git_commit)
+            .values(host=me.host, pid=me.pid, pid_started=me.pid_started, revision=revision, git_commit=git_commit)
         )
     return [run_id for c in claims if not free.issuperset(c.run_ids) for run_id in c.run_ids]
 

@@ -62,6 +62,8 @@ class TaskStore(StoreBase):
             found[name] = StoredTask(name, spec, bool(enabled), reason, bool(removed))
         if include_removed and task_type is None:
             self._specs = specs  # what the next full read will most likely find again
+        else:
+            known.update(specs)  # ``runner run``'s sync reads the python tasks, then its engine all
         return found
 
     def remember_specs(self, specs: Iterable[TaskSpec]) -> None:

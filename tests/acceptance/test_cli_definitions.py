@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import forkserver
 import pytest
 from click.testing import CliRunner
 from conftest import ProjectDir, RunnerCli, cli_env
@@ -187,9 +188,8 @@ def test_validate_needs_no_store(example: ProjectDir, runner_cli: RunnerCli, tmp
 
 
 def test_validate_without_tasks_dir_says_where_it_looked(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "runner", "--project", str(tmp_path), "validate"],
-        capture_output=True, text=True, env=cli_env(), timeout=30,
+    result = forkserver.run(
+        [sys.executable, "-m", "runner", "--project", str(tmp_path), "validate"], env=cli_env(), timeout=30
     )
     failed(result)
     # The project is not below the current directory: its absolute path opens from anywhere.
@@ -670,9 +670,9 @@ def test_problems_name_files_relative_to_the_current_directory(project: ProjectD
     }
     for cwd, line in expected.items():
         for command in ("validate", "sync"):
-            result = subprocess.run(
+            result = forkserver.run(
                 [sys.executable, "-m", "runner", "--project", os.path.relpath(project.root, cwd), command],
-                cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=30,
+                cwd=cwd, env=cli_env(), timeout=30,
             )
             assert result.returncode == 2
             assert line in result.stderr.splitlines(), (cwd, command, result.stderr)

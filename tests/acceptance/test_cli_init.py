@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forkserver
 import yaml
 from conftest import cli_env, ok
 
@@ -15,9 +16,7 @@ WRITTEN = ["tasks.d/example.yaml", "plugins/__init__.py", "schemas/tasks.schema.
 
 
 def runner(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=30
-    )
+    return forkserver.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=cli_env(), timeout=30)
 
 
 def files_under(root: Path) -> dict[str, bytes]:

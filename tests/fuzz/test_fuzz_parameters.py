@@ -12,6 +12,7 @@ import textwrap
 from contextlib import closing
 from pathlib import Path
 
+import forkserver
 import pytest
 from conftest import cli_env
 from hypothesis import given
@@ -85,9 +86,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def runner(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runner", "--project", str(root), *args],
-        capture_output=True, text=True, env=cli_env(), timeout=30, check=False, errors="replace",
+    return forkserver.run(
+        [sys.executable, "-m", "runner", "--project", str(root), *args], env=cli_env(), timeout=30, errors="replace"
     )
 
 

@@ -18,7 +18,7 @@ from conftest import ProjectDir
 from runner.daemon import Daemon, DaemonOptions
 from runner.lease import LEASE, request_run
 from runner.models import Run, RunStatus, new_run_id
-from runner.processes import PID
+from runner.processes import this_process
 from runner.store import Store, Trigger
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
@@ -55,7 +55,7 @@ async def test_the_daemon_fires_takes_triggers_and_stops_releasing_its_lease(
         group.start_soon(lambda: daemon.run(handle_signals=False))
         await clock.naps()  # the scheduler sleeps: the daemon leads and serves
         lease = await store.lease(LEASE)
-        assert lease is not None and lease.pid == PID
+        assert lease is not None and lease.pid == this_process().pid
         assert set(daemon.states) == {"tick"} and daemon.sync_state.last_error is None
 
         await clock.advance(10)

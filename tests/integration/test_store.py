@@ -12,6 +12,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,26 @@ async def test_removed_tasks_keep_their_row(tmp_path: Path) -> None:
     assert (b.removed, b.enabled, b.disabled_reason) == (True, False, "removed")
     assert b.spec.command == "echo"
     assert await sync(db, wanted(spec("a"), spec("b"))) == {"added": ["b"]}
+
+
+@pytest.mark.anyio
+async def test_a_read_of_some_tasks_spares_the_next_full_read_building_them_again(tmp_path: Path) -> None:
+    # ``runner run`` syncs (reading the python tasks) and then starts its engine (reading all):
+    # each spec is built from its stored JSON once, and a changed definition is built anew.
+    db = tmp_path / "runner.db"
+    job = TaskSpec(name="job", type=TaskType.PYTHON, source=Source("tasks.d/a.yaml", 3), callable="plugins.jobs:run")
+    await sync(db, wanted(spec("a"), job))
+    async with open_store(db) as store:
+        python = await store.tasks(include_removed=False, task_type=TaskType.PYTHON)
+        everything = await store.tasks()
+        assert list(python) == ["job"] and everything["job"].spec is python["job"].spec
+        assert everything["a"].spec.command == "echo"
+    await sync(db, wanted(spec("a"), replace(job, timeout=5.0)))
+    async with open_store(db) as store:
+        stale = await store.tasks(task_type=TaskType.PYTHON)
+        want = wanted(spec("a"), replace(job, timeout=9.0))
+        await store.sync_tasks(lambda stored, _digests: plan(want, stored))
+        assert (await store.tasks())["job"].spec.timeout == 9.0 != stale["job"].spec.timeout
 
 
 @pytest.mark.anyio
