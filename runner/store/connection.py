@@ -19,9 +19,11 @@ writer of the same row would change (a claim: ``status = 'queued' AND host = ''`
 an end: the status not final yet). PostgreSQL's row locks make a second writer of such a row
 wait for the first to commit, then evaluate its condition again on the committed row (READ
 COMMITTED), so the compare-and-set holds without the store-wide lock; and they write no
-``run_logs`` row and no new row whose order anyone reads. Workers' claims, starts and ends
-go so (``runs.py``): from two workers on, the one lock was held 100% of the time, and each of
-those transactions held it for a few round trips of a busy client (docs/performance.md).
+``run_logs`` row and no new row whose order anyone reads. Claims, and batches of nothing but
+starts and ends (a worker's, or an engine's on PostgreSQL), go so (``RunBatch.needs_lock``):
+from two workers on, the one lock was held 100% of the time, each of those transactions
+holding it for a few round trips of a busy client (docs/performance.md). A locked writer that
+decides on runs it read locks them as it reads them (``recover_job``: ``FOR UPDATE``).
 
 A writer that stops in the middle of a transaction (a paused process, a lost host) must not
 hold the others up, behind the advisory lock or a row lock: the server ends the session of a
