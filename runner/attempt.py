@@ -109,6 +109,15 @@ class Attempt:
     live: LiveLog | None = None  # its output and log lines on their way to the store
     next: Attempt | None = None  # the retry this run's end queues
     queue: str | None = None  # the workers' queue it came by, for a worker's runs
+    # The parameters made JSON-safe, and masked as JSON text, each made once for the queued
+    # row, RUNNER_PARAMS and the final record (a retry shares them).
+    _safe: _SafeParameters | None = field(default=None, repr=False, compare=False)
+
+    def safe_parameters(self) -> _SafeParameters:
+        safe = self._safe
+        if safe is None:
+            safe = self._safe = _SafeParameters(json_safe(self.parameters))
+        return safe
 
     def queued(self, revision: Revision | None) -> QueuedRun:
         return QueuedRun(
@@ -119,7 +128,7 @@ class Attempt:
             trigger=self.trigger,
             parent_id=self.parent_id,
             invocation=self.invocation,
-            parameters_json=json.dumps(self.masker.data(json_safe(self.parameters))),
+            parameters_json=self.safe_parameters().masked_text(self.masker),
             queued_at=self.queued_at,
             scheduled_for=self.scheduled_for,
             queue=self.queue,
@@ -130,8 +139,45 @@ class Attempt:
     def retry(self, number: int) -> Attempt:
         return Attempt(
             self.spec, new_run_id(), number, self.parameters, "retry", self.run_id,
-            self.invocation, masker=self.masker, queue=self.queue,
+            self.invocation, masker=self.masker, queue=self.queue, _safe=self._safe,
         )
+
+
+class _SafeParameters:
+    """An attempt's parameters made JSON-safe, as JSON text, and masked (the last masker's)."""
+
+    __slots__ = ("_masked", "_text", "value")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self._text: str | None = None
+        self._masked: tuple[Masker, Any, str | None] | None = None
+
+    @property
+    def text(self) -> str:
+        """As JSON, unmasked: what a shell task finds in ``RUNNER_PARAMS``."""
+        if self._text is None:
+            self._text = json.dumps(self.value)
+        return self._text
+
+    def masked(self, masker: Masker) -> Any:
+        if not masker:
+            return self.value
+        masked = self._masked
+        if masked is None or masked[0] is not masker:
+            masked = self._masked = (masker, masker.data(self.value), None)
+        return masked[1]
+
+    def masked_text(self, masker: Masker) -> str:
+        if not masker:
+            return self.text
+        value = self.masked(masker)
+        assert self._masked is not None
+        text = self._masked[2]
+        if text is None:
+            text = json.dumps(value)
+            self._masked = (masker, value, text)
+        return text
 
 
 Execute = Callable[[Attempt, Upstream], Awaitable[Ending]]
@@ -242,7 +288,8 @@ class Attempts:
     ) -> tuple[Run, RunEnd]:
         """The run as it ended, and its end to write."""
         duration = round(finished - started, 6) if started is not None else None
-        parameters = masker.data(json_safe(attempt.parameters))
+        safe = attempt.safe_parameters()
+        parameters = safe.masked(masker)
         result = None
         if ending.has_result:
             result = RunResult.of(masker.data(json_safe(ending.result)), _pickled(ending.result, masker))
@@ -255,7 +302,7 @@ class Attempts:
             stdout=masker.text(ending.stdout) if ending.stdout is not None else None,
             stderr=masker.text(ending.stderr) if ending.stderr is not None else None,
             error=ending.error,
-            parameters_json=json.dumps(parameters) if masker else None,
+            parameters_json=safe.masked_text(masker) if masker else None,
             result=result,
         )
         return self._run(attempt, started, end, parameters, ending.logs), end
@@ -267,7 +314,7 @@ class Attempts:
         record could not be; the parameters stay as they were queued."""
         duration = round(finished - started, 6) if started is not None else None
         try:
-            parameters = attempt.masker.data(json_safe(attempt.parameters))
+            parameters = attempt.safe_parameters().masked(attempt.masker)
         except Exception:
             parameters = {}  # not shown rather than shown unmasked
         end = RunEnd(attempt.run_id, RunStatus.FAILED, finished, duration, error=error)

@@ -184,7 +184,7 @@ class Engine:
         token = environ.get(TOKEN_VARIABLE)
         self._masker = Masker([*readable_secrets(refs, self.project), *([token] if token else [])])
         hidden = {ref.from_env for ref in refs.values() if ref.from_env is not None} | {TOKEN_VARIABLE}
-        self._execution.child_environ = {k: v for k, v in environ.items() if k not in hidden}
+        self._execution.hide(hidden)
 
     def _scope(self, context: RunContext, upstream: Upstream) -> InjectionScope:
         return InjectionScope(context, self.store, self, upstream)

@@ -1,8 +1,8 @@
 """Run one shell task as a subprocess and return its exit code and output.
 
 A string command runs as ``/bin/sh -c COMMAND``; a list runs as argv with no shell, so nothing
-in it is expanded. ``env`` is the child's complete environment (an argv[0] without a slash is
-looked up on *its* ``PATH``) and stdin is ``/dev/null``.
+in it is expanded. ``env`` is the child's complete environment, str or (cheaper to start with)
+bytes (an argv[0] without a slash is looked up on *its* ``PATH``) and stdin is ``/dev/null``.
 
 Output: one asyncio subprocess protocol (so this needs anyio's asyncio backend) collects stdout
 and stderr as they arrive, and each keeps only its last ``output_cap`` bytes
@@ -129,7 +129,7 @@ async def _stop_group(
 async def run_shell(
     command: str | Sequence[str],
     *,
-    env: Mapping[str, str],
+    env: Mapping[str, str] | Mapping[bytes, bytes],
     cwd: str | os.PathLike[str],
     # The timeout is ours rather than the caller's fail_after so that a timed-out run still
     # returns its output, distinct from a cancellation.
@@ -158,7 +158,7 @@ async def run_shell(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=cwd,
-                env=dict(env),
+                env=env,  # as given: bytes skip subprocess's encoding of every variable
                 start_new_session=True,
             )
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv, env or cwd
