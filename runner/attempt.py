@@ -23,7 +23,7 @@ from typing import Any
 
 import anyio
 
-from runner.cancels import CancelWatch
+from runner.cancels import CancelWatch, Watched
 from runner.context import Upstream
 from runner.errors import RecordRefused
 from runner.jsonsafe import json_safe
@@ -208,8 +208,8 @@ class Attempts:
     def queued(self, attempt: Attempt) -> QueuedRun:
         return attempt.queued(self.revision)
 
-    def watch(self, run_id: Callable[[], str]) -> AbstractContextManager[anyio.CancelScope]:
-        return self.cancels.watching(run_id)
+    def watch(self, run: Watched) -> AbstractContextManager[anyio.CancelScope]:
+        return self.cancels.watching(run)
 
     async def run(self, attempt: Attempt, upstream: Upstream) -> Run:
         """Run ``attempt`` once and record how it ended; its retry (``attempt.next``), if it

@@ -51,7 +51,16 @@ class _RunLog(logging.Handler):
     to the store as it is written (``live``)."""
 
     def __init__(self, live: LiveLog | None, name: str) -> None:
-        super().__init__(logging.DEBUG)
+        # Not Handler.__init__: it registers every handler in logging's global list, under
+        # logging's lock, for logging.shutdown to flush (nothing to flush here), and makes a
+        # lock (emit appends to a list and hands the line to ``live``, which locks for itself):
+        # ~4 us of every python run.
+        logging.Filterer.__init__(self)
+        self._name = None
+        self.level = logging.DEBUG
+        self.formatter = None
+        self._closed = False
+        self.lock = None
         self.lines: list[tuple[float, str, str]] = []
         self.live = live
         self.name = name  # of ``ctx.logger``; lines of other loggers (stdlib logging) say whose
@@ -191,7 +200,7 @@ class Execution:
         try:
             fn = registry.resolve(spec.callable or "")
             sig = signature_of(fn)
-            kwargs = checked_parameters(spec, attempt.parameters)
+            kwargs = checked_parameters(spec, attempt.parameters, sig)
         except RunnerError as exc:
             outcome = PythonOutcome(error=exc)
         else:

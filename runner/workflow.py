@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import anyio
 
 from runner.attempt import Attempt, Ending, cancelled, fault
+from runner.cancels import Watched
 from runner.context import Upstream
 from runner.errors import RunnerError
 from runner.jsonsafe import json_safe
@@ -80,8 +81,8 @@ class Runner(Protocol):
         """The record of ``attempt`` queued."""
         ...
 
-    def watch(self, run_id: Callable[[], str]) -> AbstractContextManager[anyio.CancelScope]:
-        """A cancel scope that a cancel request for the run ``run_id()`` cancels."""
+    def watch(self, run: Watched) -> AbstractContextManager[anyio.CancelScope]:
+        """A cancel scope that a cancel request for ``run.run_id`` cancels."""
         ...
 
     async def run(self, attempt: Attempt, upstream: Upstream) -> Run:
@@ -101,6 +102,11 @@ class Node:
     attempt: Attempt
     done: anyio.Event = field(default_factory=anyio.Event)
     final: Run | None = None
+
+    @property
+    def run_id(self) -> str:
+        """Of the attempt going on: what a cancel request names."""
+        return self.attempt.run_id
 
 
 class Workflow:
@@ -206,7 +212,7 @@ class Workflow:
     async def _run_node(self, node: Node) -> None:
         # A cancel request for the node's run ends here, recorded cancelled below; its needers
         # are then skipped, as after any run that did not succeed.
-        with self.runner.watch(lambda: node.attempt.run_id):
+        with self.runner.watch(node):
             await self._run_watched(node)
 
     async def _run_watched(self, node: Node) -> None:

@@ -168,7 +168,8 @@ async def run_shell(
     try:
         if on_start is not None:
             on_start(transport.get_pid())  # its own session: the pid is the process group's id
-        with anyio.move_on_after(timeout):
+        # No cancel scope to enter and leave without a timeout.
+        with anyio.move_on_after(timeout) if timeout is not None else contextlib.nullcontext():
             await child.exited.wait()
             exited = True
             if not child.closed.is_set():
