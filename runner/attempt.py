@@ -16,7 +16,7 @@ import pickle
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,7 @@ class Attempt:
     scheduled_for: float | None = None
     queued_at: float = field(default_factory=time.time)
     started: bool = False
+    started_at: float | None = None
     final: Run | None = None  # set once the final record is on its way
     value: Any = None  # what a python task returned, for the tasks that need it
     # Masks the task's secrets from the first record on: parameters are written when queued.
@@ -214,17 +215,16 @@ class Attempts:
     async def run(self, attempt: Attempt, upstream: Upstream) -> Run:
         """Run ``attempt`` once and record how it ended; its retry (``attempt.next``), if it
         gets one, is queued with that record."""
-        started: float | None = None
         try:
-            # The task's own limit first, so a run waiting for it holds no global slot.
-            async with self._task_limiter(attempt.spec), self.limiter:
-                started = time.time()
-                attempt.started = True
-                self.recorder.started(attempt.run_id, started)
-                try:
-                    ending = await self.execute(attempt, upstream)
-                except Exception as exc:  # preparing or starting it failed: this run fails, nothing else
-                    ending = Ending(RunStatus.FAILED, fault(exc, attempt.masker))
+            task_limiter = self._task_limiter(attempt.spec)
+            if task_limiter is None:
+                async with self.limiter:
+                    ending = await self._execute(attempt, upstream)
+            else:
+                # The task's own limit first, so a run waiting for it holds no global slot.
+                async with task_limiter, self.limiter:
+                    ending = await self._execute(attempt, upstream)
+            started = attempt.started_at
             number = next_attempt(ending.status, attempt.number, attempt.spec.retries.count)
             if number is not None:
                 # Queued with this run's end, before the pause: whoever sees this run final
@@ -235,12 +235,22 @@ class Attempts:
         except anyio.get_cancelled_exc_class():
             if attempt.final is None:
                 with anyio.CancelScope(shield=True):
-                    await self.finish(attempt, started, cancelled(started))
+                    await self.finish(attempt, attempt.started_at, cancelled(attempt.started_at))
             raise
 
-    def _task_limiter(self, spec: TaskSpec) -> AbstractAsyncContextManager[Any]:
+    async def _execute(self, attempt: Attempt, upstream: Upstream) -> Ending:
+        """Start the run (within its slot) and say how it ended."""
+        attempt.started_at = time.time()
+        attempt.started = True
+        self.recorder.started(attempt.run_id, attempt.started_at)
+        try:
+            return await self.execute(attempt, upstream)
+        except Exception as exc:  # preparing or starting it failed: this run fails, nothing else
+            return Ending(RunStatus.FAILED, fault(exc, attempt.masker))
+
+    def _task_limiter(self, spec: TaskSpec) -> anyio.CapacityLimiter | None:
         if spec.concurrency is None:
-            return contextlib.nullcontext()
+            return None
         limiter = self._task_limiters.get(spec.name)
         if limiter is None:
             limiter = self._task_limiters[spec.name] = anyio.CapacityLimiter(spec.concurrency)

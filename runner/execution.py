@@ -194,7 +194,7 @@ class Execution:
         name = f"runner.task.{spec.name}"
         handler = _RunLog(attempt.live, name)
         logger = logging.Logger(name, logging.DEBUG)
-        logger.addHandler(handler)
+        logger.handlers.append(handler)  # a new logger no one else holds: no need of logging's lock
         context = RunContext(attempt.run_id, spec.name, attempt.number, attempt.parameters, logger, env)
         printed: dict[str, str | None] = {"stdout": None, "stderr": None}
         try:
