@@ -211,16 +211,16 @@ class Execution:
                 with captured(output):
                     outcome = await call_python(
                         fn, sig, kwargs,
-                        scope=self.scope(context, upstream),
+                        scope=self.scope(context, upstream) if sig.injected else None,
                         time_limit=spec.timeout,
-                        thread_name=f"runner:{spec.name}:{attempt.run_id}",
+                        thread_name="" if sig.is_async else f"runner:{spec.name}:{attempt.run_id}",
                     )
             finally:
                 current_run.reset(token)
                 for key, (text, cut) in zip(("stdout", "stderr"), output.close(), strict=True):
                     printed[key] = masker.cut_text(text) if cut and text is not None else text
         # For the final run; the store has each line already (or gets it with the final record).
-        logs = tuple(LogLine(at, level, masker.text(message)) for at, level, message in handler.lines)
+        logs = tuple(LogLine(at, level, masker.text(message)) for at, level, message in handler.lines) if handler.lines else ()
         if outcome.error is not None:
             status = RunStatus.TIMED_OUT if outcome.timed_out else RunStatus.FAILED
             error = error_of(outcome.error, masker, with_traceback=not outcome.timed_out)

@@ -33,7 +33,7 @@ from runner.errors import RunnerError, TaskTimeout
 from runner.signature import CallableSignature
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PythonOutcome:
     """What a python callable did: returned ``value``, or raised ``error``, or ran out of time."""
 
