@@ -88,7 +88,7 @@ def cancelled(started: float | None) -> Ending:
     return Ending(RunStatus.CANCELLED, RunError("Cancelled", message))
 
 
-@dataclass
+@dataclass(slots=True)
 class Attempt:
     """One run of a task: what is recorded about it before it finishes."""
 
@@ -302,7 +302,10 @@ class Attempts:
         parameters = safe.masked(masker)
         result = None
         if ending.has_result:
-            result = RunResult.of(masker.data(json_safe(ending.result)), _pickled(ending.result, masker))
+            if ending.result is None:  # what most tasks return: nothing to make safe, mask or pickle
+                result = _NO_RESULT
+            else:
+                result = RunResult.of(masker.data(json_safe(ending.result)), _pickled(ending.result, masker))
         end = RunEnd(
             run_id=attempt.run_id,
             status=ending.status,
@@ -363,6 +366,9 @@ class Attempts:
             revision=self.revision.digest if self.revision else None,
             git_commit=self.revision.commit if self.revision else None,
         )
+
+
+_NO_RESULT = RunResult(None, "null", pickle.dumps(None))
 
 
 def _pickled(value: Any, masker: Masker) -> bytes | None:

@@ -200,7 +200,7 @@ class Engine:
         options = options or _ASKED_FOR_NOTHING
         parameters, run_ids = options.parameters, options.run_ids
         target = runnable(self.tasks, name)
-        order = upstream_order(name, self._needs) if options.with_needs else [name]
+        order = upstream_order(name, self._needs) if options.with_needs and self._needs.get(name) else [name]
         if run_ids is not None and set(order) != set(run_ids):
             raise TaskNotRunnable(
                 f"the needs of {name!r} changed since its runs were queued (then: {', '.join(sorted(run_ids))}; "

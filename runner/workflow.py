@@ -103,7 +103,7 @@ class Runner(Protocol):
         ...
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     """One task of a workflow, and the attempt at it going on (or last made)."""
 
