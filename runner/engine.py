@@ -213,7 +213,8 @@ class Engine:
             params = dict(stored.spec.parameters)
             if task_name == name and parameters:
                 params = checked_parameters(stored.spec, {**params, **parameters})
-            masker = masking(self._masker, readable_secrets(stored.spec.env, self.project))
+            env = stored.spec.env
+            masker = masking(self._masker, readable_secrets(env, self.project)) if env else self._masker
             if run_ids is not None:
                 own_id = run_ids[task_name]
             else:

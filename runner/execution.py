@@ -113,13 +113,16 @@ class Execution:
 
     async def __call__(self, attempt: Attempt, upstream: Upstream) -> Ending:
         """Run the task once; return how it ended."""
-        try:
-            env, secrets = resolve_env(attempt.spec.env, self.project)
-        except SecretUnavailable as exc:
-            return Ending(RunStatus.FAILED, error_of(exc, attempt.masker, with_traceback=False))
-        # The project's secrets and those known when it was queued, as in the final record;
-        # kept on the attempt, for an error that escapes from here on.
-        masker = attempt.masker = masking(attempt.masker, secrets)
+        env: dict[str, str] = {}
+        masker = attempt.masker
+        if attempt.spec.env:
+            try:
+                env, secrets = resolve_env(attempt.spec.env, self.project)
+            except SecretUnavailable as exc:
+                return Ending(RunStatus.FAILED, error_of(exc, masker, with_traceback=False))
+            # The project's secrets and those known when it was queued, as in the final record;
+            # kept on the attempt, for an error that escapes from here on.
+            masker = attempt.masker = masking(masker, secrets)
         attempt.live = self.recorder.live(attempt.run_id, masker, output_cap=self.output_cap)
         if attempt.spec.type is TaskType.SHELL:
             return await self._shell(attempt, env, masker, upstream)
