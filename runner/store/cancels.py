@@ -66,9 +66,8 @@ class CancelStore(StoreBase):
         The ids are bound as one value (an array; on SQLite a JSON array, read with its JSON
         functions, built in since SQLite 3.38): an engine watches every run it was handed, also
         those still waiting for a slot (2,000 at once in the benchmarks), and SQLAlchemy renders
-        an expanding ``IN`` one bound value at a time, at every look. With 1,000 ids that was
-        ~2,000 Python calls a look; under callgrind, where looks are 50 times as frequent per
-        run, 4% of a no-op run's instructions.
+        an expanding ``IN`` one bound value at a time, at every look: with 1,000 ids, ~2,000
+        Python calls a look (docs/performance.md, "Per-run work").
         """
         if not run_ids:
             return []
