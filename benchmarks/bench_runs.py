@@ -217,7 +217,30 @@ async def commit_per_change_rate(db: Path, changes: int) -> float:
     return changes / elapsed
 
 
-async def plain_spawn_rate(count: int) -> tuple[float, float]:
+@contextlib.contextmanager
+def child_watcher(kind: str):  # type: ignore[no-untyped-def]
+    """On Python 3.11, plain asyncio with its default child watcher (a thread per child), or
+    with pidfds (3.12's default, which runner's ``run_shell`` sets up on 3.11); elsewhere as is."""
+    if sys.version_info >= (3, 12):
+        yield
+        return
+    before = asyncio.get_child_watcher()
+    watcher = asyncio.ThreadedChildWatcher() if kind == "thread" else asyncio.PidfdChildWatcher()
+    asyncio.set_child_watcher(watcher)
+    try:
+        yield
+    finally:
+        asyncio.set_child_watcher(before)
+
+
+async def plain_spawn_rate(count: int, watcher: str = "thread") -> tuple[float, float]:
+    with child_watcher(watcher):
+        if sys.version_info < (3, 12):
+            asyncio.get_child_watcher().attach_loop(asyncio.get_running_loop())
+        return await _plain_spawn_rate(count)
+
+
+async def _plain_spawn_rate(count: int) -> tuple[float, float]:
     limit = asyncio.Semaphore(CONCURRENCY)
 
     async def one() -> None:
@@ -238,11 +261,11 @@ async def run_shell_rate(root: Path, count: int, profile: cProfile.Profile | Non
     from runner.executors.shell import run_shell
 
     limiter = anyio.CapacityLimiter(CONCURRENCY)
-    environ = dict(os.environ)
+    environ = {os.fsencode(key): os.fsencode(value) for key, value in os.environ.items()}
 
     async def one(i: int) -> None:
         async with limiter:
-            env = {**environ, "RUNNER_PARAMS": "{}", "RUNNER_RUN_ID": f"r{i}", "RUNNER_TASK": f"sh{i}"}
+            env = {**environ, b"RUNNER_PARAMS": b"{}", b"RUNNER_RUN_ID": f"r{i}".encode(), b"RUNNER_TASK": f"sh{i}".encode()}
             outcome = await run_shell(["true"], env=env, cwd=root)
             assert outcome.exit_code == 0
 
@@ -287,6 +310,29 @@ def print_python(py: list[tuple[float, float]], pd: list[tuple[float, float]], r
     print(f"(medians of {repeat}; concurrency {CONCURRENCY}; python {platform.python_version()}; nproc {os.cpu_count()})")
 
 
+Pairs = list[tuple[float, float]]
+
+
+def print_shell(plain: Pairs, plain_pidfd: Pairs, alone: Pairs, sh: Pairs, shared: Pairs, lean: Pairs) -> None:
+    """Where the shell rate goes: each variant's rate, its ratio to plain asyncio in the same
+    repeat (median, min-max), and the CPU time of this process per run."""
+    med = statistics.median
+    print(f"{'shell `true`, where the time goes':48} {'runs/s':>12} {'vs plain':>18} {'cpu ms/run':>11}")
+    print(f"{'  plain asyncio subprocesses':48} {med(r for r, _ in plain):12.0f} {'1':>18} "
+          f"{med(c for _, c in plain) * 1e3:11.2f}")
+    for label, pairs in (
+        ("  plain asyncio, pidfd child watcher", plain_pidfd),
+        ("  run_shell alone", alone),
+        ("  through the engine", sh),
+        ("  engine, shared scratch dir (prototype)", shared),
+        ("  ... and a protocol-based run_shell (prototype)", lean),
+    ):
+        if pairs:
+            ratios = [r / p for (r, _), (p, _) in zip(pairs, plain, strict=True)]
+            versus = f"{med(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+            print(f"{label:48} {med(r for r, _ in pairs):12.0f} {versus:>18} {med(c for _, c in pairs) * 1e3:11.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--python-tasks", type=int, default=2000)
@@ -295,6 +341,7 @@ def main() -> None:
     parser.add_argument("--what-if", action="store_true", help="also time two prototypes of a leaner shell path")
     parser.add_argument("--profile", type=Path, help="also write cProfile output into this directory")
     parser.add_argument("--only-python", action="store_true", help="the python no-op runs only (async def, def)")
+    parser.add_argument("--only-shell", action="store_true", help="the shell runs and their baselines only")
     args = parser.parse_args()
     compile_runner()
     import runner.engine  # imported before anything is timed, as in a running runner
@@ -308,14 +355,18 @@ def main() -> None:
         pd_names = [f"pd{i}" for i in range(args.python_tasks)]
         sh_names = [f"sh{i}" for i in range(args.shell_tasks)]
 
-        py, pd, floor, sh, plain, alone, shared, lean = [], [], [], [], [], [], [], []
+        py, pd, floor, sh, plain, plain_pidfd, alone, shared, lean = [], [], [], [], [], [], [], [], []
         for attempt in range(args.repeat):
-            py.append(asyncio.run(engine_rate(root, Path(scratch) / f"py{attempt}.db", py_names)))
-            pd.append(asyncio.run(engine_rate(root, Path(scratch) / f"pd{attempt}.db", pd_names)))
+            if not args.only_shell:
+                py.append(asyncio.run(engine_rate(root, Path(scratch) / f"py{attempt}.db", py_names)))
+                pd.append(asyncio.run(engine_rate(root, Path(scratch) / f"pd{attempt}.db", pd_names)))
             if args.only_python:
                 continue
-            floor.append(asyncio.run(commit_per_change_rate(Path(scratch) / f"floor{attempt}.db", 2000)))
+            if not args.only_shell:
+                floor.append(asyncio.run(commit_per_change_rate(Path(scratch) / f"floor{attempt}.db", 2000)))
             plain.append(asyncio.run(plain_spawn_rate(args.shell_tasks)))
+            if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
+                plain_pidfd.append(asyncio.run(plain_spawn_rate(args.shell_tasks, "pidfd")))
             alone.append(asyncio.run(run_shell_rate(root, args.shell_tasks)))
             sh.append(asyncio.run(engine_rate(root, Path(scratch) / f"sh{attempt}.db", sh_names)))
             if args.what_if:
@@ -326,6 +377,9 @@ def main() -> None:
 
         if args.only_python:
             print_python(py, pd, args.repeat)
+            return
+        if args.only_shell:
+            print_shell(plain, plain_pidfd, alone, sh, shared, lean)
             return
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
@@ -372,16 +426,7 @@ def main() -> None:
           f"<= 1.50 ({'met' if cli_ratio <= 1.5 else 'NOT met'}; ratio of the fastest: {min(cli) / min(baseline):.2f})")
     print("(ratios: median of the ratios of each repeat, whose two sides ran one after the other)")
     print()
-    print(f"{'shell `true`, where the time goes':48} {'runs/s':>12} {'vs plain':>18} {'cpu ms/run':>11}")
-    print(f"{'  plain asyncio subprocesses':48} {plain_rate:12.0f} {'1':>18} {cpu_ms(plain):11.2f}")
-    for label, pairs in (
-        ("  run_shell alone", alone),
-        ("  through the engine", sh),
-        ("  engine, shared scratch dir (prototype)", shared),
-        ("  ... and a protocol-based run_shell (prototype)", lean),
-    ):
-        if pairs:
-            print(f"{label:48} {rate(pairs):12.0f} {vs_plain(pairs):>18} {cpu_ms(pairs):11.2f}")
+    print_shell(plain, plain_pidfd, alone, sh, shared, lean)
     print(f"{'  (python no-op through the engine)':48} {py_rate:12.0f} {'':18} {cpu_ms(py):11.2f}")
     print()
     print_python(py, pd, args.repeat)

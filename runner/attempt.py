@@ -16,14 +16,14 @@ import pickle
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from runner.cancels import CancelWatch
+from runner.cancels import CancelWatch, Watched
 from runner.context import Upstream
 from runner.errors import RecordRefused
 from runner.jsonsafe import json_safe
@@ -88,7 +88,7 @@ def cancelled(started: float | None) -> Ending:
     return Ending(RunStatus.CANCELLED, RunError("Cancelled", message))
 
 
-@dataclass
+@dataclass(slots=True)
 class Attempt:
     """One run of a task: what is recorded about it before it finishes."""
 
@@ -102,6 +102,7 @@ class Attempt:
     scheduled_for: float | None = None
     queued_at: float = field(default_factory=time.time)
     started: bool = False
+    started_at: float | None = None
     final: Run | None = None  # set once the final record is on its way
     value: Any = None  # what a python task returned, for the tasks that need it
     # Masks the task's secrets from the first record on: parameters are written when queued.
@@ -109,6 +110,15 @@ class Attempt:
     live: LiveLog | None = None  # its output and log lines on their way to the store
     next: Attempt | None = None  # the retry this run's end queues
     queue: str | None = None  # the workers' queue it came by, for a worker's runs
+    # The parameters made JSON-safe, and masked as JSON text, each made once for the queued
+    # row, RUNNER_PARAMS and the final record (a retry shares them).
+    _safe: _SafeParameters | None = field(default=None, repr=False, compare=False)
+
+    def safe_parameters(self) -> _SafeParameters:
+        safe = self._safe
+        if safe is None:
+            safe = self._safe = _SafeParameters(json_safe(self.parameters))
+        return safe
 
     def queued(self, revision: Revision | None) -> QueuedRun:
         return QueuedRun(
@@ -119,7 +129,7 @@ class Attempt:
             trigger=self.trigger,
             parent_id=self.parent_id,
             invocation=self.invocation,
-            parameters_json=json.dumps(self.masker.data(json_safe(self.parameters))),
+            parameters_json=self.safe_parameters().masked_text(self.masker),
             queued_at=self.queued_at,
             scheduled_for=self.scheduled_for,
             queue=self.queue,
@@ -130,8 +140,45 @@ class Attempt:
     def retry(self, number: int) -> Attempt:
         return Attempt(
             self.spec, new_run_id(), number, self.parameters, "retry", self.run_id,
-            self.invocation, masker=self.masker, queue=self.queue,
+            self.invocation, masker=self.masker, queue=self.queue, _safe=self._safe,
         )
+
+
+class _SafeParameters:
+    """An attempt's parameters made JSON-safe, as JSON text, and masked (the last masker's)."""
+
+    __slots__ = ("_masked", "_text", "value")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self._text: str | None = None
+        self._masked: tuple[Masker, Any, str | None] | None = None
+
+    @property
+    def text(self) -> str:
+        """As JSON, unmasked: what a shell task finds in ``RUNNER_PARAMS``."""
+        if self._text is None:
+            self._text = json.dumps(self.value)
+        return self._text
+
+    def masked(self, masker: Masker) -> Any:
+        if not masker:
+            return self.value
+        masked = self._masked
+        if masked is None or masked[0] is not masker:
+            masked = self._masked = (masker, masker.data(self.value), None)
+        return masked[1]
+
+    def masked_text(self, masker: Masker) -> str:
+        if not masker:
+            return self.text
+        value = self.masked(masker)
+        assert self._masked is not None
+        text = self._masked[2]
+        if text is None:
+            text = json.dumps(value)
+            self._masked = (masker, value, text)
+        return text
 
 
 Execute = Callable[[Attempt, Upstream], Awaitable[Ending]]
@@ -162,23 +209,22 @@ class Attempts:
     def queued(self, attempt: Attempt) -> QueuedRun:
         return attempt.queued(self.revision)
 
-    def watch(self, run_id: Callable[[], str]) -> AbstractContextManager[anyio.CancelScope]:
-        return self.cancels.watching(run_id)
+    def watch(self, run: Watched) -> AbstractContextManager[anyio.CancelScope]:
+        return self.cancels.watching(run)
 
     async def run(self, attempt: Attempt, upstream: Upstream) -> Run:
         """Run ``attempt`` once and record how it ended; its retry (``attempt.next``), if it
         gets one, is queued with that record."""
-        started: float | None = None
         try:
-            # The task's own limit first, so a run waiting for it holds no global slot.
-            async with self._task_limiter(attempt.spec), self.limiter:
-                started = time.time()
-                attempt.started = True
-                self.recorder.started(attempt.run_id, started)
-                try:
-                    ending = await self.execute(attempt, upstream)
-                except Exception as exc:  # preparing or starting it failed: this run fails, nothing else
-                    ending = Ending(RunStatus.FAILED, fault(exc, attempt.masker))
+            task_limiter = self._task_limiter(attempt.spec)
+            if task_limiter is None:
+                async with self.limiter:
+                    ending = await self._execute(attempt, upstream)
+            else:
+                # The task's own limit first, so a run waiting for it holds no global slot.
+                async with task_limiter, self.limiter:
+                    ending = await self._execute(attempt, upstream)
+            started = attempt.started_at
             number = next_attempt(ending.status, attempt.number, attempt.spec.retries.count)
             if number is not None:
                 # Queued with this run's end, before the pause: whoever sees this run final
@@ -189,12 +235,22 @@ class Attempts:
         except anyio.get_cancelled_exc_class():
             if attempt.final is None:
                 with anyio.CancelScope(shield=True):
-                    await self.finish(attempt, started, cancelled(started))
+                    await self.finish(attempt, attempt.started_at, cancelled(attempt.started_at))
             raise
 
-    def _task_limiter(self, spec: TaskSpec) -> AbstractAsyncContextManager[Any]:
+    async def _execute(self, attempt: Attempt, upstream: Upstream) -> Ending:
+        """Start the run (within its slot) and say how it ended."""
+        attempt.started_at = time.time()
+        attempt.started = True
+        self.recorder.started(attempt.run_id, attempt.started_at)
+        try:
+            return await self.execute(attempt, upstream)
+        except Exception as exc:  # preparing or starting it failed: this run fails, nothing else
+            return Ending(RunStatus.FAILED, fault(exc, attempt.masker))
+
+    def _task_limiter(self, spec: TaskSpec) -> anyio.CapacityLimiter | None:
         if spec.concurrency is None:
-            return contextlib.nullcontext()
+            return None
         limiter = self._task_limiters.get(spec.name)
         if limiter is None:
             limiter = self._task_limiters[spec.name] = anyio.CapacityLimiter(spec.concurrency)
@@ -242,10 +298,14 @@ class Attempts:
     ) -> tuple[Run, RunEnd]:
         """The run as it ended, and its end to write."""
         duration = round(finished - started, 6) if started is not None else None
-        parameters = masker.data(json_safe(attempt.parameters))
+        safe = attempt.safe_parameters()
+        parameters = safe.masked(masker)
         result = None
         if ending.has_result:
-            result = RunResult.of(masker.data(json_safe(ending.result)), _pickled(ending.result, masker))
+            if ending.result is None:  # what most tasks return: nothing to make safe, mask or pickle
+                result = _NO_RESULT
+            else:
+                result = RunResult.of(masker.data(json_safe(ending.result)), _pickled(ending.result, masker))
         end = RunEnd(
             run_id=attempt.run_id,
             status=ending.status,
@@ -255,7 +315,7 @@ class Attempts:
             stdout=masker.text(ending.stdout) if ending.stdout is not None else None,
             stderr=masker.text(ending.stderr) if ending.stderr is not None else None,
             error=ending.error,
-            parameters_json=json.dumps(parameters) if masker else None,
+            parameters_json=safe.masked_text(masker) if masker else None,
             result=result,
         )
         return self._run(attempt, started, end, parameters, ending.logs), end
@@ -267,7 +327,7 @@ class Attempts:
         record could not be; the parameters stay as they were queued."""
         duration = round(finished - started, 6) if started is not None else None
         try:
-            parameters = attempt.masker.data(json_safe(attempt.parameters))
+            parameters = attempt.safe_parameters().masked(attempt.masker)
         except Exception:
             parameters = {}  # not shown rather than shown unmasked
         end = RunEnd(attempt.run_id, RunStatus.FAILED, finished, duration, error=error)
@@ -306,6 +366,9 @@ class Attempts:
             revision=self.revision.digest if self.revision else None,
             git_commit=self.revision.commit if self.revision else None,
         )
+
+
+_NO_RESULT = RunResult(None, "null", pickle.dumps(None))
 
 
 def _pickled(value: Any, masker: Masker) -> bytes | None:

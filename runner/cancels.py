@@ -13,8 +13,7 @@ at two a second, well under 1% of a core.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
@@ -32,27 +31,25 @@ RECORD_POLL = 0.05
 """Seconds between looks at a run's status while ``cancel_run`` waits for its record."""
 
 
+class Watched(Protocol):
+    """A run a cancel request may name; its id is asked at each look (a retry has its own)."""
+
+    @property
+    def run_id(self) -> str: ...
+
+
 class CancelWatch:
     """The runs of one engine that a cancel request can stop, and the loop that looks for them."""
 
     def __init__(self, store: Store, *, interval: float = CANCEL_POLL) -> None:
         self.store = store
         self.interval = interval
-        self._watched: dict[int, tuple[Callable[[], str], anyio.CancelScope]] = {}
+        self._watched: dict[int, tuple[Watched, anyio.CancelScope]] = {}
         self._wake = anyio.Event()
 
-    def watching(self, run_id: Callable[[], str]) -> _Watching:
-        """A cancel scope that a request for the run ``run_id()`` names cancels (the id is
-        asked each time: a retry has an id of its own)."""
-        return _Watching(self, run_id)
-
-    def _enter(self, run_id: Callable[[], str], scope: anyio.CancelScope) -> None:
-        if not self._watched:
-            self._wake.set()
-        self._watched[id(scope)] = (run_id, scope)
-
-    def _leave(self, scope: anyio.CancelScope) -> None:
-        del self._watched[id(scope)]
+    def watching(self, run: Watched) -> _Watching:
+        """A cancel scope that a request for ``run.run_id`` cancels."""
+        return _Watching(self, run)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Look for requests while runs are watched, until cancelled."""
@@ -66,7 +63,7 @@ class CancelWatch:
 
     async def check(self) -> None:
         """Cancel the watched runs that someone asked to stop."""
-        scopes = {run_id(): scope for run_id, scope in self._watched.values()}
+        scopes = {run.run_id: scope for run, scope in self._watched.values()}
         try:
             asked = await self.store.cancel_requested(scopes)
         except StoreError as exc:  # the next look may get through; the runs go on meanwhile
@@ -84,20 +81,23 @@ class _Watching:
     generator-based one with its registration came to about 2% of a no-op python run's
     instructions (callgrind; docs/performance.md)."""
 
-    __slots__ = ("_run_id", "_scope", "_watch")
+    __slots__ = ("_run", "_scope", "_watch")
 
-    def __init__(self, watch: CancelWatch, run_id: Callable[[], str]) -> None:
+    def __init__(self, watch: CancelWatch, run: Watched) -> None:
         self._watch = watch
-        self._run_id = run_id
+        self._run = run
         self._scope = anyio.CancelScope()
 
     def __enter__(self) -> anyio.CancelScope:
         scope = self._scope.__enter__()
-        self._watch._enter(self._run_id, scope)
+        watched = self._watch._watched
+        if not watched:
+            self._watch._wake.set()
+        watched[id(scope)] = (self._run, scope)
         return scope
 
     def __exit__(self, *exc_info: Any) -> bool:
-        self._watch._leave(self._scope)
+        del self._watch._watched[id(self._scope)]
         return bool(self._scope.__exit__(*exc_info))
 
 

@@ -155,15 +155,20 @@ def installed() -> Iterator[None]:
         _leave()
 
 
-@contextlib.contextmanager
-def captured(output: RunOutput) -> Iterator[None]:
+class captured:  # a plain context manager, not a generator: entered for every python run
     """Route what the code inside this block (and the threads and tasks it starts with a copy of
     its context) prints and logs to ``output``; inside ``installed``."""
-    token = _current.set(output)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+
+    __slots__ = ("_output", "_token")
+
+    def __init__(self, output: RunOutput) -> None:
+        self._output = output
+
+    def __enter__(self) -> None:
+        self._token = _current.set(self._output)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self._token)
 
 
 def _enter() -> None:

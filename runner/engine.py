@@ -37,7 +37,6 @@ from runner.history import History
 from runner.masking import Masker, readable_secrets
 from runner.models import Run, SecretRef, StoredTask, new_run_id
 from runner.recorder import Recorder
-from runner.records import JobArgs
 from runner.revision import Revision
 from runner.runnable import checked_parameters, runnable
 from runner.store import Store
@@ -58,6 +57,8 @@ __all__ = [
 
 DEFAULT_MAX_CONCURRENCY = 16
 """Runs executing at once in one engine, unless told otherwise (``max_concurrency``)."""
+
+_ASKED_FOR_NOTHING = WorkflowOptions()
 
 KEEP_FINISHED = 10_000
 """Finished submitted workflows whose final run ``Engine.wait`` still knows."""
@@ -184,7 +185,7 @@ class Engine:
         token = environ.get(TOKEN_VARIABLE)
         self._masker = Masker([*readable_secrets(refs, self.project), *([token] if token else [])])
         hidden = {ref.from_env for ref in refs.values() if ref.from_env is not None} | {TOKEN_VARIABLE}
-        self._execution.child_environ = {k: v for k, v in environ.items() if k not in hidden}
+        self._execution.hide(hidden)
 
     def _scope(self, context: RunContext, upstream: Upstream) -> InjectionScope:
         return InjectionScope(context, self.store, self, upstream)
@@ -196,28 +197,24 @@ class Engine:
 
         Raises TaskNotRunnable (unknown, disabled, orphaned, invalid, removed) or ParameterError.
         """
-        options = options or WorkflowOptions()
+        options = options or _ASKED_FOR_NOTHING
         parameters, run_ids = options.parameters, options.run_ids
         target = runnable(self.tasks, name)
-        order = upstream_order(name, self._needs) if options.with_needs else [name]
+        order = upstream_order(name, self._needs) if options.with_needs and self._needs.get(name) else [name]
         if run_ids is not None and set(order) != set(run_ids):
             raise TaskNotRunnable(
                 f"the needs of {name!r} changed since its runs were queued (then: {', '.join(sorted(run_ids))}; "
                 f"now: {', '.join(order)}); run it again"
             )
         invocation = options.invocation or new_run_id()
-        request = JobArgs(
-            task=name, parameters=parameters or {}, with_needs=options.with_needs, trigger=options.trigger,
-            parent_id=options.parent_id, attempt=options.attempt, scheduled_for=options.scheduled_for,
-            invocation=invocation, runs={}, revision=None, queue="",
-        )
         nodes: dict[str, Node] = {}
         for task_name in order:
             stored = target if task_name == name else runnable(self.tasks, task_name, needed_by=name)
             params = dict(stored.spec.parameters)
             if task_name == name and parameters:
                 params = checked_parameters(stored.spec, {**params, **parameters})
-            masker = masking(self._masker, readable_secrets(stored.spec.env, self.project))
+            env = stored.spec.env
+            masker = masking(self._masker, readable_secrets(env, self.project)) if env else self._masker
             if run_ids is not None:
                 own_id = run_ids[task_name]
             else:
@@ -229,11 +226,12 @@ class Engine:
             if task_name == name:
                 first.number, first.scheduled_for = options.attempt, options.scheduled_for
             nodes[task_name] = Node(stored, first)
-        return Workflow(self._attempts, nodes, name, invocation, request)
+        return Workflow(self._attempts, nodes, name, invocation, options)
 
     async def run(self, name: str, *, parameters: Mapping[str, Any] | None = None, with_needs: bool = True) -> Run:
         """Run ``name`` after its needs and return its final run."""
-        return await self.workflow(name, WorkflowOptions(parameters=parameters, with_needs=with_needs)).execute()
+        options = WorkflowOptions(parameters=parameters, with_needs=with_needs) if parameters or not with_needs else None
+        return await self.workflow(name, options).execute()
 
     async def submit(self, name: str, *, parameters: Mapping[str, Any] | None = None) -> str:
         """Start ``name`` (after its needs) in the background; return its run id once queued.

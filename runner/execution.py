@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,16 @@ class _RunLog(logging.Handler):
     to the store as it is written (``live``)."""
 
     def __init__(self, live: LiveLog | None, name: str) -> None:
-        super().__init__(logging.DEBUG)
+        # Not Handler.__init__: it registers every handler in logging's global list, under
+        # logging's lock, for logging.shutdown to flush (nothing to flush here), and makes a
+        # lock (emit appends to a list and hands the line to ``live``, which locks for itself):
+        # ~4 us of every python run.
+        logging.Filterer.__init__(self)
+        self._name = None
+        self.level = logging.DEBUG
+        self.formatter = None
+        self._closed = False
+        self.lock = None
         self.lines: list[tuple[float, str, str]] = []
         self.live = live
         self.name = name  # of ``ctx.logger``; lines of other loggers (stdlib logging) say whose
@@ -90,51 +99,79 @@ class Execution:
         self.kill_grace = kill_grace
         # Copied once: reading os.environ decodes every variable, on every access.
         self.environ = dict(os.environ)
-        self.child_environ = self.environ  # without the secrets' sources (the engine's reload)
+        # And encoded once: ``subprocess`` encodes every str variable of a child's environment
+        # (~44 here, the largest single part of a shell run's CPU in the engine), and passes
+        # bytes on as they are.
+        self._environb = {os.fsencode(key): os.fsencode(value) for key, value in self.environ.items()}
+        self._child_environ = self._environb
+
+    def hide(self, names: Collection[str]) -> None:
+        """Leave the variables ``names`` out of every child's environment (the sources of the
+        project's secrets: the engine's reload)."""
+        hidden = {os.fsencode(name) for name in names}
+        self._child_environ = {key: value for key, value in self._environb.items() if key not in hidden}
 
     async def __call__(self, attempt: Attempt, upstream: Upstream) -> Ending:
         """Run the task once; return how it ended."""
-        try:
-            env, secrets = resolve_env(attempt.spec.env, self.project)
-        except SecretUnavailable as exc:
-            return Ending(RunStatus.FAILED, error_of(exc, attempt.masker, with_traceback=False))
-        # The project's secrets and those known when it was queued, as in the final record;
-        # kept on the attempt, for an error that escapes from here on.
-        masker = attempt.masker = masking(attempt.masker, secrets)
+        env: dict[str, str] = {}
+        masker = attempt.masker
+        if attempt.spec.env:
+            try:
+                env, secrets = resolve_env(attempt.spec.env, self.project)
+            except SecretUnavailable as exc:
+                return Ending(RunStatus.FAILED, error_of(exc, masker, with_traceback=False))
+            # The project's secrets and those known when it was queued, as in the final record;
+            # kept on the attempt, for an error that escapes from here on.
+            masker = attempt.masker = masking(masker, secrets)
         attempt.live = self.recorder.live(attempt.run_id, masker, output_cap=self.output_cap)
         if attempt.spec.type is TaskType.SHELL:
             return await self._shell(attempt, env, masker, upstream)
         return await self._python(attempt, env, masker, upstream)
 
     async def _shell(self, attempt: Attempt, env: dict[str, str], masker: Masker, upstream: Upstream) -> Ending:
-        child_env = {**self.child_environ, **env}
         if not attempt.spec.needs:
-            if "RUNNER_UPSTREAM_FILE" not in env:
-                # Inherited when a task started this runner: that file is not this task's.
-                child_env.pop("RUNNER_UPSTREAM_FILE", None)
-            return await self._run_command(attempt, child_env, masker)
+            return await self._run_command(attempt, env, None, masker)
         # Even when no need has a run to show (--no-deps). File work goes to a thread: on a
         # busy disk creating and removing files can stall the event loop for milliseconds.
         path = await anyio.to_thread.run_sync(_write_upstream_file, _upstream_json(upstream))
-        child_env["RUNNER_UPSTREAM_FILE"] = path
         try:
-            return await self._run_command(attempt, child_env, masker)
+            return await self._run_command(attempt, env, path, masker)
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_remove, path)
 
-    async def _run_command(self, attempt: Attempt, child_env: dict[str, str], masker: Masker) -> Ending:
+    def _child_env(self, attempt: Attempt, env: dict[str, str], upstream_file: str | None) -> dict[bytes, bytes]:
+        """The child's environment, as bytes: this process's (less the secrets' sources), the
+        task's ``env``, its parameters and its run."""
+        child_env = self._child_environ.copy()
+        fsencode = os.fsencode
+        try:
+            for key, value in env.items():
+                child_env[fsencode(key)] = fsencode(value)
+            if upstream_file is not None:
+                child_env[b"RUNNER_UPSTREAM_FILE"] = fsencode(upstream_file)
+            elif "RUNNER_UPSTREAM_FILE" not in env:
+                # Inherited when a task started this runner: that file is not this task's.
+                child_env.pop(b"RUNNER_UPSTREAM_FILE", None)
+            for key, value in attempt.parameters.items():
+                text = value if isinstance(value, str) else json.dumps(json_safe(value))
+                child_env[fsencode(f"PARAM_{key.upper()}")] = fsencode(text)
+            child_env[b"RUNNER_PARAMS"] = fsencode(attempt.safe_parameters().text)
+            child_env[b"RUNNER_RUN_ID"] = fsencode(attempt.run_id)
+            child_env[b"RUNNER_TASK"] = fsencode(attempt.spec.name)
+        except UnicodeEncodeError as exc:  # as subprocess would have failed on it
+            raise ShellStartError(f"cannot start command: {exc}") from exc
+        return child_env
+
+    async def _run_command(
+        self, attempt: Attempt, env: dict[str, str], upstream_file: str | None, masker: Masker
+    ) -> Ending:
         spec = attempt.spec
-        for key, value in attempt.parameters.items():
-            child_env[f"PARAM_{key.upper()}"] = value if isinstance(value, str) else json.dumps(json_safe(value))
-        child_env["RUNNER_PARAMS"] = json.dumps(json_safe(attempt.parameters))
-        child_env["RUNNER_RUN_ID"] = attempt.run_id
-        child_env["RUNNER_TASK"] = spec.name
         assert spec.command is not None
         try:
             outcome = await run_shell(
                 spec.command,
-                env=child_env,
+                env=self._child_env(attempt, env, upstream_file),
                 cwd=self.project / spec.cwd if spec.cwd else self.project,
                 timeout=spec.timeout,
                 output_cap=self.output_cap,
@@ -160,13 +197,13 @@ class Execution:
         name = f"runner.task.{spec.name}"
         handler = _RunLog(attempt.live, name)
         logger = logging.Logger(name, logging.DEBUG)
-        logger.addHandler(handler)
+        logger.handlers.append(handler)  # a new logger no one else holds: no need of logging's lock
         context = RunContext(attempt.run_id, spec.name, attempt.number, attempt.parameters, logger, env)
         printed: dict[str, str | None] = {"stdout": None, "stderr": None}
         try:
             fn = registry.resolve(spec.callable or "")
             sig = signature_of(fn)
-            kwargs = checked_parameters(spec, attempt.parameters)
+            kwargs = checked_parameters(spec, attempt.parameters, sig)
         except RunnerError as exc:
             outcome = PythonOutcome(error=exc)
         else:
@@ -177,16 +214,16 @@ class Execution:
                 with captured(output):
                     outcome = await call_python(
                         fn, sig, kwargs,
-                        scope=self.scope(context, upstream),
+                        scope=self.scope(context, upstream) if sig.injected else None,
                         time_limit=spec.timeout,
-                        thread_name=f"runner:{spec.name}:{attempt.run_id}",
+                        thread_name="" if sig.is_async else f"runner:{spec.name}:{attempt.run_id}",
                     )
             finally:
                 current_run.reset(token)
                 for key, (text, cut) in zip(("stdout", "stderr"), output.close(), strict=True):
                     printed[key] = masker.cut_text(text) if cut and text is not None else text
         # For the final run; the store has each line already (or gets it with the final record).
-        logs = tuple(LogLine(at, level, masker.text(message)) for at, level, message in handler.lines)
+        logs = tuple(LogLine(at, level, masker.text(message)) for at, level, message in handler.lines) if handler.lines else ()
         if outcome.error is not None:
             status = RunStatus.TIMED_OUT if outcome.timed_out else RunStatus.FAILED
             error = error_of(outcome.error, masker, with_traceback=not outcome.timed_out)

@@ -24,9 +24,13 @@ class Owner:
 def process_start_time(pid: int) -> float | None:
     """When ``pid`` started (clock ticks since boot, from /proc), to tell a reused pid apart."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rpartition(b")")[2].split()
-        return float(fields[19])
+        # os.open, not open(): no buffered file object to make, ~25 us less for every shell run.
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            data = os.read(fd, 4096)  # a few hundred bytes
+        finally:
+            os.close(fd)
+        return float(data.rpartition(b")")[2].split()[19])
     except (OSError, IndexError, ValueError):
         return None
 

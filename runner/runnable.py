@@ -12,7 +12,7 @@ from runner.errors import ParameterError, TaskNotRunnable
 from runner.inputs import parameter_problems
 from runner.models import StoredTask, TaskSpec, TaskType
 from runner.project import signature_of
-from runner.signature import check_parameters
+from runner.signature import CallableSignature, check_parameters
 
 
 def runnable(tasks: Mapping[str, StoredTask], name: str, needed_by: str | None = None) -> StoredTask:
@@ -42,15 +42,19 @@ def runnable(tasks: Mapping[str, StoredTask], name: str, needed_by: str | None =
     return stored
 
 
-def checked_parameters(spec: TaskSpec, params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` converted to what the callable's hints ask for; ParameterError if unfit, or
-    if a name or value could not reach the task (see ``inputs.py``)."""
+def checked_parameters(
+    spec: TaskSpec, params: dict[str, Any], sig: CallableSignature | None = None
+) -> dict[str, Any]:
+    """``params`` converted to what the callable's hints ask for (``sig``, when the caller
+    has it already); ParameterError if unfit, or if a name or value could not reach the task
+    (see ``inputs.py``)."""
     problems = parameter_problems(params)
     if problems:
         raise ParameterError([f"task {spec.name!r}: {problem}" for problem in problems])
     if spec.type is not TaskType.PYTHON:
         return params
-    sig = signature_of(registry.resolve(spec.callable or ""))
+    if sig is None:
+        sig = signature_of(registry.resolve(spec.callable or ""))
     converted, issues = check_parameters(sig, params)
     if issues:
         raise ParameterError([f"task {spec.name!r}: {issue.message}" for issue in issues])

@@ -60,7 +60,7 @@ class CallableSignature:
     accepts_var_kwargs: bool
     is_async: bool
 
-    @property
+    @functools.cached_property  # asked for at every call of the task
     def injected(self) -> tuple[Param, ...]:
         return tuple(p for p in self.params if p.inject is not None)
 

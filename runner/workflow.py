@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import anyio
 
 from runner.attempt import Attempt, Ending, cancelled, fault
+from runner.cancels import Watched
 from runner.context import Upstream
 from runner.errors import RunnerError
 from runner.jsonsafe import json_safe
@@ -54,6 +55,15 @@ class WorkflowOptions:
     invocation: str | None = None
     queue: str | None = None
 
+    def job(self, task: str, invocation: str) -> JobArgs:
+        """The job that takes the workflow of ``task`` to a worker, as asked for (``send`` adds
+        the runs' ids, the revision and the queue)."""
+        return JobArgs(
+            task=task, parameters=self.parameters or {}, with_needs=self.with_needs, trigger=self.trigger,
+            parent_id=self.parent_id, attempt=self.attempt, scheduled_for=self.scheduled_for,
+            invocation=invocation, runs={}, revision=None, queue="",
+        )
+
     @classmethod
     def of_job(cls, job: JobArgs) -> WorkflowOptions:
         """The options of the workflow a worker's job carries."""
@@ -80,8 +90,8 @@ class Runner(Protocol):
         """The record of ``attempt`` queued."""
         ...
 
-    def watch(self, run_id: Callable[[], str]) -> AbstractContextManager[anyio.CancelScope]:
-        """A cancel scope that a cancel request for the run ``run_id()`` cancels."""
+    def watch(self, run: Watched) -> AbstractContextManager[anyio.CancelScope]:
+        """A cancel scope that a cancel request for ``run.run_id`` cancels."""
         ...
 
     async def run(self, attempt: Attempt, upstream: Upstream) -> Run:
@@ -93,29 +103,48 @@ class Runner(Protocol):
         ...
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     """One task of a workflow, and the attempt at it going on (or last made)."""
 
     task: StoredTask
     attempt: Attempt
-    done: anyio.Event = field(default_factory=anyio.Event)
     final: Run | None = None
+    _done: anyio.Event | None = field(default=None, repr=False)
+    _ended: bool = False
+
+    @property
+    def done(self) -> anyio.Event:
+        """Set once the node's runs are over; made when first asked for: most runs have no one
+        waiting for them, and an event costs about 1% of a no-op run."""
+        if self._done is None:
+            self._done = anyio.Event()
+            if self._ended:
+                self._done.set()
+        return self._done
+
+    def end(self) -> None:
+        self._ended = True
+        if self._done is not None:
+            self._done.set()
+
+    @property
+    def run_id(self) -> str:
+        """Of the attempt going on: what a cancel request names."""
+        return self.attempt.run_id
 
 
 class Workflow:
     """A task and its needs, checked and ready to run; ``runs`` fills as runs finish."""
 
     def __init__(
-        self, runner: Runner, nodes: dict[str, Node], target: str, invocation: str, request: JobArgs
+        self, runner: Runner, nodes: dict[str, Node], target: str, invocation: str, options: WorkflowOptions
     ) -> None:
         self.runner = runner
         self.nodes = nodes
         self.target = target
         self.invocation = invocation
-        # How it was asked for, as the job that takes it to a worker carries it (``send`` adds
-        # the runs' ids, the revision and the queue).
-        self.request = request
+        self.options = options  # how it was asked for
         self.runs: list[Run] = []  # every run made, as each finished
         self.on_run: Callable[[Run], None] | None = None  # told of each run as it finishes
 
@@ -153,9 +182,10 @@ class Workflow:
         queue = self.nodes[self.target].task.spec.queue or DEFAULT_QUEUE
         runs = [replace(self.runner.queued(node.attempt), owner=NO_PROCESS, queue=queue) for node in self.nodes.values()]
         revision = self.runner.revision
+        request = self.options.job(self.target, self.invocation)
         job = replace(
-            self.request,
-            parameters=json_safe(dict(self.request.parameters)),
+            request,
+            parameters=json_safe(dict(request.parameters)),
             runs={name: node.attempt.run_id for name, node in self.nodes.items()},
             revision=revision.digest if revision else None,
             queue=queue,
@@ -171,7 +201,7 @@ class Workflow:
             return None
         node.final = await self.runner.finish(node.attempt, None, Ending(RunStatus.SKIPPED, RunError("Skipped", reason)))
         self._tell(node.final)
-        node.done.set()
+        node.end()
         return node.final
 
     async def execute(self, *, queued: bool = False) -> Run:
@@ -206,7 +236,7 @@ class Workflow:
     async def _run_node(self, node: Node) -> None:
         # A cancel request for the node's run ends here, recorded cancelled below; its needers
         # are then skipped, as after any run that did not succeed.
-        with self.runner.watch(lambda: node.attempt.run_id):
+        with self.runner.watch(node):
             await self._run_watched(node)
 
     async def _run_watched(self, node: Node) -> None:
@@ -218,7 +248,8 @@ class Workflow:
             if blocked:
                 node.final = await self._skip(node.attempt, blocked)
             else:
-                upstream = await self._upstream(node.task.spec)
+                spec = node.task.spec
+                upstream = await self._upstream(spec) if spec.needs else Upstream({}, {})
                 node.final = await self._attempts(node, upstream)
             self._record(node.final)
         except anyio.get_cancelled_exc_class():
@@ -238,7 +269,7 @@ class Workflow:
             node.final = await self.runner.finish(node.attempt, None, ending)
             self._record(node.final)
         finally:
-            node.done.set()
+            node.end()
 
     async def _attempts(self, node: Node, upstream: Upstream) -> Run:
         """Run ``node`` until it succeeds or has no retries left; return its last run.

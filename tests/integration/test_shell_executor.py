@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -189,3 +190,28 @@ async def test_command_that_cannot_start_raises_start_error(
         await run_shell(command, env=ENV, cwd=tmp_path / cwd)
     assert isinstance(info.value.__cause__, FileNotFoundError)
     assert missing in str(info.value)
+
+
+def _pidfd_available() -> bool:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _pidfd_available(), reason="needs pidfds (Linux 5.3+)")
+async def test_children_are_waited_for_without_a_thread_each(tmp_path: Path) -> None:
+    # Python 3.11's default watcher starts a thread per child (asyncio-waitpid-N); 3.12 uses pidfds.
+    async with anyio.create_task_group() as group:
+        outcomes: list[ShellOutcome] = []
+
+        async def one(code: int) -> None:
+            outcomes.append(await run_shell(f"sleep 0.3; exit {code}", env=ENV, cwd=tmp_path))
+
+        for code in range(4):
+            group.start_soon(one, code)
+        await anyio.sleep(0.1)
+        waiting = [t.name for t in threading.enumerate() if "waitpid" in t.name]
+        assert waiting == []
+    assert sorted(o.exit_code for o in outcomes) == [0, 1, 2, 3]
