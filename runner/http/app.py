@@ -164,7 +164,7 @@ class Api:
         self.closing = anyio.Event()
         self.started_at = time.time()
         self.checker = Checker()
-        self.hub = events.Hub(daemon.store)
+        self.hub = events.Hub(daemon.store, settled=daemon.settled)
 
     def _reader(self, request: Request) -> None:
         if self.options.auth_read:
@@ -231,6 +231,7 @@ class Api:
     async def run_events(self, request: Request) -> Response:
         self._reader(request)
         run_id = _run_id(request.path_params["run_id"])
+        await self.daemon.settled()
         try:
             await self.daemon.store.run_status(run_id)
         except RunNotFound as exc:

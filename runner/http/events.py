@@ -11,6 +11,8 @@ stream polling on its own cost the daemon's fires 4.5 s at p95 with 100 streams 
 (docs/performance.md). A stream that joins late reads its run's earlier rows itself, once.
 The waiting is shared too: one stream (whichever waits first) sleeps out the interval and reads
 for all; the others sleep until their run has news, instead of each waking every interval.
+Neither the reads nor the sends happen while the daemon fires its schedules (``settled``): the
+loop that serves the streams is the one that starts the scheduled runs.
 
 Every event carries an SSE ``id``: an output or log event its row's id, a status or end event
 the id of the last row sent before it (the ``Last-Event-ID`` the stream started from, when no
@@ -31,6 +33,7 @@ import anyio
 
 from runner.errors import RunNotFound, StoreError
 from runner.follow import POLL_INTERVAL
+from runner.http.view import Settled
 from runner.models import RunStatus, iso
 from runner.store import LogEntry, Store
 
@@ -57,6 +60,10 @@ def _row(entry: LogEntry) -> str:
     )
 
 
+async def _at_once() -> None:
+    """``Hub.settled`` with no daemon firing beside it."""
+
+
 @dataclass
 class _Followed:
     """What the hub knows of one run: its status at the last read, and the rows read since it
@@ -77,9 +84,10 @@ class Hub:
     """The store reads of every event stream: at most one round (statuses, then new rows) per
     half poll interval, for all the runs followed, made by whichever stream asks first."""
 
-    def __init__(self, store: Store, interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, store: Store, interval: float = POLL_INTERVAL, *, settled: Settled | None = None) -> None:
         self.store = store
         self.interval = interval
+        self.settled = settled or _at_once
         self.followed: dict[str, _Followed] = {}
         self._after: int | None = None  # the newest row id read
         self._read_at = -math.inf
@@ -173,6 +181,7 @@ class Hub:
                 while not news.is_set() and not closing.is_set():
                     with anyio.move_on_after(self.interval):
                         await closing.wait()
+                    await self.settled()
                     await self.refresh()
         finally:
             self._polling = False
@@ -202,6 +211,7 @@ async def run_events(
     followed = await hub.join(run_id)
     try:
         while not closing.is_set():
+            await hub.settled()
             await hub.refresh()
             status = followed.status
             if followed.gone or status is None:

@@ -72,7 +72,7 @@ async def scheduling(
     async with Engine(store, project.root) as engine, anyio.create_task_group() as group:
         runs = Runs(engine, group, remote=False)
         scheduler = Scheduler(
-            store, engine, runs.dispatch, started_at=clock.now() if started_at is None else started_at, clock=clock
+            store, engine, runs, started_at=clock.now() if started_at is None else started_at, clock=clock
         )
         await scheduler.start()
         group.start_soon(scheduler.run)
@@ -113,8 +113,8 @@ async def test_an_every_schedule_fires_on_its_grid_never_early_and_each_fire_onc
         anchor = scheduler.states["tick"].anchor
         assert anchor == START and scheduler.states["tick"].next_fire_at == START + 10
 
-        await clock.advance_to(START + 9.999)
-        assert await runs_of(store, "tick") == []
+        await clock.advance_to(START + 9.999)  # prepared: queued ahead, not started before its time
+        assert [(run.status, run.scheduled_for) for run in await runs_of(store, "tick")] == [(RunStatus.QUEUED, START + 10)]
         for k in (1, 2, 3):
             await clock.advance_to(START + 10 * k)
             runs = await finished(store, "tick", k)  # a fire while one goes on would be skipped
