@@ -203,13 +203,15 @@ class Hub:
                 return  # another stream of this run read them meanwhile
             rows: list[LogEntry] = []
             async with self.alone:
-                while len(rows) + len(followed.rows) <= KEEP_ROWS:
+                while True:
                     page = await self.store.log_lines(run_id, after=rows[-1].id if rows else after, limit=_PAGE)
                     rows += [row for row in page if row.id <= floor]
+                    if len(rows) + len(followed.rows) > KEEP_ROWS:
+                        return  # more than the hub keeps: the stream reads them itself
                     if len(page) < _PAGE or page[-1].id >= floor:
                         break
-            if followed.floor != floor or len(rows) + len(followed.rows) > KEEP_ROWS:
-                return  # the stream reads them itself
+            if followed.floor != floor:
+                return  # the hub let rows go meanwhile: these would leave a gap
             followed.rows[:0] = rows
             followed.ids[:0] = [row.id for row in rows]
             followed.messages[:0] = [_row(row) for row in rows]
