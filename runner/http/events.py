@@ -113,6 +113,11 @@ class Hub:
             followed.streams += 1
             return followed
 
+    def knows(self, run_id: str) -> bool:
+        """Whether the last read found ``run_id`` in the store (a stream follows it)."""
+        followed = self.followed.get(run_id)
+        return followed is not None and followed.status is not None and not followed.gone
+
     def leave(self, run_id: str) -> None:
         followed = self.followed[run_id]
         followed.streams -= 1
