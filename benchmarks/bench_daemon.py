@@ -451,6 +451,7 @@ def reload_phases(root: Path, repeat: int, profile: Path | None) -> tuple[list[f
         undo.append((owner, attr, original))
 
     from runner.daemon.reload import Reloader
+    from runner.daemon.runs import Runs
     from runner.daemon.scheduler import Scheduler, SystemClock
     from runner.engine import Engine
     from runner.store import open_store
@@ -465,12 +466,9 @@ def reload_phases(root: Path, repeat: int, profile: Path | None) -> tuple[list[f
         async with open_store(root / "phases.db") as store:
             reloader = Reloader(resolved, store, anyio.Event())
             await reloader.sync(None)
-            async with Engine(store, root) as engine:
-
-                async def dispatch(*_: Any, **__: Any) -> list[str]:
-                    return []
-
-                scheduler = Scheduler(store, engine, dispatch, started_at=time.time(), clock=SystemClock())
+            async with Engine(store, root) as engine, anyio.create_task_group() as group:
+                # The scheduler is never run here (nothing fires): only its reschedule is timed.
+                scheduler = Scheduler(store, engine, Runs(engine, group, remote=False), started_at=time.time(), clock=SystemClock())
                 await scheduler.start()
 
                 async def apply(revision: Any) -> None:

@@ -67,6 +67,11 @@ class Daemon:
     def sync_state(self) -> SyncState:
         return self._reloader.sync_state
 
+    async def settled(self) -> None:
+        """Return once the scheduler is not firing (see ``Scheduler.settled``)."""
+        if self._scheduler is not None:
+            await self._scheduler.settled()
+
     # -- the whole life ---------------------------------------------------------------------
 
     async def run(self, *, handle_signals: bool = True) -> None:
@@ -130,7 +135,7 @@ class Daemon:
             self._engine = engine
             runs = self._runs = Runs(engine, group, remote=self.options.remote)
             scheduler = self._scheduler = Scheduler(
-                self.store, engine, runs.dispatch, started_at=self._started_at, clock=self.clock
+                self.store, engine, runs, started_at=self._started_at, clock=self.clock
             )
             await scheduler.start()
             if previous is not None:

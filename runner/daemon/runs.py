@@ -19,6 +19,8 @@ from runner.workflow import Workflow, WorkflowOptions
 Dispatch = Callable[..., Awaitable[list[str]]]
 """``Runs.dispatch``: queue a workflow (committing the keyword arguments with its runs) and
 start it; the tasks whose fire was lost."""
+Due = Callable[[], Awaitable[None]]
+"""Returns when the runs of a workflow queued ahead of their time may start."""
 
 
 class Runs:
@@ -32,16 +34,26 @@ class Runs:
         self._idle = anyio.Event()
         self._idle.set()
 
-    async def dispatch(self, workflow: Workflow, **with_runs: Any) -> list[str]:
-        """Queue the workflow's runs (committing ``with_runs`` with them) and start it here, or
-        send it to the workers (``--remote``). Returns the tasks whose fire in ``with_runs``
-        was lost (see ``Workflow.queue``): then nothing was queued or started."""
+    async def dispatch(self, workflow: Workflow, *, when_due: Due | None = None, **with_runs: Any) -> list[str]:
+        """Queue the workflow's runs (committing ``with_runs`` with them) and start it here once
+        ``when_due`` returns, or send it to the workers (``--remote``) then (a worker starts
+        what it takes at once). Returns the tasks whose fire in ``with_runs`` was lost (see
+        ``Workflow.queue``): then nothing was queued or started."""
         if self.remote:
+            if when_due is not None:
+                await when_due()
             return await workflow.send(**with_runs)
         lost = await workflow.queue(**with_runs)
         if not lost:
+            if when_due is not None:
+                await when_due()
             self._start(workflow)
         return lost
+
+    def begun(self, workflow: Workflow) -> bool:
+        """Whether a workflow dispatched here has started a run (or ended one, or went to the
+        workers): what a fire waits for before the HTTP API's live work goes on."""
+        return self.remote or any(node.attempt.started or node.final is not None for node in workflow.nodes.values())
 
     def _start(self, workflow: Workflow) -> None:
         workflow.on_run = log.run_finished

@@ -164,7 +164,7 @@ class Api:
         self.closing = anyio.Event()
         self.started_at = time.time()
         self.checker = Checker()
-        self.hub = events.Hub(daemon.store)
+        self.hub = events.Hub(daemon.store, settled=daemon.settled)
 
     def _reader(self, request: Request) -> None:
         if self.options.auth_read:
@@ -231,10 +231,12 @@ class Api:
     async def run_events(self, request: Request) -> Response:
         self._reader(request)
         run_id = _run_id(request.path_params["run_id"])
-        try:
-            await self.daemon.store.run_status(run_id)
-        except RunNotFound as exc:
-            raise Problem(404, str(exc)) from None
+        await self.daemon.settled()
+        if not self.hub.knows(run_id):  # else another page follows it: a hundred opening read once
+            try:
+                await self.daemon.store.run_status(run_id)
+            except RunNotFound as exc:
+                raise Problem(404, str(exc)) from None
         after = request.headers.get("last-event-id", "0").strip()
         if not after.isascii() or not after.isdigit() or len(after) > 19 or int(after) > events.MAX_EVENT_ID:
             raise Problem(400, f"Last-Event-ID must be the id of an event of this stream, not {after[:40]!r}")

@@ -8,9 +8,14 @@ run's state before its output, and ends with the final ``status`` and ``end``.
 The reads are shared (:class:`Hub`): once per poll interval, one query takes the status of every
 run some stream follows and one the rows written since, whatever the number of streams. Each
 stream polling on its own cost the daemon's fires 4.5 s at p95 with 100 streams on 10 runs
-(docs/performance.md). A stream that joins late reads its run's earlier rows itself, once.
+(docs/performance.md). A stream that joins late gets its run's earlier rows from the hub too:
+the first such stream of a run reads them into the hub's rows, for the others to take from
+there (a hundred pages opening on ten runs read ten histories, not a hundred). Only what does
+not fit in the hub's ``KEEP_ROWS`` is read by each stream itself.
 The waiting is shared too: one stream (whichever waits first) sleeps out the interval and reads
 for all; the others sleep until their run has news, instead of each waking every interval.
+Neither the reads nor the sends happen while the daemon fires its schedules (``settled``): the
+loop that serves the streams is the one that starts the scheduled runs.
 
 Every event carries an SSE ``id``: an output or log event its row's id, a status or end event
 the id of the last row sent before it (the ``Last-Event-ID`` the stream started from, when no
@@ -31,6 +36,7 @@ import anyio
 
 from runner.errors import RunNotFound, StoreError
 from runner.follow import POLL_INTERVAL
+from runner.http.view import Settled
 from runner.models import RunStatus, iso
 from runner.store import LogEntry, Store
 
@@ -57,6 +63,10 @@ def _row(entry: LogEntry) -> str:
     )
 
 
+async def _at_once() -> None:
+    """``Hub.settled`` with no daemon firing beside it."""
+
+
 @dataclass
 class _Followed:
     """What the hub knows of one run: its status at the last read, and the rows read since it
@@ -71,15 +81,17 @@ class _Followed:
     runs: dict[RunStatus, dict[str, Any]] = field(default_factory=dict)  # the run as JSON, per status
     streams: int = 0
     news: anyio.Event = field(default_factory=anyio.Event)  # set when a read brought this run something
+    earlier: anyio.Lock = field(default_factory=anyio.Lock)  # held by the stream reading rows below floor
 
 
 class Hub:
     """The store reads of every event stream: at most one round (statuses, then new rows) per
     half poll interval, for all the runs followed, made by whichever stream asks first."""
 
-    def __init__(self, store: Store, interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, store: Store, interval: float = POLL_INTERVAL, *, settled: Settled | None = None) -> None:
         self.store = store
         self.interval = interval
+        self.settled = settled or _at_once
         self.followed: dict[str, _Followed] = {}
         self._after: int | None = None  # the newest row id read
         self._read_at = -math.inf
@@ -100,6 +112,11 @@ class Hub:
                 self._read_at = -math.inf  # its status is not known yet
             followed.streams += 1
             return followed
+
+    def knows(self, run_id: str) -> bool:
+        """Whether the last read found ``run_id`` in the store (a stream follows it)."""
+        followed = self.followed.get(run_id)
+        return followed is not None and followed.status is not None and not followed.gone
 
     def leave(self, run_id: str) -> None:
         followed = self.followed[run_id]
@@ -173,12 +190,37 @@ class Hub:
                 while not news.is_set() and not closing.is_set():
                     with anyio.move_on_after(self.interval):
                         await closing.wait()
+                    await self.settled()
                     await self.refresh()
         finally:
             self._polling = False
             others = [other for other in self.followed.values() if other is not followed]
             for other in (self.followed.values() if closing.is_set() else others[:1] or [followed]):
                 self._wake(other)
+
+    async def backfill(self, run_id: str, followed: _Followed, after: int) -> None:
+        """Read ``run_id``'s rows above ``after`` and below the hub's into ``followed`` (its
+        ``floor`` then goes down to ``after``), once for all the streams of the run; unless
+        they would not fit in ``KEEP_ROWS``, or the hub let rows go meanwhile."""
+        async with followed.earlier:
+            floor = followed.floor
+            if after >= floor:
+                return  # another stream of this run read them meanwhile
+            rows: list[LogEntry] = []
+            async with self.alone:
+                while True:
+                    page = await self.store.log_lines(run_id, after=rows[-1].id if rows else after, limit=_PAGE)
+                    rows += [row for row in page if row.id <= floor]
+                    if len(rows) + len(followed.rows) > KEEP_ROWS:
+                        return  # more than the hub keeps: the stream reads them itself
+                    if len(page) < _PAGE or page[-1].id >= floor:
+                        break
+            if followed.floor != floor:
+                return  # the hub let rows go meanwhile: these would leave a gap
+            followed.rows[:0] = rows
+            followed.ids[:0] = [row.id for row in rows]
+            followed.messages[:0] = [_row(row) for row in rows]
+            followed.floor = after
 
     async def run_json(self, run_id: str, followed: _Followed, status: RunStatus) -> dict[str, Any]:
         """The run as JSON, read once for each status it is seen with (the final one after the
@@ -202,6 +244,7 @@ async def run_events(
     followed = await hub.join(run_id)
     try:
         while not closing.is_set():
+            await hub.settled()
             await hub.refresh()
             status = followed.status
             if followed.gone or status is None:
@@ -210,8 +253,10 @@ async def run_events(
                 yield message("status", await hub.run_json(run_id, followed, status), after)
                 last = status
                 quiet_since = anyio.current_time()
+            if after < followed.floor:
+                await hub.backfill(run_id, followed, after)
             while after < followed.floor:
-                # Rows from before this run was followed (or that the hub let go): read here.
+                # Rows from before this run was followed that the hub could not keep: read here.
                 async with hub.alone:
                     rows = await hub.store.log_lines(run_id, after=after, limit=_PAGE)
                 for row in rows:

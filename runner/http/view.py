@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -73,3 +73,12 @@ class DaemonView(Protocol):
     async def run_now(self, name: str, parameters: dict[str, Any]) -> str:
         """Queue ``name`` after its needs; its run id. TaskNotRunnable or ParameterError first."""
         ...
+
+    async def settled(self) -> None:
+        """Return once the daemon is not starting scheduled runs (a moment at most; at once,
+        without a checkpoint, when it is not): the live work of pages waits for it."""
+        ...
+
+
+Settled = Callable[[], Awaitable[None]]
+"""``DaemonView.settled``."""

@@ -159,3 +159,43 @@ async def test_streams_of_other_runs_go_on_when_the_stream_polling_for_them_goes
         await until(lambda: [e["event"] for e in seen["c"]][-1:] == ["end"])
     assert texts("c") == ["line 1\n"]
     assert hub.followed == {}
+
+
+async def test_streams_joining_a_run_with_earlier_rows_read_them_once_for_all(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A hundred pages opening on one run: its history is read from the store once, not per page.
+    await store.write_runs(running("r"))
+    await store.write_runs(lines("r", range(1, 6)))
+    hub = events.Hub(store, interval=0.01)
+    await hub.join("r")  # followed already: the rows above are below the hub's own
+    reads: list[int] = []
+    log_lines = store.log_lines
+
+    async def counted(run_id: str, *, after: int, limit: int) -> Any:
+        reads.append(after)
+        return await log_lines(run_id, after=after, limit=limit)
+
+    monkeypatch.setattr(store, "log_lines", counted)
+    closing = anyio.Event()
+    seen: list[list[str]] = [[] for _ in range(10)]
+
+    async def consume(i: int) -> None:
+        async for chunk in events.run_events(hub, "r", closing=closing):
+            seen[i] += [parse(m)["data"]["text"] for m in chunk.split("\n\n") if m.strip() and parse(m)["event"] == "output"]
+
+    async def each_has(rows: int) -> None:
+        for _ in range(500):  # 5 s at most: the streams poll every 0.01 s
+            if all(len(texts) == rows for texts in seen):
+                return
+            await anyio.sleep(0.01)
+        raise AssertionError(f"gave up waiting; seen {seen}")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            for i in range(10):
+                group.start_soon(consume, i)
+            await each_has(5)
+            await store.write_runs(lines("r", range(6, 7)))  # and a new row, after them
+            await each_has(6)
+            closing.set()
+    assert seen == [[f"line {i}\n" for i in range(1, 7)]] * 10
+    assert reads == [0]

@@ -24,7 +24,7 @@ from conftest import ProjectDir
 
 from runner import log
 from runner.daemon.runs import Runs
-from runner.daemon.scheduler import CLOCK_CHECK, Scheduler
+from runner.daemon.scheduler import CLOCK_CHECK, LEAD, Scheduler
 from runner.engine import Engine
 from runner.models import Run, RunStatus
 from runner.store import Store
@@ -72,7 +72,7 @@ async def scheduling(
     async with Engine(store, project.root) as engine, anyio.create_task_group() as group:
         runs = Runs(engine, group, remote=False)
         scheduler = Scheduler(
-            store, engine, runs.dispatch, started_at=clock.now() if started_at is None else started_at, clock=clock
+            store, engine, runs, started_at=clock.now() if started_at is None else started_at, clock=clock
         )
         await scheduler.start()
         group.start_soon(scheduler.run)
@@ -113,8 +113,8 @@ async def test_an_every_schedule_fires_on_its_grid_never_early_and_each_fire_onc
         anchor = scheduler.states["tick"].anchor
         assert anchor == START and scheduler.states["tick"].next_fire_at == START + 10
 
-        await clock.advance_to(START + 9.999)
-        assert await runs_of(store, "tick") == []
+        await clock.advance_to(START + 9.999)  # prepared: queued ahead, not started before its time
+        assert [(run.status, run.scheduled_for) for run in await runs_of(store, "tick")] == [(RunStatus.QUEUED, START + 10)]
         for k in (1, 2, 3):
             await clock.advance_to(START + 10 * k)
             runs = await finished(store, "tick", k)  # a fire while one goes on would be skipped
@@ -123,6 +123,28 @@ async def test_an_every_schedule_fires_on_its_grid_never_early_and_each_fire_onc
     assert {(run.status, run.trigger) for run in runs} == {(RunStatus.SUCCEEDED, "schedule")}
     stored = (await store.schedule_states())["tick"]
     assert (stored.anchor, stored.last_fire_at, stored.next_fire_at) == (START, START + 30, START + 40)
+
+
+async def test_a_fire_is_committed_ahead_started_at_its_time_and_holds_the_pages_until_then(
+    project: ProjectDir, store: Store, clock: FakeClock
+) -> None:
+    project.tasks("a.yaml", EVERY_10S)
+    async with scheduling(project, store, clock) as scheduler:
+        await scheduler.settled()  # nothing firing: at once
+
+        await clock.advance_to(START + 10 - LEAD / 2)
+        [run] = await runs_of(store, "tick")
+        assert (run.status, run.scheduled_for, run.started_at) == (RunStatus.QUEUED, START + 10, None)
+        with anyio.move_on_after(0.05) as waited:
+            await scheduler.settled()  # the pages' live work waits while a fire is pending
+        assert waited.cancelled_caught
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(clock.advance_to, START + 10)
+            with anyio.fail_after(1):
+                await scheduler.settled()  # once the run began
+        [run] = await finished(store, "tick", 1)
+        assert run.status is RunStatus.SUCCEEDED and run.started_at is not None
 
 
 async def test_late_fires_while_running_are_run_once_and_the_grid_goes_on(

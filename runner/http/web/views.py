@@ -110,6 +110,7 @@ class Web:
                 if request.url.path.startswith("/-/"):
                     return _html("", 401)
                 return RedirectResponse("/login?next=" + quote(_local(request), safe="/"), 303, headers=SECURITY_HEADERS)
+            await self.daemon.settled()
             started = time.perf_counter()
             try:
                 response = await fn(request)
@@ -361,6 +362,7 @@ class Web:
                 while not self.closing.is_set():
                     with anyio.move_on_after(STATUS_STEP):
                         await self.closing.wait()
+                    await self.daemon.settled()
                     if (await self._corner_now())[0] != digest:
                         break
         finally:
