@@ -33,10 +33,11 @@ CORES = len(os.sched_getaffinity(0))
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: `-p no:xdist` still works
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """How many processes ``-n auto`` (pyproject.toml's addopts) starts: one per core. Four on
-    two cores were faster on a machine loaded by other work (the tests wait on other processes
-    much of their time), but no faster on a quiet one (289 s against 287 s for the whole suite
-    from a fresh clone) and the timing checks had less room. None besides this one for the unit
+    """How many processes ``-n auto`` (pyproject.toml's addopts) starts: one per core and one
+    more. Since the ``runner`` commands are forked from a fork server (``forkserver.py``), the
+    tests spend more of their time waiting on other processes than computing: on two cores,
+    loaded by other work, the suite took 204 s with two processes, 154 s with three and 153 s
+    with four, which leaves the timing checks less room. None besides this one for the unit
     tests alone, which never wait: each further process would spend ~1.5 s of CPU starting and
     collecting, more than the ~5 s of all their work shared out; and at most one per test module
     named (``--dist loadfile`` gives a module to one process)."""
@@ -44,8 +45,8 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     if all(path.is_relative_to(TESTS / "unit") for path in paths):
         return 0
     if all(path.is_file() for path in paths):
-        return 0 if len(paths) == 1 else min(len(paths), CORES)
-    return CORES
+        return 0 if len(paths) == 1 else min(len(paths), CORES + 1)
+    return CORES + 1
 
 
 _PG_ROOT = pytest.StashKey[Path]()
