@@ -395,7 +395,7 @@ PHASES = [
     ("runner.sync", None, "plan", "    sync.plan"),
     ("runner.store", "Store", "sync_tasks", "    Store.sync_tasks (write lock: read, plan, apply)"),
     ("runner.store", "Store", "_apply", "      Store._apply"),
-    ("runner.engine", "Engine", "reload", "  Engine.reload (read the tasks again)"),
+    ("runner.engine", "Engine", "reload", "  Engine.reload (takes the tasks as the sync left them)"),
     ("runner.daemon.scheduler", "Scheduler", "reschedule", "  Scheduler.reschedule"),
 ]
 
@@ -471,9 +471,9 @@ def reload_phases(root: Path, repeat: int, profile: Path | None) -> tuple[list[f
                 scheduler = Scheduler(store, engine, Runs(engine, group, remote=False), started_at=time.time(), clock=SystemClock())
                 await scheduler.start()
 
-                async def apply(revision: Any) -> None:
+                async def apply(revision: Any, tasks: Any) -> None:
                     engine.revision = revision
-                    await engine.reload()
+                    await engine.reload(tasks)
                     await scheduler.reschedule()
 
                 reloader.apply = apply

@@ -164,9 +164,9 @@ class Engine:
         # exception groups; our groups just finish their work (runs, then pending records).
         await self._stack.__aexit__(None, None, None)
 
-    async def reload(self) -> None:
-        """Take the tasks as the store has them now (after a sync)."""
-        self.tasks = await self.store.tasks()
+    async def reload(self, tasks: Mapping[str, StoredTask] | None = None) -> None:
+        """Take the tasks as the store has them now (after a sync), or as a sync left them."""
+        self.tasks = dict(tasks) if tasks is not None else await self.store.tasks()
         self._needs = {name: task.spec.needs for name, task in self.tasks.items()}
         self._secrets_changed()
 

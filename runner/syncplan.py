@@ -36,6 +36,9 @@ class SyncPlan:
     inserts: tuple[Wanted, ...] = ()
     updates: tuple[Wanted, ...] = ()
     digests: Mapping[str, str] | None = None  # task-file digests to store, when they changed
+    # Every task as the store holds it once the plan is applied (the store that applied it sets
+    # this): what a daemon's engine takes instead of reading 10,000 tasks again after a reload.
+    tasks: Mapping[str, StoredTask] | None = None
 
     @property
     def is_empty(self) -> bool:

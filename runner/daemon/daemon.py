@@ -9,6 +9,7 @@ lease, crash sweeps, pruning, stalled jobs, the store file), and the runs they s
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from runner.daemon.triggers import Triggers
 from runner.engine import Engine
 from runner.errors import DaemonRunning, LeadershipLost, StoreFileChanged
 from runner.lease import LEASE, describe_holder, lease_is_stale
+from runner.models import StoredTask
 from runner.processes import this_process
 from runner.revision import Revision
 from runner.shutdown import on_stop_signals, signal_name
@@ -170,11 +172,11 @@ class Daemon:
             await self._stop.wait()
             services.cancel_scope.cancel()
 
-    async def _apply(self, revision: Revision) -> None:
-        """Make a sync live: the engine reads the tasks again, the scheduler reschedules."""
+    async def _apply(self, revision: Revision, tasks: Mapping[str, StoredTask] | None) -> None:
+        """Make a sync live: the engine takes the tasks as synced, the scheduler reschedules."""
         assert self._scheduler is not None
         self.engine.revision = revision
-        await self.engine.reload()
+        await self.engine.reload(tasks)
         await self._scheduler.reschedule()
 
     def stop(self) -> None:

@@ -13,7 +13,7 @@ import functools
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import anyio
 from runner import log, registry
 from runner.daemon.housekeeping import store_trouble
 from runner.errors import ProjectError, StoreError
+from runner.models import StoredTask
 from runner.revision import Revision, project_revision
 from runner.spec import ParseCache, load_tasks
 from runner.store import Store
@@ -44,8 +45,8 @@ class SyncState:
     last_failed_at: float | None = None
 
 
-Apply = Callable[[Revision], Awaitable[None]]
-"""What makes a sync live: the engine reads the tasks again, the scheduler reschedules."""
+Apply = Callable[[Revision, Mapping[str, StoredTask] | None], Awaitable[None]]
+"""What makes a sync live: the engine takes the tasks as synced, the scheduler reschedules."""
 
 
 class Reloader:
@@ -157,7 +158,7 @@ class Reloader:
         self.revision = revision
         if self.apply is None:
             return
-        await self.apply(self.revision)
+        await self.apply(self.revision, plan.tasks)
         changes = {k: v for k, v in plan.to_json().items() if v}
         log.logger.info(
             f"reloaded in {time.monotonic() - started:.3f}s: "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
@@ -85,9 +86,10 @@ class TaskStore(StoreBase):
         """Under the write lock, plan with ``planner(stored_tasks, stored_digests)`` and apply the
         plan, all in one transaction."""
         async with self._write() as conn:
-            plan = planner(await self._tasks(conn, include_removed=True), await self._task_files(conn))
+            stored = await self._tasks(conn, include_removed=True)
+            plan = planner(stored, await self._task_files(conn))
             await self._apply(conn, plan)
-        return plan
+        return replace(plan, tasks=_applied(stored, plan))
 
     async def _apply(self, conn: AsyncConnection, plan: SyncPlan) -> None:
         now = time.time()
@@ -146,3 +148,13 @@ class TaskStore(StoreBase):
                 await conn.execute(
                     t.task_files.insert(), [{"path": p, "digest": d} for p, d in plan.digests.items()]
                 )
+
+
+def _applied(stored: dict[str, StoredTask], plan: SyncPlan) -> dict[str, StoredTask]:
+    """The tasks as a read after ``_apply(plan)`` would find them, by name."""
+    after = dict(stored)
+    for wanted in (*plan.inserts, *plan.updates):
+        after[wanted.spec.name] = StoredTask(wanted.spec.name, wanted.spec, wanted.enabled, wanted.reason)
+    for name in plan.removed:
+        after[name] = replace(after[name], enabled=False, disabled_reason="removed", removed=True)
+    return dict(sorted(after.items()))

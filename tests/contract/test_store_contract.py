@@ -162,6 +162,27 @@ async def test_tasks_come_sorted_by_code_point(store: Store) -> None:
     assert list(await store.tasks()) == sorted(names)
 
 
+async def test_a_sync_hands_back_the_tasks_as_a_read_then_finds_them(store: Store) -> None:
+    def kept(tasks: Any) -> dict[str, tuple[Any, ...]]:
+        return {
+            name: (t.spec.definition_json, str(t.spec.source), t.enabled, t.disabled_reason, t.removed)
+            for name, t in tasks.items()
+        }
+
+    steps = [
+        wanted(spec("b"), spec("a"), spec("c")),
+        {**wanted(spec("a", "echo changed")), "c": Wanted(spec("c"), False, "orphaned: nope")},
+        wanted(spec("b"), spec("0")),
+        wanted(spec("b"), spec("0")),
+    ]
+    for want in steps:
+        done = await store.sync_tasks(lambda stored, _digests, want=want: plan(want, stored))
+        assert done.tasks is not None
+        found = await store.tasks()
+        assert list(done.tasks) == list(found)  # sorted by code point, removed ones too
+        assert kept(done.tasks) == kept(found)
+
+
 async def test_task_file_digests_are_kept(store: Store) -> None:
     def planner(stored: Any, _digests: Any) -> Any:
         return plan(wanted(spec("a")), stored, digests={"tasks.d/a.yaml": "f" * 64})

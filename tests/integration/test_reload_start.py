@@ -36,7 +36,7 @@ async def test_a_change_before_the_watch_began_is_synced_once_it_has(project: Pr
     applied: list[Revision] = []
     synced = anyio.Event()
 
-    async def apply(revision: Revision) -> None:
+    async def apply(revision: Revision, _tasks: object) -> None:
         applied.append(revision)
         synced.set()
 
