@@ -133,8 +133,9 @@ def query_string(params: Mapping[str, str | None]) -> str:
     return "?" + urlencode(kept) if kept else ""
 
 
-def page(title: str, body: str, *, health: str, current: str = "") -> str:
-    """A whole document around ``body`` (already HTML)."""
+def page(title: str, body: str, *, health: str, current: str = "", status: str = "") -> str:
+    """A whole document around ``body`` (already HTML); ``status``: the digest of its corner and
+    reload banner, which the page's first ``/-/status`` poll sends so that it waits for a change."""
 
     def nav(href: str, label: str, key: str) -> str:
         return link(href, label, aria_current="page" if current == key else None)
@@ -142,7 +143,8 @@ def page(title: str, body: str, *, health: str, current: str = "") -> str:
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)} · runner</title>"
+        + (f'<meta name="runner-status" content="{esc(status)}">' if status else "")
+        + f"<title>{esc(title)} · runner</title>"
         f'<link rel="stylesheet" href="{asset_url("runner.css")}">'
         f'<link rel="icon" href="{asset_url("icon.svg")}" type="image/svg+xml">'
         f'<script src="{asset_url("runner.js")}" defer></script>'

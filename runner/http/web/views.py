@@ -13,6 +13,7 @@ import functools
 import hashlib
 import inspect
 import json
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -64,6 +65,10 @@ reused before they are counted again (many open pages cost one count)."""
 STATUS_WAIT = 20.0
 """Seconds ``/-/status`` holds a request open waiting for a change (long polling)."""
 STATUS_STEP = 0.2
+STATUS_SPREAD = 1.0
+"""Seconds over which the waiting long polls answer a change of the queue depth alone: a
+hundred pages answered and asking again at once delayed the daemon's fires by up to 60 ms. A
+change of the reload banner is answered at once."""
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -100,6 +105,7 @@ class Web:
         self._index: tuple[object, dict[str, int], list[str], dict[str, list[str]]] | None = None
         self._watching = False  # a long poll is looking at the corner for all of them
         self._corner_news = anyio.Event()  # set when the corner changed, or its watcher left
+        self._news_spread = 0.0  # over how long the polls it wakes answer it
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -176,7 +182,10 @@ class Web:
 
     async def _page(self, title: str, body: str, current: str = "") -> Response:
         health = await self._health()
-        return _html(page(title, body.replace("<!--sync-->", pages.sync_banner(health), 1), health=pages.health_corner(health), current=current))
+        corner, banner = pages.health_corner(health), pages.sync_banner(health)
+        return _html(page(
+            title, body.replace("<!--sync-->", banner, 1), health=corner, current=current, status=_digest(corner, banner)
+        ))
 
     def _tasks(self) -> Mapping[str, StoredTask]:
         return self.daemon.engine.tasks
@@ -338,6 +347,7 @@ class Web:
                 news = self._corner_news
                 with anyio.move_on_after(left):
                     await news.wait()
+                    await anyio.sleep(random.uniform(0.0, self._news_spread))
             else:
                 await self._watch(digest, left)
         return Response(
@@ -349,7 +359,7 @@ class Web:
     async def _corner_now(self) -> tuple[str, str, str]:
         health = await self._health(safe=True)
         corner, banner = pages.health_corner(health), pages.sync_banner(health)
-        return hashlib.sha256((corner + banner).encode()).hexdigest()[:16], corner, banner
+        return _digest(corner, banner), corner, banner
 
     async def _watch(self, digest: str, seconds: float) -> None:
         """Look at the corner every ``STATUS_STEP`` for every waiting long poll, for up to
@@ -357,18 +367,26 @@ class Web:
         all, and the first to wait again watches next. A hundred polls each looking were 500
         wake-ups a second; now 5."""
         self._watching = True
+        self._news_spread = 0.0
+        banner = (await self._corner_now())[2]
         try:
             with anyio.move_on_after(seconds):
                 while not self.closing.is_set():
                     with anyio.move_on_after(STATUS_STEP):
                         await self.closing.wait()
                     await self.daemon.settled()
-                    if (await self._corner_now())[0] != digest:
+                    now, _, now_banner = await self._corner_now()
+                    if now != digest:
+                        self._news_spread = STATUS_SPREAD if now_banner == banner else 0.0
                         break
         finally:
             self._watching = False
             self._corner_news.set()
             self._corner_news = anyio.Event()
+
+
+def _digest(corner: str, banner: str) -> str:
+    return hashlib.sha256((corner + banner).encode()).hexdigest()[:16]
 
 
 def _local(request: Request) -> str:

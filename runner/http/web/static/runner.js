@@ -38,7 +38,9 @@
   }
 
   async function followStatus() {
-    let have = "";
+    // The page says what its corner shows: the first poll waits for a change like the others.
+    const meta = document.querySelector('meta[name="runner-status"]');
+    let have = meta ? meta.content : "";
     for (;;) {
       try {
         const answer = await fetch(`/-/status?have=${have}`, { cache: "no-store" });
