@@ -150,9 +150,7 @@ class _Server:
         if os.environ.get("RUNNER_TEST_FORK") == "0" or args[:3] != [sys.executable, "-m", "runner"]:
             return False
         with self.lock:
-            if self.unsupported:
-                return False
-            if self.process is None or self.process.poll() is not None:
+            if not self.unsupported and (self.process is None or self.process.poll() is not None):
                 self._start(env)
             if self.unsupported:
                 return False

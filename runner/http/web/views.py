@@ -349,7 +349,7 @@ class Web:
                     await news.wait()
                     await anyio.sleep(random.uniform(0.0, self._news_spread))
             else:
-                await self._watch(digest, left)
+                await self._watch(digest, banner, left)
         return Response(
             json.dumps({"digest": digest, "health": corner, "sync": banner}),
             media_type="application/json",
@@ -361,14 +361,13 @@ class Web:
         corner, banner = pages.health_corner(health), pages.sync_banner(health)
         return _digest(corner, banner), corner, banner
 
-    async def _watch(self, digest: str, seconds: float) -> None:
+    async def _watch(self, digest: str, banner: str, seconds: float) -> None:
         """Look at the corner every ``STATUS_STEP`` for every waiting long poll, for up to
-        ``seconds``, until it differs from ``digest``; then (or when this poll goes) wake them
-        all, and the first to wait again watches next. A hundred polls each looking were 500
-        wake-ups a second; now 5."""
+        ``seconds``, until it differs from ``digest`` (whose reload banner is ``banner``); then
+        (or when this poll goes) wake them all, and the first to wait again watches next. A
+        hundred polls each looking were 500 wake-ups a second; now 5."""
         self._watching = True
         self._news_spread = 0.0
-        banner = (await self._corner_now())[2]
         try:
             with anyio.move_on_after(seconds):
                 while not self.closing.is_set():
