@@ -89,6 +89,10 @@ def _start_cluster(root: Path) -> tuple[Server, list[str] | None]:
     return Server(f"postgresql://postgres@127.0.0.1:{port}/postgres"), stop
 
 
+OF_THIS_DATABASE = "pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())"
+"""A ``pg_locks`` condition: the sessions on the test's own database. The session's cluster
+holds every test's database, and other tests' daemons take the same advisory locks in theirs."""
+
 ROOT_VARIABLE = "RUNNER_TEST_PG_ROOT"
 
 

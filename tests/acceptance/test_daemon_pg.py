@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import Cli, ProjectDir, poll
-from pg import pg_server, pg_url  # noqa: F401
+from pg import OF_THIS_DATABASE, pg_server, pg_url  # noqa: F401
 from test_daemon import Daemon
 
 from runner.leader import LEADER_LOCK
@@ -136,7 +136,8 @@ def test_a_leader_that_loses_its_session_exits_2_and_one_stopped_hands_over(proj
     (ended,) = query(
         cli,
         "SELECT pg_terminate_backend(pid) FROM pg_locks "
-        "WHERE locktype = 'advisory' AND granted AND classid = %s AND objid = %s",
+        "WHERE locktype = 'advisory' AND granted AND classid = %s AND objid = %s"
+        f" AND {OF_THIS_DATABASE}",  # not the other tests' daemons, in their databases beside this one
         LEADER_LOCK >> 32,
         LEADER_LOCK & 0xFFFFFFFF,
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
-from pg import pg_server, pg_url  # noqa: F401
+from pg import OF_THIS_DATABASE, pg_server, pg_url  # noqa: F401
 
 from runner.errors import StoreError
 from runner.models import RunStatus, TaskType
@@ -280,7 +280,8 @@ async def waiting_for_locks(store: Store, count: int) -> None:
     with anyio.fail_after(5):
         while True:
             async with store.engine.connect() as conn:
-                if (await conn.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))).scalar() == count:
+                waiting = text(f"SELECT count(*) FROM pg_locks WHERE NOT granted AND {OF_THIS_DATABASE}")
+                if (await conn.execute(waiting)).scalar() == count:
                     return
             await anyio.sleep(0.02)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
-from pg import pg_server, pg_url  # noqa: F401
+from pg import OF_THIS_DATABASE, pg_server, pg_url  # noqa: F401
 
 from runner import leader
 from runner.models import TaskType
@@ -45,10 +45,12 @@ def admin(url: str) -> Iterator[Any]:
 
 
 def lock_holder(url: str) -> int | None:
-    """The server pid of the session that holds the leader's lock."""
+    """The server pid of the session that holds the leader's lock on this database (the tests'
+    cluster has other tests' databases, and their daemons' locks, beside it)."""
     with admin(url) as conn:
         row = conn.execute(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s AND objid = %s",
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s AND objid = %s"
+            f" AND {OF_THIS_DATABASE}",
             (leader.LEADER_LOCK >> 32, leader.LEADER_LOCK & 0xFFFFFFFF),
         ).fetchone()
         return row[0] if row else None
