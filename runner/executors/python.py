@@ -14,13 +14,14 @@ task. A thread's own state (``threading.local``) may outlive a call, as in any t
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import ctypes
 import inspect
 import os
-import queue
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -117,8 +118,8 @@ async def _call_in_thread(
     done: asyncio.Future[None] = loop.create_future()
     # current_run and the run's print()/logging routing, as on the loop; copied per call, so a
     # reused thread carries nothing over from the run before.
-    call = _Call(fn, arguments, contextvars.copy_context(), name, loop, done)
-    thread = _POOL.start(call)
+    call = _Call(fn, arguments, contextvars.copy_context(), name, _returns(loop), done)
+    _POOL.start(call)
     try:
         if time_limit is None:  # no cancel scope to enter and leave
             await done
@@ -128,9 +129,9 @@ async def _call_in_thread(
                 await done
             timed_out = deadline.cancelled_caught
     except anyio.get_cancelled_exc_class():
-        call.abandon(thread)
+        call.abandon()
         raise
-    if timed_out and call.abandon(thread):
+    if timed_out and call.abandon():
         raise TaskTimeout(f"timed out after {time_limit:g}s; the thread was abandoned")
     # Finished (perhaps just at the deadline, its hand-back still queued): its outcome stands.
     if call.error is not None:
@@ -138,13 +139,13 @@ async def _call_in_thread(
     return call.value
 
 
-_RUNNING, _DONE, _ABANDONED = range(3)
+_QUEUED, _RUNNING, _DONE, _ABANDONED = range(4)
 
 
 class _Call:
-    """One sync call handed to a pool thread, and what came of it."""
+    """One sync call handed to the pool, and what came of it."""
 
-    __slots__ = ("arguments", "context", "done", "error", "fn", "lock", "loop", "name", "state", "value")
+    __slots__ = ("arguments", "context", "done", "error", "fn", "lock", "name", "returns", "state", "thread", "value")
 
     def __init__(
         self,
@@ -152,24 +153,31 @@ class _Call:
         arguments: Mapping[str, Any],
         context: contextvars.Context,
         name: str,
-        loop: asyncio.AbstractEventLoop,
+        returns: _Returns,
         done: asyncio.Future[None],
     ) -> None:
         self.fn = fn
         self.arguments = arguments
         self.context = context
         self.name = name
-        self.loop = loop
+        self.returns = returns
         self.done = done
         self.value: Any = None
         self.error: BaseException | None = None
-        self.state = _RUNNING
-        # Orders "the thread finished" against "the loop gave up on it": TaskTimeout is only
-        # ever raised into a thread still running this call, never into its next one.
+        self.state = _QUEUED
+        self.thread: threading.Thread | None = None
+        # Orders "a thread took it", "it finished" and "the loop gave up on it": TaskTimeout is
+        # only ever raised into a thread still running this call, never into its next one.
         self.lock = threading.Lock()
 
     def run(self, worker: _Thread) -> None:
         """In ``worker``'s thread: call, hand the outcome to the loop (unless abandoned meanwhile)."""
+        with self.lock:
+            if self.state == _ABANDONED:  # given up on while it waited for a thread
+                worker.pool.free()
+                return
+            self.state = _RUNNING
+            self.thread = worker.thread
         threading.current_thread().name = self.name
         try:
             self.value = self.context.run(self.fn, **self.arguments)
@@ -179,26 +187,63 @@ class _Call:
             if self.state == _ABANDONED:
                 raise _Abandoned
             self.state = _DONE
-        # Back in the pool before the loop hears of it, so that the run the freed slot lets in
-        # finds this thread idle rather than starting one more.
-        worker.pool.rest(worker)
-        # No blocking round trip: a callback queued after the run's printed text (callbacks
-        # run in order), so the loop has all of it before it learns that the call is done.
-        with contextlib.suppress(RuntimeError):  # the loop is closed
-            self.loop.call_soon_threadsafe(_settle, self.done)
+        # Free again before the loop hears of it, so that the call the freed slot lets in is
+        # taken by this thread rather than by one more woken for it.
+        worker.pool.free()
+        self.returns.put(self.done)
 
-    def abandon(self, thread: threading.Thread) -> bool:
-        """On the loop, at the deadline or on cancel: give up on a call still running (True)."""
+    def abandon(self) -> bool:
+        """On the loop, at the deadline or on cancel: give up on a call not yet done (True)."""
         with self.lock:
-            if self.state != _RUNNING:
+            if self.state == _DONE or self.state == _ABANDONED:
                 return False
+            if self.state == _RUNNING:
+                assert self.thread is not None
+                _raise_in_thread(self.thread, TaskTimeout)
             self.state = _ABANDONED
-            _raise_in_thread(thread, TaskTimeout)
         return True
 
 
 class _Abandoned(Exception):
     """Ends a thread whose call was given up on: it leaves the pool."""
+
+
+class _Returns:
+    """The calls of one event loop that ended, handed back to it: the first to end wakes the
+    loop, and those that end before it has looked ride along (a thread that runs several short
+    calls in a row wakes the loop once, not once each)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._ended: list[asyncio.Future[None]] = []
+
+    def put(self, done: asyncio.Future[None]) -> None:
+        with self._lock:
+            self._ended.append(done)
+            if len(self._ended) > 1:  # the loop is told already
+                return
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self._loop.call_soon_threadsafe(self._hand_back)
+
+    def _hand_back(self) -> None:
+        with self._lock:
+            ended, self._ended = self._ended, []
+        # Each behind the printed text of its call, which the thread queued on the loop before
+        # the call ended (callbacks run in order): the loop has all of it before it learns of
+        # the end.
+        for done in ended:
+            self._loop.call_soon(_settle, done)
+
+
+_RETURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Returns] = weakref.WeakKeyDictionary()
+
+
+def _returns(loop: asyncio.AbstractEventLoop) -> _Returns:
+    returns = _RETURNS.get(loop)
+    if returns is None:
+        returns = _RETURNS[loop] = _Returns(loop)
+    return returns
 
 
 def _settle(done: asyncio.Future[None]) -> None:
@@ -207,60 +252,85 @@ def _settle(done: asyncio.Future[None]) -> None:
 
 
 class _Pool:
-    """Daemon threads for sync calls, reused: starting a thread per call cost ~100 us of a no-op
-    run. A thread is made when no idle one is there, so there are as many as the most sync calls
-    at once (the engine's concurrency bounds them); one idle for ``IDLE_SECONDS`` ends. A thread
-    whose call was abandoned leaves the pool: it may stay stuck in a blocking call for good."""
+    """Daemon threads for sync calls, reused (starting a thread per call cost ~100 us of a
+    no-op run), taking calls from one queue.
+
+    A thread is woken (or made) for a call only when no thread is free, that is awake and
+    between calls; a thread that takes a call and leaves others queued wakes one more for them.
+    So a call never waits behind another that blocks, there are never more threads than calls
+    at once (the engine's concurrency bounds them), and short calls queued together are run by
+    one thread in a row rather than by one woken thread each (each wake-up also moves the GIL
+    between threads). A thread asleep for ``IDLE_SECONDS`` ends. A thread whose call was
+    abandoned leaves the pool: it may stay stuck in a blocking call for good."""
 
     IDLE_SECONDS = 60.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle: list[_Thread] = []
+        self._calls: collections.deque[_Call] = collections.deque()
+        self._asleep: list[_Thread] = []
+        self._free = 0
 
     def forget(self) -> None:
         """In a forked child: no thread of the parent's is there."""
-        self._lock = threading.Lock()
-        self._idle = []
+        self.__init__()  # type: ignore[misc]
 
-    def start(self, call: _Call) -> threading.Thread:
+    def start(self, call: _Call) -> None:
         with self._lock:
-            worker = self._idle.pop() if self._idle else None
-        if worker is None:
-            worker = _Thread(self)
-        worker.calls.put(call)
-        return worker.thread
+            self._calls.append(call)
+            if not self._free:
+                self._wake_one()
 
-    def rest(self, worker: _Thread) -> None:
+    def _wake_one(self) -> None:
+        self._free += 1
+        if self._asleep:
+            self._asleep.pop().wake.release()
+        else:
+            _Thread(self)
+
+    def free(self) -> None:
         with self._lock:
-            self._idle.append(worker)
+            self._free += 1
+
+    def take(self, worker: _Thread) -> _Call | None:
+        """A free ``worker``'s next call, or None: it is asleep now, until woken."""
+        with self._lock:
+            self._free -= 1
+            if not self._calls:
+                self._asleep.append(worker)
+                return None
+            call = self._calls.popleft()
+            if self._calls and not self._free:
+                self._wake_one()
+            return call
 
     def retire(self, worker: _Thread) -> bool:
-        """Take an idle ``worker`` out of the pool; False if a call was handed to it meanwhile."""
+        """Take a sleeping ``worker`` out of the pool; False if it was woken meanwhile."""
         with self._lock:
-            if worker not in self._idle:
+            if worker not in self._asleep:
                 return False
-            self._idle.remove(worker)
+            self._asleep.remove(worker)
             return True
 
 
 class _Thread:
     def __init__(self, pool: _Pool) -> None:
         self.pool = pool
-        self.calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        self.wake = threading.Lock()
+        self.wake.acquire()
         self.thread = threading.Thread(target=self._serve, name="runner-task", daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
         try:
             while True:
-                try:
-                    call = self.calls.get(timeout=self.pool.IDLE_SECONDS)
-                except queue.Empty:
+                call = self.pool.take(self)
+                if call is not None:
+                    call.run(self)
+                elif not self.wake.acquire(timeout=self.pool.IDLE_SECONDS):
                     if self.pool.retire(self):
                         return
-                    continue  # handed a call just now: it is in the queue
-                call.run(self)
+                    self.wake.acquire()  # woken just now: the release is on its way
         except (_Abandoned, TaskTimeout):
             return  # TaskTimeout: raised into an abandoned call after its callable had returned
 

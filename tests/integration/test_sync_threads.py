@@ -4,8 +4,10 @@ abandoned and replaced. A real SQLite store and real threads; nothing waits on a
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import anyio
@@ -13,7 +15,9 @@ import pytest
 from conftest import ProjectDir
 
 from runner.engine import Engine
+from runner.executors.python import call_python
 from runner.models import RunStatus
+from runner.signature import inspect_callable
 from runner.store import Store
 from runner.sync import sync_project
 
@@ -100,6 +104,28 @@ async def test_many_sync_runs_share_as_many_threads_as_run_at_once(project_synce
     assert len(threads) == 200
     assert 1 <= len({id(thread) for thread in threads}) <= 4
     assert all(thread.daemon for thread in threads)
+
+
+@pytest.mark.anyio
+async def test_sync_calls_started_together_that_block_each_get_a_thread() -> None:
+    # Started in one go, the calls wait in one queue for the pool's one idle thread; the thread
+    # that takes the first wakes another for the rest, so none waits behind a call that blocks.
+    meet = threading.Barrier(3, timeout=5)
+
+    def warm() -> None:
+        pass
+
+    def block() -> str:
+        meet.wait()  # returns only when two more calls wait beside this one
+        return threading.current_thread().name
+
+    await call_python(warm, inspect_callable(warm), {}, scope=None, time_limit=None)
+    outcomes = await asyncio.gather(
+        *(call_python(block, inspect_callable(block), {}, scope=None, time_limit=None, thread_name=f"t{i}")
+          for i in range(3))
+    )
+    assert [outcome.error for outcome in outcomes] == [None] * 3
+    assert [outcome.value for outcome in outcomes] == ["t0", "t1", "t2"]
 
 
 @pytest.mark.anyio
