@@ -34,6 +34,7 @@ from runner.processes import HOST
 from runner.recorder import Recorder
 from runner.records import QueuedRun, RunEnd, RunError, RunResult, next_attempt
 from runner.revision import Revision
+from runner.slots import Slots
 from runner.store import Store
 
 _PACKAGE_DIR = str(Path(__file__).parent)
@@ -193,7 +194,7 @@ class Attempts:
         self,
         store: Store,
         recorder: Recorder,
-        limiter: anyio.CapacityLimiter,
+        limiter: Slots,
         execute: Execute,
         *,
         revision: Revision | None,
@@ -204,7 +205,7 @@ class Attempts:
         self.execute = execute
         self.revision = revision  # of the files the runs are queued or run with, recorded on each
         self.cancels = CancelWatch(store)  # the engine runs its loop
-        self._task_limiters: dict[str, anyio.CapacityLimiter] = {}
+        self._task_limiters: dict[str, Slots] = {}
 
     def queued(self, attempt: Attempt) -> QueuedRun:
         return attempt.queued(self.revision)
@@ -248,14 +249,14 @@ class Attempts:
         except Exception as exc:  # preparing or starting it failed: this run fails, nothing else
             return Ending(RunStatus.FAILED, fault(exc, attempt.masker))
 
-    def _task_limiter(self, spec: TaskSpec) -> anyio.CapacityLimiter | None:
+    def _task_limiter(self, spec: TaskSpec) -> Slots | None:
         if spec.concurrency is None:
             return None
         limiter = self._task_limiters.get(spec.name)
         if limiter is None:
-            limiter = self._task_limiters[spec.name] = anyio.CapacityLimiter(spec.concurrency)
-        elif limiter.total_tokens != spec.concurrency:
-            limiter.total_tokens = spec.concurrency  # changed by a sync since
+            limiter = self._task_limiters[spec.name] = Slots(spec.concurrency)
+        elif limiter.total != spec.concurrency:
+            limiter.total = spec.concurrency  # changed by a sync since
         return limiter
 
     async def finish(self, attempt: Attempt, started: float | None, ending: Ending) -> Run:

@@ -39,6 +39,7 @@ from runner.models import Run, SecretRef, StoredTask, new_run_id
 from runner.recorder import Recorder
 from runner.revision import Revision
 from runner.runnable import checked_parameters, runnable
+from runner.slots import Slots
 from runner.store import Store
 from runner.workflow import DEFAULT_QUEUE, MAX_BACKOFF, Node, Workflow, WorkflowOptions, retry_delay
 
@@ -122,7 +123,7 @@ class Engine:
         self.store = store
         self.project = project.resolve()
         self.recorder = Recorder(store)
-        self.limiter = anyio.CapacityLimiter(max_concurrency)
+        self.limiter = Slots(max_concurrency)
         self.tasks: dict[str, StoredTask] = {}
         self._execution = Execution(
             self.project, self.recorder, self._scope, output_cap=output_cap, kill_grace=kill_grace

@@ -50,8 +50,15 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def run_async(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+def run_async(fn: Callable[[], Coroutine[Any, Any, T]], *, runs_tasks: bool = False) -> T:
+    """``fn()`` on an asyncio event loop; ``runs_tasks`` for a command that runs tasks (its
+    garbage collector tuned for that)."""
     import anyio  # lazy, for start-up time
+
+    if runs_tasks:
+        from runner.processes import tune_gc
+
+        tune_gc()
 
     results: list[T] = []
 

@@ -66,7 +66,7 @@ def run(
                 reporter=reporter, **options,
             )
 
-    outcome = run_async(go)
+    outcome = run_async(go, runs_tasks=True)
     if outcome.stopped_by is not None:
         click.echo(f"runner: stopped by signal {outcome.stopped_by}; unfinished runs recorded cancelled", err=True)
         sys.exit(128 + outcome.stopped_by)

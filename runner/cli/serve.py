@@ -127,7 +127,7 @@ def daemon(
     import signal
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: where it is stuck
-    run_async(serve)
+    run_async(serve, runs_tasks=True)
     log.logger.info("daemon stopped", extra={"event": "daemon_stopped"})
 
 
@@ -165,5 +165,5 @@ def worker(settings: Settings, concurrency: int, queues: tuple[str, ...], grace:
             await Worker(settings.project, store, queues=list(queues) or None, concurrency=concurrency, grace=seconds).run()
         await end_leftover_tasks()
 
-    run_async(serve)
+    run_async(serve, runs_tasks=True)
     log.logger.info("worker stopped", extra={"event": "worker_stopped"})
