@@ -8,6 +8,7 @@ the engine's ``Attempts``), so that it knows nothing else of the engine.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -110,21 +111,21 @@ class Node:
     task: StoredTask
     attempt: Attempt
     final: Run | None = None
-    _done: anyio.Event | None = field(default=None, repr=False)
-    _ended: bool = False
+    ended: bool = False
+    _done: asyncio.Event | None = field(default=None, repr=False)
 
     @property
-    def done(self) -> anyio.Event:
+    def done(self) -> asyncio.Event:
         """Set once the node's runs are over; made when first asked for: most runs have no one
         waiting for them, and an event costs about 1% of a no-op run."""
         if self._done is None:
-            self._done = anyio.Event()
-            if self._ended:
+            self._done = asyncio.Event()
+            if self.ended:
                 self._done.set()
         return self._done
 
     def end(self) -> None:
-        self._ended = True
+        self.ended = True
         if self._done is not None:
             self._done.set()
 
@@ -243,7 +244,8 @@ class Workflow:
         try:
             needs = [self.nodes[n] for n in node.task.spec.needs if n in self.nodes]
             for need in needs:
-                await need.done.wait()
+                if not need.ended:  # a fan-in of 2,000 wakes once per need still running
+                    await need.done.wait()
             blocked = [n for n in needs if n.final is None or not n.final.succeeded]
             if blocked:
                 node.final = await self._skip(node.attempt, blocked)

@@ -76,12 +76,15 @@ class RunStore(StoreBase):
                 jobs = [job for job in jobs if not dropped.intersection(job.runs.values())]
             if inserts:
                 await conn.execute(t.runs.insert(), self._clean([queued_row(run) for run in inserts]))
-            if batch.starts:
+            # A run that starts and ends within one batch (most short runs) gets one UPDATE.
+            starts = dict(batch.starts)
+            ends = [end_row(end, started_at=starts.pop(end.run_id, None)) for end in batch.finishes]
+            if starts:
                 await conn.execute(
                     update(t.runs)
                     .where(t.runs.c.id == bindparam("b_id"), UNFINISHED_SQL)
                     .values(status=RunStatus.RUNNING.value, started_at=bindparam("b_started_at")),
-                    [{"b_id": run_id, "b_started_at": at} for run_id, at in batch.starts],
+                    [{"b_id": run_id, "b_started_at": at} for run_id, at in starts.items()],
                 )
             if batch.groups:
                 await conn.execute(
@@ -92,7 +95,7 @@ class RunStore(StoreBase):
                 )
             if jobs:
                 await defer(conn, jobs)
-            for fields in grouped_by_keys(self._clean([end_row(end) for end in batch.finishes])):
+            for fields in grouped_by_keys(self._clean(ends)):
                 await conn.execute(
                     update(t.runs)
                     .where(t.runs.c.id == bindparam("b_id"), UNFINISHED_SQL)

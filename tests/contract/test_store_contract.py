@@ -206,6 +206,23 @@ class Odd:
     __hash__ = None  # type: ignore[assignment]
 
 
+async def test_a_start_and_end_in_one_batch_record_both(store: Store) -> None:
+    await store.write_runs(RunBatch(inserts=[run_row("r1"), run_row("r2", queued=NOW + 1)]))
+    await store.write_runs(
+        RunBatch(
+            starts=[("r1", NOW + 0.5), ("r2", NOW + 1.5)],
+            finishes=[RunEnd("r1", RunStatus.SUCCEEDED, NOW + 2, 1.5)],
+        )
+    )
+    r1, r2 = await store.run("r1"), await store.run("r2")
+    assert (r1.status, r1.started_at, r1.finished_at) == (RunStatus.SUCCEEDED, NOW + 0.5, NOW + 2)
+    assert (r2.status, r2.started_at, r2.finished_at) == (RunStatus.RUNNING, NOW + 1.5, None)
+    # an end whose run has one already is not written, its start with it
+    await store.write_runs(RunBatch(starts=[("r1", NOW + 9)], finishes=[RunEnd("r1", RunStatus.FAILED, NOW + 10)]))
+    r1 = await store.run("r1")
+    assert (r1.status, r1.started_at, r1.finished_at) == (RunStatus.SUCCEEDED, NOW + 0.5, NOW + 2)
+
+
 async def test_runs_round_trip_through_a_batch(store: Store) -> None:
     result = Odd(Fraction(1, 3))
     await store.write_runs(
