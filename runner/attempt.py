@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from runner.cancels import CancelWatch, Watched
 from runner.context import Upstream
@@ -217,6 +218,9 @@ class Attempts:
         """Run ``attempt`` once and record how it ended; its retry (``attempt.next``), if it
         gets one, is queued with that record."""
         try:
+            # A free slot is taken without a turn of the loop (Slots), so a run stopped before
+            # its turn is refused here, before it starts.
+            await anyio.lowlevel.checkpoint_if_cancelled()
             task_limiter = self._task_limiter(attempt.spec)
             if task_limiter is None:
                 async with self.limiter:
