@@ -97,13 +97,14 @@ def kill_orphaned_groups(groups: Iterable[tuple[int, float | None]]) -> None:
 
 GC_THRESHOLDS = (50_000, 20, 10)
 """The cyclic garbage collector's thresholds in a process that runs tasks (Python's: 700, 10,
-10). A run makes a few hundred objects and almost no cyclic garbage, but with the default
-thresholds the collector ran 265 young and 2 full collections per 2,000 no-op runs, each full
-one walking the whole heap (imports, the project's tasks, the workflow): 18% of the CPU of a
-fan-in of 2,000 runs (docs/performance.md, "Garbage collection")."""
+10). A run makes a few hundred objects and almost no cyclic garbage, yet with Python's
+thresholds a fan-in of 2,000 no-op runs met 265 young, 24 middle and 2 full collections, the
+full ones walking the whole heap (the imports, the project's tasks, the workflow): 0.18 s of
+its 0.67 s of CPU. With these, 3 young collections: 0.03 s (docs/performance.md, "Garbage
+collection")."""
 
 
 def tune_gc() -> None:
-    """Collect cyclic garbage less often: for the commands that run tasks (``run``, ``daemon``,
-    ``worker``), not for a program that imports runner."""
+    """Collect cyclic garbage less often: for ``runner run`` and ``runner worker``, not for a
+    program that imports runner."""
     gc.set_threshold(*GC_THRESHOLDS)

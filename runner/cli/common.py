@@ -51,8 +51,8 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 def run_async(fn: Callable[[], Coroutine[Any, Any, T]], *, runs_tasks: bool = False) -> T:
-    """``fn()`` on an asyncio event loop; ``runs_tasks`` for a command that runs tasks (its
-    garbage collector tuned for that)."""
+    """``fn()`` on an asyncio event loop; ``runs_tasks`` for a command that runs tasks from
+    start to end (``run``, ``worker``: its garbage collector tuned for that)."""
     import anyio  # lazy, for start-up time
 
     if runs_tasks:
