@@ -103,9 +103,8 @@ def queued_row(run: QueuedRun) -> dict[str, Any]:
     }
 
 
-def end_row(end: RunEnd, *, started_at: float | None = None) -> dict[str, Any]:
-    """The fields of a run's row its end sets (with its start's, when the two are written
-    together); those it leaves as queued are not among them."""
+def end_row(end: RunEnd) -> dict[str, Any]:
+    """The fields of a run's row its end sets; those it leaves as queued are not among them."""
     row: dict[str, Any] = {
         "id": end.run_id,
         "status": end.status.value,
@@ -116,8 +115,6 @@ def end_row(end: RunEnd, *, started_at: float | None = None) -> dict[str, Any]:
         "stderr": end.stderr,
         "error": error_json(end.error),
     }
-    if started_at is not None:
-        row["started_at"] = started_at
     if end.parameters_json is not None:
         row["parameters"] = end.parameters_json
     if end.result is not None:

@@ -76,15 +76,12 @@ class RunStore(StoreBase):
                 jobs = [job for job in jobs if not dropped.intersection(job.runs.values())]
             if inserts:
                 await conn.execute(t.runs.insert(), self._clean([queued_row(run) for run in inserts]))
-            # A run that starts and ends within one batch (most short runs) gets one UPDATE.
-            starts = dict(batch.starts)
-            ends = [end_row(end, started_at=starts.pop(end.run_id, None)) for end in batch.finishes]
-            if starts:
+            if batch.starts:
                 await conn.execute(
                     update(t.runs)
                     .where(t.runs.c.id == bindparam("b_id"), UNFINISHED_SQL)
                     .values(status=RunStatus.RUNNING.value, started_at=bindparam("b_started_at")),
-                    [{"b_id": run_id, "b_started_at": at} for run_id, at in starts.items()],
+                    [{"b_id": run_id, "b_started_at": at} for run_id, at in batch.starts],
                 )
             if batch.groups:
                 await conn.execute(
@@ -95,7 +92,7 @@ class RunStore(StoreBase):
                 )
             if jobs:
                 await defer(conn, jobs)
-            for fields in grouped_by_keys(self._clean(ends)):
+            for fields in grouped_by_keys(self._clean([end_row(end) for end in batch.finishes])):
                 await conn.execute(
                     update(t.runs)
                     .where(t.runs.c.id == bindparam("b_id"), UNFINISHED_SQL)
