@@ -229,11 +229,10 @@ class _Returns:
     def _hand_back(self) -> None:
         with self._lock:
             ended, self._ended = self._ended, []
-        # Each behind the printed text of its call, which the thread queued on the loop before
-        # the call ended (callbacks run in order): the loop has all of it before it learns of
-        # the end.
+        # A call's printed text was queued on the loop before the call ended, so before this
+        # looked; a future's waiter is woken by a callback queued now, behind that text.
         for done in ended:
-            self._loop.call_soon(_settle, done)
+            _settle(done)
 
 
 _RETURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Returns] = weakref.WeakKeyDictionary()
