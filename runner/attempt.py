@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -281,11 +281,11 @@ class Attempts:
         attempt.final = run  # from here on the record is on its way, whatever happens
         retry = self.queued(attempt.next) if attempt.next is not None else None
         try:
-            written = await self.recorder.finished(end, unstreamed, retry)
+            written = await self.recorder.finished(_releasing(attempt, end), unstreamed, retry)
         except RecordRefused as exc:
             run, end = self._failed_record(attempt, started, finished, fault(exc, masker))
             attempt.final, attempt.next = run, None
-            await self.recorder.finished(end, [], None)
+            await self.recorder.finished(_releasing(attempt, end), [], None)
             return run
         if not written:
             # Marked interrupted meanwhile (this worker was taken for dead) and retried
@@ -369,6 +369,14 @@ class Attempts:
 
 
 _NO_RESULT = RunResult(None, "null", pickle.dumps(None))
+
+
+def _releasing(attempt: Attempt, end: RunEnd) -> RunEnd:
+    """``end``; for a worker's run that ends for good, with its invocation, whose runs that wait
+    for it are then decided in the transaction that writes it (``records.RunEnd.release``)."""
+    if attempt.queue is None or attempt.next is not None:
+        return end
+    return replace(end, release=attempt.invocation)
 
 
 def _pickled(value: Any, masker: Masker) -> bytes | None:
