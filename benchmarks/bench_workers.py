@@ -73,7 +73,8 @@ shell tasks ``sleep --sleep`` (``f0``...) and a task ``fan`` that needs them all
 ``--workers``, W workers of ``--concurrency`` C are started and ready, then ``runner run
 --remote fan`` (the CLI, as a user types it) is timed from its start to its exit, beside the
 ideal N x sleep / (W x C) and the span the store recorded (the first nap's start to ``fan``'s
-end). ``--repeat`` runs each.
+end), and the wall time of ``runner run --remote f0`` (one task alone: the CLI's own cost
+around the runs). ``--repeat`` runs each.
 
 ``--profile DIR`` runs the first worker of each round under cProfile (``DIR/worker-of-r0w1.prof``).
 Prints markdown tables; ``--json PATH`` also writes every figure (and the raw lock timings'
@@ -1012,15 +1013,22 @@ async def fan_round(server: Server, root: Path, scratch: Path, count: int, args:
         "workers": count, "concurrency": args.concurrency, "slots": slots,
         "ideal_s": args.fan * args.sleep / slots, "load_before": load(), "runs": [],
     }
+
+    async def timed(task: str) -> float:
+        argv = [PYTHON, "-m", "runner", "--project", str(root), "--db", url, "run", "--remote", task]
+        began = time.perf_counter()
+        done = await anyio.run_process(argv, check=False)
+        wall = time.perf_counter() - began
+        if done.returncode != 0:
+            raise SystemExit(f"runner run --remote {task} exited {done.returncode}:\n{done.stderr.decode()[-2000:]}")
+        return wall
+
     try:
         await workers.wait_ready(conn)
+        # One task alone: what the CLI costs around its runs (start, sync, send, wait, print).
+        result["one_s"] = await timed("f0")
         for _ in range(args.repeat):
-            argv = [PYTHON, "-m", "runner", "--project", str(root), "--db", url, "run", "--remote", "fan"]
-            began = time.perf_counter()
-            done = await anyio.run_process(argv, check=False)
-            wall = time.perf_counter() - began
-            if done.returncode != 0:
-                raise SystemExit(f"runner run --remote fan exited {done.returncode}:\n{done.stderr.decode()[-2000:]}")
+            wall = await timed("fan")
             row = await (await conn.execute(
                 "SELECT min(started_at) FILTER (WHERE task <> 'fan'), max(finished_at) FILTER (WHERE task = 'fan'),"
                 " count(DISTINCT pid) FILTER (WHERE task <> 'fan'), count(*) FILTER (WHERE status = 'succeeded')"
@@ -1041,13 +1049,13 @@ async def fan_round(server: Server, root: Path, scratch: Path, count: int, args:
 
 def fan_report(rounds: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"### A fan of {args.fan} tasks that sleep {args.sleep:g} s, `runner run --remote fan`\n")
-    print("| workers x concurrency | ideal N x sleep / slots | wall time of the CLI | first start to fan's end | workers used | load before / after |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| workers x concurrency | ideal N x sleep / slots | wall time of the CLI | first start to fan's end | one task alone | workers used | load before / after |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for rnd in rounds:
         walls = spread([r["wall_s"] for r in rnd["runs"]], "{:.2f} s")
         spans = spread([r["span_s"] for r in rnd["runs"]], "{:.2f} s")
         used = ", ".join(str(r["workers_used"]) for r in rnd["runs"])
-        print(f"| {rnd['workers']} x {rnd['concurrency']} | {rnd['ideal_s']:.2f} s | {walls} | {spans} | {used} | "
+        print(f"| {rnd['workers']} x {rnd['concurrency']} | {rnd['ideal_s']:.2f} s | {walls} | {spans} | {rnd['one_s']:.2f} s | {used} | "
               f"{rnd['load_before']} / {rnd['load_after']} |")
 
 
