@@ -104,7 +104,7 @@ class RunEnd:
     parameters_json: str | None = None
     result: RunResult | None = None  # None: no result (not a python run, or it did not return)
     # A worker's run that ends for good (no attempt after it): the invocation whose runs waiting
-    # for their needs are decided in the transaction that writes this end (store/queue.py).
+    # for their needs are decided in the transaction that writes this end (store/jobs.py).
     release: str | None = None
 
 
@@ -138,7 +138,7 @@ class JobArgs:
 
     A job whose run has needs in its workflow (``needs``) is held by the store until their runs
     are final, then put on the queue with the ids of the runs whose results it reads
-    (``upstream``: need -> run id), or its run is skipped (store/queue.py). A job written
+    (``upstream``: need -> run id), or its run is skipped (store/jobs.py). A job written
     before workflows were spread carries every run of its workflow (``runs``, several tasks):
     a worker runs them all, needs first, as it did then."""
 

@@ -8,7 +8,7 @@ workflow (a task, or one of the needs it runs after), so the runs of one workflo
 whichever workers are free. The runs are written ``queued`` in the transaction that defers the
 jobs of those without needs, so neither exists without the other; the job of a run with needs
 is held by the store, and put on the queue (or its run skipped, as the engine skips one) in
-the transaction that writes the final end of the last of its needs' runs (``store/queue.py``).
+the transaction that writes the final end of the last of its needs' runs (``store/jobs.py``).
 A worker takes a job's run up with a compare-and-set before it runs anything (a job delivered
 twice runs once), then runs it with the same engine as ``runner run``: timeouts, retries,
 output, cancellation, and the results of its needs read from the store.

@@ -105,7 +105,7 @@ waiting_jobs = Table(
     "waiting_jobs",
     metadata,
     # A run sent to workers that waits for its needs' runs in its workflow: its job, held here
-    # until they are final (store/queue.py), then put on the queue or its run skipped.
+    # until they are final (store/jobs.py), then put on the queue or its run skipped.
     Column("run_id", String(32), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
     Column("invocation", String(32), nullable=False),
     Column("needs", Text, nullable=False),  # JSON: the tasks it waits for, in its `needs:` order
