@@ -102,6 +102,20 @@ async def defer(conn: AsyncConnection, jobs: Sequence[JobArgs]) -> None:
     )
 
 
+async def lock_waiting(conn: AsyncConnection, invocations: Collection[str]) -> list[str]:
+    """The invocations among these that have runs waiting for their needs, locked
+    (``lock_invocations``); to call before any row lock. One read, without a lock, for those
+    that have none (a workflow of one run, most often): a run is put to wait only when its
+    workflow is sent, before any of its runs can end, so one that has none now never will."""
+    found = (
+        await conn.execute(
+            select(t.waiting_jobs.c.invocation).distinct().where(t.waiting_jobs.c.invocation.in_(list(invocations)))
+        )
+    ).scalars().all()
+    await lock_invocations(conn, found)
+    return sorted(found)
+
+
 async def release(conn: AsyncConnection, invocations: Collection[str]) -> None:
     """Decide the runs of these invocations that wait for their needs and whose needs' runs
     are all final now: queue the job of each whose needs all succeeded, with the ids of those
@@ -112,55 +126,57 @@ async def release(conn: AsyncConnection, invocations: Collection[str]) -> None:
     A need's run is its task's last attempt in the invocation: one that failed with retries
     left is followed by its retry, queued in the transaction that wrote its end, so a run is
     decided only when the last attempt of each need is final."""
-    for invocation in sorted(invocations):
-        waiting = (
-            await conn.execute(
-                select(t.waiting_jobs.c.run_id, t.waiting_jobs.c.needs, t.waiting_jobs.c.args)
-                .where(t.waiting_jobs.c.invocation == invocation)
-            )
-        ).all()
-        if not waiting:
-            continue
-        last: dict[str, tuple[int, str, str]] = {}  # task -> (attempt, run id, status)
-        for run_id, task, status, attempt in await conn.execute(
-            select(t.runs.c.id, t.runs.c.task, t.runs.c.status, t.runs.c.attempt).where(
-                t.runs.c.invocation == invocation
-            )
-        ):
-            if task not in last or (attempt, run_id) > last[task][:2]:
-                last[task] = (attempt, run_id, status)
-        ready: list[JobArgs] = []
-        skipped: dict[str, str] = {}  # run id -> why
-        undecided = {row.run_id: (json.loads(row.needs), JobArgs.from_json(json.loads(row.args))) for row in waiting}
+    if not invocations:
+        return
+    waiting: dict[str, dict[str, tuple[list[str], JobArgs]]] = {}  # invocation -> run id -> (needs, job)
+    for run_id, invocation, needs, args in await conn.execute(
+        select(t.waiting_jobs.c.run_id, t.waiting_jobs.c.invocation, t.waiting_jobs.c.needs, t.waiting_jobs.c.args)
+        .where(t.waiting_jobs.c.invocation.in_(list(invocations)))
+    ):
+        waiting.setdefault(invocation, {})[run_id] = (json.loads(needs), JobArgs.from_json(json.loads(args)))
+    if not waiting:
+        return
+    last: dict[tuple[str, str], tuple[int, str, str]] = {}  # (invocation, task) -> (attempt, run id, status)
+    for run_id, invocation, task, status, attempt in await conn.execute(
+        select(t.runs.c.id, t.runs.c.invocation, t.runs.c.task, t.runs.c.status, t.runs.c.attempt)
+        .where(t.runs.c.invocation.in_(list(waiting)))
+    ):
+        key = (invocation, task)
+        if key not in last or (attempt, run_id) > last[key][:2]:
+            last[key] = (attempt, run_id, status)
+    ready: list[JobArgs] = []
+    skipped: dict[str, str] = {}  # run id -> why
+    decided: list[str] = []
+    for invocation, undecided in waiting.items():
         changed = True
         while changed:  # a skip decides the runs that wait for the one skipped
             changed = False
             for run_id, (needs, job) in list(undecided.items()):
-                ends = {need: last[need] for need in needs if need in last}
+                ends = {need: last[invocation, need] for need in needs if (invocation, need) in last}
                 if len(ends) < len(needs) or any(status in UNFINISHED for _, _, status in ends.values()):
                     continue
                 del undecided[run_id]
+                decided.append(run_id)
                 changed = True
                 blocked = [f"{need} {status}" for need, (_, _, status) in ends.items() if status != _SUCCEEDED]
                 if blocked:
                     skipped[run_id] = f"a need did not succeed: {', '.join(blocked)}"
-                    last[job.task] = (job.attempt, run_id, RunStatus.SKIPPED.value)
+                    last[invocation, job.task] = (job.attempt, run_id, RunStatus.SKIPPED.value)
                 else:
                     ready.append(replace(job, needs=(), upstream={need: end[1] for need, end in ends.items()}))
-        decided = [run_id for run_id in (row.run_id for row in waiting) if run_id not in undecided]
-        if not decided:
-            continue
-        await conn.execute(t.waiting_jobs.delete().where(t.waiting_jobs.c.run_id.in_(decided)))
-        if skipped:
-            now = time.time()
-            await conn.execute(
-                update(t.runs)
-                .where(t.runs.c.id == bindparam("b_id"), t.runs.c.status == RunStatus.QUEUED.value)
-                .values(status=RunStatus.SKIPPED.value, finished_at=now, error=bindparam("b_error")),
-                [{"b_id": run_id, "b_error": error_json(RunError("Skipped", why))} for run_id, why in skipped.items()],
-            )
-        if ready:
-            await defer(conn, ready)
+    if not decided:
+        return
+    await conn.execute(t.waiting_jobs.delete().where(t.waiting_jobs.c.run_id.in_(decided)))
+    if skipped:
+        now = time.time()
+        await conn.execute(
+            update(t.runs)
+            .where(t.runs.c.id == bindparam("b_id"), t.runs.c.status == RunStatus.QUEUED.value)
+            .values(status=RunStatus.SKIPPED.value, finished_at=now, error=bindparam("b_error")),
+            [{"b_id": run_id, "b_error": error_json(RunError("Skipped", why))} for run_id, why in skipped.items()],
+        )
+    if ready:
+        await defer(conn, ready)
 
 
 async def drop_waiting_job(conn: AsyncConnection, job_id: int) -> bool:

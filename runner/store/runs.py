@@ -28,7 +28,7 @@ from runner.store._rows import (
     run_from_row,
 )
 from runner.store.connection import StoreBase
-from runner.store.jobs import defer, lock_invocations, release
+from runner.store.jobs import defer, lock_waiting, release
 from runner.store.queue import claim
 from runner.store.schedules import WhichFire, move_schedules
 
@@ -68,8 +68,8 @@ class RunStore(StoreBase):
         inserts, jobs, logs = batch.inserts, batch.jobs, batch.logs
         releases = {end.release for end in batch.finishes if end.release is not None}
         async with self._write(lock=batch.needs_lock) as conn:
-            if releases:
-                await lock_invocations(conn, releases)  # first: see lock_invocations
+            if releases:  # first: see lock_invocations
+                releases = set(await lock_waiting(conn, releases))
             unclaimed = await claim(conn, batch.claims) if batch.claims else []
             if unclaimed:
                 logs = [chunk for chunk in logs if chunk.run_id not in unclaimed]
