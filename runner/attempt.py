@@ -110,6 +110,9 @@ class Attempt:
     live: LiveLog | None = None  # its output and log lines on their way to the store
     next: Attempt | None = None  # the retry this run's end queues
     queue: str | None = None  # the workers' queue it came by, for a worker's runs
+    # A worker's run that others of its workflow wait for: their invocation, decided on when
+    # its final end is written (``records.RunEnd.release``).
+    releases: str | None = None
     # The parameters made JSON-safe, and masked as JSON text, each made once for the queued
     # row, RUNNER_PARAMS and the final record (a retry shares them).
     _safe: _SafeParameters | None = field(default=None, repr=False, compare=False)
@@ -140,7 +143,7 @@ class Attempt:
     def retry(self, number: int) -> Attempt:
         return Attempt(
             self.spec, new_run_id(), number, self.parameters, "retry", self.run_id,
-            self.invocation, masker=self.masker, queue=self.queue, _safe=self._safe,
+            self.invocation, masker=self.masker, queue=self.queue, releases=self.releases, _safe=self._safe,
         )
 
 
@@ -372,11 +375,11 @@ _NO_RESULT = RunResult(None, "null", pickle.dumps(None))
 
 
 def _releasing(attempt: Attempt, end: RunEnd) -> RunEnd:
-    """``end``; for a worker's run that ends for good, with its invocation, whose runs that wait
-    for it are then decided in the transaction that writes it (``records.RunEnd.release``)."""
-    if attempt.queue is None or attempt.next is not None:
+    """``end``; for a worker's run that others wait for, ending for good, with their invocation,
+    decided on in the transaction that writes it (``records.RunEnd.release``)."""
+    if attempt.releases is None or attempt.next is not None:
         return end
-    return replace(end, release=attempt.invocation)
+    return replace(end, release=attempt.releases)
 
 
 def _pickled(value: Any, masker: Masker) -> bytes | None:

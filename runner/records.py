@@ -103,8 +103,9 @@ class RunEnd:
     # them as queued.
     parameters_json: str | None = None
     result: RunResult | None = None  # None: no result (not a python run, or it did not return)
-    # A worker's run that ends for good (no attempt after it): the invocation whose runs waiting
-    # for their needs are decided in the transaction that writes this end (store/jobs.py).
+    # A worker's run that others of its workflow wait for, ending for good (no attempt after
+    # it): the invocation whose waiting runs the transaction that writes it decides
+    # (store/jobs.py).
     release: str | None = None
 
 
@@ -155,6 +156,7 @@ class JobArgs:
     queue: str
     needs: tuple[str, ...] = ()  # the tasks of its workflow whose runs it waits for
     upstream: Mapping[str, str] = field(default_factory=dict)  # need -> the id of its final run
+    awaited: bool = False  # runs of its workflow wait for this one: its final end decides them
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -171,6 +173,7 @@ class JobArgs:
             "queue": self.queue,
             "needs": list(self.needs),
             "upstream": self.upstream,
+            "awaited": self.awaited,
         }
 
     @classmethod
@@ -191,6 +194,7 @@ class JobArgs:
             queue=data.get("queue") or queue or "",
             needs=tuple(data.get("needs") or ()),
             upstream=data.get("upstream") or {},
+            awaited=bool(data.get("awaited")),
         )
 
     @property

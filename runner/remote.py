@@ -198,6 +198,8 @@ class Worker:
                     extra={"event": "job_refused", "task": args.task, "run_id": args.target_run_id},
                 )
             return
+        if args.awaited:
+            workflow.nodes[args.task].attempt.releases = args.invocation
         now = time.time()
         notes_rows = [LogChunk(workflow.target_run_id, now, "log", "warning", note) for note in notes]
         claim = Claim(tuple(run_ids), self.revision.digest, self.revision.commit)

@@ -187,6 +187,7 @@ class Workflow:
                 invocation=self.invocation, runs={name: node.attempt.run_id},
                 revision=revision.digest if revision else None, queue=queue,
                 needs=tuple(need for need in node.task.spec.needs if need in self.nodes),
+                awaited=any(name in other.task.spec.needs for other in self.nodes.values()),
             ))
         return await self.runner.recorder.queued(runs, jobs=jobs, **with_runs)
 
