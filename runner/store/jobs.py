@@ -49,9 +49,14 @@ async def lock_invocations(conn: AsyncConnection, invocations: Collection[str]) 
     Without it, two needs of one run ending at once on two workers would each see the other
     still running (neither transaction sees the other's uncommitted end) and neither would
     queue the run; with it, the second waits for the first to commit, then (READ COMMITTED:
-    each statement sees what was committed before it began) sees both ends. Taken before any
-    row lock and in key order, after the store's write lock when the transaction has it, so
-    that two such transactions cannot wait for each other."""
+    each statement sees what was committed before it began) sees both ends, and a run the
+    first decided no longer waits (its ``waiting_jobs`` row is gone), so none is queued twice.
+    A lock of the workflow's, taken first, rather than row locks on the waiting runs, taken
+    when deciding: those would work for two ends, but be taken after each end's own row lock,
+    while a cancel or a dead worker's recovery must hold the workflow before they lock runs
+    (what they decide depends on all of them), and the two orders could wait for each other.
+    So everyone takes the same order: the store's write lock (when the transaction takes it),
+    the workflows' locks in key order, then rows."""
     keys = sorted({invocation_key(invocation) for invocation in invocations})
     if keys:
         await conn.execute(
