@@ -133,10 +133,16 @@ async def release(conn: AsyncConnection, invocations: Collection[str]) -> None:
     decided only when the last attempt of each need is final."""
     if not invocations:
         return
+    # First, on the server, the workflows with a waiting run none of whose needs has a run
+    # unfinished: most ends in a fan leave what waits for it waiting, and reading every run
+    # of the workflow each time (a fan of 1,000: 1,000 rows an end) is then work for nothing.
+    ripe = (await conn.execute(_RIPE, {"invocations": list(invocations)})).scalars().all()
+    if not ripe:
+        return
     waiting: dict[str, dict[str, tuple[list[str], JobArgs]]] = {}  # invocation -> run id -> (needs, job)
     for run_id, invocation, needs, args in await conn.execute(
         select(t.waiting_jobs.c.run_id, t.waiting_jobs.c.invocation, t.waiting_jobs.c.needs, t.waiting_jobs.c.args)
-        .where(t.waiting_jobs.c.invocation.in_(list(invocations)))
+        .where(t.waiting_jobs.c.invocation.in_(ripe))
     ):
         waiting.setdefault(invocation, {})[run_id] = (json.loads(needs), JobArgs.from_json(json.loads(args)))
     if not waiting:
@@ -182,6 +188,15 @@ async def release(conn: AsyncConnection, invocations: Collection[str]) -> None:
         )
     if ready:
         await defer(conn, ready)
+
+
+_RIPE = text(
+    "SELECT DISTINCT w.invocation FROM waiting_jobs w WHERE w.invocation = ANY(:invocations) AND NOT EXISTS ("
+    " SELECT FROM runs r WHERE r.invocation = w.invocation AND r.status IN ('queued', 'running')"
+    " AND r.task IN (SELECT jsonb_array_elements_text(CAST(w.needs AS jsonb))))"
+)
+"""The invocations among ``:invocations`` with a waiting run whose needs' runs are all final (a
+run's retry is written with its end, so a need with no unfinished run has a final last attempt)."""
 
 
 async def drop_waiting_job(conn: AsyncConnection, job_id: int) -> bool:
