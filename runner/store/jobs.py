@@ -271,3 +271,10 @@ async def cancel_invocation(conn: AsyncConnection, invocation: str) -> None:
     for job_id in jobs:
         if not await drop_waiting_job(conn, job_id):
             await conn.execute(text("SELECT procrastinate_cancel_job_v1(:id, true, false)"), {"id": job_id})
+    # The rest are on workers: asked to stop as `runner cancel` asks (their workers look for it
+    # too), and not retried elsewhere should their worker die meanwhile (``recover_job``).
+    await conn.execute(
+        update(t.runs)
+        .where(t.runs.c.invocation == invocation, t.runs.c.status.in_(UNFINISHED))
+        .values(cancel_requested_at=time.time())
+    )

@@ -115,10 +115,11 @@ async def test_two_needs_ending_at_once_queue_what_waits_for_them_once(store: St
 async def test_cancelling_the_workflow_cancels_every_run_wherever_it_is(store: Store) -> None:
     b_job = await store.job_id("b")
     assert b_job is not None
-    await take(store, b_job)  # b is on a worker; a still on the queue; c and d wait
+    await take(store, b_job)  # b runs on a worker; a is still on the queue; c and d wait
+    await store.write_runs(RunBatch(claims=[Claim(("b",), None, None)], starts=[("b", time.time())]))
     await store.cancel_workflow("d")
     assert {r: (await store.run(r)).status for r in NEEDS} == {
-        "a": RunStatus.CANCELLED, "b": RunStatus.QUEUED, "c": RunStatus.CANCELLED, "d": RunStatus.CANCELLED,
+        "a": RunStatus.CANCELLED, "b": RunStatus.RUNNING, "c": RunStatus.CANCELLED, "d": RunStatus.CANCELLED,
     }
     [(_, _, _, args)] = await jobs(store)
     assert args["task"] == "b"
@@ -126,10 +127,13 @@ async def test_cancelling_the_workflow_cancels_every_run_wherever_it_is(store: S
 
     async with store.engine.connect() as conn:
         asked = await conn.execute(text("SELECT abort_requested FROM procrastinate_jobs WHERE id = :id"), {"id": b_job})
-        assert asked.scalar() is True  # b's worker records how it ended
-    # b's end finds nothing left waiting for it.
-    await store.write_runs(RunBatch(finishes=[ends("b", RunStatus.CANCELLED)]))
+        assert asked.scalar() is True  # b's worker stops it and records how it ended
+    assert await store.cancel_requested(["b"]) == ["b"]
+    # b's worker dies before it does: b is interrupted, and not retried elsewhere.
+    recovery = await store.recover_job(b_job, lambda task: 1)
+    assert recovery is not None and (recovery.interrupted, recovery.retried) == (["b"], [])
     assert {r: (await store.run(r)).status for r in ("c", "d")} == {"c": RunStatus.CANCELLED, "d": RunStatus.CANCELLED}
+    assert await jobs(store) == []
 
 
 async def test_cancelling_one_waiting_run_skips_what_waits_for_it(store: Store) -> None:
