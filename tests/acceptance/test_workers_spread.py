@@ -5,6 +5,7 @@ from the store), and failures, retries, a worker killed with -9 and Ctrl-C end t
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 from typing import Any
@@ -29,7 +30,7 @@ from tests.acceptance.test_workers import (  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
 
-FAN, NAP = 16, 0.5
+FAN, NAP, SLOTS = 16, 1.0, 4  # naps, seconds each, slots of each worker
 
 NAPS = """
 import time
@@ -38,7 +39,7 @@ from runner import Upstream
 
 
 def nap(i: int) -> int:
-    time.sleep(0.5)
+    time.sleep(1.0)
     return i
 
 
@@ -60,7 +61,7 @@ def test_a_fan_runs_on_every_worker_in_about_the_time_its_slots_allow(
 ) -> None:
     project.tasks("fan.yaml", fan_tasks())
     project.plugin("naps", NAPS)
-    crew = workers.started(2, "--concurrency", "4")
+    crew = workers.started(2, "--concurrency", str(SLOTS))
 
     (*_, target) = json_lines(ok(cli("--db", pg_url, "run", "--remote", "total", "--json")).stdout)
     assert (target["task"], target["status"], target["result"]) == ("total", "succeeded", sum(range(FAN)))
@@ -70,9 +71,13 @@ def test_a_fan_runs_on_every_worker_in_about_the_time_its_slots_allow(
     assert {r["pid"] for r in naps} == {w.pid for w in crew}, "the fan did not run on both workers"
     (total,) = pg.runs_of("total")
     assert total["started_at"] >= max(r["finished_at"] for r in naps)
-    # 16 naps of 0.5 s on 8 slots: 1 s at best; one worker's 4 slots could not do it in 2 s.
+    # More naps at once than one worker has slots: both workers' slots were used together.
+    moments = sorted([(r["started_at"], 1) for r in naps] + [(r["finished_at"], -1) for r in naps])
+    at_once = max(itertools.accumulate(step for _, step in moments))
+    assert SLOTS < at_once <= 2 * SLOTS
+    # 16 naps of 1 s on 8 slots: 2 s at best; one worker's 4 slots could not do it in 4 s.
     span = max(r["finished_at"] for r in naps) - min(r["started_at"] for r in naps)
-    assert span < 0.9 * FAN * NAP / 4, f"the fan took {span:.2f}s"
+    assert span < 0.9 * FAN * NAP / SLOTS, f"the fan took {span:.2f}s"
     assert [w.stop() for w in crew] == [0, 0]
 
 
