@@ -59,6 +59,7 @@ Usage::
         [--latency-runs 200] [--load-seconds 10] [--load-fraction 0.5] [--idle-seconds 6]
         [--cli-triggers 5] [--no-reference] [--no-lock-timing] [--what-if] [--profile DIR]
         [--json PATH] [--keep]
+    .venv/bin/python benchmarks/bench_workers.py --db-admin URL --fan 100 --sleep 1 --workers 1,2 --concurrency 8
 
 ``--fetch-plan-fix`` makes procrastinate's ``procrastinate_fetch_job_v2`` plan each call afresh
 (``ALTER FUNCTION ... SET plan_cache_mode = force_custom_plan`` in every database made): without
@@ -66,6 +67,14 @@ it, a worker's connection that fetched jobs while the queue was nearly empty kee
 for a one-page table (sequential scans, an anti-join over all jobs, a sort), and every fetch of
 a burst then reads the whole queue table for each job it considers, until autovacuum analyzes
 the table again (see docs/performance.md, "Workers").
+
+**A workflow spread over workers** (``--fan N``, instead of all of the above): a project of N
+shell tasks ``sleep --sleep`` (``f0``...) and a task ``fan`` that needs them all; for each of
+``--workers``, W workers of ``--concurrency`` C are started and ready, then ``runner run
+--remote fan`` (the CLI, as a user types it) is timed from its start to its exit, beside the
+ideal N x sleep / (W x C) and the span the store recorded (the first nap's start to ``fan``'s
+end), and the wall time of ``runner run --remote f0`` (one task alone: the CLI's own cost
+around the runs). ``--repeat`` runs each.
 
 ``--profile DIR`` runs the first worker of each round under cProfile (``DIR/worker-of-r0w1.prof``).
 Prints markdown tables; ``--json PATH`` also writes every figure (and the raw lock timings'
@@ -112,7 +121,7 @@ LOCK_RECORDS: list[tuple[str, int, float, float, float]] = []
 # Wall times at which the process opened a database connection (any pool, or none).
 CONNECTS: list[float] = []
 _WRAPPED = (
-    "claim_runs", "finish_queued", "mark_interrupted", "recover_job", "cancel_job", "sync_tasks",
+    "claim_runs", "finish_queued", "mark_interrupted", "recover_job", "cancel_workflow", "sync_tasks",
     "ensure_queue", "migrate", "save_schedule_states", "acquire_lease", "renew_lease", "prune_runs",
 )
 
@@ -982,6 +991,93 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"\n(load average at the end: {load()})")
 
 
+# -- a workflow spread over workers (--fan) ---------------------------------------------------------
+
+
+def write_fan(root: Path, count: int, sleep: float) -> None:
+    (root / "tasks.d").mkdir(parents=True)
+    naps = "".join(f"  f{i}:\n    command: sleep {sleep:g}\n" for i in range(count))
+    needs = ", ".join(f"f{i}" for i in range(count))
+    (root / "tasks.d" / "fan.yaml").write_text(f"version: 1\ntasks:\n{naps}  fan:\n    command: echo fanned\n    needs: [{needs}]\n")
+
+
+async def fan_round(server: Server, root: Path, scratch: Path, count: int, args: argparse.Namespace) -> dict[str, Any]:
+    part = f"fan{count}"
+    database = server.create(part)
+    url = await prepare(server, root, database, args)
+    conn = await connect(server, database)
+    (scratch / part).mkdir()
+    workers = Workers(count, root, url, args.concurrency, scratch / part, False, None)
+    slots = count * args.concurrency
+    result: dict[str, Any] = {
+        "workers": count, "concurrency": args.concurrency, "slots": slots,
+        "ideal_s": args.fan * args.sleep / slots, "load_before": load(), "runs": [],
+    }
+
+    async def timed(task: str) -> float:
+        argv = [PYTHON, "-m", "runner", "--project", str(root), "--db", url, "run", "--remote", task]
+        began = time.perf_counter()
+        done = await anyio.run_process(argv, check=False)
+        wall = time.perf_counter() - began
+        if done.returncode != 0:
+            raise SystemExit(f"runner run --remote {task} exited {done.returncode}:\n{done.stderr.decode()[-2000:]}")
+        return wall
+
+    try:
+        await workers.wait_ready(conn)
+        # One task alone: what the CLI costs around its runs (start, sync, send, wait, print).
+        result["one_s"] = await timed("f0")
+        for _ in range(args.repeat):
+            wall = await timed("fan")
+            row = await (await conn.execute(
+                "SELECT min(started_at) FILTER (WHERE task <> 'fan'), max(finished_at) FILTER (WHERE task = 'fan'),"
+                " count(DISTINCT pid) FILTER (WHERE task <> 'fan'), count(*) FILTER (WHERE status = 'succeeded')"
+                " FROM runs WHERE invocation = (SELECT invocation FROM runs WHERE task = 'fan'"
+                " ORDER BY queued_at DESC LIMIT 1)")).fetchone()
+            first, last, pids, succeeded = row
+            result["runs"].append({
+                "wall_s": wall, "span_s": last - first, "workers_used": pids, "succeeded": succeeded,
+            })
+    finally:
+        workers.stop()
+        await conn.close()
+    result["load_after"] = load()
+    if not args.keep:
+        server.drop(database)
+    return result
+
+
+def fan_report(rounds: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(f"### A fan of {args.fan} tasks that sleep {args.sleep:g} s, `runner run --remote fan`\n")
+    print("| workers x concurrency | ideal N x sleep / slots | wall time of the CLI | first start to fan's end | one task alone | workers used | load before / after |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for rnd in rounds:
+        walls = spread([r["wall_s"] for r in rnd["runs"]], "{:.2f} s")
+        spans = spread([r["span_s"] for r in rnd["runs"]], "{:.2f} s")
+        used = ", ".join(str(r["workers_used"]) for r in rnd["runs"])
+        print(f"| {rnd['workers']} x {rnd['concurrency']} | {rnd['ideal_s']:.2f} s | {walls} | {spans} | {rnd['one_s']:.2f} s | {used} | "
+              f"{rnd['load_before']} / {rnd['load_after']} |")
+
+
+def fan_main(args: argparse.Namespace, server: Server, counts: list[int]) -> dict[str, Any]:
+    scratch = Path(tempfile.mkdtemp(prefix="runner-bench-fan-"))
+    rounds: list[dict[str, Any]] = []
+    try:
+        root = scratch / "project"
+        write_fan(root, args.fan, args.sleep)
+        for count in counts:
+            print(f"fan on {count} worker(s) (load {load()}) ...", file=sys.stderr)
+            rounds.append(anyio.run(fan_round, server, root, scratch, count, args))
+    finally:
+        server.close(args.keep)
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+    fan_report(rounds, args)
+    return {"fan": rounds}
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "_timed":
         shim(sys.argv[2], sys.argv[3:])
@@ -1012,6 +1108,9 @@ def main() -> None:
                         help="run the first worker of each round under cProfile: DIR/worker-of-r0w1.prof, ...")
     parser.add_argument("--db-set", action="append", default=[], metavar="NAME=VALUE",
                         help="ALTER DATABASE ... SET for each database made (e.g. jit=off); repeatable")
+    parser.add_argument("--fan", type=int, default=0, metavar="N",
+                        help="measure only a workflow spread over workers: N tasks that sleep, and one that needs them")
+    parser.add_argument("--sleep", type=float, default=1.0, help="seconds each task of --fan sleeps")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure here")
     parser.add_argument("--keep", action="store_true", help="keep the databases and the temporary directory")
     args = parser.parse_args()
@@ -1022,12 +1121,17 @@ def main() -> None:
     compile_runner()
     import runner.engine  # noqa: F401  (imported before anything is timed)
 
-    if args.lock_timing:
+    if args.lock_timing and not args.fan:
         install_lock_timing()
     server = Server(args.db_admin, args.db_set)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     counts = [int(c) for c in args.workers.split(",") if c]
+    if args.fan:
+        fanned = fan_main(args, server, counts)
+        if args.json:
+            args.json.write_text(json.dumps({"machine": machine(), "args": vars(args) | {"json": str(args.json)}, **fanned}, indent=2, default=str))
+        return
     results: dict[str, Any] = {
         "machine": machine(), "runner": runner_source(), "server": server.settings, "args": vars(args) | {"json": str(args.json)},
         "rounds": [],

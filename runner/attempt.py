@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,9 @@ class Attempt:
     live: LiveLog | None = None  # its output and log lines on their way to the store
     next: Attempt | None = None  # the retry this run's end queues
     queue: str | None = None  # the workers' queue it came by, for a worker's runs
+    # A worker's run that others of its workflow wait for: their invocation, decided on when
+    # its final end is written (``records.RunEnd.release``).
+    releases: str | None = None
     # The parameters made JSON-safe, and masked as JSON text, each made once for the queued
     # row, RUNNER_PARAMS and the final record (a retry shares them).
     _safe: _SafeParameters | None = field(default=None, repr=False, compare=False)
@@ -142,7 +145,7 @@ class Attempt:
     def retry(self, number: int) -> Attempt:
         return Attempt(
             self.spec, new_run_id(), number, self.parameters, "retry", self.run_id,
-            self.invocation, masker=self.masker, queue=self.queue, _safe=self._safe,
+            self.invocation, masker=self.masker, queue=self.queue, releases=self.releases, _safe=self._safe,
         )
 
 
@@ -286,11 +289,11 @@ class Attempts:
         attempt.final = run  # from here on the record is on its way, whatever happens
         retry = self.queued(attempt.next) if attempt.next is not None else None
         try:
-            written = await self.recorder.finished(end, unstreamed, retry)
+            written = await self.recorder.finished(_releasing(attempt, end), unstreamed, retry)
         except RecordRefused as exc:
             run, end = self._failed_record(attempt, started, finished, fault(exc, masker))
             attempt.final, attempt.next = run, None
-            await self.recorder.finished(end, [], None)
+            await self.recorder.finished(_releasing(attempt, end), [], None)
             return run
         if not written:
             # Marked interrupted meanwhile (this worker was taken for dead) and retried
@@ -374,6 +377,14 @@ class Attempts:
 
 
 _NO_RESULT = RunResult(None, "null", pickle.dumps(None))
+
+
+def _releasing(attempt: Attempt, end: RunEnd) -> RunEnd:
+    """``end``; for a worker's run that others wait for, ending for good, with their invocation,
+    decided on in the transaction that writes it (``records.RunEnd.release``)."""
+    if attempt.releases is None or attempt.next is not None:
+        return end
+    return replace(end, release=attempt.releases)
 
 
 def _pickled(value: Any, masker: Masker) -> bytes | None:

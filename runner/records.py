@@ -103,6 +103,10 @@ class RunEnd:
     # them as queued.
     parameters_json: str | None = None
     result: RunResult | None = None  # None: no result (not a python run, or it did not return)
+    # A worker's run that others of its workflow wait for, ending for good (no attempt after
+    # it): the invocation whose waiting runs the transaction that writes it decides
+    # (store/jobs.py).
+    release: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +134,14 @@ class Fire:
 
 @dataclass(frozen=True, slots=True)
 class JobArgs:
-    """What a job on the workers' queue carries: one workflow, enough for a worker to make it
-    again with the ids its runs were queued with."""
+    """What a job on the workers' queue carries: one run of a workflow (``runs``: its task and
+    run id), enough for a worker to make it again with the id it was queued with.
+
+    A job whose run has needs in its workflow (``needs``) is held by the store until their runs
+    are final, then put on the queue with the ids of the runs whose results it reads
+    (``upstream``: need -> run id), or its run is skipped (store/jobs.py). A job written
+    before workflows were spread carries every run of its workflow (``runs``, several tasks):
+    a worker runs them all, needs first, as it did then."""
 
     task: str
     parameters: Mapping[str, Any]  # the target's overrides, JSON-safe
@@ -144,6 +154,9 @@ class JobArgs:
     runs: Mapping[str, str]  # task -> the id of its queued run
     revision: str | None  # of the files it was queued at
     queue: str
+    needs: tuple[str, ...] = ()  # the tasks of its workflow whose runs it waits for
+    upstream: Mapping[str, str] = field(default_factory=dict)  # need -> the id of its final run
+    awaited: bool = False  # runs of its workflow wait for this one: its final end decides them
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -158,6 +171,9 @@ class JobArgs:
             "runs": self.runs,
             "revision": self.revision,
             "queue": self.queue,
+            "needs": list(self.needs),
+            "upstream": self.upstream,
+            "awaited": self.awaited,
         }
 
     @classmethod
@@ -176,6 +192,9 @@ class JobArgs:
             runs=data["runs"],
             revision=data.get("revision"),
             queue=data.get("queue") or queue or "",
+            needs=tuple(data.get("needs") or ()),
+            upstream=data.get("upstream") or {},
+            awaited=bool(data.get("awaited")),
         )
 
     @property

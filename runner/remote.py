@@ -1,12 +1,17 @@
-"""Runs on workers: ``runner worker`` takes workflows off a queue kept in the PostgreSQL store;
-the daemon (``--remote``), ``runner run --remote`` and ``runner trigger --remote`` put them there.
+"""Runs on workers: ``runner worker`` takes runs off a queue kept in the PostgreSQL store; the
+daemon (``--remote``), ``runner run --remote`` and ``runner trigger --remote`` put workflows
+there, spread over the workers.
 
 The queue is procrastinate's (docs/distributed.md says why): jobs are rows that workers take
-with ``SELECT ... FOR UPDATE SKIP LOCKED``, woken by LISTEN/NOTIFY. A job carries one workflow
-(a task and the needs it runs after): its runs are written ``queued`` in the transaction that
-defers the job, so neither exists without the other. A worker takes the runs up with a
-compare-and-set before it runs anything (a job delivered twice runs once), then runs the
-workflow with the same engine as ``runner run``: timeouts, retries, output, cancellation.
+with ``SELECT ... FOR UPDATE SKIP LOCKED``, woken by LISTEN/NOTIFY. A job carries one run of a
+workflow (a task, or one of the needs it runs after), so the runs of one workflow go to
+whichever workers are free. The runs are written ``queued`` in the transaction that defers the
+jobs of those without needs, so neither exists without the other; the job of a run with needs
+is held by the store, and put on the queue (or its run skipped, as the engine skips one) in
+the transaction that writes the final end of the last of its needs' runs (``store/jobs.py``).
+A worker takes a job's run up with a compare-and-set before it runs anything (a job delivered
+twice runs once), then runs it with the same engine as ``runner run``: timeouts, retries,
+output, cancellation, and the results of its needs read from the store.
 
 A worker that dies is noticed by whoever runs beside it: on its host at once (its pid is
 gone), from anywhere when its heartbeat is older than ``stale_after()``. Its job is then taken
@@ -178,7 +183,8 @@ class Worker:
                 self._scopes.discard(scope)
 
     async def execute(self, args: JobArgs) -> None:
-        """Run the workflow a job carries, unless its runs were taken up or ended meanwhile."""
+        """Run the run a job carries (or the whole workflow, a job from before workflows were
+        spread), unless it was taken up or ended meanwhile."""
         run_ids = list(args.runs.values())
         notes = await self._check_revision(args)
         try:
@@ -186,12 +192,14 @@ class Worker:
             check_parameters(args.parameters)
             workflow = await self._workflow(args)
         except (TaskNotRunnable, ParameterError) as exc:
-            if await self.store.finish_queued(run_ids, RunStatus.FAILED, RunError.of(exc)):
+            if await self.store.finish_queued(run_ids, RunStatus.FAILED, RunError.of(exc), release_of=args.invocation):
                 log.logger.error(
                     f"{args.task}: run {args.target_run_id} cannot run here: {exc}",
                     extra={"event": "job_refused", "task": args.task, "run_id": args.target_run_id},
                 )
             return
+        if args.awaited:
+            workflow.nodes[args.task].attempt.releases = args.invocation
         now = time.time()
         notes_rows = [LogChunk(workflow.target_run_id, now, "log", "warning", note) for note in notes]
         claim = Claim(tuple(run_ids), self.revision.digest, self.revision.commit)
@@ -310,16 +318,14 @@ async def send(
 async def send_and_wait(store: Store, send: Callable[[], Awaitable[str]]) -> tuple[list[Any], int | None]:
     """``send()`` a workflow to the workers; then every run of its invocation once the target
     is final (the target's last), and the signal that stopped it, if one did. SIGINT/SIGTERM
-    cancel the workflow, on its worker or before one takes it up, and the wait goes on until
-    it ends; one that comes while it is being sent cancels it once it is queued."""
+    cancel the workflow, each run on its worker or before one takes it up, and the wait goes on
+    until it ends; one that comes while it is being sent cancels it once it is queued."""
     stopped_by: int | None = None
     run_id: str | None = None
 
     async def cancel() -> None:
         assert run_id is not None
-        job_id = await store.job_id(run_id)
-        if job_id is not None:
-            await store.cancel_job(job_id)
+        await store.cancel_workflow(run_id)
 
     async with anyio.create_task_group() as group:
 

@@ -17,9 +17,10 @@ from runner.store.connection import (
     database_url,
     failure_cause,
 )
+from runner.store.jobs import JOB_TASK
 from runner.store.logs import LogEntry
 from runner.store.migrations import CURRENT_VERSION
-from runner.store.queue import JOB_TASK, Recovery
+from runner.store.queue import Recovery
 from runner.store.runs import Interrupted
 from runner.store.schedules import ScheduleState
 from runner.store.store import Store, open_store

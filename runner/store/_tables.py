@@ -101,6 +101,18 @@ run_logs = Table(
     Index("run_logs_run", "run_id", "id"),
 )
 
+waiting_jobs = Table(
+    "waiting_jobs",
+    metadata,
+    # A run sent to workers that waits for its needs' runs in its workflow: its job, held here
+    # until they are final (store/jobs.py), then put on the queue or its run skipped.
+    Column("run_id", String(32), ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("invocation", String(32), nullable=False),
+    Column("needs", Text, nullable=False),  # JSON: the tasks it waits for, in its `needs:` order
+    Column("args", Text, nullable=False),  # JSON: JobArgs.to_json(), without upstream
+    Index("waiting_jobs_invocation", "invocation"),
+)
+
 task_files = Table(
     "task_files",
     metadata,

@@ -6,7 +6,9 @@ unfinished, so that asking and finding it finished are one statement. The proces
 runs look for requests on theirs with one query by primary key per tick
 (``cancel_requested``); the process that runs a run is the one that stops it and records it
 ``cancelled``. A run queued for a worker that none has taken up yet has no such process: its
-job is taken off the queue and its runs are recorded cancelled at once.
+job is taken off the queue (or, waiting for its needs, it is let go) and it is recorded
+cancelled at once; the runs of its workflow that wait for it are then skipped, as when any need
+does not succeed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from runner.models import RunStatus
 from runner.store import _tables as t
 from runner.store._rows import UNFINISHED
 from runner.store.connection import StoreBase
-from runner.store.queue import drop_waiting_job
+from runner.store.jobs import cancel_waiting
 
 
 class CancelOutcome(enum.Enum):
@@ -42,14 +44,15 @@ class CancelStore(StoreBase):
         runs = t.runs.c
         async with self._write() as conn:
             row = (
-                await conn.execute(select(runs.status, runs.host, runs.job_id).where(runs.id == run_id))
+                await conn.execute(select(runs.status, runs.host, runs.queue, runs.invocation).where(runs.id == run_id))
             ).first()
             if row is None:
                 raise RunNotFound(f"no run with id {run_id!r}; `runner runs` lists recent ones")
             if row.status not in UNFINISHED:
                 return CancelOutcome.FINISHED
-            waiting = row.status == RunStatus.QUEUED.value and row.host == "" and row.job_id is not None
-            if waiting and self._postgres and await drop_waiting_job(conn, row.job_id):
+            # Sent to workers and not taken up: waiting for its needs, or its job on the queue.
+            waiting = row.status == RunStatus.QUEUED.value and row.host == "" and row.queue is not None
+            if waiting and self._postgres and await cancel_waiting(conn, run_id, row.invocation):
                 return CancelOutcome.CANCELLED
             # A worker took the job up meanwhile, or a process of its own runs the run: that
             # process stops it (its status is checked again here: it may have just finished).

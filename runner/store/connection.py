@@ -22,8 +22,10 @@ COMMITTED), so the compare-and-set holds without the store-wide lock; and they w
 ``run_logs`` row and no new row whose order anyone reads. Claims, and batches of nothing but
 starts and ends (a worker's, or an engine's on PostgreSQL), go so (``RunBatch.needs_lock``):
 from two workers on, the one lock was held 100% of the time, each of those transactions
-holding it for a few round trips of a busy client (docs/performance.md). A locked writer that
-decides on runs it read locks them as it reads them (``recover_job``: ``FOR UPDATE``).
+holding it for a few round trips of a busy client (docs/performance.md). So does what a
+worker's final end decides on the runs of its workflow that wait for it (queued or skipped),
+under that workflow's own lock instead (``jobs.py``). A locked writer that decides on runs it
+read locks them as it reads them (``recover_job``: ``FOR UPDATE``).
 
 A writer that stops in the middle of a transaction (a paused process, a lost host) must not
 hold the others up, behind the advisory lock or a row lock: the server ends the session of a

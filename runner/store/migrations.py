@@ -16,7 +16,7 @@ from runner.errors import StoreVersionError
 from runner.store import _tables as t
 from runner.store.connection import StoreBase
 
-CURRENT_VERSION = 7
+CURRENT_VERSION = 8
 
 
 def _add_invocation(sync_conn: Any) -> None:
@@ -51,6 +51,10 @@ def _add_cancel_requests(sync_conn: Any) -> None:
     sync_conn.execute(text("ALTER TABLE runs ADD COLUMN cancel_requested_at FLOAT"))
 
 
+def _add_waiting_jobs(sync_conn: Any) -> None:
+    t.metadata.create_all(sync_conn, tables=[t.waiting_jobs])
+
+
 # MIGRATIONS[N - 1] takes a store from version N - 1 to N. A new store (version 0) is created at
 # the current version in one step, so MIGRATIONS[0] creates everything.
 MIGRATIONS: list[Callable[[Any], None]] = [
@@ -61,6 +65,7 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     _add_remote_columns,
     _index_status_by_time,
     _add_cancel_requests,
+    _add_waiting_jobs,
 ]
 
 

@@ -1,10 +1,9 @@
-"""The queue that takes runs to workers (PostgreSQL only; ``runner/remote.py``): procrastinate's
-jobs, written in the transaction that queues their runs, and how the jobs of dead workers are
-settled."""
+"""The queue that takes runs to workers (PostgreSQL only; ``runner/remote.py``): installing it,
+claiming a job's runs, cancelling a workflow, and settling the jobs of dead workers. The jobs
+themselves, and the runs that wait for their needs, are ``jobs.py``'s."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,9 +18,7 @@ from runner.records import NO_PROCESS, Claim, JobArgs, LogChunk, QueuedRun, RunE
 from runner.store import _tables as t
 from runner.store._rows import RUN_COLUMNS, UNFINISHED, error_json, log_row, queued_row
 from runner.store.connection import StoreBase
-
-JOB_TASK = "runner.run"
-"""The queue's name for the one kind of job runner defers: run a workflow."""
+from runner.store.jobs import JOB_TASK, cancel_invocation, defer, lock_invocations, release
 
 _FETCH_PLAN = "plan_cache_mode=force_custom_plan"
 """The setting the queue's fetch function runs with (see ``ensure_queue``)."""
@@ -81,52 +78,6 @@ def _by_revision(claims: Sequence[Claim]) -> dict[tuple[str | None, str | None],
     for c in claims:
         found.setdefault((c.revision, c.git_commit), []).extend(c.run_ids)
     return found
-
-
-async def defer(conn: AsyncConnection, jobs: list[JobArgs]) -> None:
-    """Put ``jobs`` on the queue, in the transaction that queues their runs, and note each
-    job's id on its runs (a job carries one workflow: the runs of one invocation)."""
-    ids = (
-        await conn.execute(
-            text(
-                "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY("
-                "SELECT CAST(ROW(q, :task, 0, NULL, NULL, a, NULL) AS procrastinate_job_to_defer_v1)"
-                " FROM unnest(CAST(:queues AS varchar[]), CAST(:args AS jsonb[])) AS u(q, a))))"
-            ),
-            {
-                "task": JOB_TASK,
-                "queues": [job.queue for job in jobs],
-                "args": [json.dumps(job.to_json()) for job in jobs],
-            },
-        )
-    ).scalars().all()
-    await conn.execute(
-        text(
-            "UPDATE runs SET job_id = j.id FROM procrastinate_jobs j"
-            " WHERE j.id = ANY(:ids) AND runs.invocation = j.args->>'invocation'"
-        ),
-        {"ids": list(ids)},
-    )
-
-
-async def drop_waiting_job(conn: AsyncConnection, job_id: int) -> bool:
-    """Take a job off the queue if no worker has taken it yet, and record its queued runs
-    cancelled; False (nothing changed) if one has."""
-    gone = (
-        await conn.execute(
-            text("DELETE FROM procrastinate_jobs WHERE id = :id AND status = 'todo' RETURNING id"),
-            {"id": job_id},
-        )
-    ).first()
-    if gone is None:
-        return False
-    error = RunError("Cancelled", "stopped on request before it started")
-    await conn.execute(
-        update(t.runs)
-        .where(t.runs.c.job_id == job_id, t.runs.c.status == RunStatus.QUEUED.value)
-        .values(status=RunStatus.CANCELLED.value, finished_at=time.time(), error=error_json(error))
-    )
-    return True
 
 
 class QueueStore(StoreBase):
@@ -191,17 +142,25 @@ class QueueStore(StoreBase):
                 await conn.execute(t.run_logs.insert(), [log_row(note) for note in notes])
         return True
 
-    async def finish_queued(self, run_ids: list[str], status: RunStatus, error: RunError) -> list[str]:
+    async def finish_queued(
+        self, run_ids: list[str], status: RunStatus, error: RunError, *, release_of: str | None = None
+    ) -> list[str]:
         """End the runs among ``run_ids`` that are still queued, with ``status`` and ``error``;
-        their ids."""
+        their ids. With ``release_of`` (their invocation), the runs waiting for them are
+        decided in the same transaction (``release``)."""
         async with self._write() as conn:
+            if release_of is not None:
+                await lock_invocations(conn, [release_of])
             rows = await conn.execute(
                 update(t.runs)
                 .where(t.runs.c.id.in_(run_ids), t.runs.c.status == RunStatus.QUEUED.value)
                 .values(status=status.value, finished_at=time.time(), error=error_json(error))
                 .returning(t.runs.c.id)
             )
-            return list(rows.scalars())
+            ended = list(rows.scalars())
+            if release_of is not None and ended:
+                await release(conn, [release_of])
+            return ended
 
     async def retry_of(self, run_id: str) -> str | None:
         """The id of the run that retries ``run_id``, if there is one."""
@@ -214,14 +173,16 @@ class QueueStore(StoreBase):
         async with self._read() as conn:
             return (await conn.execute(select(t.runs.c.job_id).where(t.runs.c.id == run_id))).scalar()
 
-    async def cancel_job(self, job_id: int) -> bool:
-        """Cancel the workflow a job carries: at once if no worker has taken it up (its queued
-        runs are recorded cancelled; True), else by asking its worker to stop it (False)."""
+    async def cancel_workflow(self, run_id: str) -> None:
+        """Cancel every unfinished run of the workflow ``run_id`` is part of (its invocation), in
+        one transaction: those no worker has taken up are recorded cancelled at once (those
+        waiting for their needs, and those whose jobs are taken off the queue); the workers
+        running the others are asked to stop them (they record them cancelled)."""
         async with self._write() as conn:
-            if await drop_waiting_job(conn, job_id):
-                return True
-            await conn.execute(text("SELECT procrastinate_cancel_job_v1(:id, true, false)"), {"id": job_id})
-            return False
+            invocation = (await conn.execute(select(t.runs.c.invocation).where(t.runs.c.id == run_id))).scalar()
+            if invocation is None:
+                return
+            await cancel_invocation(conn, invocation)
 
     async def stalled_jobs(
         self, stale_after: float, is_alive: Callable[[int, float | None], bool]
@@ -242,9 +203,9 @@ class QueueStore(StoreBase):
             found = set(silent.scalars())
             here = await conn.execute(
                 text(
-                    # By invocation: with the retries its worker queued, which have no job id.
+                    # By job: the runs of one workflow may be on several workers' jobs.
                     "SELECT DISTINCT j.id, r.pid, r.pid_started FROM procrastinate_jobs j"
-                    " JOIN runs r ON r.invocation = j.args->>'invocation'"
+                    " JOIN runs r ON r.job_id = j.id"
                     " WHERE j.status = 'doing' AND j.task_name = :task AND r.host = :host"
                 ),
                 {"task": JOB_TASK, "host": HOST},
@@ -253,13 +214,23 @@ class QueueStore(StoreBase):
         return sorted(found)
 
     async def recover_job(self, job_id: int, left: Callable[[str], int | None]) -> Recovery | None:
-        """Take a stalled job off the queue and settle its runs (those it carried, and the
-        retries its worker queued for them), in one transaction: never taken up, they are
-        queued again as they were; else the unfinished ones are marked interrupted, and each
-        that had started gets another attempt (a job of its own) if its task has one left
-        (``left(task)``: the task's retries, None if it is gone). None if another process
-        settled it."""
+        """Take a stalled job off the queue and settle its runs (the one it carried, and the
+        retries its worker queued for it), in one transaction: never taken up, they are queued
+        again as they were; else the unfinished ones are marked interrupted, and each that had
+        started gets another attempt (a job of its own) if its task has one left (``left(task)``:
+        the task's retries, None if it is gone) and no one asked to cancel it; the runs of its
+        workflow waiting for one that ends so are decided (``release``). None if another
+        process settled it."""
         async with self._write() as conn:
+            invocation = (
+                await conn.execute(
+                    text("SELECT args->>'invocation' FROM procrastinate_jobs WHERE id = :id AND status = 'doing'"),
+                    {"id": job_id},
+                )
+            ).scalar()
+            if invocation is None:
+                return None
+            await lock_invocations(conn, [invocation])  # before the job's row: see lock_invocations
             row = (
                 await conn.execute(
                     text("DELETE FROM procrastinate_jobs WHERE id = :id AND status = 'doing' RETURNING queue_name, args"),
@@ -276,11 +247,9 @@ class QueueStore(StoreBase):
             # finds the run final (or, requeued, taken up by the new job's worker: skipped).
             runs = (
                 await conn.execute(
-                    select(*RUN_COLUMNS, t.runs.c.pgid, t.runs.c.pgid_started)
-                    .where(
-                        # With the retries its worker queued itself: they share the invocation.
-                        or_(t.runs.c.id.in_(list(args.runs.values())), t.runs.c.invocation == args.invocation)
-                    )
+                    select(*RUN_COLUMNS, t.runs.c.pgid, t.runs.c.pgid_started, t.runs.c.cancel_requested_at)
+                    # With the retries its worker queued itself: they have its job's id.
+                    .where(or_(t.runs.c.id.in_(list(args.runs.values())), t.runs.c.job_id == job_id))
                     .order_by(t.runs.c.id)  # the order claims lock runs in
                     .with_for_update(of=t.runs)
                 )
@@ -304,24 +273,28 @@ class QueueStore(StoreBase):
             for run in runs:
                 if run.started_at is None or run.status not in (*UNFINISHED, RunStatus.INTERRUPTED.value):
                     continue
+                if run.cancel_requested_at is not None:  # asked to stop: not to go on elsewhere
+                    continue
                 number = next_attempt(RunStatus.INTERRUPTED, run.attempt, left(run.task))
                 if number is None:
                     continue
+                # In its workflow's invocation: the runs waiting for this one wait for its retry.
                 retry = QueuedRun(
                     id=new_run_id(), task=run.task, type=TaskType(run.type), attempt=number, trigger="retry",
-                    parent_id=run.id, invocation="", parameters_json=run.parameters, queued_at=now,
+                    parent_id=run.id, invocation=args.invocation, parameters_json=run.parameters, queued_at=now,
                     scheduled_for=run.scheduled_for, owner=NO_PROCESS, queue=args.queue,
                 )
-                retry = replace(retry, invocation=retry.id)
                 retries.append(retry)
                 jobs.append(replace(
                     args, task=run.task, parameters=args.parameters if run.task == args.task else {},
                     with_needs=False, trigger="retry", parent_id=run.id, attempt=number,
-                    scheduled_for=run.scheduled_for, invocation=retry.id, runs={run.task: retry.id},
+                    scheduled_for=run.scheduled_for, runs={run.task: retry.id},
                 ))
                 retried.append((run.id, retry.id))
             if retries:
                 await conn.execute(t.runs.insert(), [queued_row(retry) for retry in retries])
                 await defer(conn, jobs)
+            if interrupted:
+                await release(conn, [args.invocation])
         groups = [(run.pgid, run.pgid_started) for run in runs if run.id in interrupted and run.pgid is not None and run.host == HOST]
         return Recovery(job_id, interrupted=list(interrupted), retried=retried, groups=groups)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,8 @@ from runner.store._rows import (
     run_from_row,
 )
 from runner.store.connection import StoreBase
-from runner.store.queue import claim, defer
+from runner.store.jobs import defer, lock_waiting, release
+from runner.store.queue import claim
 from runner.store.schedules import WhichFire, move_schedules
 
 
@@ -65,7 +66,10 @@ class RunStore(StoreBase):
         if batch.empty:
             return Written()
         inserts, jobs, logs = batch.inserts, batch.jobs, batch.logs
+        releases = {end.release for end in batch.finishes if end.release is not None}
         async with self._write(lock=batch.needs_lock) as conn:
+            if releases:  # first: see lock_invocations
+                releases = set(await lock_waiting(conn, releases))
             unclaimed = await claim(conn, batch.claims) if batch.claims else []
             if unclaimed:
                 logs = [chunk for chunk in logs if chunk.run_id not in unclaimed]
@@ -100,6 +104,8 @@ class RunStore(StoreBase):
                     [{f"b_{k}": v for k, v in row.items()} for row in fields],
                 )
             unwritten = await self._queue_retries(conn, batch) if batch.retries else []
+            if releases:
+                await release(conn, releases)
             if logs:
                 await conn.execute(t.run_logs.insert(), self._clean([log_row(chunk) for chunk in logs]))
             if batch.claimed:
@@ -120,16 +126,18 @@ class RunStore(StoreBase):
 
     async def _queue_retries(self, conn: AsyncConnection, batch: RunBatch) -> list[str]:
         """Insert the retries whose parent's end was written (it has the status and end time
-        this batch gave it); the ids of the others."""
+        this batch gave it), each on its parent's job (a worker's retry: settled with it if the
+        worker dies); the ids of the others."""
         ended = {end.run_id: (end.status.value, end.finished_at) for end in batch.finishes}
         parents = [run.parent_id for run in batch.retries]
         found = await conn.execute(
-            select(t.runs.c.id, t.runs.c.status, t.runs.c.finished_at).where(t.runs.c.id.in_(parents))
+            select(t.runs.c.id, t.runs.c.status, t.runs.c.finished_at, t.runs.c.job_id).where(t.runs.c.id.in_(parents))
         )
-        written = {run_id for run_id, status, at in found if ended.get(run_id) == (status, at)}
+        written = {run_id: job_id for run_id, status, at, job_id in found if ended.get(run_id) == (status, at)}
         keep = [run for run in batch.retries if run.parent_id in written]
         if keep:
-            await conn.execute(t.runs.insert(), self._clean([queued_row(run) for run in keep]))
+            rows = [{**queued_row(run), "job_id": written[run.parent_id]} for run in keep if run.parent_id is not None]
+            await conn.execute(t.runs.insert(), self._clean(rows))
         return [run.id for run in batch.retries if run.parent_id not in written]
 
     async def run(self, run_id: str) -> Run:
@@ -160,10 +168,13 @@ class RunStore(StoreBase):
         task: str | None = None,
         status: str | None = None,
         invocation: str | None = None,
+        ids: Collection[str] | None = None,
         limit: int | None = 20,
     ) -> list[Run]:
-        """Run history, newest first."""
+        """Run history, newest first (of the runs ``ids``, if given: read in one query)."""
         query = select(*RUN_COLUMNS).order_by(t.runs.c.queued_at.desc(), t.runs.c.id.desc())
+        if ids is not None:
+            query = query.where(t.runs.c.id.in_(list(ids)))
         if task is not None:
             query = query.where(t.runs.c.task == task)
         if invocation is not None:

@@ -141,8 +141,8 @@ async def test_a_claim_of_runs_not_all_waiting_changes_nothing(store: Store) -> 
 
 
 async def test_a_cancel_before_a_worker_takes_the_job_ends_its_runs(store: Store) -> None:
-    job_id = await send(store, "r1", "r2")
-    assert await store.cancel_job(job_id)
+    await send(store, "r1", "r2")
+    await store.cancel_workflow("r2")
     assert {(await store.run(r)).status for r in ("r1", "r2")} == {RunStatus.CANCELLED}
     assert await jobs(store) == []
     assert not await store.claim_runs(["r1", "r2"], revision=None, git_commit=None)
@@ -151,7 +151,7 @@ async def test_a_cancel_before_a_worker_takes_the_job_ends_its_runs(store: Store
 async def test_a_cancel_of_a_job_being_worked_on_asks_its_worker_to_stop(store: Store) -> None:
     job_id = await send(store, "r1")
     await take(store, job_id)
-    assert not await store.cancel_job(job_id)
+    await store.cancel_workflow("r1")
     from sqlalchemy import text
 
     async with store.engine.connect() as conn:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,9 +53,15 @@ def test_job_arguments_survive_the_queue_and_an_old_job_takes_its_queue() -> Non
     )
     assert JobArgs.from_json(json.loads(json.dumps(args.to_json()))) == args
     assert args.target_run_id == "r2"
-    old = {k: v for k, v in args.to_json().items() if k not in ("queue", "revision")}
+    old = {k: v for k, v in args.to_json().items() if k not in ("queue", "revision", "needs", "upstream")}
     assert JobArgs.from_json(old, queue="default").queue == "default"
     assert JobArgs.from_json(old).revision is None
+    # A job of one run of a spread workflow: what it waits for, then whose results it reads.
+    node = replace(args, runs={"b": "r2"}, with_needs=False, needs=("a",), awaited=True)
+    assert JobArgs.from_json(json.loads(json.dumps(node.to_json()))) == node
+    released = replace(node, needs=(), upstream={"a": "r1"})
+    assert JobArgs.from_json(json.loads(json.dumps(released.to_json()))) == released
+    assert (JobArgs.from_json(old).needs, JobArgs.from_json(old).upstream, JobArgs.from_json(old).awaited) == ((), {}, False)
 
 
 def test_a_result_json_cannot_write_fails_where_the_result_is_made() -> None:
