@@ -17,6 +17,7 @@ from runner.models import LogLine, Run, RunStatus
 from runner.records import RunBatch, RunError, Written
 from runner.store import _tables as t
 from runner.store._rows import (
+    INSERT_QUEUED_SQLITE,
     RUN_COLUMNS,
     UNFINISHED,
     UNFINISHED_SQL,
@@ -25,6 +26,7 @@ from runner.store._rows import (
     grouped_by_keys,
     log_row,
     queued_row,
+    queued_values,
     run_from_row,
 )
 from runner.store.connection import StoreBase
@@ -79,7 +81,10 @@ class RunStore(StoreBase):
                 inserts = [run for run in inserts if run.id not in dropped]
                 jobs = [job for job in jobs if not dropped.intersection(job.runs.values())]
             if inserts:
-                await conn.execute(t.runs.insert(), self._clean([queued_row(run) for run in inserts]))
+                if self._postgres:
+                    await conn.execute(t.runs.insert(), self._clean([queued_row(run) for run in inserts]))
+                else:
+                    await conn.exec_driver_sql(INSERT_QUEUED_SQLITE, [queued_values(run) for run in inserts])
             if batch.starts:
                 await conn.execute(
                     update(t.runs)
