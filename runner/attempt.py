@@ -158,7 +158,8 @@ class _SafeParameters:
     def text(self) -> str:
         """As JSON, unmasked: what a shell task finds in ``RUNNER_PARAMS``."""
         if self._text is None:
-            self._text = json.dumps(self.value)
+            # No parameters, what most tasks have: json.dumps of {} costs ~2.5 us.
+            self._text = json.dumps(self.value) if self.value != {} else "{}"
         return self._text
 
     def masked(self, masker: Masker) -> Any:
@@ -179,6 +180,18 @@ class _SafeParameters:
             text = json.dumps(value)
             self._masked = (masker, value, text)
         return text
+
+
+async def _take(limiter: anyio.CapacityLimiter) -> None:
+    """A slot of ``limiter`` for the current task (``release`` gives it back), as ``acquire``
+    takes it but without the turn of the loop in a shielded scope that ``acquire`` adds when a
+    slot is free (~7 us of every run, measured on 2 busy cores): a cancelled caller is still
+    refused here, before its run starts."""
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    try:
+        limiter.acquire_nowait()
+    except anyio.WouldBlock:
+        await limiter.acquire()
 
 
 Execute = Callable[[Attempt, Upstream], Awaitable[Ending]]
@@ -218,12 +231,22 @@ class Attempts:
         try:
             task_limiter = self._task_limiter(attempt.spec)
             if task_limiter is None:
-                async with self.limiter:
+                await _take(self.limiter)
+                try:
                     ending = await self._execute(attempt, upstream)
+                finally:
+                    self.limiter.release()
             else:
                 # The task's own limit first, so a run waiting for it holds no global slot.
-                async with task_limiter, self.limiter:
-                    ending = await self._execute(attempt, upstream)
+                await _take(task_limiter)
+                try:
+                    await _take(self.limiter)
+                    try:
+                        ending = await self._execute(attempt, upstream)
+                    finally:
+                        self.limiter.release()
+                finally:
+                    task_limiter.release()
             started = attempt.started_at
             number = next_attempt(ending.status, attempt.number, attempt.spec.retries.count)
             if number is not None:

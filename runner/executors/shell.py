@@ -178,15 +178,20 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-async def _stop_group(
-    transport: asyncio.SubprocessTransport, child: _Collect, *, exited: bool, kill_grace: float
-) -> None:
-    """Kill the process group and reap the child; the caller shields this from cancellation."""
+def _kill_leftovers(transport: asyncio.SubprocessTransport) -> None:
+    """SIGKILL what is left of the process group of a child that has exited and is reaped (its
+    background processes); nothing to wait for."""
+    _signal_group(transport.get_pid(), signal.SIGKILL)
+    transport.close()
+
+
+async def _stop_group(transport: asyncio.SubprocessTransport, child: _Collect, *, kill_grace: float) -> None:
+    """Kill the process group of a child still running and reap it; the caller shields this
+    from cancellation."""
     pgid = transport.get_pid()
-    if not exited:
-        _signal_group(pgid, signal.SIGTERM)
-        with anyio.move_on_after(kill_grace):
-            await child.exited.wait()
+    _signal_group(pgid, signal.SIGTERM)
+    with anyio.move_on_after(kill_grace):
+        await child.exited.wait()
     # Also when the child exited in time: its background processes may have ignored TERM.
     _signal_group(pgid, signal.SIGKILL)
     await child.exited.wait()
@@ -244,8 +249,12 @@ async def run_shell(
                 with anyio.move_on_after(_DRAIN_GRACE):
                     await child.closed.wait()
     finally:
-        with anyio.CancelScope(shield=True):
-            await _stop_group(transport, child, exited=exited, kill_grace=kill_grace)
+        if exited:
+            # Nothing left to wait for (the child is reaped): no shielded scope to enter.
+            _kill_leftovers(transport)
+        else:
+            with anyio.CancelScope(shield=True):
+                await _stop_group(transport, child, kill_grace=kill_grace)
 
     out, err = child.tails[1], child.tails[2]
     return ShellOutcome(
