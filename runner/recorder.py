@@ -35,7 +35,6 @@ from runner import log
 from runner.errors import RecordRefused, StoreError, StoreFileChanged
 from runner.livelog import LiveLog
 from runner.masking import Masker
-from runner.processes import process_start_time
 from runner.records import Claim, Fire, JobArgs, LogChunk, QueuedRun, RunBatch, RunEnd, Written
 from runner.store import Store
 
@@ -312,12 +311,14 @@ class Recorder:
         self._pending.starts[run_id] = at
         self._wake.set()
 
-    def spawned(self, run_id: str, pgid: int) -> None:
+    def spawned(self, run_id: str, pgid: int, started: float | None) -> None:
         """Record a shell run's process group, without waiting, so that if this process dies,
         whoever marks the run interrupted can kill what the task left running. (A run that
         ends before this leaves for the store takes it along in its end: its group has been
-        killed by then, and the row ends up the same.)"""
-        self._pending.groups[run_id] = (pgid, process_start_time(pgid))
+        killed by then, and the row ends up the same.) ``started``: when the group's first
+        process started (``processes.process_start_time``), so that a reused pid is not taken
+        for it."""
+        self._pending.groups[run_id] = (pgid, started)
         self._wake.set()
 
     async def finished(self, end: RunEnd, logs: Sequence[LogChunk], retry: QueuedRun | None = None) -> bool:

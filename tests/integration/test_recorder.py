@@ -76,13 +76,13 @@ async def test_a_run_that_ends_before_its_start_is_written_gets_the_same_row_in_
         updates = updates_counted(store)
 
         recorder.started("apart", 100.0)
-        recorder.spawned("apart", pgid)
+        recorder.spawned("apart", pgid, process_start_time(pgid))
         await recorder.queued([])  # the start and the group leave now, before the end
         await recorder.finished(RunEnd("apart", RunStatus.SUCCEEDED, 101.0, 1.0, exit_code=0), [])
         apart = len(updates)
 
         recorder.started("folded", 100.0)
-        recorder.spawned("folded", pgid)
+        recorder.spawned("folded", pgid, process_start_time(pgid))
         await recorder.finished(RunEnd("folded", RunStatus.SUCCEEDED, 101.0, 1.0, exit_code=0), [])
         folded = len(updates) - apart
 
@@ -97,7 +97,7 @@ async def test_a_running_shells_group_is_in_the_store_before_the_run_ends(store:
     async with recording(store) as recorder:
         await recorder.queued([queued("long")])
         recorder.started("long", 100.0)
-        recorder.spawned("long", pgid)
+        recorder.spawned("long", pgid, process_start_time(pgid))
         await recorder.queued([queued("other")])  # any later write: the batch before it is committed
         assert row(db, "long") == ("running", 100.0, pgid, process_start_time(pgid), None, None)
         await recorder.finished(RunEnd("long", RunStatus.FAILED, 102.0, 2.0, exit_code=1), [])
