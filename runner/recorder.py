@@ -4,7 +4,10 @@ Committing each state change on its own caps SQLAlchemy async on SQLite near 850
 thread round trips per commit; the same rows in one transaction go at ~95,000/s, measured on 2
 cores). Instead every write joins the batch being gathered, and one writer commits that
 batch while the next one fills up; a caller returns only once its own write is committed. There
-is no timer: a lone run is committed at once, and under load batches grow by themselves.
+is no timer: a lone run is committed at once, and under load batches grow by themselves. A
+run's start (and a shell run's process group) waits in the batch being gathered like any write;
+a run that ends before that batch leaves carries them in its end: one row update instead of
+three, and the same row.
 
 A run's output and log lines reach the store while it runs, through a ``LiveLog``: each run
 buffers what it produced, and every ``FLUSH_INTERVAL`` seconds one flusher moves what all runs
