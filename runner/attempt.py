@@ -163,7 +163,8 @@ class _SafeParameters:
     def text(self) -> str:
         """As JSON, unmasked: what a shell task finds in ``RUNNER_PARAMS``."""
         if self._text is None:
-            self._text = json.dumps(self.value)
+            # No parameters, what most tasks have: json.dumps of {} costs ~2.5 us.
+            self._text = json.dumps(self.value) if self.value != {} else "{}"
         return self._text
 
     def masked(self, masker: Masker) -> Any:

@@ -123,9 +123,9 @@ class Execution:
             # The project's secrets and those known when it was queued, as in the final record;
             # kept on the attempt, for an error that escapes from here on.
             masker = attempt.masker = masking(masker, secrets)
-        attempt.live = self.recorder.live(attempt.run_id, masker, output_cap=self.output_cap)
         if attempt.spec.type is TaskType.SHELL:
             return await self._shell(attempt, env, masker, upstream)
+        attempt.live = self.recorder.live(attempt.run_id, masker, output_cap=self.output_cap)
         return await self._python(attempt, env, masker, upstream)
 
     async def _shell(self, attempt: Attempt, env: dict[str, str], masker: Masker, upstream: Upstream) -> Ending:
@@ -176,7 +176,7 @@ class Execution:
                 timeout=spec.timeout,
                 output_cap=self.output_cap,
                 kill_grace=self.kill_grace,
-                on_output=attempt.live.output if attempt.live is not None else None,
+                on_output=functools.partial(self._output, attempt, masker),
                 on_start=functools.partial(self.recorder.spawned, attempt.run_id),
             )
         except ShellStartError as exc:
@@ -191,6 +191,15 @@ class Execution:
             stdout=masker.cut_text(outcome.stdout) if outcome.stdout_truncated else outcome.stdout,
             stderr=masker.cut_text(outcome.stderr) if outcome.stderr_truncated else outcome.stderr,
         )
+
+    def _output(self, attempt: Attempt, masker: Masker, fd: int, data: bytes) -> None:
+        """A chunk of a shell run's output, on its way to the store. The run's ``LiveLog`` is
+        made with its first chunk: most commands print nothing, and making and closing one
+        costs ~4 us."""
+        live = attempt.live
+        if live is None:
+            live = attempt.live = self.recorder.live(attempt.run_id, masker, output_cap=self.output_cap)
+        live.output(fd, data)
 
     async def _python(self, attempt: Attempt, env: dict[str, str], masker: Masker, upstream: Upstream) -> Ending:
         spec = attempt.spec

@@ -6,6 +6,7 @@ import gc
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -34,6 +35,24 @@ def process_start_time(pid: int) -> float | None:
         return float(data.rpartition(b")")[2].split()[19])
     except (OSError, IndexError, ValueError):
         return None
+
+
+# /proc gives a process's start in whole clock ticks since boot, rounded down.
+_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK") if hasattr(time, "CLOCK_BOOTTIME") else 0
+
+
+def boot_clock() -> int:
+    """Nanoseconds since boot, on the clock /proc's start times count on (``start_time_between``)."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) if _TICK_NS else 0
+
+
+def start_time_between(pid: int, before: int, after: int) -> float | None:
+    """``process_start_time(pid)`` of a process known to have started between the ``boot_clock``
+    readings ``before`` and ``after``: when both fall in one clock tick, that tick is its start,
+    and /proc need not be read (~11 us of every shell run, most of it the kernel's)."""
+    if _TICK_NS and before // _TICK_NS == after // _TICK_NS and before:
+        return float(before // _TICK_NS)
+    return process_start_time(pid)
 
 
 def process_is_alive(pid: int, started: float | None) -> bool:

@@ -4,7 +4,10 @@ Committing each state change on its own caps SQLAlchemy async on SQLite near 850
 thread round trips per commit; the same rows in one transaction go at ~95,000/s, measured on 2
 cores). Instead every write joins the batch being gathered, and one writer commits that
 batch while the next one fills up; a caller returns only once its own write is committed. There
-is no timer: a lone run is committed at once, and under load batches grow by themselves.
+is no timer: a lone run is committed at once, and under load batches grow by themselves. A
+run's start (and a shell run's process group) waits in the batch being gathered like any write;
+a run that ends before that batch leaves carries them in its end: one row update instead of
+three, and the same row.
 
 A run's output and log lines reach the store while it runs, through a ``LiveLog``: each run
 buffers what it produced, and every ``FLUSH_INTERVAL`` seconds one flusher moves what all runs
@@ -35,7 +38,6 @@ from runner import log
 from runner.errors import RecordRefused, StoreError, StoreFileChanged
 from runner.livelog import LiveLog
 from runner.masking import Masker
-from runner.processes import process_start_time
 from runner.records import Claim, Fire, JobArgs, LogChunk, QueuedRun, RunBatch, RunEnd, Written
 from runner.store import Store
 
@@ -45,9 +47,25 @@ FLUSH_INTERVAL = 0.2
 class _Pending:
     def __init__(self) -> None:
         self.batch = RunBatch()
+        # Starts and shells' process groups, by run, kept out of ``batch`` until the writer
+        # takes it: a run that ends before then carries them in its end instead (``finished``).
+        self.starts: dict[str, float] = {}
+        self.groups: dict[str, tuple[int, float | None]] = {}
         self.committed = anyio.Event()
         self.error: BaseException | None = None
         self.written = Written()  # what of it was not written after all (Store.write_runs)
+
+    @property
+    def empty(self) -> bool:
+        return self.batch.empty and not self.starts and not self.groups
+
+    def sealed(self) -> RunBatch:
+        """The batch to write, with the starts and groups no end took."""
+        batch = self.batch
+        batch.starts.extend(self.starts.items())
+        batch.groups.extend((run_id, pgid, at) for run_id, (pgid, at) in self.groups.items())
+        self.starts, self.groups = {}, {}
+        return batch
 
 
 @dataclass
@@ -112,7 +130,8 @@ class Recorder:
             await self._wake.wait()
             self._wake = anyio.Event()
             pending, self._pending = self._pending, _Pending()
-            if not pending.batch.empty:
+            if not pending.empty:
+                pending.sealed()
                 try:
                     pending.written = await self._write_through_outages(pending.batch)
                 except Exception as exc:
@@ -123,7 +142,7 @@ class Recorder:
                     else:  # something in the batch the store refuses: write the rest
                         pending.written = await self._write_run_by_run(pending.batch, exc)
             pending.committed.set()
-            if self._closing and self._pending.batch.empty:
+            if self._closing and self._pending.empty:
                 self._ended = True
                 return
 
@@ -225,7 +244,7 @@ class Recorder:
             dirty, self._dirty = self._dirty, {}
             for live in dirty.values():
                 self._pending.batch.logs.extend(self._take(live))
-            if not self._pending.batch.empty:
+            if not self._pending.empty:
                 self._wake.set()
 
     def close(self) -> None:
@@ -291,14 +310,18 @@ class Recorder:
 
     def started(self, run_id: str, at: float) -> None:
         """Record that a run started, without waiting: a run that lasts longer than a commit is
-        seen ``running``; one that ends sooner may be committed with its end in one batch."""
-        self._pending.batch.starts.append((run_id, at))
+        seen ``running``; one that ends sooner is written with its end, in one row update."""
+        self._pending.starts[run_id] = at
         self._wake.set()
 
-    def spawned(self, run_id: str, pgid: int) -> None:
+    def spawned(self, run_id: str, pgid: int, started: float | None) -> None:
         """Record a shell run's process group, without waiting, so that if this process dies,
-        whoever marks the run interrupted can kill what the task left running."""
-        self._pending.batch.groups.append((run_id, pgid, process_start_time(pgid)))
+        whoever marks the run interrupted can kill what the task left running. (A run that
+        ends before this leaves for the store takes it along in its end: its group has been
+        killed by then, and the row ends up the same.) ``started``: when the group's first
+        process started (``processes.process_start_time``), so that a reused pid is not taken
+        for it."""
+        self._pending.groups[run_id] = (pgid, started)
         self._wake.set()
 
     async def finished(self, end: RunEnd, logs: Sequence[LogChunk], retry: QueuedRun | None = None) -> bool:
@@ -307,7 +330,10 @@ class Recorder:
         neither its end nor its retry was written."""
 
         def fill(batch: RunBatch) -> None:
-            batch.finishes.append(end)
+            pending = self._pending  # whose ``batch`` this is
+            started = pending.starts.pop(end.run_id, None)
+            group = pending.groups.pop(end.run_id, None)
+            batch.finishes.append(end.with_start(started, group) if started is not None or group is not None else end)
             batch.logs.extend(logs)
             if retry is not None:
                 batch.retries.append(retry)

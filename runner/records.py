@@ -107,6 +107,23 @@ class RunEnd:
     # it): the invocation whose waiting runs the transaction that writes it decides
     # (store/jobs.py).
     release: str | None = None
+    # Its start, and its shell's process group (pgid, the start time of the group's first
+    # process), when they had not left for the store before its end did (``Recorder.finished``
+    # folds them in): written with the end, one row update instead of three. None: written
+    # already, or never made.
+    started_at: float | None = None
+    pgid: int | None = None
+    pgid_started: float | None = None
+
+    def with_start(self, started_at: float | None, group: tuple[int, float | None] | None) -> RunEnd:
+        """This end, carrying the run's start and process group (``dataclasses.replace`` costs
+        four times as much, and this is on every run's path)."""
+        pgid, pgid_started = group if group is not None else (None, None)
+        return RunEnd(
+            self.run_id, self.status, self.finished_at, self.duration_s, self.exit_code, self.stdout,
+            self.stderr, self.error, self.parameters_json, self.result, self.release, started_at, pgid,
+            pgid_started,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from typing import Any
 import anyio
 
 from runner.errors import ShellStartError
+from runner.processes import boot_clock, start_time_between
 
 DEFAULT_OUTPUT_CAP = 1_000_000
 DEFAULT_KILL_GRACE = 2.0
@@ -178,15 +179,20 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-async def _stop_group(
-    transport: asyncio.SubprocessTransport, child: _Collect, *, exited: bool, kill_grace: float
-) -> None:
-    """Kill the process group and reap the child; the caller shields this from cancellation."""
+def _kill_leftovers(transport: asyncio.SubprocessTransport) -> None:
+    """SIGKILL what is left of the process group of a child that has exited and is reaped (its
+    background processes); nothing to wait for."""
+    _signal_group(transport.get_pid(), signal.SIGKILL)
+    transport.close()
+
+
+async def _stop_group(transport: asyncio.SubprocessTransport, child: _Collect, *, kill_grace: float) -> None:
+    """Kill the process group of a child still running and reap it; the caller shields this
+    from cancellation."""
     pgid = transport.get_pid()
-    if not exited:
-        _signal_group(pgid, signal.SIGTERM)
-        with anyio.move_on_after(kill_grace):
-            await child.exited.wait()
+    _signal_group(pgid, signal.SIGTERM)
+    with anyio.move_on_after(kill_grace):
+        await child.exited.wait()
     # Also when the child exited in time: its background processes may have ignored TERM.
     _signal_group(pgid, signal.SIGKILL)
     await child.exited.wait()
@@ -204,13 +210,14 @@ async def run_shell(
     output_cap: int = DEFAULT_OUTPUT_CAP,
     kill_grace: float = DEFAULT_KILL_GRACE,
     on_output: Callable[[int, bytes], None] | None = None,
-    on_start: Callable[[int], None] | None = None,
+    on_start: Callable[[int, float | None], None] | None = None,
 ) -> ShellOutcome:
     """Run ``command`` to completion, or until ``timeout`` seconds, and return what it did.
 
     Raises ShellStartError when the command cannot be started. On cancellation the process
     group is killed (TERM, grace, KILL) before the cancellation propagates. ``on_output`` gets
-    each chunk of output as it comes (stream 1 or 2), ``on_start`` the process group's id.
+    each chunk of output as it comes (stream 1 or 2), ``on_start`` the process group's id and
+    the start time of its first process (``processes.process_start_time``; None if unknown).
     """
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     loop = asyncio.get_running_loop()
@@ -219,6 +226,7 @@ async def run_shell(
         # Shielded: cancelled halfway, asyncio would kill only /bin/sh and never the group it
         # has already started. The cancellation is taken up right after, with the group killed.
         with anyio.CancelScope(shield=True):
+            before = boot_clock()
             transport, child = await loop.subprocess_exec(
                 lambda: _Collect(output_cap, on_output),
                 *argv,
@@ -229,13 +237,15 @@ async def run_shell(
                 env=env,  # as given: bytes skip subprocess's encoding of every variable
                 start_new_session=True,
             )
+            after = boot_clock()
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv, env or cwd
         raise ShellStartError(f"cannot start command: {exc}") from exc
 
     exited = False
     try:
         if on_start is not None:
-            on_start(transport.get_pid())  # its own session: the pid is the process group's id
+            pgid = transport.get_pid()  # its own session: the pid is the process group's id
+            on_start(pgid, start_time_between(pgid, before, after))
         # No cancel scope to enter and leave without a timeout.
         with anyio.move_on_after(timeout) if timeout is not None else contextlib.nullcontext():
             await child.exited.wait()
@@ -244,8 +254,12 @@ async def run_shell(
                 with anyio.move_on_after(_DRAIN_GRACE):
                     await child.closed.wait()
     finally:
-        with anyio.CancelScope(shield=True):
-            await _stop_group(transport, child, exited=exited, kill_grace=kill_grace)
+        if exited:
+            # Nothing left to wait for (the child is reaped): no shielded scope to enter.
+            _kill_leftovers(transport)
+        else:
+            with anyio.CancelScope(shield=True):
+                await _stop_group(transport, child, kill_grace=kill_grace)
 
     out, err = child.tails[1], child.tails[2]
     return ShellOutcome(

@@ -125,6 +125,11 @@ def end_row(end: RunEnd) -> dict[str, Any]:
     if end.result is not None:
         row["result_json"] = end.result.json
         row["result_pickle"] = end.result.pickled
+    if end.started_at is not None:
+        row["started_at"] = end.started_at
+    if end.pgid is not None:
+        row["pgid"] = end.pgid
+        row["pgid_started"] = end.pgid_started
     return row
 
 

@@ -215,3 +215,19 @@ async def test_children_are_waited_for_without_a_thread_each(tmp_path: Path) -> 
         waiting = [t.name for t in threading.enumerate() if "waitpid" in t.name]
         assert waiting == []
     assert sorted(o.exit_code for o in outcomes) == [0, 1, 2, 3]
+
+
+async def test_the_group_reported_at_start_is_the_childs_with_the_start_time_proc_gives(tmp_path: Path) -> None:
+    # What lets the next runner process tell the group of a dead one from a reused pid
+    # (processes.kill_orphaned_group): read while each child lives, to compare.
+    from runner.processes import process_start_time
+
+    seen: list[tuple[int, float | None, float | None]] = []
+
+    def started(pgid: int, at: float | None) -> None:
+        seen.append((pgid, at, process_start_time(pgid)))
+
+    for _ in range(20):  # some of them, most likely, started in one clock tick, some across two
+        outcome = await run_shell("echo $$; sleep 0.05", env=ENV, cwd=tmp_path, on_start=started)
+        assert int(outcome.stdout) == seen[-1][0]
+    assert all(at is not None and at == proc for _, at, proc in seen), seen
