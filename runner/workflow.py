@@ -252,6 +252,8 @@ class Workflow:
 
     def _stop_all(self) -> None:
         for node in self.nodes.values():
+            if node.ended:
+                continue
             if node.scope is not None:
                 node.scope.cancel()
             else:  # not started yet: stopped as it enters its scope
