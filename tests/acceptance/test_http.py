@@ -325,8 +325,8 @@ def test_read_only_by_default_auth_read_and_sigterm_with_an_open_stream(project:
     assert served.get("/openapi.json").status_code == 200
 
     gate = project.root / "gate"
-    ok(cli("trigger", "gated"))
-    run_id = cli.runs("--task", "gated")[0]["id"]
+    run_id = ok(cli("trigger", "gated")).stdout.strip()
+    poll(lambda: cli.runs("--task", "gated"), what="the daemon to take up the trigger")  # it claims it when it looks
     with served.client.stream("GET", f"/api/v1/runs/{run_id}/events", headers=served.auth) as response:
         next(response.iter_lines())
         served.daemon.process.send_signal(signal.SIGTERM)
