@@ -214,7 +214,7 @@ class _Returns:
     calls in a row wakes the loop once, not once each)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._loop = weakref.ref(loop)  # not kept alive by its entry in _RETURNS
         self._lock = threading.Lock()
         self._ended: list[asyncio.Future[None]] = []
 
@@ -223,8 +223,10 @@ class _Returns:
             self._ended.append(done)
             if len(self._ended) > 1:  # the loop is told already
                 return
-        with contextlib.suppress(RuntimeError):  # the loop is closed
-            self._loop.call_soon_threadsafe(self._hand_back)
+        loop = self._loop()
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(self._hand_back)
 
     def _hand_back(self) -> None:
         with self._lock:
