@@ -5,9 +5,11 @@ abandoned and replaced. A real SQLite store and real threads; nothing waits on a
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 import threading
+import weakref
 from typing import Any
 
 import anyio
@@ -205,3 +207,16 @@ os.waitpid(pid, 0)
 def test_a_forked_child_runs_sync_calls_in_threads_of_its_own() -> None:
     done = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True, timeout=10)
     assert done.stdout == "ran in parent\nran in child\n", done.stderr
+
+
+def test_an_event_loop_that_ran_sync_calls_is_not_kept_alive_once_closed() -> None:
+    def quick() -> int:
+        return 1
+
+    loop = asyncio.new_event_loop()
+    assert loop.run_until_complete(call_python(quick, inspect_callable(quick), {}, scope=None, time_limit=None)).value == 1
+    loop.close()
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None
