@@ -24,6 +24,7 @@ import pg
 import pytest
 
 if TYPE_CHECKING:
+    from runner.recorder import Recorder
     from runner.store import Store
 
 
@@ -185,6 +186,22 @@ def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[
 
 def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
+
+
+@contextlib.asynccontextmanager
+async def recording(store: Store) -> AsyncIterator[Recorder]:
+    """A recorder writing to ``store`` (its writer running), closed on the way out."""
+    import anyio
+
+    from runner.recorder import Recorder
+
+    recorder = Recorder(store)
+    async with anyio.create_task_group() as group:
+        await group.start(recorder.run)
+        try:
+            yield recorder
+        finally:
+            recorder.close()
 
 
 def poll(condition: Callable[[], T | None], *, within: float = 5.0, what: str = "it") -> T:

@@ -10,35 +10,22 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, closing
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
+from conftest import recording
 from sqlalchemy import event
 
 from runner.models import RunStatus, TaskType
 from runner.processes import process_start_time
-from runner.recorder import Recorder
 from runner.records import Owner, QueuedRun, RunEnd
 from runner.store import Store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
 COLUMNS = "status, started_at, pgid, pgid_started, finished_at, exit_code"
-
-
-@asynccontextmanager
-async def recording(store: Store) -> AsyncIterator[Recorder]:
-    recorder = Recorder(store)
-    async with anyio.create_task_group() as group:
-        await group.start(recorder.run)
-        try:
-            yield recorder
-        finally:
-            recorder.close()
 
 
 def queued(run_id: str) -> QueuedRun:

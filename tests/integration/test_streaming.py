@@ -17,13 +17,12 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import ProjectDir
+from conftest import ProjectDir, recording
 
 from runner.livelog import FLUSH_BYTES
 from runner.masking import Masker
 from runner.models import RunStatus
 from runner.oneshot import OneShot, run_once
-from runner.recorder import Recorder
 from runner.store import LogEntry, Store, open_store
 
 pytestmark = [pytest.mark.timeout(15), pytest.mark.usefixtures("fresh_plugins")]
@@ -238,18 +237,6 @@ async def test_output_is_written_in_batches_not_a_commit_per_line(
 
 
 # -- cutting, capping, masking ------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def recording(store: Store) -> AsyncIterator[Recorder]:
-    """A recorder writing to ``store`` (its writer running), closed on the way out."""
-    recorder = Recorder(store)
-    async with anyio.create_task_group() as group:
-        await group.start(recorder.run)
-        try:
-            yield recorder
-        finally:
-            recorder.close()
 
 
 async def queued_run(project: ProjectDir, store: Store) -> str:
