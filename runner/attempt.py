@@ -103,7 +103,6 @@ class Attempt:
     invocation: str
     scheduled_for: float | None = None
     queued_at: float = field(default_factory=time.time)
-    started: bool = False
     started_at: float | None = None
     final: Run | None = None  # set once the final record is on its way
     value: Any = None  # what a python task returned, for the tasks that need it
@@ -118,6 +117,10 @@ class Attempt:
     # The parameters made JSON-safe, and masked as JSON text, each made once for the queued
     # row, RUNNER_PARAMS and the final record (a retry shares them).
     _safe: _SafeParameters | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def started(self) -> bool:
+        return self.started_at is not None
 
     def safe_parameters(self) -> _SafeParameters:
         safe = self._safe
@@ -250,7 +253,6 @@ class Attempts:
     async def _execute(self, attempt: Attempt, upstream: Upstream) -> Ending:
         """Start the run (within its slot) and say how it ended."""
         attempt.started_at = time.time()
-        attempt.started = True
         self.recorder.started(attempt.run_id, attempt.started_at)
         try:
             return await self.execute(attempt, upstream)

@@ -59,13 +59,11 @@ class _Pending:
     def empty(self) -> bool:
         return self.batch.empty and not self.starts and not self.groups
 
-    def sealed(self) -> RunBatch:
-        """The batch to write, with the starts and groups no end took."""
-        batch = self.batch
-        batch.starts.extend(self.starts.items())
-        batch.groups.extend((run_id, pgid, at) for run_id, (pgid, at) in self.groups.items())
+    def seal(self) -> None:
+        """Add to ``batch`` the starts and groups no end took: it is written as it is now."""
+        self.batch.starts.extend(self.starts.items())
+        self.batch.groups.extend((run_id, pgid, at) for run_id, (pgid, at) in self.groups.items())
         self.starts, self.groups = {}, {}
-        return batch
 
 
 @dataclass
@@ -131,7 +129,7 @@ class Recorder:
             self._wake = anyio.Event()
             pending, self._pending = self._pending, _Pending()
             if not pending.empty:
-                pending.sealed()
+                pending.seal()
                 try:
                     pending.written = await self._write_through_outages(pending.batch)
                 except Exception as exc:
