@@ -119,8 +119,8 @@ GC_THRESHOLDS = (50_000, 20, 10)
 10). A run makes a few hundred objects and almost no cyclic garbage, yet with Python's
 thresholds a fan-in of 2,000 no-op runs met 265 young, 24 middle and 2 full collections, the
 full ones walking the whole heap (the imports, the project's tasks, the workflow): 0.18 s of
-its 0.67 s of CPU. With these, 3 young collections: 0.03 s (docs/performance.md, "Garbage
-collection")."""
+its 0.67 s of CPU. With these, 3 young collections: 0.03 s (docs/performance.md, "Per-run
+work, a third pass")."""
 
 
 def tune_gc() -> None:
