@@ -236,16 +236,13 @@ class Workflow:
         tasks = [loop.create_task(self._run_node(node)) for node in self.nodes.values()]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        except BaseException:  # cancelled
-            self._stop_all()
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait(tasks)
-            raise
-        if any(_failure(task) for task in tasks):
-            self._stop_all()
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait(tasks)
-            failed = [exc for task in tasks if (exc := _failure(task)) is not None]
+        finally:  # cancelled, or a node failed: stop the others, and wait for their records
+            if not all(task.done() for task in tasks):
+                self._stop_all()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait(tasks)
+        failed = [exc for task in tasks if (exc := _failure(task)) is not None]
+        if failed:
             if not all(isinstance(exc, RunnerError) for exc in failed):
                 raise BaseExceptionGroup("runs of the workflow failed", failed)
             raise failed[0]
@@ -369,9 +366,9 @@ class Workflow:
 
 
 def _failure(task: asyncio.Task[None]) -> BaseException | None:
-    """What a node's task that is done raised (a task that raised CancelledError itself, as a
+    """What a node's finished task raised (a task that raised CancelledError itself, as a
     task's own code may, ended its run cancelled: not a failure of the workflow)."""
-    if not task.done() or task.cancelled():
+    if task.cancelled():
         return None
     return task.exception()
 
