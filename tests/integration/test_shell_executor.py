@@ -205,13 +205,20 @@ async def test_children_are_waited_for_without_a_thread_each(tmp_path: Path) -> 
     # Python 3.11's default watcher starts a thread per child (asyncio-waitpid-N); 3.12 uses pidfds.
     async with anyio.create_task_group() as group:
         outcomes: list[ShellOutcome] = []
+        started: list[int] = []
+        all_started = anyio.Event()
+
+        def spawned(pgid: int, _: float | None) -> None:
+            started.append(pgid)
+            if len(started) == 4:
+                all_started.set()
 
         async def one(code: int) -> None:
-            outcomes.append(await run_shell(f"sleep 0.3; exit {code}", env=ENV, cwd=tmp_path))
+            outcomes.append(await run_shell(f"sleep 0.3; exit {code}", env=ENV, cwd=tmp_path, on_start=spawned))
 
         for code in range(4):
             group.start_soon(one, code)
-        await anyio.sleep(0.1)
+        await all_started.wait()  # the four are being waited for now, each for 0.3 s
         waiting = [t.name for t in threading.enumerate() if "waitpid" in t.name]
         assert waiting == []
     assert sorted(o.exit_code for o in outcomes) == [0, 1, 2, 3]
