@@ -343,6 +343,12 @@ class Recorder:
             self._raise_if_refused([end.run_id])
         return retry is None or retry.id not in pending.written.dropped_retries
 
+    def job_done(self, job_id: int) -> None:
+        """Take a worker's job off the queue, without waiting, once its runs' ends are committed
+        (the caller has waited for them): in the next batch, with the runs being written."""
+        self._pending.batch.done_jobs.append(job_id)
+        self._wake.set()
+
     def live(self, run_id: str, masker: Masker, *, output_cap: int) -> LiveLog:
         """A buffer for one run's output and log lines, flushed into batches while it runs."""
         return LiveLog(self, run_id, masker, output_cap)
@@ -425,7 +431,9 @@ def _apart(batch: RunBatch) -> list[tuple[list[str], RunBatch]]:
         part(run.id).retries.append(run)
     for claim in batch.claims:
         part(claim.run_ids[0]).claims.append(claim)
+    if batch.done_jobs:
+        part("jobs:done").done_jobs.extend(batch.done_jobs)
     for key in list(parent):
-        if not key.startswith(("invocation:", "fire:")) and (root := find(key)) in parts:
+        if not key.startswith(("invocation:", "fire:", "jobs:")) and (root := find(key)) in parts:
             parts[root][0].append(key)
     return list(parts.values())

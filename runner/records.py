@@ -249,18 +249,21 @@ class RunBatch:
     # Taken up by this worker before anything of theirs is written (their log rows are notes
     # that go with the claim: written only if it is made).
     claims: list[Claim] = field(default_factory=list)
+    # Jobs whose runs have all ended (their ends committed before): taken off the queue.
+    done_jobs: list[int] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         return not (
             self.inserts or self.starts or self.groups or self.finishes or self.logs or self.fires
-            or self.claimed or self.jobs or self.retries or self.claims
+            or self.claimed or self.jobs or self.retries or self.claims or self.done_jobs
         )
 
     @property
     def needs_lock(self) -> bool:
         """Whether writing it needs the store's write lock: anything but claims, starts, process
-        groups and ends without log rows (see ``runner/store/connection.py``)."""
+        groups, ends without log rows and jobs taken off the queue (see
+        ``runner/store/connection.py``)."""
         return bool(self.inserts or self.logs or self.fires or self.claimed or self.jobs or self.retries)
 
 

@@ -21,11 +21,11 @@ retried if its task has retries left, all in one transaction (``Store.recover_jo
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,11 @@ RECOVER_EVERY = 2.0
 """Seconds between looks for the jobs of dead workers."""
 
 FETCH_POLL = 1.0
-"""Seconds an idle worker waits, at most, before it looks for jobs again without a wake-up."""
+"""Seconds an idle worker waits, at most, before it looks for jobs again without a wake-up
+(a notification can be lost while the listening connection is replaced)."""
 
+RETRY_AFTER = 1.0
+"""Seconds before a fetch or heartbeat that failed (the database unreachable) is tried again."""
 
 CHECK_IDLE = 1.0
 """Seconds a queue connection may have been idle before the pool checks it is still alive."""
@@ -71,41 +74,126 @@ def store_connections(concurrency: int) -> int:
     return concurrency + 3
 
 
-def _app(store: Store, concurrency: int) -> Any:
-    import procrastinate  # the postgres extra, imported only by the processes that use the queue
-    import psycopg_pool
+_FETCH = """
+WITH picked AS (
+    SELECT id FROM procrastinate_jobs
+    WHERE status = 'todo' AND task_name = %(task)s AND (%(queues)s::varchar[] IS NULL OR queue_name = ANY(%(queues)s::varchar[]))
+        AND (scheduled_at IS NULL OR scheduled_at <= now())
+    ORDER BY priority DESC, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE procrastinate_jobs AS j SET status = 'doing', worker_id = %(worker)s
+FROM picked WHERE j.id = picked.id
+RETURNING j.id, j.queue_name, j.args
+"""
+"""Take up to ``limit`` jobs in one statement, in the order procrastinate's own fetch takes
+them (``procrastinate_fetch_job_v2`` takes one a call). Its check of job locks is left out:
+runner defers no job with a ``lock``."""
 
-    returned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+_BEAT = "UPDATE procrastinate_workers SET last_heartbeat = now() WHERE id = %(worker)s RETURNING id"
 
-    async def note_return(conn: Any) -> None:
-        returned[conn] = time.monotonic()
 
-    async def check_if_idle(conn: Any) -> None:
-        # procrastinate checks every connection it takes from the pool (an empty query: a
-        # round trip per fetch and per finish); one used within the last second is as good
-        # as checked. A connection that broke meanwhile fails that one call, as one that
-        # breaks during the call does.
-        if time.monotonic() - returned.get(conn, 0.0) > CHECK_IDLE:
-            await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+@dataclass(frozen=True, slots=True)
+class _Job:
+    id: int
+    queue: str
+    args: dict[str, Any]
 
-    async def autocommit(conn: Any) -> None:
-        # Each of procrastinate's queries is one statement (its fetch, its finish: a function
-        # call each), so in autocommit it is the same transaction without BEGIN and COMMIT:
-        # two round trips fewer per call.
-        await conn.set_autocommit(True)
 
-    def pool(**options: Any) -> Any:
-        return psycopg_pool.AsyncConnectionPool(**{**options, "check": check_if_idle})
+class _Queue:
+    """A worker's side of procrastinate's tables: its row in the workers' table (registered,
+    beating, removed), the jobs it takes, and the wake-ups of new jobs, on a pool of two
+    connections in autocommit (each call is one statement) plus one that listens."""
 
-    connector = procrastinate.PsycopgConnector(
-        conninfo=store.conninfo(), min_size=1, max_size=concurrency + 1, pool_factory=pool,
-        configure=autocommit, reset=note_return,
-    )
-    return procrastinate.App(connector=connector)
+    def __init__(self, store: Store, queues: list[str] | None) -> None:
+        import procrastinate  # the postgres extra, imported only by the processes that use the queue
+        import psycopg_pool
+
+        returned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+        async def note_return(conn: Any) -> None:
+            returned[conn] = time.monotonic()
+
+        async def check_if_idle(conn: Any) -> None:
+            # The pool would check every connection it hands out (an empty query: a round trip
+            # per fetch); one used within the last second is as good as checked. A connection
+            # that broke meanwhile fails that one call, as one that breaks during it does.
+            if time.monotonic() - returned.get(conn, 0.0) > CHECK_IDLE:
+                await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+
+        async def configure(conn: Any) -> None:
+            await conn.set_autocommit(True)
+            # The fetch planned afresh each time: a plan cached while the queue was near empty
+            # scans the whole table once a burst comes (19-34 runs/s for a minute, measured).
+            await conn.execute("SET plan_cache_mode = force_custom_plan")
+
+        def pool(**options: Any) -> Any:
+            return psycopg_pool.AsyncConnectionPool(**{**options, "check": check_if_idle})
+
+        connector = procrastinate.PsycopgConnector(
+            conninfo=store.conninfo(), min_size=1, max_size=2, pool_factory=pool, configure=configure,
+            reset=note_return,
+        )
+        self.app = procrastinate.App(connector=connector)
+        self.queues = queues
+        self.worker_id = 0
+        self.on_job: Callable[[], None] = lambda: None
+        self.on_abort: Callable[[int], None] = lambda job_id: None
+
+    async def register(self) -> None:
+        await self.app.job_manager.prune_stalled_workers(stale_after())
+        self.worker_id = await self.app.job_manager.register_worker()
+
+    async def unregister(self) -> None:
+        await self.app.job_manager.unregister_worker(self.worker_id)
+
+    async def fetch(self, limit: int) -> list[_Job]:
+        rows = await self.app.connector.execute_query_all_async(
+            _FETCH, task=JOB_TASK, queues=self.queues, limit=limit, worker=self.worker_id
+        )
+        return sorted((_Job(row["id"], row["queue_name"], row["args"]) for row in rows), key=lambda job: job.id)
+
+    async def beat(self) -> None:
+        """Keep this worker's heartbeat fresh. A worker taken for dead meanwhile (paused for
+        longer than ``stale_after()``: its row was pruned, its runs recovered) registers again."""
+        while True:
+            await anyio.sleep(HEARTBEAT)
+            try:
+                if not await self.app.connector.execute_query_all_async(_BEAT, worker=self.worker_id):
+                    gone = self.worker_id
+                    self.worker_id = await self.app.job_manager.register_worker()
+                    log.logger.warning(
+                        f"this worker (id {gone}) was taken for dead; registered again as worker {self.worker_id}",
+                        extra={"event": "worker_registered_again", "worker_id": self.worker_id},
+                    )
+            except Exception as exc:  # the database unreachable: beat again later
+                log.logger.error(f"cannot update the worker's heartbeat: {exc}", extra={"event": "store_error"})
+
+    async def listen(self) -> None:
+        """Call ``on_job`` when a job is queued, and ``on_abort`` when one is asked to stop
+        (procrastinate's NOTIFY; ``runner cancel`` asks), for as long as it runs."""
+
+        async def notified(*, channel: str, notification: Any) -> None:
+            if notification["type"] == "job_inserted":
+                self.on_job()
+            elif notification["type"] == "abort_job_requested":
+                self.on_abort(notification["job_id"])
+
+        while True:
+            try:
+                await self.app.job_manager.listen_for_jobs(on_notification=notified, queues=self.queues)
+            except Exception as exc:  # the listening connection lost: the fetches poll meanwhile
+                log.logger.error(f"cannot listen for new jobs: {exc}", extra={"event": "store_error"})
+            await anyio.sleep(RETRY_AFTER)
 
 
 class Worker:
-    """``runner worker``: ``await Worker(root, store, queues=..., concurrency=...).run()``."""
+    """``runner worker``: ``await Worker(root, store, queues=..., concurrency=...).run()``.
+
+    It takes as many jobs as it has free slots, in one statement, and each job's runs are
+    claimed, run and recorded by its engine; a job is taken off the queue in the recorder's
+    next batch once its runs' ends are committed."""
 
     def __init__(
         self, root: Path, store: Store, *, queues: list[str] | None = None, concurrency: int = 4,
@@ -120,8 +208,13 @@ class Worker:
         self._seen_revision = self.revision.digest  # the last revision a job came with
         self._warned: set[tuple[str, str]] = set()
         self._engine: Engine | None = None
-        self._scopes: set[anyio.CancelScope] = set()
+        self._scopes: dict[int, anyio.CancelScope] = {}  # by job id
         self._stopping = False
+        self._running = 0
+        self._drained = False  # the last fetch found fewer jobs than it asked for
+        self._notified = 0  # wake-ups of new jobs so far
+        self._nudge = anyio.Event()
+        self._idle = anyio.Event()  # set when no job is running
 
     @property
     def engine(self) -> Engine:
@@ -131,56 +224,107 @@ class Worker:
     async def run(self, *, handle_signals: bool = True) -> None:
         """Take jobs until SIGTERM/SIGINT; then running workflows get the grace period, and are
         cancelled after it (or at a second signal)."""
-        from procrastinate.worker import Worker as QueueWorker  # the postgres extra, as in _app
-
         await self.store.ensure_queue()
         registry.import_plugins(self.root)
         await recover_stalled(self.store, sweep=True)  # as every runner process does at start
-        app = _app(self.store, self.concurrency)
-        app.task(name=JOB_TASK, pass_context=False)(self._job)
+        queue = _Queue(self.store, self.queues)
+        queue.on_job = self._job_queued
+        queue.on_abort = self._abort
         async with Engine(self.store, self.root, max_concurrency=self.concurrency, revision=self.revision) as engine:
             self._engine = engine
-            async with app.open_async(), anyio.create_task_group() as group:
-                worker = QueueWorker(
-                    app, queues=self.queues, name=f"runner@{HOST}:{this_process().pid}", concurrency=self.concurrency,
-                    install_signal_handlers=False, delete_jobs="always", shutdown_graceful_timeout=self.grace,
-                    update_heartbeat_interval=HEARTBEAT, stalled_worker_timeout=stale_after(),
-                    # A job committed while a fetch finds nothing wakes no one (procrastinate
-                    # 3.10 clears its wake-up after the fetch): look again at least this often.
-                    fetch_job_polling_interval=FETCH_POLL,
-                )
-                if handle_signals:
-                    await group.start(on_stop_signals, functools.partial(self._on_signal, worker))
-                group.start_soon(self._recover)
-                log.logger.info(
-                    f"worker started: pid {this_process().pid}, queues {', '.join(self.queues or ['(all)'])}, "
-                    f"concurrency {self.concurrency}, revision {self.revision}",
-                    extra={"event": "worker_started", "pid": this_process().pid, "revision": self.revision.digest},
-                )
-                await worker.run()  # type: ignore[no-untyped-call]
-                group.cancel_scope.cancel()
+            async with queue.app.open_async():
+                await queue.register()
+                try:
+                    async with anyio.create_task_group() as group:
+                        if handle_signals:
+                            await group.start(on_stop_signals, self._on_signal)
+                        group.start_soon(self._recover)
+                        group.start_soon(queue.beat)
+                        group.start_soon(queue.listen)
+                        log.logger.info(
+                            f"worker started: pid {this_process().pid}, queues {', '.join(self.queues or ['(all)'])}, "
+                            f"concurrency {self.concurrency}, revision {self.revision}",
+                            extra={"event": "worker_started", "pid": this_process().pid, "revision": self.revision.digest},
+                        )
+                        await self._take_jobs(queue)
+                        group.cancel_scope.cancel()
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await queue.unregister()
 
-    def _on_signal(self, worker: Any, signum: int) -> None:
+    async def _take_jobs(self, queue: _Queue) -> None:
+        """Fetch jobs into free slots until stopped; then wait for the running ones (the grace
+        period, then cancelled)."""
+        async with anyio.create_task_group() as jobs:
+            while not self._stopping:
+                free = self.concurrency - self._running
+                if free and not self._drained:
+                    notified = self._notified
+                    try:
+                        found = await queue.fetch(free)
+                    except Exception as exc:  # the database unreachable: look again later
+                        log.logger.error(f"cannot take jobs off the queue: {exc}", extra={"event": "store_error"})
+                        await anyio.sleep(RETRY_AFTER)
+                        continue
+                    for job in found:
+                        self._running += 1
+                        jobs.start_soon(self._job, job)
+                    self._drained = len(found) < free and self._notified == notified
+                    continue
+                self._nudge = anyio.Event()
+                with anyio.move_on_after(FETCH_POLL) as waited:
+                    await self._nudge.wait()
+                if waited.cancelled_caught:
+                    self._drained = False
+            if self._running:
+                self._idle = anyio.Event()
+                with anyio.move_on_after(self.grace):
+                    await self._idle.wait()
+                for scope in list(self._scopes.values()):
+                    scope.cancel()
+
+    def _abort(self, job_id: int) -> None:
+        """Stop a job's runs now: they are recorded cancelled, as the cancel watcher would
+        within ``cancels.CANCEL_POLL``."""
+        scope = self._scopes.get(job_id)
+        if scope is not None:
+            scope.cancel()
+
+    def _job_queued(self) -> None:
+        self._notified += 1
+        self._drained = False
+        self._nudge.set()
+
+    def _on_signal(self, signum: int) -> None:
         """The first SIGTERM/SIGINT stops taking jobs; a second one cancels the running ones."""
         if self._stopping:
-            for scope in list(self._scopes):
+            for scope in list(self._scopes.values()):
                 scope.cancel()
             return
         self._stopping = True
+        self._nudge.set()
         log.logger.info(
             f"stopping on {signal_name(signum)}: no new jobs; running ones get "
             f"{self.grace:g}s to finish (a second signal cancels them now)",
             extra={"event": "worker_stopping", "signal": signum},
         )
-        worker.stop()
 
-    async def _job(self, **args: Any) -> None:
-        with anyio.CancelScope() as scope:
-            self._scopes.add(scope)
-            try:
-                await self.execute(JobArgs.from_json(args))
-            finally:
-                self._scopes.discard(scope)
+    async def _job(self, job: _Job) -> None:
+        try:
+            with anyio.CancelScope() as self._scopes[job.id]:
+                await self.execute(JobArgs.from_json(job.args, queue=job.queue))
+        except Exception as exc:  # one job's failure stays in it
+            log.logger.exception(
+                f"job {job.id}: {exc}", extra={"event": "job_error", "job_id": job.id},
+            )
+        finally:
+            del self._scopes[job.id]
+            self.engine.recorder.job_done(job.id)
+            self._running -= 1
+            if not self._running:
+                self._idle.set()
+            if not self._drained:
+                self._nudge.set()
 
     async def execute(self, args: JobArgs) -> None:
         """Run the run a job carries (or the whole workflow, a job from before workflows were

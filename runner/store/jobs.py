@@ -107,6 +107,16 @@ async def defer(conn: AsyncConnection, jobs: Sequence[JobArgs]) -> None:
     )
 
 
+async def delete_jobs(conn: AsyncConnection, job_ids: Collection[int]) -> None:
+    """Take the jobs a worker is done with off the queue: all their runs ended, in transactions
+    committed before this one, so a worker that dies in between leaves a job whose runs are all
+    final, which its recovery only deletes. Rows of another's recovery are waited for, then
+    found gone. No store write lock: rows by primary key, locked in id order."""
+    await conn.execute(
+        text("DELETE FROM procrastinate_jobs WHERE id = ANY(:ids) AND status = 'doing'"), {"ids": sorted(job_ids)}
+    )
+
+
 async def lock_waiting(conn: AsyncConnection, invocations: Collection[str]) -> list[str]:
     """The invocations among these that have runs waiting for their needs, locked
     (``lock_invocations``); to call before any row lock. One read, without a lock, for those

@@ -31,7 +31,7 @@ from runner.store._rows import (
     run_from_row,
 )
 from runner.store.connection import StoreBase
-from runner.store.jobs import defer, lock_waiting, release
+from runner.store.jobs import defer, delete_jobs, lock_waiting, release
 from runner.store.queue import claim
 from runner.store.schedules import WhichFire, move_schedules
 
@@ -113,6 +113,8 @@ class RunStore(StoreBase):
                 await conn.execute(t.run_logs.insert(), self._clean([log_row(chunk) for chunk in logs]))
             if batch.claimed:
                 await conn.execute(t.triggers.delete().where(t.triggers.c.run_id.in_(batch.claimed)))
+            if batch.done_jobs:
+                await delete_jobs(conn, batch.done_jobs)
         return Written(lost, unwritten, unclaimed)
 
     def _clean(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
