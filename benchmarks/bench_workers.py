@@ -420,6 +420,9 @@ class Workers:
 # Statement kinds, by what their text contains (first match wins).
 KINDS = (
     ("advisory write lock", "pg_advisory_xact_lock"),
+    ("queue: fetch jobs and claim their runs (runner)", "WITH picked AS"),
+    ("queue: jobs done (delete, runner)", "DELETE FROM procrastinate_jobs WHERE id = ANY"),
+    ("queue: heartbeat (runner)", "UPDATE procrastinate_workers SET last_heartbeat"),
     ("procrastinate: fetch job (SKIP LOCKED)", "procrastinate_fetch_job"),
     ("procrastinate: finish job (delete)", "procrastinate_finish_job"),
     ("procrastinate: defer jobs", "procrastinate_defer_jobs"),
