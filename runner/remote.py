@@ -110,10 +110,25 @@ through the recorder."""
 _BEAT = "UPDATE procrastinate_workers SET last_heartbeat = now() WHERE id = %(worker)s RETURNING id"
 
 
-def _why(exc: Exception) -> str:
-    """What went wrong with a call to the queue: procrastinate wraps the driver's error in one
-    that says only "Database error"."""
-    return str(exc.__cause__ or exc).strip()
+class _Trouble:
+    """Says when calls of one kind to the queue start failing (the database unreachable), and
+    when they work again, once each however often they are tried meanwhile."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failing = False
+
+    def failed(self, exc: Exception) -> None:
+        if not self.failing:
+            self.failing = True
+            # procrastinate wraps the driver's error in one that says only "Database error".
+            why = str(exc.__cause__ or exc).strip()
+            log.logger.error(f"cannot {self.what}: {why}; trying again every {RETRY_AFTER:g}s", extra={"event": "store_error"})
+
+    def worked(self) -> None:
+        if self.failing:
+            self.failing = False
+            log.logger.info(f"can {self.what} again", extra={"event": "store_back"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +200,7 @@ class _Queue:
     async def beat(self) -> None:
         """Keep this worker's heartbeat fresh. A worker taken for dead meanwhile (paused for
         longer than ``stale_after()``: its row was pruned, its runs recovered) registers again."""
+        trouble = _Trouble("update the worker's heartbeat")
         while True:
             await anyio.sleep(HEARTBEAT)
             try:
@@ -196,7 +212,9 @@ class _Queue:
                         extra={"event": "worker_registered_again", "worker_id": self.worker_id},
                     )
             except Exception as exc:  # the database unreachable: beat again later
-                log.logger.error(f"cannot update the worker's heartbeat: {_why(exc)}", extra={"event": "store_error"})
+                trouble.failed(exc)
+            else:
+                trouble.worked()
 
     async def listen(self) -> None:
         """Call ``on_job`` when a job is queued, and ``on_abort`` when one is asked to stop
@@ -208,11 +226,12 @@ class _Queue:
             elif notification["type"] == "abort_job_requested":
                 self.on_abort(notification["job_id"])
 
+        trouble = _Trouble("listen for new jobs")
         while True:
             try:
                 await self.app.job_manager.listen_for_jobs(on_notification=notified, queues=self.queues)
-            except Exception as exc:  # the listening connection lost: the fetches poll meanwhile
-                log.logger.error(f"cannot listen for new jobs: {_why(exc)}", extra={"event": "store_error"})
+            except Exception as exc:  # cannot connect: the fetches poll meanwhile
+                trouble.failed(exc)
             await anyio.sleep(RETRY_AFTER)
 
 
@@ -278,11 +297,15 @@ class Worker:
                         group.cancel_scope.cancel()
                 finally:
                     with anyio.CancelScope(shield=True):
-                        await queue.unregister()
+                        try:
+                            await queue.unregister()
+                        except Exception as exc:  # left for the others to prune
+                            _Trouble("remove this worker from the workers' table").failed(exc)
 
     async def _take_jobs(self, queue: _Queue) -> None:
         """Fetch jobs into free slots until stopped; then wait for the running ones (the grace
         period, then cancelled)."""
+        trouble = _Trouble("take jobs off the queue")
         async with anyio.create_task_group() as jobs:
             while not self._stopping:
                 free = self.concurrency - self._running
@@ -291,9 +314,10 @@ class Worker:
                     try:
                         found = await queue.fetch(free, self.revision)
                     except Exception as exc:  # the database unreachable: look again later
-                        log.logger.error(f"cannot take jobs off the queue: {_why(exc)}", extra={"event": "store_error"})
+                        trouble.failed(exc)
                         await anyio.sleep(RETRY_AFTER)
                         continue
+                    trouble.worked()
                     for job in found:
                         self._running += 1
                         jobs.start_soon(self._job, job)

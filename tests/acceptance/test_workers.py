@@ -697,6 +697,27 @@ def test_a_worker_takes_runs_of_its_queues_only(
     assert [general.stop(), dedicated.stop()] == [0, 0]
 
 
+def test_a_worker_whose_database_connections_are_cut_goes_on_taking_runs(
+    project: ProjectDir, cli: Cli, workers: Workers, pg: Database, pg_url: str  # noqa: F811
+) -> None:
+    """A database restarted, a proxy that dropped its connections: each of the worker's
+    connections (its store's, its queue's, the one that listens for new jobs) is ended by the
+    server; the worker connects again and takes the next run."""
+    project.tasks("a.yaml", "version: 1\ntasks:\n  plain:\n    command: echo plain\n")
+    (worker,) = workers.started(1)
+    assert ok(cli("--db", pg_url, "run", "--remote", "plain")).stdout == "plain\n"
+    listening = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%%'"
+    poll(lambda: pg.value(listening) == 1, what="the worker to listen")
+    cut = pg.value(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    assert cut >= 3
+    poll(lambda: pg.value(listening) == 1, what="the worker to listen again")
+    assert ok(cli("--db", pg_url, "run", "--remote", "plain")).stdout == "plain\n"
+    assert worker.process.poll() is None and worker.stop() == 0
+
+
 # -- 7. version skew --------------------------------------------------------------------------------------
 
 
