@@ -843,6 +843,7 @@ def test_runner_cancel_stops_a_workers_run_and_takes_a_waiting_one_off_the_queue
     assert (run["status"], run["pid"]) == ("cancelled", worker.pid)
     assert run["finished_at"] - run["cancel_requested_at"] < 1.0
     poll(lambda: live_members(pgid) == [] and processes_with("sleep 29.4") == [], within=3, what="the task to go")
+    poll(lambda: pg.jobs() == 0, within=3, what="its job to leave the queue")
 
     # Queued for a queue no worker takes: cancelled at once, its job gone from the queue.
     queued = ok(cli("--db", pg_url, "trigger", "--remote", "waiting")).stdout.strip()
