@@ -66,7 +66,8 @@ Usage::
 it, a worker's connection that fetched jobs while the queue was nearly empty keeps a plan made
 for a one-page table (sequential scans, an anti-join over all jobs, a sort), and every fetch of
 a burst then reads the whole queue table for each job it considers, until autovacuum analyzes
-the table again (see docs/performance.md, "Workers").
+the table again (see docs/performance.md, "Workers"). It matters only to workers from before
+runner fetched jobs with a statement of its own (``runner/remote.py``), when measuring those.
 
 **A workflow spread over workers** (``--fan N``, instead of all of the above): a project of N
 shell tasks ``sleep --sleep`` (``f0``...) and a task ``fan`` that needs them all; for each of
@@ -610,7 +611,7 @@ async def idle_latency(sender: Sender, conn: Any, names: list[str], count: int) 
     # With lock timing, this process's enqueue transactions (one per run here, in order) say
     # when each run's job was committed: the rest of the latency is the worker's.
     commits = sorted(at + held for label, _, at, _, held in LOCK_RECORDS
-                     if label == "write_runs[inserts+jobs]" and rows[0][0] <= at <= rows[-1][1])
+                     if rows and label == "write_runs[inserts+jobs]" and rows[0][0] <= at <= rows[-1][1])
     if len(commits) == len(rows):
         found["commit_to_start"] = quantiles([s - c for (_, s, _, _), c in zip(rows, commits, strict=True)])
     return found

@@ -20,9 +20,6 @@ from runner.store._rows import RUN_COLUMNS, UNFINISHED, error_json, log_row, que
 from runner.store.connection import StoreBase
 from runner.store.jobs import JOB_TASK, cancel_invocation, defer, lock_invocations, release
 
-_FETCH_PLAN = "plan_cache_mode=force_custom_plan"
-"""The setting the queue's fetch function runs with (see ``ensure_queue``)."""
-
 
 @dataclass(frozen=True)
 class Recovery:
@@ -95,8 +92,6 @@ class QueueStore(StoreBase):
         installed = (
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_class"
             " WHERE relname = 'procrastinate_jobs' AND pg_catalog.pg_table_is_visible(oid))"
-            " AND EXISTS (SELECT FROM pg_catalog.pg_proc WHERE proname = 'procrastinate_fetch_job_v2'"
-            f" AND '{_FETCH_PLAN}' = ANY(proconfig))"
         )
         async with self._read() as conn:
             if (await conn.exec_driver_sql(installed)).scalar():
@@ -111,16 +106,7 @@ class QueueStore(StoreBase):
                 raw = (await conn.get_raw_connection()).driver_connection
                 assert raw is not None
                 try:
-                    tables = "SELECT to_regclass('procrastinate_jobs') IS NOT NULL"
-                    if not (await (await raw.execute(tables)).fetchone() or (False,))[0]:
-                        await raw.execute(SchemaManager.get_schema())
-                    # The fetch's plan, cached per connection while the queue was near empty,
-                    # scans the whole table once a burst comes (measured: 19-34 runs/s for a
-                    # minute, until autovacuum analyzes it): plan each fetch afresh.
-                    await raw.execute(
-                        "ALTER FUNCTION procrastinate_fetch_job_v2(character varying[], bigint)"
-                        f" SET {_FETCH_PLAN.replace('=', ' = ')}"
-                    )
+                    await raw.execute(SchemaManager.get_schema())
                 except psycopg.Error as exc:
                     raise StoreError(f"cannot install the job queue in the store at {self.url}: {exc}") from exc
 
