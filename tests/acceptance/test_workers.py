@@ -431,7 +431,7 @@ def test_run_remote_prints_and_exits_like_run(
     ]
     assert json.loads(sent[0]["parameters"]) == {"a": 1, "b": 41}
     assert pg.value("SELECT count(*) FROM runs WHERE queue IS NULL") == 1  # the local `runner run broken`
-    assert pg.jobs() == 0
+    poll(lambda: pg.jobs() == 0, within=3, what="the jobs to leave the queue")
     assert worker.stop() == 0
 
 
@@ -599,6 +599,7 @@ def test_timeouts_and_ctrl_c_of_run_remote_behave_as_locally(
     assert stopped.returncode == 130, stopped.stderr
     assert "recorded cancelled" in stopped.stderr
     assert live_members(pgid) == [] and processes_with("sleep 28.2") == []
+    poll(lambda: pg.jobs() == 0, within=3, what="its job to leave the queue")
 
     # Ctrl-C before any worker took it up (no worker serves its queue): cancelled at once.
     waiting = cli.start("--db", pg_url, "run", "--remote", "unserved")
