@@ -721,6 +721,7 @@ async def store_floor(server: Server, root: Path, names: list[str], args: argpar
     else running: ``Worker.execute`` (claim, then the engine: start and finish recorded) on each
     job's arguments as the queue holds them. How long a run holds the store's write lock when
     its holder is never kept waiting for a CPU."""
+    from runner.records import JobArgs
     from runner.remote import Worker
 
     database = server.create("floor")
@@ -729,7 +730,7 @@ async def store_floor(server: Server, root: Path, names: list[str], args: argpar
     try:
         async with Sender(root, url) as sender:
             await sender.batch(names, "bench-floor", args.enqueue_batch)
-            jobs = [row[0] for row in await (await conn.execute(
+            jobs = [JobArgs.from_json(row[0]) for row in await (await conn.execute(
                 "SELECT args FROM procrastinate_jobs ORDER BY id")).fetchall()]
             worker = Worker(root, sender.store, concurrency=1)
             worker._engine = sender.engine
