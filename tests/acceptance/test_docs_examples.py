@@ -581,7 +581,8 @@ def test_readme_first_screen(tmp_path: Path) -> None:
 
 
 # Events logged only by `runner worker`: documented in distributed.md's table, not daemon.md's.
-WORKER_EVENTS = {"worker_started", "worker_stopping", "worker_stopped", "worker_reloaded", "job_refused", "job_skipped", "revision_mismatch"}
+WORKER_EVENTS = {"worker_started", "worker_stopping", "worker_stopped", "worker_reloaded", "job_refused", "job_skipped", "revision_mismatch",
+                 "job_error", "worker_registered_again", "store_back"}
 
 
 def test_every_logged_event_is_in_a_log_table() -> None:
