@@ -2,16 +2,18 @@
 daemon (``--remote``), ``runner run --remote`` and ``runner trigger --remote`` put workflows
 there, spread over the workers.
 
-The queue is procrastinate's (docs/distributed.md says why): jobs are rows that workers take
-with ``SELECT ... FOR UPDATE SKIP LOCKED``, woken by LISTEN/NOTIFY. A job carries one run of a
+The queue is procrastinate's tables (docs/distributed.md says why), taken from by a loop of
+runner's own (``_Queue``): a worker takes as many jobs as it has free slots in one statement
+(``SELECT ... FOR UPDATE SKIP LOCKED``), woken by LISTEN/NOTIFY. A job carries one run of a
 workflow (a task, or one of the needs it runs after), so the runs of one workflow go to
 whichever workers are free. The runs are written ``queued`` in the transaction that defers the
 jobs of those without needs, so neither exists without the other; the job of a run with needs
 is held by the store, and put on the queue (or its run skipped, as the engine skips one) in
 the transaction that writes the final end of the last of its needs' runs (``store/jobs.py``).
-A worker takes a job's run up with a compare-and-set before it runs anything (a job delivered
-twice runs once), then runs it with the same engine as ``runner run``: timeouts, retries,
-output, cancellation, and the results of its needs read from the store.
+A worker takes a job's run up with a compare-and-set before it runs anything, most often in
+the statement that fetched the job (a job delivered twice runs once), then runs it with the
+same engine as ``runner run``: timeouts, retries, output, cancellation, and the results of its
+needs read from the store.
 
 A worker that dies is noticed by whoever runs beside it: on its host at once (its pid is
 gone), from anywhere when its heartbeat is older than ``stale_after()``. Its job is then taken
