@@ -121,3 +121,27 @@ async def test_a_worker_taken_for_dead_registers_again(
     assert beat is not None and await value(store, "SELECT count(*) FROM procrastinate_workers") == 1
     await send(store, "r1")
     assert [j.claimed for j in await queue.fetch(1, MINE)] == [True]  # its new id takes jobs
+
+
+async def test_the_listener_hears_of_each_new_job_and_of_a_cancel_of_a_taken_one(store: Store, queue: Any) -> None:
+    heard: list[str] = []
+    queue.on_job = lambda: heard.append("job")
+    queue.on_abort = lambda job_id: heard.append(f"abort {job_id}")
+
+    async def until(count: int) -> None:
+        for _ in range(500):  # 5 s at most
+            if len(heard) >= count:
+                return
+            await anyio.sleep(0.01)
+        raise AssertionError(f"heard only {heard}")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(queue.listen)
+        await until(1)  # once on listening: for what was queued before
+        await send(store, "r1", invocation="i1")
+        await until(2)
+        (taken,) = await queue.fetch(1, MINE)
+        await store.cancel_workflow("r1")  # its worker is asked to stop it
+        await until(3)
+        group.cancel_scope.cancel()
+    assert heard == ["job", "job", f"abort {taken.id}"]
