@@ -112,9 +112,11 @@ async def delete_jobs(conn: AsyncConnection, job_ids: Collection[int]) -> None:
     committed before this one, so a worker that dies in between leaves a job whose runs are all
     final, which its recovery only deletes. Rows of another's recovery are waited for, then
     found gone. No store write lock: rows by primary key, locked in id order."""
-    await conn.execute(
-        text("DELETE FROM procrastinate_jobs WHERE id = ANY(:ids) AND status = 'doing'"), {"ids": sorted(job_ids)}
-    )
+    await conn.exec_driver_sql(DELETE_JOBS_PG, {"ids": sorted(job_ids)})
+
+
+DELETE_JOBS_PG = "DELETE FROM procrastinate_jobs WHERE id = ANY(%(ids)s) AND status = 'doing'"
+"""``delete_jobs``' statement, as psycopg takes it."""
 
 
 async def lock_waiting(conn: AsyncConnection, invocations: Collection[str]) -> list[str]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Update, and_, bindparam, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.errors import RunNotFound
@@ -31,7 +32,7 @@ from runner.store._rows import (
     run_from_row,
 )
 from runner.store.connection import StoreBase
-from runner.store.jobs import defer, delete_jobs, lock_waiting, release
+from runner.store.jobs import DELETE_JOBS_PG, defer, delete_jobs, lock_waiting, release
 from runner.store.queue import claim
 from runner.store.schedules import WhichFire, move_schedules
 
@@ -67,6 +68,9 @@ class RunStore(StoreBase):
 
     async def _write_runs(self, batch: RunBatch, *, fire_by_fire: bool) -> Written:
         if batch.empty:
+            return Written()
+        if self._postgres and _only_ends(batch):
+            await self._write_ends_pg(batch)
             return Written()
         inserts, jobs, logs = batch.inserts, batch.jobs, batch.logs
         releases = {end.release for end in batch.finishes if end.release is not None}
@@ -116,6 +120,38 @@ class RunStore(StoreBase):
             if batch.done_jobs:
                 await delete_jobs(conn, batch.done_jobs)
         return Written(lost, unwritten, unclaimed)
+
+    async def _write_ends_pg(self, batch: RunBatch) -> None:
+        """A batch that only starts and ends runs (and takes done jobs off the queue), on
+        PostgreSQL: its statements go in psycopg's pipeline mode, each sent without waiting
+        for the one before, so the transaction is two round trips (BEGIN and the statements,
+        then COMMIT) where it was one for BEGIN, each statement and COMMIT. Round trips are
+        most of its cost: on 2 cores, a transaction of 8 ends and a delete took 2.2-2.5 ms of
+        the client's CPU through SQLAlchemy, 1.6 ms this way. A worker's batches are all such,
+        and so are most of an engine's on PostgreSQL."""
+        import psycopg  # PostgreSQL only
+
+        ends = grouped_by_keys(self._clean([end_row(end) for end in batch.finishes]))
+        async with self._write(lock=False) as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            try:
+                async with raw.pipeline(), raw.cursor() as cursor:
+                    if batch.starts:
+                        await cursor.executemany(_START_PG, [{"id": i, "started_at": at} for i, at in batch.starts])
+                    if batch.groups:
+                        await cursor.executemany(
+                            _GROUP_PG, [{"id": i, "pgid": g, "pgid_started": at} for i, g, at in batch.groups]
+                        )
+                    for rows in ends:
+                        await cursor.executemany(_end_sql_pg(tuple(sorted(rows[0]))), rows)
+                    if batch.done_jobs:
+                        await cursor.execute(DELETE_JOBS_PG, {"ids": sorted(batch.done_jobs)})
+            except psycopg.Error as exc:
+                if isinstance(exc, psycopg.OperationalError):
+                    await conn.invalidate()
+                # As SQLAlchemy raises it, for ``_write`` and the recorder to tell an outage.
+                raise DBAPIError.instance("write_runs", None, exc, psycopg.Error) from exc
 
     def _clean(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``rows``, on PostgreSQL with NUL characters in their text replaced by U+FFFD: its
@@ -292,6 +328,28 @@ def _start_statement() -> Update:
         .where(t.runs.c.id == bindparam("b_id"), UNFINISHED_SQL)
         .values(status=RunStatus.RUNNING.value, started_at=bindparam("b_started_at"))
     )
+
+
+def _only_ends(batch: RunBatch) -> bool:
+    """Whether ``batch`` only starts and ends runs, none of which others wait for, and takes
+    done jobs off the queue (``_write_ends_pg``)."""
+    return not (
+        batch.inserts or batch.logs or batch.fires or batch.claimed or batch.jobs or batch.retries or batch.claims
+    ) and all(end.release is None for end in batch.finishes)
+
+
+_START_PG = (
+    f"UPDATE runs SET status = '{RunStatus.RUNNING.value}', started_at = %(started_at)s"
+    f" WHERE id = %(id)s AND {UNFINISHED_SQL.text}"
+)
+_GROUP_PG = "UPDATE runs SET pgid = %(pgid)s, pgid_started = %(pgid_started)s WHERE id = %(id)s"
+
+
+@functools.cache
+def _end_sql_pg(fields: tuple[str, ...]) -> str:
+    """``_end_statement`` as psycopg's SQL, for rows with ``fields`` (the status first)."""
+    sets = ", ".join(f'"{k}" = %({k})s' for k in sorted(fields, key=lambda k: k != "status") if k != "id")
+    return f"UPDATE runs SET {sets} WHERE id = %(id)s AND {UNFINISHED_SQL.text}"
 
 
 @functools.cache

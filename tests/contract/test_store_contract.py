@@ -304,6 +304,10 @@ async def test_output_with_a_nul_is_recorded(store: Store) -> None:
     stdout = (await store.run("r")).stdout
     assert stdout is not None and stdout[0] == "a" and stdout[-1] == "b"
     assert [len(e.message) for e in await store.log_lines("r")] == [3]
+    await store.write_runs(RunBatch(inserts=[run_row("s")]))
+    await store.write_runs(RunBatch(finishes=[RunEnd("s", RunStatus.SUCCEEDED, NOW, stdout="c\x00d")]))  # an end alone
+    stdout = (await store.run("s")).stdout
+    assert stdout is not None and stdout[0] == "c" and stdout[-1] == "d" and len(stdout) == 3
 
 
 async def test_runs_of_dead_processes_are_marked_interrupted(store: Store) -> None:

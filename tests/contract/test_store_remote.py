@@ -356,3 +356,27 @@ async def test_a_run_that_ends_while_its_dead_workers_job_is_settled_is_not_retr
 
 async def _append(found: list[Any], value: Awaitable[Any]) -> None:
     found.append(await value)
+
+
+async def test_ends_written_on_a_connection_the_server_ended_fail_as_an_outage_and_the_next_write_succeeds(
+    pg_url: str,  # noqa: F811
+) -> None:
+    """Starts and ends alone go through psycopg's pipeline (``RunStore._write_ends_pg``): a
+    connection lost under them is a store outage, as through SQLAlchemy, so the recorder
+    waits it out; and the connection is not handed out again."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    async with open_store(pg_url) as store:
+        await store.write_runs(RunBatch(inserts=[unowned("r1")]))
+        async with await psycopg.AsyncConnection.connect(database_url(pg_url).replace("+psycopg", ""), autocommit=True) as admin:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        end = RunEnd("r1", RunStatus.SUCCEEDED, time.time(), started_at=time.time())
+        with pytest.raises(StoreError) as lost:
+            await store.write_runs(RunBatch(starts=[("r1", time.time())], finishes=[end]))
+        assert isinstance(lost.value.__cause__, OperationalError)
+        await store.write_runs(RunBatch(finishes=[end]))
+        assert (await store.run("r1")).status is RunStatus.SUCCEEDED
