@@ -348,7 +348,7 @@ _GROUP_PG = "UPDATE runs SET pgid = %(pgid)s, pgid_started = %(pgid_started)s WH
 @functools.cache
 def _end_sql_pg(fields: tuple[str, ...]) -> str:
     """``_end_statement`` as psycopg's SQL, for rows with ``fields`` (the status first)."""
-    sets = ", ".join(f'"{k}" = %({k})s' for k in sorted(fields, key=lambda k: k != "status") if k != "id")
+    sets = ", ".join(f"{k} = %({k})s" for k in sorted(fields, key=lambda k: k != "status") if k != "id")
     return f"UPDATE runs SET {sets} WHERE id = %(id)s AND {UNFINISHED_SQL.text}"
 
 
