@@ -406,20 +406,30 @@ class Worker:
 
     async def _job(self, job: _Job) -> None:
         try:
-            with anyio.CancelScope() as self._scopes[job.id]:
-                await self.execute(JobArgs.from_json(job.args, queue=job.queue), claimed=job.claimed)
-        except Exception as exc:  # one job's failure stays in it
-            log.logger.exception(
-                f"job {job.id}: {exc}", extra={"event": "job_error", "job_id": job.id},
+            args = JobArgs.from_json(job.args, queue=job.queue)
+        except (KeyError, TypeError, ValueError) as exc:  # written by something else than runner
+            log.logger.error(
+                f"job {job.id}: its arguments are not a run's ({type(exc).__name__}: {exc}); taken off the queue",
+                extra={"event": "job_error", "job_id": job.id},
             )
+            self._done(job)
+            return
+        try:
+            with anyio.CancelScope() as self._scopes[job.id]:
+                await self.execute(args, claimed=job.claimed)
+        except Exception as exc:  # one job's failure stays in it
+            log.logger.exception(f"job {job.id}: {exc}", extra={"event": "job_error", "job_id": job.id})
         finally:
             del self._scopes[job.id]
-            self.engine.recorder.job_done(job.id)
-            self._running -= 1
-            if not self._running:
-                self._idle.set()
-            if not self._drained:
-                self._nudge.set()
+            self._done(job)
+
+    def _done(self, job: _Job) -> None:
+        self.engine.recorder.job_done(job.id)
+        self._running -= 1
+        if not self._running:
+            self._idle.set()
+        if not self._drained:
+            self._nudge.set()
 
     async def execute(self, args: JobArgs, *, claimed: bool | None = None) -> None:
         """Run the run a job carries (or the whole workflow, a job from before workflows were

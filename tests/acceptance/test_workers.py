@@ -719,6 +719,25 @@ def test_a_worker_whose_database_connections_are_cut_goes_on_taking_runs(
     assert worker.process.poll() is None and worker.stop() == 0
 
 
+def test_a_job_the_worker_cannot_read_fails_alone(
+    project: ProjectDir, cli: Cli, workers: Workers, pg: Database, pg_url: str  # noqa: F811
+) -> None:
+    """A job written by something else than runner (its arguments not a run's): the worker
+    says so, takes it off the queue, and goes on taking runs."""
+    project.tasks("a.yaml", "version: 1\ntasks:\n  plain:\n    command: echo plain\n")
+    (worker,) = workers.started(1)
+    ok(cli("--db", pg_url, "run", "--remote", "plain"))  # the queue installed
+    pg.value(
+        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW('default', 'runner.run', 0, NULL, NULL,"
+        " '{\"task\": \"plain\"}'::jsonb, NULL)::procrastinate_job_to_defer_v1])"
+    )
+    (error,) = worker.wait_for("job_error")
+    assert "its arguments are not a run's" in error["message"]
+    assert ok(cli("--db", pg_url, "run", "--remote", "plain")).stdout == "plain\n"
+    poll(lambda: pg.jobs() == 0, within=3, what="the jobs to leave the queue")
+    assert worker.process.poll() is None and worker.stop() == 0
+
+
 # -- 7. version skew --------------------------------------------------------------------------------------
 
 
