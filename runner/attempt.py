@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -39,6 +39,8 @@ from runner.slots import Slots
 from runner.store import Store
 
 _PACKAGE_DIR = str(Path(__file__).parent)
+
+_T = TypeVar("_T")
 
 
 def error_of(exc: BaseException, masker: Masker, *, with_traceback: bool = True) -> RunError:
@@ -193,8 +195,9 @@ class _SafeParameters:
         return text
 
 
-Execute = Callable[[Attempt, Upstream], Awaitable[Ending]]
-"""Run the task of an attempt once and say how it ended (``execution.Execution``)."""
+Execute = Callable[[Attempt, Upstream | None], Awaitable[Ending]]
+"""Run the task of an attempt once and say how it ended (``execution.Execution``); the results of
+its needs, None for a task without needs."""
 
 
 class Attempts:
@@ -224,7 +227,7 @@ class Attempts:
     def watch(self, run: Watched) -> AbstractContextManager[anyio.CancelScope]:
         return self.cancels.watching(run)
 
-    async def run(self, attempt: Attempt, upstream: Upstream) -> Run:
+    async def run(self, attempt: Attempt, upstream: Upstream | None) -> Run:
         """Run ``attempt`` once and record how it ended; its retry (``attempt.next``), if it
         gets one, is queued with that record."""
         try:
@@ -253,7 +256,7 @@ class Attempts:
                     await self.finish(attempt, attempt.started_at, cancelled(attempt.started_at))
             raise
 
-    async def _execute(self, attempt: Attempt, upstream: Upstream) -> Ending:
+    async def _execute(self, attempt: Attempt, upstream: Upstream | None) -> Ending:
         """Start the run (within its slot) and say how it ended."""
         attempt.started_at = time.time()
         self.recorder.started(attempt.run_id, attempt.started_at)
@@ -362,7 +365,8 @@ class Attempts:
         parameters: Mapping[str, Any],
         logs: tuple[LogLine, ...] = (),
     ) -> Run:
-        return _new_run(
+        return filled(
+            Run,
             id=attempt.run_id,
             task=attempt.spec.name,
             type=attempt.spec.type,
@@ -390,13 +394,14 @@ class Attempts:
         )
 
 
-def _new_run(**fields: Any) -> Run:
-    """``Run(**fields)``, ``fields`` naming every field, without the frozen ``__init__``: its
-    ``object.__setattr__`` per field cost ~51 k instructions for the 24 of them, a twelfth of a
-    no-op run's; set in one go, ~12 k. (Frozen guards ``setattr``, which this does not use.)"""
-    run = object.__new__(Run)
-    run.__dict__.update(fields)
-    return run
+def filled(cls: type[_T], **fields: Any) -> _T:
+    """``cls(**fields)`` for a frozen dataclass without slots (a ``Run``, a ``RunContext``),
+    ``fields`` naming every field, without its ``__init__``: a frozen one sets each field with
+    ``object.__setattr__``, ~51 k instructions for the 24 of a ``Run``, a twelfth of a no-op
+    run's; set in one go, ~12 k. (Frozen guards ``setattr``, which this does not use.)"""
+    made = object.__new__(cls)
+    made.__dict__.update(fields)
+    return made
 
 
 _NO_RESULT = RunResult(None, "null", pickle.dumps(None))

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 
 from runner import registry
-from runner.attempt import Attempt, Ending, error_of, masking
+from runner.attempt import Attempt, Ending, error_of, filled, masking
 from runner.capture import RunOutput, captured
 from runner.context import RunContext, Upstream, current_run
 from runner.errors import RunnerError, SecretUnavailable, ShellStartError
@@ -113,8 +113,8 @@ class Execution:
         hidden = {os.fsencode(name) for name in names}
         self._child_environ = {key: value for key, value in self._environb.items() if key not in hidden}
 
-    async def __call__(self, attempt: Attempt, upstream: Upstream) -> Ending:
-        """Run the task once; return how it ended."""
+    async def __call__(self, attempt: Attempt, upstream: Upstream | None) -> Ending:
+        """Run the task once; return how it ended (``upstream``: None for a task without needs)."""
         env: dict[str, str] = {}
         masker = attempt.masker
         if attempt.spec.env:
@@ -130,8 +130,10 @@ class Execution:
         attempt.live = self.recorder.live(attempt.run_id, masker, output_cap=self.output_cap)
         return await self._python(attempt, env, masker, upstream)
 
-    async def _shell(self, attempt: Attempt, env: dict[str, str], masker: Masker, upstream: Upstream) -> Ending:
-        if not attempt.spec.needs:
+    async def _shell(
+        self, attempt: Attempt, env: dict[str, str], masker: Masker, upstream: Upstream | None
+    ) -> Ending:
+        if upstream is None:
             return await self._run_command(attempt, env, None, masker)
         # Even when no need has a run to show (--no-deps). File work goes to a thread: on a
         # busy disk creating and removing files can stall the event loop for milliseconds.
@@ -207,13 +209,18 @@ class Execution:
             live = attempt.live = self.recorder.live(attempt.run_id, masker, output_cap=self.output_cap)
         live.output(fd, data)
 
-    async def _python(self, attempt: Attempt, env: dict[str, str], masker: Masker, upstream: Upstream) -> Ending:
+    async def _python(
+        self, attempt: Attempt, env: dict[str, str], masker: Masker, upstream: Upstream | None
+    ) -> Ending:
         spec = attempt.spec
         name = f"runner.task.{spec.name}"
         handler = _RunLog(attempt.live, name)
         logger = logging.Logger(name, logging.DEBUG)
         logger.handlers.append(handler)  # a new logger no one else holds: no need of logging's lock
-        context = RunContext(attempt.run_id, spec.name, attempt.number, attempt.parameters, logger, env)
+        context = filled(
+            RunContext, run_id=attempt.run_id, task=spec.name, attempt=attempt.number, parameters=attempt.parameters,
+            logger=logger, env=env,
+        )
         printed: dict[str, str | None] = {"stdout": None, "stderr": None}
         try:
             fn = registry.resolve(spec.callable or "")
@@ -224,12 +231,15 @@ class Execution:
         else:
             # What it prints and logs through the stdlib is its run's, not this process's.
             output = RunOutput(attempt.live.output if attempt.live is not None else None, handler.emit, self.output_cap)
+            scope = None
+            if sig.injected:  # an empty Upstream made only for a callable that may ask for it
+                scope = self.scope(context, upstream if upstream is not None else Upstream({}, {}))
             token = current_run.set(context)
             try:
                 with captured(output):
                     outcome = await call_python(
                         fn, sig, kwargs,
-                        scope=self.scope(context, upstream) if sig.injected else None,
+                        scope=scope,
                         time_limit=spec.timeout,
                         thread_name="" if sig.is_async else f"runner:{spec.name}:{attempt.run_id}",
                     )
