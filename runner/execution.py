@@ -189,6 +189,10 @@ class Execution:
             status = RunStatus.TIMED_OUT
         else:
             status = RunStatus.SUCCEEDED if outcome.exit_code == 0 else RunStatus.FAILED
+        if status is RunStatus.SUCCEEDED and outcome.stdout == outcome.stderr == "" and not (
+            outcome.stdout_truncated or outcome.stderr_truncated
+        ):
+            return _EXITED_SILENT
         return Ending(
             status,
             exit_code=outcome.exit_code,
@@ -263,8 +267,10 @@ class Execution:
 
 
 _RETURNED_NOTHING = Ending(RunStatus.SUCCEEDED, result=None, has_result=True)
-"""The end of a python run that returned None, printed nothing and logged nothing: most of
-them, and a frozen record made anew cost ~15 k instructions (a fortieth of a no-op run)."""
+_EXITED_SILENT = Ending(RunStatus.SUCCEEDED, exit_code=0, stdout="", stderr="")
+"""The ends of a python run that returned None, printed nothing and logged nothing, and of a
+shell run that exited 0 without output: most of them, and a frozen record made anew cost ~15 k
+instructions (a fortieth of a no-op run)."""
 
 
 def _write_upstream_file(data: dict[str, Any]) -> str:
