@@ -341,8 +341,13 @@ class Recorder:
             # Its start and group, if still here, go with its end instead of on their own.
             started = pending.starts.pop(end.run_id, None)
             group = pending.groups.pop(end.run_id, None)
-            if end.started_at is None and (started is not None or group is not None):
-                batch.finishes.append(end.with_start(started, group))  # an end made without them
+            if (started is not None and end.started_at is None) or (group is not None and end.pgid is None):
+                # An end made without them (the engine's carry them).
+                if end.started_at is not None:
+                    started = end.started_at
+                if end.pgid is not None:
+                    group = (end.pgid, end.pgid_started)
+                batch.finishes.append(end.with_start(started, group))
             else:
                 batch.finishes.append(end)
             batch.logs.extend(logs)
