@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 
 from runner import registry
-from runner.attempt import Attempt, Ending, error_of, masking
+from runner.attempt import Attempt, Ending, error_of, filled, masking
 from runner.capture import RunOutput, captured
 from runner.context import RunContext, Upstream, current_run
 from runner.errors import RunnerError, SecretUnavailable, ShellStartError
@@ -63,7 +63,9 @@ class _RunLog(logging.Handler):
         self.lock = None
         self.lines: list[tuple[float, str, str]] = []
         self.live = live
-        self.name = name  # of ``ctx.logger``; lines of other loggers (stdlib logging) say whose
+        # Of ``ctx.logger``; lines of other loggers (stdlib logging) say whose. Not ``name``:
+        # setting a handler's name registers it in logging's registry, under logging's lock.
+        self.logger_name = name
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -72,7 +74,7 @@ class _RunLog(logging.Handler):
                 message += "\n" + "".join(traceback.format_exception(*record.exc_info))
         except Exception as exc:  # a bad format string must not fail the task
             message = f"{record.msg!r} (log formatting failed: {exc})"
-        if record.name != self.name and record.name != "root":
+        if record.name != self.logger_name and record.name != "root":
             message = f"{record.name}: {message}"
         line = (record.created, record.levelname.lower(), message)
         self.lines.append(line)
@@ -111,8 +113,8 @@ class Execution:
         hidden = {os.fsencode(name) for name in names}
         self._child_environ = {key: value for key, value in self._environb.items() if key not in hidden}
 
-    async def __call__(self, attempt: Attempt, upstream: Upstream) -> Ending:
-        """Run the task once; return how it ended."""
+    async def __call__(self, attempt: Attempt, upstream: Upstream | None) -> Ending:
+        """Run the task once; return how it ended (``upstream``: None for a task without needs)."""
         env: dict[str, str] = {}
         masker = attempt.masker
         if attempt.spec.env:
@@ -128,8 +130,10 @@ class Execution:
         attempt.live = self.recorder.live(attempt.run_id, masker, output_cap=self.output_cap)
         return await self._python(attempt, env, masker, upstream)
 
-    async def _shell(self, attempt: Attempt, env: dict[str, str], masker: Masker, upstream: Upstream) -> Ending:
-        if not attempt.spec.needs:
+    async def _shell(
+        self, attempt: Attempt, env: dict[str, str], masker: Masker, upstream: Upstream | None
+    ) -> Ending:
+        if upstream is None:
             return await self._run_command(attempt, env, None, masker)
         # Even when no need has a run to show (--no-deps). File work goes to a thread: on a
         # busy disk creating and removing files can stall the event loop for milliseconds.
@@ -177,7 +181,7 @@ class Execution:
                 output_cap=self.output_cap,
                 kill_grace=self.kill_grace,
                 on_output=functools.partial(self._output, attempt, masker),
-                on_start=functools.partial(self.recorder.spawned, attempt.run_id),
+                on_start=functools.partial(self._spawned, attempt),
             )
         except ShellStartError as exc:
             return Ending(RunStatus.FAILED, error_of(exc, masker, with_traceback=False))
@@ -185,12 +189,20 @@ class Execution:
             status = RunStatus.TIMED_OUT
         else:
             status = RunStatus.SUCCEEDED if outcome.exit_code == 0 else RunStatus.FAILED
+        if status is RunStatus.SUCCEEDED and outcome.stdout == outcome.stderr == "" and not (
+            outcome.stdout_truncated or outcome.stderr_truncated
+        ):
+            return _EXITED_SILENT
         return Ending(
             status,
             exit_code=outcome.exit_code,
             stdout=masker.cut_text(outcome.stdout) if outcome.stdout_truncated else outcome.stdout,
             stderr=masker.cut_text(outcome.stderr) if outcome.stderr_truncated else outcome.stderr,
         )
+
+    def _spawned(self, attempt: Attempt, pgid: int, started: float | None) -> None:
+        attempt.group = (pgid, started)
+        self.recorder.spawned(attempt.run_id, pgid, started)
 
     def _output(self, attempt: Attempt, masker: Masker, fd: int, data: bytes) -> None:
         """A chunk of a shell run's output, on its way to the store. The run's ``LiveLog`` is
@@ -201,13 +213,18 @@ class Execution:
             live = attempt.live = self.recorder.live(attempt.run_id, masker, output_cap=self.output_cap)
         live.output(fd, data)
 
-    async def _python(self, attempt: Attempt, env: dict[str, str], masker: Masker, upstream: Upstream) -> Ending:
+    async def _python(
+        self, attempt: Attempt, env: dict[str, str], masker: Masker, upstream: Upstream | None
+    ) -> Ending:
         spec = attempt.spec
         name = f"runner.task.{spec.name}"
         handler = _RunLog(attempt.live, name)
         logger = logging.Logger(name, logging.DEBUG)
         logger.handlers.append(handler)  # a new logger no one else holds: no need of logging's lock
-        context = RunContext(attempt.run_id, spec.name, attempt.number, attempt.parameters, logger, env)
+        context = filled(
+            RunContext, run_id=attempt.run_id, task=spec.name, attempt=attempt.number, parameters=attempt.parameters,
+            logger=logger, env=env,
+        )
         printed: dict[str, str | None] = {"stdout": None, "stderr": None}
         try:
             fn = registry.resolve(spec.callable or "")
@@ -218,12 +235,15 @@ class Execution:
         else:
             # What it prints and logs through the stdlib is its run's, not this process's.
             output = RunOutput(attempt.live.output if attempt.live is not None else None, handler.emit, self.output_cap)
+            scope = None
+            if sig.injected:  # an empty Upstream made only for a callable that may ask for it
+                scope = self.scope(context, upstream if upstream is not None else Upstream({}, {}))
             token = current_run.set(context)
             try:
                 with captured(output):
                     outcome = await call_python(
                         fn, sig, kwargs,
-                        scope=self.scope(context, upstream) if sig.injected else None,
+                        scope=scope,
                         time_limit=spec.timeout,
                         thread_name="" if sig.is_async else f"runner:{spec.name}:{attempt.run_id}",
                     )
@@ -238,10 +258,19 @@ class Execution:
             error = error_of(outcome.error, masker, with_traceback=not outcome.timed_out)
             return Ending(status, error, logs=logs, stdout=printed["stdout"], stderr=printed["stderr"])
         attempt.value = outcome.value
+        if outcome.value is None and not logs and printed["stdout"] is None and printed["stderr"] is None:
+            return _RETURNED_NOTHING
         return Ending(
             RunStatus.SUCCEEDED, result=outcome.value, has_result=True, logs=logs,
             stdout=printed["stdout"], stderr=printed["stderr"],
         )
+
+
+_RETURNED_NOTHING = Ending(RunStatus.SUCCEEDED, result=None, has_result=True)
+_EXITED_SILENT = Ending(RunStatus.SUCCEEDED, exit_code=0, stdout="", stderr="")
+"""The ends of a python run that returned None, printed nothing and logged nothing, and of a
+shell run that exited 0 without output: most of them, and a frozen record made anew cost ~15 k
+instructions (a fortieth of a no-op run)."""
 
 
 def _write_upstream_file(data: dict[str, Any]) -> str:

@@ -117,11 +117,18 @@ class LiveLog:
     record keeps, and one row (level ``warning``) says where it stopped.
     """
 
+    # Made for every python run, and most write nothing: ~14 k instructions each, made and
+    # closed, before slots and the secrets' bytes made only for output.
+    __slots__ = (
+        "_closed", "_dirty", "_lines", "_lock", "_loop", "_loop_thread", "_masker", "_output_cap", "_outputs",
+        "_secrets", "_sink", "run_id",
+    )
+
     def __init__(self, sink: Sink, run_id: str, masker: Masker, output_cap: int) -> None:
         self._sink = sink
         self.run_id = run_id
         self._masker = masker
-        self._secrets = [secret.encode() for secret in masker.secrets]
+        self._secrets: list[bytes] | None = None  # the masker's, as bytes: made for the first output taken
         self._output_cap = output_cap
         self._outputs: dict[int, _Output] = {}
         self._lines: list[tuple[float, str, str]] = []
@@ -184,10 +191,14 @@ class LiveLog:
             self._dirty = False
             if final:
                 self._closed = True
-        text = self._masker.text if self._masker else str
-        rows = [LogChunk(self.run_id, at, "log", level, text(message)) for at, level, message in lines]
+        rows: list[LogChunk] = []
+        if lines:
+            text = self._masker.text if self._masker else str
+            rows = [LogChunk(self.run_id, at, "log", level, text(message)) for at, level, message in lines]
         for out in self._outputs.values():
             if final or out.buffer or (out.capped and not out.told):
+                if self._secrets is None:
+                    self._secrets = [secret.encode() for secret in self._masker.secrets]
                 taken = out.take(self._masker, self._secrets, self.run_id, final=final)
                 if taken:
                     # Streams interleave: ids should follow the order things happened in.

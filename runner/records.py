@@ -108,16 +108,17 @@ class RunEnd:
     # (store/jobs.py).
     release: str | None = None
     # Its start, and its shell's process group (pgid, the start time of the group's first
-    # process), when they had not left for the store before its end did (``Recorder.finished``
-    # folds them in): written with the end, one row update instead of three. None: written
-    # already, or never made.
+    # process), written with the end: the same values as their own writes, which the end
+    # replaces when they had not left for the store before it did (``Recorder.finished``),
+    # one row update instead of three. None: never made (or not known to whoever made it).
     started_at: float | None = None
     pgid: int | None = None
     pgid_started: float | None = None
 
     def with_start(self, started_at: float | None, group: tuple[int, float | None] | None) -> RunEnd:
-        """This end, carrying the run's start and process group (``dataclasses.replace`` costs
-        four times as much, and this is on every run's path)."""
+        """This end, carrying the run's start and process group (for an end made without them;
+        the engine's carry them from the start. ``dataclasses.replace`` costs four times as
+        much)."""
         pgid, pgid_started = group if group is not None else (None, None)
         return RunEnd(
             self.run_id, self.status, self.finished_at, self.duration_s, self.exit_code, self.stdout,

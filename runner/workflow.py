@@ -88,8 +88,9 @@ class Runner(Protocol):
         """A cancel scope that a cancel request for ``run.run_id`` cancels."""
         ...
 
-    async def run(self, attempt: Attempt, upstream: Upstream) -> Run:
-        """Run ``attempt`` once, within the limits, and record how it ended."""
+    async def run(self, attempt: Attempt, upstream: Upstream | None) -> Run:
+        """Run ``attempt`` once, within the limits, and record how it ended (``upstream``: the
+        results of its needs; None for a task without needs)."""
         ...
 
     async def finish(self, attempt: Attempt, started: float | None, ending: Ending) -> Run:
@@ -108,6 +109,7 @@ class Node:
     scope: anyio.CancelScope | None = field(default=None, repr=False)  # its cancel watch's
     stopped: bool = False  # the workflow stopped before the node's task entered its scope
     _done: asyncio.Event | None = field(default=None, repr=False)
+    _then: list[Callable[[], None]] | None = field(default=None, repr=False)  # told when it ends
 
     @property
     def done(self) -> asyncio.Event:
@@ -123,6 +125,16 @@ class Node:
         self.ended = True
         if self._done is not None:
             self._done.set()
+        then, self._then = self._then, None
+        if then is not None:
+            for call in then:
+                call()
+
+    def when_ended(self, call: Callable[[], None]) -> None:
+        """Have ``call`` called when the node's runs are over (not if they are already)."""
+        if self._then is None:
+            self._then = []
+        self._then.append(call)
 
     @property
     def run_id(self) -> str:
@@ -267,15 +279,15 @@ class Workflow:
     async def _run_watched(self, node: Node) -> None:
         try:
             needs = [self.nodes[n] for n in node.task.spec.needs if n in self.nodes]
-            for need in needs:
-                if not need.ended:  # a fan-in of 2,000 wakes once per need still running
-                    await need.done.wait()
+            running = [need for need in needs if not need.ended]
+            if running:
+                await _all_ended(running)
             blocked = [n for n in needs if n.final is None or not n.final.succeeded]
             if blocked:
                 node.final = await self._skip(node.attempt, blocked)
             else:
                 spec = node.task.spec
-                upstream = await self._upstream(spec) if spec.needs else Upstream({}, {})
+                upstream = await self._upstream(spec) if spec.needs else None
                 node.final = await self._attempts(node, upstream)
             self._record(node.final)
         except anyio.get_cancelled_exc_class():
@@ -297,7 +309,7 @@ class Workflow:
         finally:
             node.end()
 
-    async def _attempts(self, node: Node, upstream: Upstream) -> Run:
+    async def _attempts(self, node: Node, upstream: Upstream | None) -> Run:
         """Run ``node`` until it succeeds or has no retries left; return its last run.
 
         Each earlier run that gets retried is told as it ends.
@@ -363,6 +375,24 @@ class Workflow:
         self.runs.append(run)
         if self.on_run is not None:
             self.on_run(run)
+
+
+async def _all_ended(nodes: list[Node]) -> None:
+    """Wait until all of ``nodes`` have ended, with one wake-up however many they are: a fan-in
+    of 2,000 waited on each need still running in turn, a turn of the loop and an event each
+    (~15 k instructions, 3% of a no-op run of the fan)."""
+    ended = asyncio.get_running_loop().create_future()
+    left = len(nodes)
+
+    def one_ended() -> None:
+        nonlocal left
+        left -= 1
+        if not left and not ended.done():  # done: this wait was cancelled
+            ended.set_result(None)
+
+    for node in nodes:
+        node.when_ended(one_ended)
+    await ended
 
 
 def _failure(task: asyncio.Task[None]) -> BaseException | None:

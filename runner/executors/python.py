@@ -43,6 +43,9 @@ class PythonOutcome:
     timed_out: bool = False
 
 
+_RETURNED_NONE = PythonOutcome()  # what most calls return: not made anew each time
+
+
 async def call_python(
     fn: Callable[..., Any],
     sig: CallableSignature,
@@ -70,7 +73,7 @@ async def call_python(
                 value = await _call(fn, sig, arguments, time_limit, thread_name)
         else:  # nothing to enter or leave
             value = await _call(fn, sig, kwargs, time_limit, thread_name)
-        return PythonOutcome(value=value)
+        return PythonOutcome(value=value) if value is not None else _RETURNED_NONE
     except TaskTimeout as exc:
         return PythonOutcome(error=exc, timed_out=True)
     except (Exception, SystemExit) as exc:  # a task's sys.exit() fails the run, not runner
@@ -82,6 +85,8 @@ async def _call(
     thread_name: str,
 ) -> Any:
     if sig.is_async:
+        if time_limit is None:  # one coroutine fewer
+            return await fn(**arguments)
         return await _await_within(fn(**arguments), time_limit)
     value = await _call_in_thread(fn, arguments, time_limit, thread_name)
     if inspect.isawaitable(value):

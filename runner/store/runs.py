@@ -101,15 +101,18 @@ class RunStore(StoreBase):
                 )
             if jobs:
                 await defer(conn, jobs)
-            for fields in grouped_by_keys(self._clean([end_row(end) for end in batch.finishes])):
-                keys = tuple(fields[0])
-                if self._postgres:
-                    await conn.execute(_end_statement(keys), [{f"b_{k}": v for k, v in row.items()} for row in fields])
-                else:  # through the driver, as the queued rows
-                    sets = [k for k in keys if k != "id"]
-                    await conn.exec_driver_sql(
-                        _end_sql_sqlite(keys), [(*(row[k] for k in sets), row["id"]) for row in fields]
+            if self._postgres:
+                for fields in grouped_by_keys(self._clean([end_row(end) for end in batch.finishes])):
+                    await conn.execute(
+                        _end_statement(tuple(fields[0])), [{f"b_{k}": v for k, v in row.items()} for row in fields]
                     )
+            else:  # through the driver, as the queued rows: by their columns, in end_row's order
+                ends: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+                for end in batch.finishes:
+                    row = end_row(end)
+                    ends.setdefault(tuple(row), []).append(tuple(row.values()))
+                for keys, values in ends.items():
+                    await conn.exec_driver_sql(_end_sql_sqlite(keys), values)
             unwritten = await self._queue_retries(conn, batch) if batch.retries else []
             if releases:
                 await release(conn, releases)
@@ -374,9 +377,10 @@ def _end_statement(fields: tuple[str, ...]) -> Update:
 
 @functools.cache
 def _end_sql_sqlite(fields: tuple[str, ...]) -> str:
-    """``_end_statement`` as SQLite's SQL, its values in ``fields``' order, the id last."""
-    sets = ", ".join(f'"{k}" = ?' for k in fields if k != "id")
-    return f"UPDATE runs SET {sets} WHERE id = ? AND {UNFINISHED_SQL.text}"
+    """``_end_statement`` as SQLite's SQL, its values in ``fields``' order (numbered, so that a
+    row's values go as they are)."""
+    sets = ", ".join(f'"{k}" = ?{i}' for i, k in enumerate(fields, 1) if k != "id")
+    return f"UPDATE runs SET {sets} WHERE id = ?{fields.index('id') + 1} AND {UNFINISHED_SQL.text}"
 
 
 def _status_is(status: str, *, narrower: bool) -> Any:

@@ -10,6 +10,7 @@ events and files, and the tests poll for a condition with a deadline.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -1219,6 +1220,56 @@ async def test_run_task_returns_the_run_the_runs_of_its_needs_and_the_value(
     assert outcome.run is outcome.runs[-1]
     assert outcome.value["point"] == jobs().Point(1, 2)  # the original object, not its stand-in
     assert outcome.run.result["point"]["_type"] == "Point"
+
+
+@pytest.mark.anyio
+async def test_the_runs_reported_are_whole_records_as_their_constructor_makes_them(
+    project: ProjectDir, store: Store
+) -> None:
+    # The engine fills its Run records, and the RunContext a task gets, without the dataclass's
+    # __init__ (a frozen one's costs a twelfth of a no-op run): each must still have every
+    # field, and equal the one the constructor makes from the same values.
+    plugin = PLUGIN + """
+
+def whole_context(ctx: RunContext) -> dict:
+    import dataclasses
+
+    return {
+        "fields": sorted(vars(ctx)) == sorted(field.name for field in dataclasses.fields(ctx)),
+        "equal": dataclasses.replace(ctx) == ctx,
+    }
+"""
+    write(
+        project,
+        """
+        version: 1
+        tasks:
+          hello:
+            command: echo hi
+          returns:
+            type: python
+            callable: plugins.jobs:whole_context
+            needs: [hello]
+          fails:
+            type: python
+            callable: plugins.jobs:fails
+            needs: [returns]
+          skipped:
+            command: "true"
+            needs: [fails]
+        """,
+        plugin,
+    )
+    outcome = await run(project, store, "skipped")
+    assert [(r.task, r.status) for r in outcome.runs] == [
+        ("hello", RunStatus.SUCCEEDED), ("returns", RunStatus.SUCCEEDED), ("fails", RunStatus.FAILED),
+        ("skipped", RunStatus.SKIPPED),
+    ]
+    assert outcome.runs[1].result == {"fields": True, "equal": True}
+    names = {field.name for field in dataclasses.fields(Run)}
+    for run_ in outcome.runs:
+        assert set(vars(run_)) == names
+        assert dataclasses.replace(run_) == run_
 
 
 def test_run_task_sync_works_from_plain_tests(project: ProjectDir) -> None:

@@ -14,6 +14,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 from conftest import recording
 from sqlalchemy import event
@@ -89,3 +91,22 @@ async def test_a_running_shells_group_is_in_the_store_before_the_run_ends(store:
         assert row(db, "long") == ("running", 100.0, pgid, process_start_time(pgid), None, None)
         await recorder.finished(RunEnd("long", RunStatus.FAILED, 102.0, 2.0, exit_code=1), [])
     assert row(db, "long") == ("failed", 100.0, pgid, process_start_time(pgid), 102.0, 1)
+
+
+async def test_a_caller_cancelled_while_its_end_is_committed_learns_it_was_then_stops(
+    store: Store, db: Path
+) -> None:
+    # The wait for a commit is shielded only once cancelled: the caller still learns whether
+    # its record arrived (it would report a run whose record never did), and the cancel is
+    # delivered at its next checkpoint.
+    async with recording(store) as recorder:
+        await recorder.queued([queued("cut")])
+        returned: list[object] = []
+        with anyio.CancelScope() as scope:
+            scope.cancel()  # lands in the wait below
+            returned.append(await recorder.finished(RunEnd("cut", RunStatus.CANCELLED, 101.0), []))
+            await anyio.lowlevel.checkpoint()
+            returned.append("not reached")
+        assert scope.cancelled_caught
+        assert returned == [True]
+        assert row(db, "cut")[0] == "cancelled"
