@@ -133,6 +133,7 @@ class StoreBase:
         self._writer = engine.execution_options(runner_write=True)
         self._version_conn: Any = None  # a plain sqlite3 connection for data_version()
         self._sessions: TaskSessions | None = None  # created when a task first asks for a session
+        self._queue_ready = False  # the job queue found installed (``QueueStore.ensure_queue``)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:

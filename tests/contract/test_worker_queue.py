@@ -145,3 +145,24 @@ async def test_the_listener_hears_of_each_new_job_and_of_a_cancel_of_a_taken_one
         await until(3)
         group.cancel_scope.cancel()
     assert heard == ["job", "job", f"abort {taken.id}"]
+
+
+async def test_the_queue_keeps_no_log_of_job_events_even_one_installed_before(pg_url: str) -> None:  # noqa: F811
+    """procrastinate's triggers that log each job's status changes are switched off when the
+    queue is installed, and on a store whose queue an earlier runner installed with them on."""
+    async with open_store(pg_url) as store:
+        await store.ensure_queue()
+        async with store.engine.begin() as conn:  # as an earlier runner left it
+            for name in ("procrastinate_trigger_status_events_insert_v1", "procrastinate_trigger_status_events_update_v1"):
+                await conn.execute(text(f"ALTER TABLE procrastinate_jobs ENABLE TRIGGER {name}"))
+    async with open_store(pg_url) as store:
+        await store.ensure_queue()
+        queue = remote._Queue(store, None)
+        async with queue.app.open_async():
+            await queue.register()
+            await send(store, "r1")
+            (taken,) = await queue.fetch(1, MINE)
+            # (A job's events would go with it: looked at while it is there.)
+            assert await value(store, "SELECT count(*) FROM procrastinate_events") == 0
+            await store.write_runs(RunBatch(done_jobs=[taken.id]))
+        assert await jobs(store) == []
