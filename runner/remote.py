@@ -182,12 +182,11 @@ class _Queue:
         def pool(**options: Any) -> Any:
             return psycopg_pool.AsyncConnectionPool(**{**options, "check": check_if_idle})
 
+        self.conninfo = store.conninfo()
         connector = procrastinate.PsycopgConnector(
-            conninfo=store.conninfo(), min_size=1, max_size=2, pool_factory=pool, configure=configure,
-            reset=note_return,
+            conninfo=self.conninfo, min_size=1, max_size=2, pool_factory=pool, configure=configure, reset=note_return
         )
         self.app = procrastinate.App(connector=connector)
-        self.conninfo = store.conninfo()
         self.queues = queues
         self.worker_id = 0
         self.on_job: Callable[[], None] = lambda: None
@@ -242,13 +241,14 @@ class _Queue:
         connection in one go, each looked at as bytes, and ``on_job`` is called once for
         them."""
         import psycopg
+        from procrastinate.manager import get_channel_for_queues
         from psycopg import sql
 
         trouble = _Trouble("listen for new jobs")
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
-                    for channel in _channels(self.queues):
+                    for channel in get_channel_for_queues(self.queues):
                         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     trouble.worked()
                     self.on_job()
@@ -271,11 +271,6 @@ class _Queue:
             except Exception as exc:  # cannot connect, or the connection broke: the fetches poll meanwhile
                 trouble.failed(exc)
             await anyio.sleep(RETRY_AFTER)
-
-
-def _channels(queues: list[str] | None) -> list[str]:
-    """The channels procrastinate's triggers notify: one per queue, and one for any queue."""
-    return ["procrastinate_any_queue_v1"] if queues is None else [f"procrastinate_queue_v1#{queue}" for queue in queues]
 
 
 class Worker:
@@ -343,7 +338,10 @@ class Worker:
                         try:
                             await queue.unregister()
                         except Exception as exc:  # left for the others to prune
-                            _Trouble("remove this worker from the workers' table").failed(exc)
+                            log.logger.error(
+                                f"cannot remove this worker from the workers' table: {exc.__cause__ or exc}",
+                                extra={"event": "store_error"},
+                            )
 
     async def _take_jobs(self, queue: _Queue) -> None:
         """Fetch jobs into free slots until stopped; then wait for the running ones (the grace

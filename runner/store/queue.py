@@ -104,12 +104,12 @@ class QueueStore(StoreBase):
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_class"
             " WHERE relname = 'procrastinate_jobs' AND pg_catalog.pg_table_is_visible(oid))"
         )
-        logging = (
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger"
+        installed = (
+            f"{tables} AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger"
             f" WHERE tgname IN ({', '.join(repr(name) for name in EVENT_TRIGGERS)}) AND tgenabled <> 'D')"
         )
         async with self._read() as conn:
-            ready = (await conn.exec_driver_sql(tables)).scalar() and not (await conn.exec_driver_sql(logging)).scalar()
+            ready = (await conn.exec_driver_sql(installed)).scalar()
         if not ready:
             # Imported here: the optional [postgres] extra, which only a store with workers needs.
             import psycopg
