@@ -119,16 +119,15 @@ class Node:
             self._done = asyncio.Event()
             if self.ended:
                 self._done.set()
+            else:
+                self.when_ended(self._done.set)
         return self._done
 
     def end(self) -> None:
         self.ended = True
-        if self._done is not None:
-            self._done.set()
         then, self._then = self._then, None
-        if then is not None:
-            for call in then:
-                call()
+        for call in then or ():
+            call()
 
     def when_ended(self, call: Callable[[], None]) -> None:
         """Have ``call`` called when the node's runs are over (not if they are already)."""
