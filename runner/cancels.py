@@ -21,6 +21,7 @@ from anyio.abc import TaskStatus
 from runner import log
 from runner.errors import StoreError
 from runner.models import Run, RunStatus
+from runner.scopes import cancel_scope
 from runner.store import CancelOutcome, Store
 
 CANCEL_POLL = 0.5
@@ -46,17 +47,10 @@ class CancelWatch:
         self.interval = interval
         self._watched: dict[int, tuple[Watched, anyio.CancelScope]] = {}
         self._wake = anyio.Event()
-        self._scope_class: type[anyio.CancelScope] | None = None
 
     def watching(self, run: Watched) -> _Watching:
         """A cancel scope that a request for ``run.run_id`` cancels."""
-        scope_class = self._scope_class
-        if scope_class is None:
-            # The running back-end's class, made directly from then on: ``anyio.CancelScope()``
-            # looks the back-end up each time (sniffio, then a second ``__init__``), two
-            # thirds of what making one costs (~10 k instructions of a run's ~0.6 M).
-            scope_class = self._scope_class = type(anyio.CancelScope())
-        return _Watching(self, run, scope_class())
+        return _Watching(self, run, cancel_scope())
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Look for requests while runs are watched, until cancelled."""

@@ -37,6 +37,7 @@ import anyio
 
 from runner.errors import ShellStartError
 from runner.processes import boot_clock, start_time_between
+from runner.scopes import cancel_scope
 
 DEFAULT_OUTPUT_CAP = 1_000_000
 DEFAULT_KILL_GRACE = 2.0
@@ -155,17 +156,6 @@ if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
 
 
 _watcher_checked = False
-_scope_class: type[anyio.CancelScope] | None = None
-
-
-def _shielded() -> anyio.CancelScope:
-    """``anyio.CancelScope(shield=True)``, of the running back-end's class made directly: anyio
-    looks the back-end up for every scope (sniffio, then a second ``__init__``), ~10 k
-    instructions of the ~30 k a shielded scope costs."""
-    global _scope_class
-    if _scope_class is None:
-        _scope_class = type(anyio.CancelScope())
-    return _scope_class(shield=True)
 
 
 def _watch_children_by_pidfd() -> None:
@@ -236,7 +226,7 @@ async def run_shell(
     try:
         # Shielded: cancelled halfway, asyncio would kill only /bin/sh and never the group it
         # has already started. The cancellation is taken up right after, with the group killed.
-        with _shielded():
+        with cancel_scope(shield=True):
             before = boot_clock()
             transport, child = await loop.subprocess_exec(
                 lambda: _Collect(output_cap, on_output),

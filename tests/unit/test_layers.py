@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "runner.executors.python", "runner.executors.shell", "runner.files", "runner.graph",
             "runner.inject", "runner.inputs", "runner.jsonsafe", "runner.log", "runner.masking",
             "runner.models", "runner.processes", "runner.records", "runner.livelog", "runner.registry", "runner.revision", "runner.shutdown",
-            "runner.schedule", "runner.signature", "runner.slots",
+            "runner.schedule", "runner.scopes", "runner.signature", "runner.slots",
         },
     ),
     ("files", {"runner.schema", "runner.precheck", "runner.taskfile", "runner.spec", "runner.scaffold"}),
