@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.errors import RunNotFound
 from runner.models import LogLine, Run, RunStatus
-from runner.records import RunBatch, RunError, Written
+from runner.records import RunBatch, RunEnd, RunError, Written
 from runner.store import _tables as t
 from runner.store._rows import (
     INSERT_QUEUED_SQLITE,
@@ -102,10 +102,8 @@ class RunStore(StoreBase):
             if jobs:
                 await defer(conn, jobs)
             if self._postgres:
-                for fields in grouped_by_keys(self._clean([end_row(end) for end in batch.finishes])):
-                    await conn.execute(
-                        _end_statement(tuple(fields[0])), [{f"b_{k}": v for k, v in row.items()} for row in fields]
-                    )
+                for sql, rows in self._ends_pg(batch.finishes):
+                    await conn.exec_driver_sql(sql, rows)
             else:  # through the driver, as the queued rows: by their columns, in end_row's order
                 ends: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
                 for end in batch.finishes:
@@ -134,7 +132,6 @@ class RunStore(StoreBase):
         and so are most of an engine's on PostgreSQL."""
         import psycopg  # PostgreSQL only
 
-        ends = grouped_by_keys(self._clean([end_row(end) for end in batch.finishes]))
         async with self._write(lock=False) as conn:
             raw = (await conn.get_raw_connection()).driver_connection
             assert raw is not None
@@ -146,8 +143,8 @@ class RunStore(StoreBase):
                         await cursor.executemany(
                             _GROUP_PG, [{"id": i, "pgid": g, "pgid_started": at} for i, g, at in batch.groups]
                         )
-                    for rows in ends:
-                        await cursor.executemany(_end_sql_pg(tuple(sorted(rows[0]))), rows)
+                    for sql, rows in self._ends_pg(batch.finishes):
+                        await cursor.executemany(sql, rows)
                     if batch.done_jobs:
                         await cursor.execute(DELETE_JOBS_PG, {"ids": sorted(batch.done_jobs)})
             except psycopg.Error as exc:
@@ -155,6 +152,12 @@ class RunStore(StoreBase):
                     await conn.invalidate()
                 # As SQLAlchemy raises it, for ``_write`` and the recorder to tell an outage.
                 raise DBAPIError.instance("write_runs", None, exc, psycopg.Error) from exc
+
+    def _ends_pg(self, ends: list[RunEnd]) -> list[tuple[str, list[dict[str, Any]]]]:
+        """The updates that write ``ends`` on PostgreSQL: one statement for each set of fields
+        the rows have (``end_row``: a handful of sets), with its rows."""
+        rows = grouped_by_keys(self._clean([end_row(end) for end in ends]))
+        return [(_end_sql_pg(tuple(sorted(group[0]))), group) for group in rows]
 
     def _clean(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``rows``, on PostgreSQL with NUL characters in their text replaced by U+FFFD: its
@@ -350,7 +353,7 @@ _GROUP_PG = "UPDATE runs SET pgid = %(pgid)s, pgid_started = %(pgid_started)s WH
 
 @functools.cache
 def _end_sql_pg(fields: tuple[str, ...]) -> str:
-    """``_end_statement`` as psycopg's SQL, for rows with ``fields`` (the status first)."""
+    """A run end's update on PostgreSQL, for rows with ``fields`` (set the status first)."""
     sets = ", ".join(f"{k} = %({k})s" for k in sorted(fields, key=lambda k: k != "status") if k != "id")
     return f"UPDATE runs SET {sets} WHERE id = %(id)s AND {UNFINISHED_SQL.text}"
 
@@ -365,20 +368,9 @@ def _group_statement() -> Update:
 
 
 @functools.cache
-def _end_statement(fields: tuple[str, ...]) -> Update:
-    """A run end's update, for the ends whose rows have ``fields`` (``end_row``: a handful of
-    sets of them)."""
-    return (
-        update(t.runs)
-        .where(t.runs.c.id == bindparam("b_id"), UNFINISHED_SQL)
-        .values({k: bindparam(f"b_{k}") for k in fields if k != "id"})
-    )
-
-
-@functools.cache
 def _end_sql_sqlite(fields: tuple[str, ...]) -> str:
-    """``_end_statement`` as SQLite's SQL, its values in ``fields``' order (numbered, so that a
-    row's values go as they are)."""
+    """A run end's update on SQLite, for rows with ``fields``, its values in their order
+    (numbered, so that a row's values go as they are)."""
     sets = ", ".join(f'"{k}" = ?{i}' for i, k in enumerate(fields, 1) if k != "id")
     return f"UPDATE runs SET {sets} WHERE id = ?{fields.index('id') + 1} AND {UNFINISHED_SQL.text}"
 
