@@ -22,7 +22,7 @@ from pg import pg_server, pg_url, store_url  # noqa: F401
 
 from runner.errors import RunNotFound, StoreVersionError
 from runner.models import RunStatus, Source, TaskSpec, TaskType
-from runner.records import Fire, LogChunk, Owner, QueuedRun, RunBatch, RunEnd, RunResult
+from runner.records import Fire, LogChunk, Owner, QueuedRun, RunBatch, RunEnd, RunError, RunResult
 from runner.store import (
     CURRENT_VERSION,
     CancelOutcome,
@@ -221,6 +221,39 @@ async def test_a_start_and_end_in_one_batch_record_both(store: Store) -> None:
     await store.write_runs(RunBatch(starts=[("r1", NOW + 9)], finishes=[RunEnd("r1", RunStatus.FAILED, NOW + 10)]))
     r1 = await store.run("r1")
     assert (r1.status, r1.started_at, r1.finished_at) == (RunStatus.SUCCEEDED, NOW + 0.5, NOW + 2)
+
+
+async def test_a_batch_of_starts_groups_and_ends_alone_writes_each_row_as_given(url: str, store: Store) -> None:
+    """A batch with nothing but starts, process groups and ends (all of a busy worker's, most of
+    an engine's) goes its own way on PostgreSQL: each kind of update once, with all its rows."""
+    await store.write_runs(RunBatch(inserts=[run_row(f"r{i}", queued=NOW + i) for i in range(5)]))
+    pickled = pickle.dumps(Odd(Fraction(2, 3)))
+    await store.write_runs(
+        RunBatch(
+            starts=[("r0", NOW + 10), ("r1", NOW + 11)],
+            groups=[("r0", 4242, NOW + 10.5), ("r1", 4343, None)],
+            finishes=[
+                RunEnd("r2", RunStatus.SUCCEEDED, NOW + 22, 1.0, result=RunResult.of({"_type": "Odd"}, pickled),
+                       started_at=NOW + 21),
+                RunEnd("r3", RunStatus.FAILED, NOW + 23, 2.0, exit_code=3, stdout="out ü", stderr="",
+                       started_at=NOW + 21, pgid=4444, pgid_started=NOW + 21.5),
+                RunEnd("r4", RunStatus.TIMED_OUT, NOW + 24, None, error=RunError("TaskTimeout", "timed out")),
+            ],
+        )
+    )
+    r0, r1, r2, r3, r4 = [await store.run(f"r{i}") for i in range(5)]
+    assert (r0.status, r0.started_at, r1.status, r1.started_at) == (RunStatus.RUNNING, NOW + 10, RunStatus.RUNNING, NOW + 11)
+    assert (r2.status, r2.started_at, r2.finished_at, r2.duration_s, r2.result) == (
+        RunStatus.SUCCEEDED, NOW + 21, NOW + 22, 1.0, {"_type": "Odd"},
+    )
+    assert await store.load_result("r2") == Odd(Fraction(2, 3))
+    assert (r3.status, r3.exit_code, r3.stdout, r3.stderr, r3.result) == (RunStatus.FAILED, 3, "out ü", "", None)
+    assert r4.error is not None
+    assert (r4.status, r4.started_at, r4.error["type"], r4.error["message"]) == (
+        RunStatus.TIMED_OUT, None, "TaskTimeout", "timed out",
+    )
+    groups = await execute(url, "SELECT id, pgid, pgid_started FROM runs WHERE pgid IS NOT NULL ORDER BY id")
+    assert [tuple(row) for row in groups] == [("r0", 4242, NOW + 10.5), ("r1", 4343, None), ("r3", 4444, NOW + 21.5)]
 
 
 async def test_runs_round_trip_through_a_batch(store: Store) -> None:
