@@ -48,26 +48,14 @@ each client sees the lock a little after the server grants and releases it: the 
 samples are the server's view. The workers also count the database connections they open
 (SQLAlchemy's pool, procrastinate's pool and its listener).
 
-``--what-if`` measures the workers once more with a prototype patched into them (not
-runner's behaviour): claims, and write transactions carrying only starts and finishes (no log
-rows, no new runs), done without the advisory lock, as row locks would allow.
-
 Usage::
 
     .venv/bin/python benchmarks/bench_workers.py --db-admin postgresql://postgres@127.0.0.1:5432/postgres
         [--runs 2000] [--workers 1,2,4] [--concurrency 8] [--repeat 3] [--enqueue-batch 100]
         [--latency-runs 200] [--load-seconds 10] [--load-fraction 0.5] [--idle-seconds 6]
-        [--cli-triggers 5] [--no-reference] [--no-lock-timing] [--what-if] [--profile DIR]
+        [--cli-triggers 5] [--no-reference] [--no-lock-timing] [--profile DIR]
         [--json PATH] [--keep]
     .venv/bin/python benchmarks/bench_workers.py --db-admin URL --fan 100 --sleep 1 --workers 1,2 --concurrency 8
-
-``--fetch-plan-fix`` makes procrastinate's ``procrastinate_fetch_job_v2`` plan each call afresh
-(``ALTER FUNCTION ... SET plan_cache_mode = force_custom_plan`` in every database made): without
-it, a worker's connection that fetched jobs while the queue was nearly empty keeps a plan made
-for a one-page table (sequential scans, an anti-join over all jobs, a sort), and every fetch of
-a burst then reads the whole queue table for each job it considers, until autovacuum analyzes
-the table again (see docs/performance.md, "Workers"). It matters only to workers from before
-runner fetched jobs with a statement of its own (``runner/remote.py``), when measuring those.
 
 **A workflow spread over workers** (``--fan N``, instead of all of the above): a project of N
 shell tasks ``sleep --sleep`` (``f0``...) and a task ``fan`` that needs them all; for each of
@@ -127,19 +115,10 @@ _WRAPPED = (
 )
 
 
-# --what-if: the write transactions that touch only rows of runs the writer owns, and that write
-# no log rows (whose ids must stay in commit order), done without the advisory lock.
-UNLOCKED = ("claim_runs", "write_runs[starts]", "write_runs[finishes]", "write_runs[starts+finishes]")
-PROTOTYPE_ENV = "BENCH_WORKERS_UNLOCKED"
-
-
-def install_lock_timing(unlocked: bool = False) -> None:
-    """Wrap ``Store._write`` to time each write transaction, labelled by the method it serves;
-    with ``unlocked`` (a prototype, not runner's behaviour) the ``UNLOCKED`` ones skip the lock."""
+def install_lock_timing() -> None:
+    """Wrap ``Store._write`` to time each write transaction, labelled by the method it serves."""
     import psycopg
-    from sqlalchemy.exc import DBAPIError, OperationalError
 
-    from runner.errors import StoreError
     from runner.store import Store
 
     # Every connection the process opens (SQLAlchemy's pool, procrastinate's pool and listener)
@@ -154,22 +133,11 @@ def install_lock_timing(unlocked: bool = False) -> None:
     original_write = Store._write
 
     @contextlib.asynccontextmanager
-    async def without_lock(self: Any, **_: Any) -> AsyncIterator[Any]:
-        # Store._write as it is, less the pg_advisory_xact_lock.
-        with anyio.CancelScope(shield=True):
-            try:
-                async with self._writer.begin() as conn:
-                    yield conn
-            except (OperationalError, DBAPIError) as exc:
-                raise StoreError(f"cannot write the store at {self.url}: {exc.orig}") from exc
-
-    @contextlib.asynccontextmanager
     async def timed_write(self: Any, **kwargs: Any) -> AsyncIterator[Any]:
         # kwargs: ``lock=False`` from runner's own writes that skip the advisory lock.
         started, held = time.perf_counter(), None
-        write = without_lock if unlocked and _op.get()[0] in UNLOCKED else original_write
         try:
-            async with write(self, **kwargs) as conn:
+            async with original_write(self, **kwargs) as conn:
                 held = time.perf_counter()
                 yield conn
         finally:
@@ -208,7 +176,7 @@ def install_lock_timing(unlocked: bool = False) -> None:
 def shim(out: str, argv: list[str]) -> None:
     """``python bench_workers.py _timed OUT RUNNER-ARGS...``: runner's CLI with lock timing,
     the records written to OUT as JSON when the process exits."""
-    install_lock_timing(unlocked=os.environ.get(PROTOTYPE_ENV) == "1")
+    install_lock_timing()
 
     def dump() -> None:
         Path(out).write_text(json.dumps({"locks": LOCK_RECORDS, "connects": CONNECTS}))
@@ -343,21 +311,18 @@ class Workers:
 
     def __init__(
         self, count: int, root: Path, url: str, concurrency: int, scratch: Path, timed: bool, profile: Path | None,
-        unlocked: bool = False,
     ) -> None:
-        env = {**os.environ, PROTOTYPE_ENV: "1" if unlocked else "0"}
         self.logs = [scratch / f"worker{i}.log" for i in range(count)]
         self.timings = [scratch / f"worker{i}.locks.json" for i in range(count)]
         self.procs: list[subprocess.Popen[bytes]] = []
         try:
-            self._start(root, url, concurrency, scratch, timed, profile, env)
+            self._start(root, url, concurrency, scratch, timed, profile)
         except BaseException:
             self.stop()
             raise
 
     def _start(
         self, root: Path, url: str, concurrency: int, scratch: Path, timed: bool, profile: Path | None,
-        env: dict[str, str],
     ) -> None:
         for log_path, timing in zip(self.logs, self.timings, strict=True):
             runner_args = ["--project", str(root), "--db", url, "--log-format", "json", "worker",
@@ -368,7 +333,7 @@ class Workers:
             with log_path.open("wb") as log_file:
                 self.procs.append(subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file,
-                    cwd=scratch, start_new_session=True, env=env,
+                    cwd=scratch, start_new_session=True,
                 ))
 
     def pids(self) -> list[int]:
@@ -541,11 +506,6 @@ class Sender:
                     group.start_soon(self.send, name, trigger)
 
 
-FETCH_PLAN_FIX = (
-    "ALTER FUNCTION procrastinate_fetch_job_v2(character varying[], bigint) SET plan_cache_mode = force_custom_plan"
-)
-
-
 async def prepare(server: Server, root: Path, database: str, args: argparse.Namespace) -> str:
     """Sync the project into a new database and install the queue; its store URL."""
     from runner.store import open_store
@@ -555,10 +515,6 @@ async def prepare(server: Server, root: Path, database: str, args: argparse.Name
     async with open_store(url) as store:
         await sync_project(root, store)
         await store.ensure_queue()
-    if args.fetch_plan_fix:
-        conn = await connect(server, database)
-        await conn.execute(FETCH_PLAN_FIX)
-        await conn.close()
     return url
 
 
@@ -774,9 +730,9 @@ async def idle_background(conn: Any, server: Server, workers: Workers, seconds: 
 
 async def worker_round(
     server: Server, root: Path, scratch: Path, names: list[str], count: int, args: argparse.Namespace,
-    unlocked: bool = False, index: int = 0,
+    index: int = 0,
 ) -> dict[str, Any]:
-    part = f"r{index}w{count}" + ("u" if unlocked else "")
+    part = f"r{index}w{count}"
     database = server.create(part)
     url = await prepare(server, root, database, args)
     conn = await connect(server, database)
@@ -784,9 +740,9 @@ async def worker_round(
         await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     profile = args.profile / f"worker-of-{part}.prof" if args.profile else None
     (scratch / part).mkdir()
-    workers = Workers(count, root, url, args.concurrency, scratch / part, args.lock_timing or unlocked, profile, unlocked)
+    workers = Workers(count, root, url, args.concurrency, scratch / part, args.lock_timing, profile)
     result: dict[str, Any] = {
-        "workers": count, "concurrency": args.concurrency, "unlocked": unlocked, "load_before": load(),
+        "workers": count, "concurrency": args.concurrency, "load_before": load(),
     }
     LOCK_RECORDS.clear()
     try:
@@ -810,7 +766,7 @@ async def worker_round(
         workers.stop()
         await conn.close()
     result["load_after"] = load()
-    if args.lock_timing or unlocked:
+    if args.lock_timing:
         records, connects = workers.lock_records()
         records += LOCK_RECORDS
         for batch in result["batches"]:
@@ -884,8 +840,7 @@ def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
 
 
 def name_of(rnd: dict[str, Any]) -> str:
-    name = f"{rnd['workers']} worker{'s' if rnd['workers'] > 1 else ''} x concurrency {rnd['concurrency']}"
-    return name + (", prototype: claims, starts, finishes unlocked" if rnd.get("unlocked") else "")
+    return f"{rnd['workers']} worker{'s' if rnd['workers'] > 1 else ''} x concurrency {rnd['concurrency']}"
 
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> None:
@@ -894,8 +849,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"PostgreSQL {server['server_version']}: fsync={server['fsync']}, synchronous_commit="
           f"{server['synchronous_commit']}, max_connections={server['max_connections']}, shared_buffers="
           f"{server['shared_buffers']}; {args.runs} no-op python runs per batch, batches of {args.enqueue_batch} "
-          f"sent together; medians of {args.repeat} (min-max)"
-          f"{'; procrastinate fetch planned afresh each call (--fetch-plan-fix)' if args.fetch_plan_fix else ''}\n")
+          f"sent together; medians of {args.repeat} (min-max)\n")
     print("| configuration | load before | runs/s end to end | enqueue done after | CPU ms per run: workers / postgres / enqueuer "
           "| write lock held (pg_locks sampled) | waiting for it, mean | connections (max; opened by the workers per batch) "
           "| other work on the machine (cores) |")
@@ -958,17 +912,16 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
               "batch's wall time (the clients' view, which can pass 100%: see pg_locks above):\n")
         print("| configuration | transaction | per run | runs in one | hold: median / p95 / max | wait: median / p95 | lock busy |")
         print("|---|---|---:|---:|---|---|---:|")
-        rows: list[tuple[str, dict[str, Any], bool]] = []
+        rows: list[tuple[str, dict[str, Any]]] = []
         if ref:
-            rows += [("local engine, PostgreSQL", ref["postgres_local"][0]["lock"], False),
-                     ("enqueue alone", ref["enqueue"][0]["lock"], False),
-                     ("one run at a time, no queue", ref["floor"]["lock"], False)]
-        rows += [(name_of(r), r["batches"][len(r["batches"]) // 2]["lock"], bool(r.get("unlocked")))
+            rows += [("local engine, PostgreSQL", ref["postgres_local"][0]["lock"]),
+                     ("enqueue alone", ref["enqueue"][0]["lock"]),
+                     ("one run at a time, no queue", ref["floor"]["lock"])]
+        rows += [(name_of(r), r["batches"][len(r["batches"]) // 2]["lock"])
                  for r in results["rounds"] if "lock" in r["batches"][0]]
-        for name, lock, unlocked in rows:
+        for name, lock in rows:
             for label, s in lock["by_label"].items():
-                shown = label + (" (no lock: the transaction's time)" if unlocked and label in UNLOCKED else "")
-                print(f"| {name} | {shown} | {s['per_run']:.3f} | {s['runs_per_transaction']:.1f} | "
+                print(f"| {name} | {label} | {s['per_run']:.3f} | {s['runs_per_transaction']:.1f} | "
                       f"{ms(s['hold']['median'])} / {ms(s['hold']['p95'])} / {ms(s['hold']['max'])} | "
                       f"{ms(s['wait']['median'])} / {ms(s['wait']['p95'])} | |")
             print(f"| {name} | all: {lock['held_per_run_ms']:.3f} ms per run | | | | | {lock['busy']:.0%} |")
@@ -1104,11 +1057,6 @@ def main() -> None:
                         help="measure SQLite, a local engine on PostgreSQL, the enqueue alone")
     parser.add_argument("--lock-timing", action=argparse.BooleanOptionalAction, default=True,
                         help="time the store's write transactions (workers run through this script)")
-    parser.add_argument("--what-if", action="store_true",
-                        help="measure the workers again with a prototype patched in: claims and starts/finishes "
-                             "without the advisory write lock")
-    parser.add_argument("--fetch-plan-fix", action="store_true",
-                        help="make procrastinate's fetch function plan every call afresh (see docs/performance.md)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="run the first worker of each round under cProfile: DIR/worker-of-r0w1.prof, ...")
     parser.add_argument("--db-set", action="append", default=[], metavar="NAME=VALUE",
@@ -1149,11 +1097,9 @@ def main() -> None:
         if args.reference:
             print(f"references (load {load()}) ...", file=sys.stderr)
             results["references"] = anyio.run(references, server, root, scratch, names, args)
-        for unlocked in (False, True) if args.what_if else (False,):
-            for count in counts:
-                print(f"{count} worker(s){' (prototype)' if unlocked else ''} (load {load()}) ...", file=sys.stderr)
-                index = len(results["rounds"])
-                results["rounds"].append(anyio.run(worker_round, server, root, scratch, names, count, args, unlocked, index))
+        for index, count in enumerate(counts):
+            print(f"{count} worker(s) (load {load()}) ...", file=sys.stderr)
+            results["rounds"].append(anyio.run(worker_round, server, root, scratch, names, count, args, index))
     finally:
         server.close(args.keep)
         if args.keep:

@@ -131,7 +131,7 @@ NOT_RUN: dict[tuple[str, str], str] = {
     ("performance.md", "mkdir /tmp/pgb && chown postgres /tmp/pgb"): "root, for a PostgreSQL cluster of the benchmark's own",
     ("performance.md", "runuser -u postgres -- /usr/lib/postgresql/15/bin/initdb -D /tmp/pgb/data -A trust -U postgres"): "root, for a PostgreSQL cluster of the benchmark's own",
     ("performance.md", "runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D /tmp/pgb/data -l /tmp/pgb/log -w \\"): "root, for a PostgreSQL cluster of the benchmark's own",
-    ("performance.md", ".venv/bin/python benchmarks/bench_workers.py --db-admin postgresql://postgres@127.0.0.1:55433/postgres --what-if"): _BENCH + "; " + _PG,
+    ("performance.md", ".venv/bin/python benchmarks/bench_workers.py --db-admin postgresql://postgres@127.0.0.1:55433/postgres"): _BENCH + "; " + _PG,
 }
 
 # (page, command's first line): how many lines of its expected output to await and compare
