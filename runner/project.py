@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,10 +59,13 @@ class Project:
             found.extend(finding.problems)
         return sorted(found)
 
-    def wanted(self) -> dict[str, Wanted]:
-        """The state each declared task should be stored in."""
+    def wanted(self, names: Iterable[str] | None = None) -> dict[str, Wanted]:
+        """The state each declared task (or each of ``names`` that is declared) should be
+        stored in."""
+        specs = self.declared.specs
+        chosen = specs.items() if names is None else ((name, specs[name]) for name in names if name in specs)
         wanted = {}
-        for name, spec in self.declared.specs.items():
+        for name, spec in chosen:
             finding = self.findings.get(name)
             if finding is not None:
                 wanted[name] = Wanted(spec, False, finding.reason)
