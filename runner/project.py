@@ -46,6 +46,7 @@ class Project:
     declared: Declared
     plugin_problems: list[Problem] = field(default_factory=list)
     findings: dict[str, CallableFinding] = field(default_factory=dict)
+    python: list[str] = field(default_factory=list)  # the python tasks' names
 
     @property
     def problems(self) -> list[Problem]:
@@ -84,6 +85,7 @@ def load_project(root: Path, declared: Declared | None = None) -> Project:
         declared = load_tasks(root)
     project = Project(root, declared)
     python_tasks = [s for s in declared.specs.values() if s.type is TaskType.PYTHON]
+    project.python = [spec.name for spec in python_tasks]
     if not python_tasks and not (root / "plugins").is_dir():
         return project
     registry.use_project(root)

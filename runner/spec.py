@@ -192,6 +192,16 @@ class Declared:
             return Problem(source.path, source.line, source.col, message)
         return owner.at(("tasks", task, *where), message, key=key)
 
+    def declared_in(self, paths: set[str]) -> set[str]:
+        """The names of the tasks built from the files at ``paths``."""
+        names: set[str] = set()
+        for path in paths & self.files.keys():
+            data = self.files[path].data
+            tasks = data.get("tasks") if isinstance(data, dict) else None
+            if isinstance(tasks, dict):
+                names.update(name for name in tasks if name in self.specs)
+        return names
+
     @property
     def digests(self) -> dict[str, str]:
         """Each file's digest, when every file was read whole (else empty: nothing to reuse)."""

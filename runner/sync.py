@@ -74,7 +74,6 @@ async def _sync_project(
     project = load_project(root, declared)
     if project.problems:
         raise ProjectError(project.problems)
-    python = [name for name, spec in project.declared.specs.items() if spec.type is TaskType.PYTHON]
     wanted = functools.cache(project.wanted)  # every task's: made once, if ever
 
     def planner(
@@ -90,8 +89,9 @@ async def _sync_project(
             # of the other files can change, and python tasks (their callables may have). At
             # 10,000 tasks, a plan over all of them cost 40 ms of a one-file reload.
             edited = {path for path in digests.keys() | stored_digests.keys() if digests.get(path) != stored_digests.get(path)}
-            names = {*python, *(n for n, spec in project.declared.specs.items() if spec.source.path in edited)}
-            names.update(n for n, task in stored.items() if task.spec.source.path in edited)
+            # A stored task of an edited file is declared in an edited file still, or nowhere:
+            # had an unedited file declared it too, the last sync would have failed on it.
+            names = {*project.python, *project.declared.declared_in(edited), *(stored.keys() - project.declared.specs.keys())}
             some = {name: stored[name] for name in names if name in stored}
             return plan(project.wanted(names), some, digests, stored_digests)
         return plan(wanted(), stored, digests, stored_digests)
