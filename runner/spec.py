@@ -230,6 +230,7 @@ class _Checked:
     file: TaskFile
     specs: dict[str, TaskSpec]
     problems: list[Problem]
+    needs: dict[str, list[str]]  # every task the file declares (valid or not), and what it needs
 
 
 ParseCache = dict[str, _Checked]
@@ -270,7 +271,7 @@ def _checked_file(project: Path, path: Path, cache: ParseCache | None) -> _Check
     file = read_task_file(project, path)
     if file is None:
         return None
-    checked = _Checked(file, check_file(file), list(file.problems))
+    checked = _Checked(file, check_file(file), list(file.problems), _raw_needs(file))
     if cache is not None:
         cache[file.path] = checked
         if not checked.problems:
@@ -299,14 +300,20 @@ def _load_tasks(project: Path, cache: ParseCache | None) -> Declared:
     files: dict[str, TaskFile] = {}
     owner: dict[str, TaskFile] = {}
     problems: list[Problem] = []
+    needs: dict[str, list[str]] = {}
     for path in list_task_files(project):
         checked = _checked_file(project, path, cache)
         if checked is None:
             continue
         file, file_specs = checked.file, checked.specs
         files[file.path] = file
-        tasks = file.data.get("tasks") if isinstance(file.data, dict) else None
-        for name in tasks if isinstance(tasks, dict) else ():
+        if not owner.keys() & checked.needs.keys():
+            # No name declared twice (what a valid project is): the file's tasks at once.
+            owner.update(dict.fromkeys(checked.needs, file))
+            specs.update(file_specs)
+            needs.update(checked.needs)
+            continue
+        for name in checked.needs:
             first = owner.get(name)
             if first is not None:
                 here = file.position(("tasks", name), key=True)
@@ -316,12 +323,12 @@ def _load_tasks(project: Path, cache: ParseCache | None) -> Declared:
                 specs.pop(name, None)
                 continue
             owner[name] = file
+            needs[name] = checked.needs[name]
             if name in file_specs:
                 specs[name] = file_specs[name]
     declared = Declared(specs, files, owner, problems)
-    needs = {name: _raw_needs(file, name) for name, file in owner.items()}
     for name, wanted in needs.items():
-        for i, need in enumerate(wanted):
+        for i, need in enumerate(wanted) if wanted else ():
             if need not in owner:
                 close = difflib.get_close_matches(need, list(owner), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -341,10 +348,12 @@ def _load_tasks(project: Path, cache: ParseCache | None) -> Declared:
     return declared
 
 
-def _raw_needs(file: TaskFile, name: str) -> list[str]:
-    """The names a task's ``needs`` lists, read even from a task with other errors."""
-    body = file.data["tasks"][name]
-    wanted = body.get("needs") if isinstance(body, dict) else None
-    if not isinstance(wanted, list):
-        return []
-    return [w if isinstance(w, str) else str(w) for w in wanted]
+def _raw_needs(file: TaskFile) -> dict[str, list[str]]:
+    """Each task of ``file`` and the names its ``needs`` lists, read even from a task with
+    other errors."""
+    tasks = file.data.get("tasks") if isinstance(file.data, dict) else None
+    found: dict[str, list[str]] = {}
+    for name, body in tasks.items() if isinstance(tasks, dict) else ():
+        wanted = body.get("needs") if isinstance(body, dict) else None
+        found[name] = [w if isinstance(w, str) else str(w) for w in wanted] if isinstance(wanted, list) else []
+    return found
