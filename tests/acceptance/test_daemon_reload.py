@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 from conftest import Cli, ProjectDir, ok, poll
-from test_daemon import Daemon, runs_of
+from test_daemon import Daemon, runs_of, store_rows
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -129,4 +130,33 @@ def test_a_symlink_swap_of_plugins_imports_the_new_release(project: ProjectDir, 
     os.rename(project.root / "plugins.new", project.root / "plugins")
     daemon.wait_for("reloaded", within=5)
     poll(lambda: any(r["result_json"] == "2" for r in runs_of(project, "answer")), what="a run of the new release")
+    assert daemon.stop() == 0
+
+
+def one(name: str, command: str) -> str:
+    return f"version: 1\ntasks:\n  {name}:\n    command: {command}\n"
+
+
+def test_a_reload_after_another_process_synced_the_store_starts_from_what_that_process_wrote(
+    project: ProjectDir, cli: Cli, tmp_path: Path
+) -> None:
+    # The daemon reloads by difference from what its own last sync left; another `runner sync`
+    # on the same store (here from another checkout) must make it start from the store again.
+    project.tasks("a.yaml", one("a", "echo a"))
+    project.tasks("b.yaml", one("b", "echo b"))
+    daemon = Daemon(cli).started()
+    other = ProjectDir(tmp_path / "other")
+    other.tasks("a.yaml", one("a", "echo theirs"))
+    other.tasks("c.yaml", one("c", "echo c"))
+    assert ok(Cli(other)("--db", str(project.db), "sync")).stdout.splitlines() == [
+        "added: c", "updated: a", "removed: b",
+    ]
+
+    project.tasks("b.yaml", one("b", "echo b2"))
+    (reload,) = daemon.wait_for("reloaded", within=5)
+    assert (reload.get("added"), reload.get("updated"), reload.get("removed")) == (["b"], ["a"], ["c"])
+    assert listed(cli) == ["a", "b"]
+    commands = dict(store_rows(project, "SELECT name, json_extract(definition, '$.command') FROM tasks WHERE NOT removed"))
+    assert commands == {"a": "echo a", "b": "echo b2"}
+    assert ok(cli("sync")).stdout.strip() == "nothing to change"
     assert daemon.stop() == 0
