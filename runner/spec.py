@@ -230,7 +230,8 @@ class _Checked:
     file: TaskFile
     specs: dict[str, TaskSpec]
     problems: list[Problem]
-    needs: dict[str, list[str]]  # every task the file declares (valid or not), and what it needs
+    names: tuple[str, ...]  # every task the file declares, valid or not
+    needs: dict[str, list[str]]  # of those, each that needs something, and what (as written)
 
 
 ParseCache = dict[str, _Checked]
@@ -271,7 +272,9 @@ def _checked_file(project: Path, path: Path, cache: ParseCache | None) -> _Check
     file = read_task_file(project, path)
     if file is None:
         return None
-    checked = _Checked(file, check_file(file), list(file.problems), _raw_needs(file))
+    tasks = file.data.get("tasks") if isinstance(file.data, dict) else None
+    names = tuple(tasks) if isinstance(tasks, dict) else ()
+    checked = _Checked(file, check_file(file), list(file.problems), names, _raw_needs(file))
     if cache is not None:
         cache[file.path] = checked
         if not checked.problems:
@@ -307,13 +310,13 @@ def _load_tasks(project: Path, cache: ParseCache | None) -> Declared:
             continue
         file, file_specs = checked.file, checked.specs
         files[file.path] = file
-        if not owner.keys() & checked.needs.keys():
+        if not owner.keys() & checked.names:
             # No name declared twice (what a valid project is): the file's tasks at once.
-            owner.update(dict.fromkeys(checked.needs, file))
+            owner.update(dict.fromkeys(checked.names, file))
             specs.update(file_specs)
             needs.update(checked.needs)
             continue
-        for name in checked.needs:
+        for name in checked.names:
             first = owner.get(name)
             if first is not None:
                 here = file.position(("tasks", name), key=True)
@@ -323,12 +326,15 @@ def _load_tasks(project: Path, cache: ParseCache | None) -> Declared:
                 specs.pop(name, None)
                 continue
             owner[name] = file
-            needs[name] = checked.needs[name]
+            if name in checked.needs:
+                needs[name] = checked.needs[name]
             if name in file_specs:
                 specs[name] = file_specs[name]
     declared = Declared(specs, files, owner, problems)
+    # Only the tasks that need something (a fifth, in projects like the benchmark's): a task
+    # that needs nothing has no unknown need and is on no cycle.
     for name, wanted in needs.items():
-        for i, need in enumerate(wanted) if wanted else ():
+        for i, need in enumerate(wanted):
             if need not in owner:
                 close = difflib.get_close_matches(need, list(owner), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -349,11 +355,12 @@ def _load_tasks(project: Path, cache: ParseCache | None) -> Declared:
 
 
 def _raw_needs(file: TaskFile) -> dict[str, list[str]]:
-    """Each task of ``file`` and the names its ``needs`` lists, read even from a task with
-    other errors."""
+    """Each task of ``file`` whose ``needs`` lists a name, and the names, read even from a task
+    with other errors."""
     tasks = file.data.get("tasks") if isinstance(file.data, dict) else None
     found: dict[str, list[str]] = {}
     for name, body in tasks.items() if isinstance(tasks, dict) else ():
         wanted = body.get("needs") if isinstance(body, dict) else None
-        found[name] = [w if isinstance(w, str) else str(w) for w in wanted] if isinstance(wanted, list) else []
+        if isinstance(wanted, list) and wanted:
+            found[name] = [w if isinstance(w, str) else str(w) for w in wanted]
     return found
