@@ -39,8 +39,10 @@ async def sync_project(
     about, and plugins that fail to import only when it disables one: what an earlier sync said
     is not said again on every run of another task. When no task file changed since the last
     sync (same paths, same SHA-256), the stored definitions are used instead of parsing and
-    validating the files again; callables are checked every time. ``declared``: the files,
-    read already (by the daemon, in a thread).
+    validating the files again; callables are checked every time. Otherwise the plan under the
+    write lock covers the tasks of the files whose digest is not the stored one, and the python
+    tasks: the others are as the files say already. ``declared``: the files, read already (by
+    the daemon, in a thread).
     """
     with gc_paused():
         return await _sync_project(

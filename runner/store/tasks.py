@@ -102,7 +102,8 @@ class TaskStore(StoreBase):
 
         The tasks and digests are read only if another process (or connection) may have written
         them since this store's last sync: a daemon's one-file reload of 10,000 tasks otherwise
-        spent 60 ms of its write lock reading back what it had written itself.
+        spent 60 ms of its write lock reading back what it had written itself. Else ``planner``
+        is handed what that sync left, which it must not change.
         """
         async with self._write() as conn:
             token = (await conn.execute(select(t.task_generation.c.token))).scalar()
