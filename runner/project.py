@@ -84,8 +84,11 @@ def load_project(root: Path, declared: Declared | None = None) -> Project:
     if declared is None:
         declared = load_tasks(root)
     project = Project(root, declared)
-    python_tasks = [s for s in declared.specs.values() if s.type is TaskType.PYTHON]
-    project.python = [spec.name for spec in python_tasks]
+    if declared.python is not None:  # listed file by file, as they were parsed
+        project.python = declared.python
+    else:
+        project.python = [name for name, spec in declared.specs.items() if spec.type is TaskType.PYTHON]
+    python_tasks = [declared.specs[name] for name in project.python]
     if not python_tasks and not (root / "plugins").is_dir():
         return project
     registry.use_project(root)

@@ -180,6 +180,7 @@ class Declared:
     files: dict[str, TaskFile]
     owner: dict[str, TaskFile]
     problems: list[Problem]
+    python: list[str] | None = None  # the python tasks' names, in order; None: not listed yet
 
     def at(self, task: str, *where: str | int, message: str, key: bool = False) -> Problem:
         """A problem about ``task`` positioned at one of its keys or values.
@@ -232,6 +233,7 @@ class _Checked:
     problems: list[Problem]
     names: tuple[str, ...]  # every task the file declares, valid or not
     needs: dict[str, list[str]]  # of those, each that needs something, and what (as written)
+    python: list[str]  # the python tasks built from it
 
 
 ParseCache = dict[str, _Checked]
@@ -274,7 +276,9 @@ def _checked_file(project: Path, path: Path, cache: ParseCache | None) -> _Check
         return None
     tasks = file.data.get("tasks") if isinstance(file.data, dict) else None
     names = tuple(tasks) if isinstance(tasks, dict) else ()
-    checked = _Checked(file, check_file(file), list(file.problems), names, _raw_needs(file))
+    specs = check_file(file)
+    python = [name for name, spec in specs.items() if spec.type is TaskType.PYTHON]
+    checked = _Checked(file, specs, list(file.problems), names, _raw_needs(file), python)
     if cache is not None:
         cache[file.path] = checked
         if not checked.problems:
@@ -304,6 +308,7 @@ def _load_tasks(project: Path, cache: ParseCache | None) -> Declared:
     owner: dict[str, TaskFile] = {}
     problems: list[Problem] = []
     needs: dict[str, list[str]] = {}
+    python: list[str] | None = []  # None once a name is declared twice: listed from specs then
     for path in list_task_files(project):
         checked = _checked_file(project, path, cache)
         if checked is None:
@@ -315,7 +320,10 @@ def _load_tasks(project: Path, cache: ParseCache | None) -> Declared:
             owner.update(dict.fromkeys(checked.names, file))
             specs.update(file_specs)
             needs.update(checked.needs)
+            if python is not None:
+                python.extend(checked.python)
             continue
+        python = None
         for name in checked.names:
             first = owner.get(name)
             if first is not None:
@@ -330,7 +338,7 @@ def _load_tasks(project: Path, cache: ParseCache | None) -> Declared:
                 needs[name] = checked.needs[name]
             if name in file_specs:
                 specs[name] = file_specs[name]
-    declared = Declared(specs, files, owner, problems)
+    declared = Declared(specs, files, owner, problems, python)
     # Only the tasks that need something (a fifth, in projects like the benchmark's): a task
     # that needs nothing has no unknown need and is on no cycle.
     for name, wanted in needs.items():
