@@ -175,9 +175,7 @@ class Engine:
         for name in before.keys() - self.tasks.keys():
             del self._needs[name]
             self._secret_refs.pop(name, None)
-        for name, task in self.tasks.items():
-            if before.get(name) is task:
-                continue
+        for name, task in [(name, task) for name, task in self.tasks.items() if before.get(name) is not task]:
             self._needs[name] = task.spec.needs
             refs = {var: ref for var, ref in task.spec.env.items() if isinstance(ref, SecretRef)}
             if refs and not task.removed:
@@ -190,13 +188,19 @@ class Engine:
         """Every run is masked with every secret of the project (and the HTTP token), not only
         its own: a task can read another's file, or print what it was handed. Children get
         none of the variables secret references read from, unless they declare them."""
-        # Each reference read once, however many tasks share it (the masker keeps a set anyway).
-        refs = {ref: f"{name}.{var}" for name, own in self._secret_refs.items() for var, ref in own.items()}
+        # Each reference read once, however many tasks share it (the masker keeps a set anyway);
+        # told apart by its fields, which hash faster than the frozen dataclass.
+        refs: dict[tuple[str | None, str | None], tuple[str, SecretRef]] = {}
+        for name, own in self._secret_refs.items():
+            for var, ref in own.items():
+                key = (ref.from_env, ref.from_file)
+                if key not in refs:
+                    refs[key] = (f"{name}.{var}", ref)
         environ = self._execution.environ
         token = environ.get(TOKEN_VARIABLE)
-        readable = readable_secrets({where: ref for ref, where in refs.items()}, self.project)
+        readable = readable_secrets(dict(refs.values()), self.project)
         self._masker = Masker([*readable, *([token] if token else [])])
-        hidden = {ref.from_env for ref in refs if ref.from_env is not None} | {TOKEN_VARIABLE}
+        hidden = {from_env for from_env, _ in refs if from_env is not None} | {TOKEN_VARIABLE}
         self._execution.hide(hidden)
 
     def _scope(self, context: RunContext, upstream: Upstream) -> InjectionScope:

@@ -116,8 +116,9 @@ class TaskStore(StoreBase):
             if not plan.is_empty:
                 await self._apply(conn, plan, digests)
                 token = secrets.token_hex(16)
-                await conn.execute(t.task_generation.delete())
-                await conn.execute(t.task_generation.insert().values(token=token))
+                replaced = await conn.execute(t.task_generation.update().values(token=token))
+                if not replaced.rowcount:  # the first sync of this store
+                    await conn.execute(t.task_generation.insert().values(token=token))
         after = _applied(stored, plan)
         if token is not None:
             self._synced = _Synced(token, after, dict(plan.digests) if plan.digests is not None else digests)
