@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from conftest import Cli, ProjectDir, ok, poll
-from test_daemon import Daemon, runs_of, store_rows
+from pg import pg_server, pg_url  # noqa: F401
+from test_daemon import Daemon, runs_of
+from test_daemon_pg import PgCli
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -137,26 +139,45 @@ def one(name: str, command: str) -> str:
     return f"version: 1\ntasks:\n  {name}:\n    command: {command}\n"
 
 
-def test_a_reload_after_another_process_synced_the_store_starts_from_what_that_process_wrote(
-    project: ProjectDir, cli: Cli, tmp_path: Path
-) -> None:
-    # The daemon reloads by difference from what its own last sync left; another `runner sync`
-    # on the same store (here from another checkout) must make it start from the store again.
+def reload_after_another_sync(project: ProjectDir, cli: Cli, other: Cli) -> dict[str, str]:
+    """A daemon on ``cli``'s store; ``other`` (another checkout, the same store) syncs; then a
+    file of the daemon's project changes. The commands of the tasks the store holds after."""
     project.tasks("a.yaml", one("a", "echo a"))
     project.tasks("b.yaml", one("b", "echo b"))
     daemon = Daemon(cli).started()
-    other = ProjectDir(tmp_path / "other")
-    other.tasks("a.yaml", one("a", "echo theirs"))
-    other.tasks("c.yaml", one("c", "echo c"))
-    assert ok(Cli(other)("--db", str(project.db), "sync")).stdout.splitlines() == [
-        "added: c", "updated: a", "removed: b",
-    ]
+    other.project.tasks("a.yaml", one("a", "echo theirs"))
+    other.project.tasks("c.yaml", one("c", "echo c"))
+    assert ok(other("sync")).stdout.splitlines() == ["added: c", "updated: a", "removed: b"]
 
     project.tasks("b.yaml", one("b", "echo b2"))
     (reload,) = daemon.wait_for("reloaded", within=5)
     assert (reload.get("added"), reload.get("updated"), reload.get("removed")) == (["b"], ["a"], ["c"])
     assert listed(cli) == ["a", "b"]
-    commands = dict(store_rows(project, "SELECT name, json_extract(definition, '$.command') FROM tasks WHERE NOT removed"))
-    assert commands == {"a": "echo a", "b": "echo b2"}
     assert ok(cli("sync")).stdout.strip() == "nothing to change"
     assert daemon.stop() == 0
+    return {task["name"]: task["command"] for task in json.loads(ok(cli("list", "--json")).stdout)}
+
+
+def test_a_reload_after_another_process_synced_the_store_starts_from_what_that_process_wrote(
+    project: ProjectDir, cli: Cli, tmp_path: Path
+) -> None:
+    # The daemon reloads by difference from what its own last sync left; another `runner sync`
+    # on the same store must make it start from the store again.
+    class OtherCheckout(Cli):
+        def argv(self, *args: str) -> list[str]:
+            return super().argv("--db", str(project.db), *args)
+
+    other = OtherCheckout(ProjectDir(tmp_path / "other"))
+    try:
+        assert reload_after_another_sync(project, cli, other) == {"a": "echo a", "b": "echo b2"}
+    finally:
+        other.cleanup()
+
+
+def test_the_same_on_postgresql(project: ProjectDir, tmp_path: Path, pg_url: str) -> None:  # noqa: F811
+    cli, other = PgCli(project, pg_url), PgCli(ProjectDir(tmp_path / "other"), pg_url)
+    try:
+        assert reload_after_another_sync(project, cli, other) == {"a": "echo a", "b": "echo b2"}
+    finally:
+        cli.cleanup()
+        other.cleanup()
