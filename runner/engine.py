@@ -131,6 +131,7 @@ class Engine:
         self._attempts = Attempts(store, self.recorder, self.limiter, self._execution, revision=revision)
         self._masker = Masker()  # every secret of the project, and the token (``reload``)
         self._needs: dict[str, tuple[str, ...]] = {}
+        self._secret_refs: dict[str, dict[str, SecretRef]] = {}  # by task, of the tasks not removed
         self._stack = AsyncExitStack()
         self._background: TaskGroup | None = None
         self._submitted_scopes: set[anyio.CancelScope] = set()
@@ -167,25 +168,39 @@ class Engine:
 
     async def reload(self, tasks: Mapping[str, StoredTask] | None = None) -> None:
         """Take the tasks as the store has them now (after a sync), or as a sync left them."""
+        before = self.tasks
         self.tasks = dict(tasks) if tasks is not None else await self.store.tasks()
-        self._needs = {name: task.spec.needs for name, task in self.tasks.items()}
+        # By name, for the tasks that are not the very records taken last time: a daemon's
+        # one-file reload of 10,000 tasks spent 25 ms walking every task's needs and env.
+        for name in before.keys() - self.tasks.keys():
+            del self._needs[name]
+            self._secret_refs.pop(name, None)
+        for name, task in [(name, task) for name, task in self.tasks.items() if before.get(name) is not task]:
+            self._needs[name] = task.spec.needs
+            refs = {var: ref for var, ref in task.spec.env.items() if isinstance(ref, SecretRef)}
+            if refs and not task.removed:
+                self._secret_refs[name] = refs
+            else:
+                self._secret_refs.pop(name, None)
         self._secrets_changed()
 
     def _secrets_changed(self) -> None:
         """Every run is masked with every secret of the project (and the HTTP token), not only
         its own: a task can read another's file, or print what it was handed. Children get
         none of the variables secret references read from, unless they declare them."""
-        refs = {
-            f"{name}.{var}": ref
-            for name, task in self.tasks.items()
-            if not task.removed
-            for var, ref in task.spec.env.items()
-            if isinstance(ref, SecretRef)
-        }
+        # Each reference read once, however many tasks share it (the masker keeps a set anyway);
+        # told apart by its fields, which hash faster than the frozen dataclass.
+        refs: dict[tuple[str | None, str | None], tuple[str, SecretRef]] = {}
+        for name, own in self._secret_refs.items():
+            for var, ref in own.items():
+                key = (ref.from_env, ref.from_file)
+                if key not in refs:
+                    refs[key] = (f"{name}.{var}", ref)
         environ = self._execution.environ
         token = environ.get(TOKEN_VARIABLE)
-        self._masker = Masker([*readable_secrets(refs, self.project), *([token] if token else [])])
-        hidden = {ref.from_env for ref in refs.values() if ref.from_env is not None} | {TOKEN_VARIABLE}
+        readable = readable_secrets(dict(refs.values()), self.project)
+        self._masker = Masker([*readable, *([token] if token else [])])
+        hidden = {from_env for from_env, _ in refs if from_env is not None} | {TOKEN_VARIABLE}
         self._execution.hide(hidden)
 
     def _scope(self, context: RunContext, upstream: Upstream) -> InjectionScope:

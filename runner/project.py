@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ class Project:
     declared: Declared
     plugin_problems: list[Problem] = field(default_factory=list)
     findings: dict[str, CallableFinding] = field(default_factory=dict)
+    python: list[str] = field(default_factory=list)  # the python tasks' names
 
     @property
     def problems(self) -> list[Problem]:
@@ -59,10 +60,13 @@ class Project:
             found.extend(finding.problems)
         return sorted(found)
 
-    def wanted(self) -> dict[str, Wanted]:
-        """The state each declared task should be stored in."""
+    def wanted(self, names: Iterable[str] | None = None) -> dict[str, Wanted]:
+        """The state each declared task (or each of ``names`` that is declared) should be
+        stored in."""
+        specs = self.declared.specs
+        chosen = specs.items() if names is None else ((name, specs[name]) for name in names if name in specs)
         wanted = {}
-        for name, spec in self.declared.specs.items():
+        for name, spec in chosen:
             finding = self.findings.get(name)
             if finding is not None:
                 wanted[name] = Wanted(spec, False, finding.reason)
@@ -80,7 +84,11 @@ def load_project(root: Path, declared: Declared | None = None) -> Project:
     if declared is None:
         declared = load_tasks(root)
     project = Project(root, declared)
-    python_tasks = [s for s in declared.specs.values() if s.type is TaskType.PYTHON]
+    if declared.python is not None:  # listed file by file, as they were parsed
+        project.python = declared.python
+    else:
+        project.python = [name for name, spec in declared.specs.items() if spec.type is TaskType.PYTHON]
+    python_tasks = [declared.specs[name] for name in project.python]
     if not python_tasks and not (root / "plugins").is_dir():
         return project
     registry.use_project(root)

@@ -180,6 +180,7 @@ class Declared:
     files: dict[str, TaskFile]
     owner: dict[str, TaskFile]
     problems: list[Problem]
+    python: list[str] | None = None  # the python tasks' names, in order; None: not listed yet
 
     def at(self, task: str, *where: str | int, message: str, key: bool = False) -> Problem:
         """A problem about ``task`` positioned at one of its keys or values.
@@ -191,6 +192,16 @@ class Declared:
             source = self.specs[task].source
             return Problem(source.path, source.line, source.col, message)
         return owner.at(("tasks", task, *where), message, key=key)
+
+    def declared_in(self, paths: set[str]) -> set[str]:
+        """The names of the tasks built from the files at ``paths``."""
+        names: set[str] = set()
+        for path in paths & self.files.keys():
+            data = self.files[path].data
+            tasks = data.get("tasks") if isinstance(data, dict) else None
+            if isinstance(tasks, dict):
+                names.update(name for name in tasks if name in self.specs)
+        return names
 
     @property
     def digests(self) -> dict[str, str]:
@@ -220,6 +231,9 @@ class _Checked:
     file: TaskFile
     specs: dict[str, TaskSpec]
     problems: list[Problem]
+    names: tuple[str, ...]  # every task the file declares, valid or not
+    needs: dict[str, list[str]]  # of those, each that needs something, and what (as written)
+    python: list[str]  # the python tasks built from it
 
 
 ParseCache = dict[str, _Checked]
@@ -260,7 +274,11 @@ def _checked_file(project: Path, path: Path, cache: ParseCache | None) -> _Check
     file = read_task_file(project, path)
     if file is None:
         return None
-    checked = _Checked(file, check_file(file), list(file.problems))
+    tasks = file.data.get("tasks") if isinstance(file.data, dict) else None
+    names = tuple(tasks) if isinstance(tasks, dict) else ()
+    specs = check_file(file)
+    python = [name for name, spec in specs.items() if spec.type is TaskType.PYTHON]
+    checked = _Checked(file, specs, list(file.problems), names, _raw_needs(file), python)
     if cache is not None:
         cache[file.path] = checked
         if not checked.problems:
@@ -289,14 +307,24 @@ def _load_tasks(project: Path, cache: ParseCache | None) -> Declared:
     files: dict[str, TaskFile] = {}
     owner: dict[str, TaskFile] = {}
     problems: list[Problem] = []
+    needs: dict[str, list[str]] = {}
+    python: list[str] | None = []  # None once a name is declared twice: listed from specs then
     for path in list_task_files(project):
         checked = _checked_file(project, path, cache)
         if checked is None:
             continue
         file, file_specs = checked.file, checked.specs
         files[file.path] = file
-        tasks = file.data.get("tasks") if isinstance(file.data, dict) else None
-        for name in tasks if isinstance(tasks, dict) else ():
+        if not owner.keys() & checked.names:
+            # No name declared twice (what a valid project is): the file's tasks at once.
+            owner.update(dict.fromkeys(checked.names, file))
+            specs.update(file_specs)
+            needs.update(checked.needs)
+            if python is not None:
+                python.extend(checked.python)
+            continue
+        python = None
+        for name in checked.names:
             first = owner.get(name)
             if first is not None:
                 here = file.position(("tasks", name), key=True)
@@ -306,10 +334,13 @@ def _load_tasks(project: Path, cache: ParseCache | None) -> Declared:
                 specs.pop(name, None)
                 continue
             owner[name] = file
+            if name in checked.needs:
+                needs[name] = checked.needs[name]
             if name in file_specs:
                 specs[name] = file_specs[name]
-    declared = Declared(specs, files, owner, problems)
-    needs = {name: _raw_needs(file, name) for name, file in owner.items()}
+    declared = Declared(specs, files, owner, problems, python)
+    # Only the tasks that need something (a fifth, in projects like the benchmark's): a task
+    # that needs nothing has no unknown need and is on no cycle.
     for name, wanted in needs.items():
         for i, need in enumerate(wanted):
             if need not in owner:
@@ -331,10 +362,13 @@ def _load_tasks(project: Path, cache: ParseCache | None) -> Declared:
     return declared
 
 
-def _raw_needs(file: TaskFile, name: str) -> list[str]:
-    """The names a task's ``needs`` lists, read even from a task with other errors."""
-    body = file.data["tasks"][name]
-    wanted = body.get("needs") if isinstance(body, dict) else None
-    if not isinstance(wanted, list):
-        return []
-    return [w if isinstance(w, str) else str(w) for w in wanted]
+def _raw_needs(file: TaskFile) -> dict[str, list[str]]:
+    """Each task of ``file`` whose ``needs`` lists a name, and the names, read even from a task
+    with other errors."""
+    tasks = file.data.get("tasks") if isinstance(file.data, dict) else None
+    found: dict[str, list[str]] = {}
+    for name, body in tasks.items() if isinstance(tasks, dict) else ():
+        wanted = body.get("needs") if isinstance(body, dict) else None
+        if isinstance(wanted, list) and wanted:
+            found[name] = [w if isinstance(w, str) else str(w) for w in wanted]
+    return found

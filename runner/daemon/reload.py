@@ -136,6 +136,10 @@ class Reloader:
             # At once, with no await between: a run that starts now finds its callable.
             registry.reload_plugins()
             registry.import_plugins(self.root)
+        if changed is None:
+            # The first sync reads the stored tasks: let them share the parsed specs (one copy
+            # of each, for the parse cache, the store's and the engine's tasks).
+            self.store.remember_specs(declared.specs.values())
         try:
             plan = await sync_project(self.root, self.store, declared=declared)
         except ProjectError as exc:
@@ -154,7 +158,8 @@ class Reloader:
             self.sync_state.last_failed_at = time.time()
             return
         self.sync_state.last_ok_at, self.sync_state.last_error, self.sync_state.problems = time.time(), None, ()
-        self.store.remember_specs(declared.specs.values())
+        # Those the next full read may find (after another writer's sync): the rest are known.
+        self.store.remember_specs(wanted.spec for wanted in (*plan.inserts, *plan.updates))
         self.revision = revision
         if self.apply is None:
             return

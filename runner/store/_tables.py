@@ -120,6 +120,15 @@ task_files = Table(
     Column("digest", String(64), nullable=False),  # SHA-256 of the bytes the stored tasks came from
 )
 
+task_generation = Table(
+    "task_generation",
+    metadata,
+    # One row at most: a random token that every write of tasks or task_files replaces in the
+    # same transaction. A process that still finds the token of its own last sync knows both
+    # tables hold what that sync left, and need not read them again (store/tasks.py).
+    Column("token", String(32), nullable=False),
+)
+
 schedules = Table(
     "schedules",
     metadata,

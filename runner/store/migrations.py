@@ -16,7 +16,7 @@ from runner.errors import StoreVersionError
 from runner.store import _tables as t
 from runner.store.connection import StoreBase
 
-CURRENT_VERSION = 8
+CURRENT_VERSION = 9
 
 
 def _add_invocation(sync_conn: Any) -> None:
@@ -55,6 +55,14 @@ def _add_waiting_jobs(sync_conn: Any) -> None:
     t.metadata.create_all(sync_conn, tables=[t.waiting_jobs])
 
 
+def _add_task_generation(sync_conn: Any) -> None:
+    t.metadata.create_all(sync_conn, tables=[t.task_generation])
+    # A sync plans over the tasks of changed files only when the stored digests say which tasks
+    # the unchanged files hold. A store an older runner synced from an empty tasks.d/ kept the
+    # digests of files whose tasks it removed; without digests, the next sync plans over all.
+    sync_conn.execute(t.task_files.delete())
+
+
 # MIGRATIONS[N - 1] takes a store from version N - 1 to N. A new store (version 0) is created at
 # the current version in one step, so MIGRATIONS[0] creates everything.
 MIGRATIONS: list[Callable[[Any], None]] = [
@@ -66,6 +74,7 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     _index_status_by_time,
     _add_cancel_requests,
     _add_waiting_jobs,
+    _add_task_generation,
 ]
 
 

@@ -284,6 +284,19 @@ def test_second_sync_with_no_change_says_so_and_writes_nothing(
         assert data_version(watcher) == before
 
 
+def test_files_put_back_after_a_sync_of_an_empty_tasks_d_are_added_again(
+    project: ProjectDir, runner_cli: RunnerCli
+) -> None:
+    task_file = project.tasks("a.yaml", "version: 1\ntasks:\n  a:\n    command: echo a\n")
+    assert ok(runner_cli("sync")).stdout == "added: a\n"
+    kept = task_file.read_text()
+    task_file.unlink()
+    assert ok(runner_cli("sync")).stdout == "removed: a\n"
+    task_file.write_text(kept)  # put back as it was: not the state the store last synced
+    assert ok(runner_cli("sync")).stdout == "added: a\n"
+    assert [task["name"] for task in listed(runner_cli)] == ["a"]
+
+
 def test_dry_run_shows_the_changes_and_makes_none(example: ProjectDir, runner_cli: RunnerCli) -> None:
     ok(runner_cli("sync"))
     before = listed(runner_cli, "--all")

@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 from conftest import Cli, ProjectDir, ok, poll
+from pg import pg_server, pg_url  # noqa: F401
 from test_daemon import Daemon, runs_of
+from test_daemon_pg import PgCli
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -130,3 +133,51 @@ def test_a_symlink_swap_of_plugins_imports_the_new_release(project: ProjectDir, 
     daemon.wait_for("reloaded", within=5)
     poll(lambda: any(r["result_json"] == "2" for r in runs_of(project, "answer")), what="a run of the new release")
     assert daemon.stop() == 0
+
+
+def one(name: str, command: str) -> str:
+    return f"version: 1\ntasks:\n  {name}:\n    command: {command}\n"
+
+
+def reload_after_another_sync(project: ProjectDir, cli: Cli, other: Cli) -> dict[str, str]:
+    """A daemon on ``cli``'s store; ``other`` (another checkout, the same store) syncs; then a
+    file of the daemon's project changes. The commands of the tasks the store holds after."""
+    project.tasks("a.yaml", one("a", "echo a"))
+    project.tasks("b.yaml", one("b", "echo b"))
+    daemon = Daemon(cli).started()
+    other.project.tasks("a.yaml", one("a", "echo theirs"))
+    other.project.tasks("c.yaml", one("c", "echo c"))
+    assert ok(other("sync")).stdout.splitlines() == ["added: c", "updated: a", "removed: b"]
+
+    project.tasks("b.yaml", one("b", "echo b2"))
+    (reload,) = daemon.wait_for("reloaded", within=5)
+    assert (reload.get("added"), reload.get("updated"), reload.get("removed")) == (["b"], ["a"], ["c"])
+    assert listed(cli) == ["a", "b"]
+    assert ok(cli("sync")).stdout.strip() == "nothing to change"
+    assert daemon.stop() == 0
+    return {task["name"]: task["command"] for task in json.loads(ok(cli("list", "--json")).stdout)}
+
+
+def test_a_reload_after_another_process_synced_the_store_starts_from_what_that_process_wrote(
+    project: ProjectDir, cli: Cli, tmp_path: Path
+) -> None:
+    # The daemon reloads by difference from what its own last sync left; another `runner sync`
+    # on the same store must make it start from the store again.
+    class OtherCheckout(Cli):
+        def argv(self, *args: str) -> list[str]:
+            return super().argv("--db", str(project.db), *args)
+
+    other = OtherCheckout(ProjectDir(tmp_path / "other"))
+    try:
+        assert reload_after_another_sync(project, cli, other) == {"a": "echo a", "b": "echo b2"}
+    finally:
+        other.cleanup()
+
+
+def test_the_same_on_postgresql(project: ProjectDir, tmp_path: Path, pg_url: str) -> None:  # noqa: F811
+    cli, other = PgCli(project, pg_url), PgCli(ProjectDir(tmp_path / "other"), pg_url)
+    try:
+        assert reload_after_another_sync(project, cli, other) == {"a": "echo a", "b": "echo b2"}
+    finally:
+        cli.cleanup()
+        other.cleanup()

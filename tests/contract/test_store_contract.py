@@ -191,6 +191,46 @@ async def test_task_file_digests_are_kept(store: Store) -> None:
     assert await store.task_files() == {"tasks.d/a.yaml": "f" * 64}
 
 
+async def test_only_the_changed_task_file_digests_are_rewritten_and_all_are_read_back(store: Store) -> None:
+    steps = [
+        {"tasks.d/a.yaml": "a" * 64, "tasks.d/b.yaml": "b" * 64, "tasks.d/c.yaml": "c" * 64},
+        {"tasks.d/a.yaml": "a" * 64, "tasks.d/b.yaml": "2" * 64, "tasks.d/d.yaml": "d" * 64},  # b edited, c gone
+        {},  # an empty tasks.d/
+        {"tasks.d/a.yaml": "a" * 64},  # put back as it was
+    ]
+    for digests in steps:
+        await store.sync_tasks(lambda stored, stored_digests, d=digests: plan({}, stored, d, stored_digests))
+        assert await store.task_files() == digests
+
+
+async def test_a_sync_plans_over_what_another_process_synced_since_its_own_last_sync(url: str) -> None:
+    files = {"tasks.d/a.yaml": "a" * 64}
+    seen: list[tuple[dict[str, str | None], dict[str, str]]] = []
+
+    def planner(want: dict[str, Wanted], digests: dict[str, str]) -> Any:
+        def planned(stored: Any, stored_digests: Any) -> Any:
+            shown = {name: None if task.removed else task.spec.command for name, task in stored.items()}
+            seen.append((shown, dict(stored_digests)))
+            return plan(want, stored, digests, stored_digests)
+
+        return planned
+
+    async with open_store(url) as mine, open_store(url) as theirs:  # two processes' stores
+        await mine.sync_tasks(planner(wanted(spec("a", "echo a"), spec("b", "echo b")), files))
+        await theirs.sync_tasks(planner(wanted(spec("a", "echo theirs"), spec("c", "echo c")), {"x": "x" * 64}))
+        done = await mine.sync_tasks(planner(wanted(spec("a", "echo a"), spec("b", "echo b2")), files))
+        assert seen[-1] == ({"a": "echo theirs", "b": None, "c": "echo c"}, {"x": "x" * 64})
+        assert (done.added, done.updated, done.removed) == (("b",), ("a",), ("c",))
+        # With no other writer since, the next sync starts from what this one left.
+        await mine.sync_tasks(planner(wanted(spec("a", "echo a"), spec("b", "echo b2")), files))
+        assert seen[-1] == ({"a": "echo a", "b": "echo b2", "c": None}, files)
+        # A write by another process that changes only the digests counts too.
+        await theirs.sync_tasks(planner(wanted(spec("a", "echo a"), spec("b", "echo b2")), {"y": "y" * 64}))
+        await mine.sync_tasks(planner(wanted(spec("a", "echo a"), spec("b", "echo b2")), files))
+        assert seen[-1][1] == {"y": "y" * 64}
+    assert await execute(url, "SELECT path, digest FROM task_files") == [("tasks.d/a.yaml", "a" * 64)]
+
+
 # -- runs ----------------------------------------------------------------------------------------
 
 
