@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -31,16 +31,14 @@ from runner.jsonsafe import json_safe
 from runner.livelog import LiveLog
 from runner.masking import Masker
 from runner.models import LogLine, Run, RunStatus, TaskSpec, new_run_id
-from runner.processes import HOST
+from runner.processes import HOST, this_process
 from runner.recorder import Recorder
-from runner.records import QueuedRun, RunEnd, RunError, RunResult, next_attempt
+from runner.records import QueuedRun, RunEnd, RunError, RunResult, filled, next_attempt
 from runner.revision import Revision
 from runner.slots import Slots
 from runner.store import Store
 
 _PACKAGE_DIR = str(Path(__file__).parent)
-
-_T = TypeVar("_T")
 
 
 def error_of(exc: BaseException, masker: Masker, *, with_traceback: bool = True) -> RunError:
@@ -130,11 +128,13 @@ class Attempt:
     def safe_parameters(self) -> _SafeParameters:
         safe = self._safe
         if safe is None:
-            safe = self._safe = _SafeParameters(json_safe(self.parameters))
+            # No parameters, what most tasks have: nothing to make safe (~3 k instructions).
+            safe = self._safe = _SafeParameters(json_safe(self.parameters) if self.parameters else {})
         return safe
 
     def queued(self, revision: Revision | None) -> QueuedRun:
-        return QueuedRun(
+        return filled(
+            QueuedRun,
             id=self.run_id,
             task=self.spec.name,
             type=self.spec.type,
@@ -145,6 +145,7 @@ class Attempt:
             parameters_json=self.safe_parameters().masked_text(self.masker),
             queued_at=self.queued_at,
             scheduled_for=self.scheduled_for,
+            owner=this_process(),
             queue=self.queue,
             revision=revision.digest if revision else None,
             git_commit=revision.commit if revision else None,
@@ -323,7 +324,8 @@ class Attempts:
                 result = _NO_RESULT
             else:
                 result = RunResult.of(masker.data(json_safe(ending.result)), _pickled(ending.result, masker))
-        end = RunEnd(
+        end = filled(
+            RunEnd,
             run_id=attempt.run_id,
             status=ending.status,
             finished_at=finished,
@@ -334,6 +336,7 @@ class Attempts:
             error=ending.error,
             parameters_json=safe.masked_text(masker) if masker else None,
             result=result,
+            release=None,  # set by _releasing, for the few ends that release others
             started_at=started,
             pgid=attempt.group[0] if attempt.group is not None else None,
             pgid_started=attempt.group[1] if attempt.group is not None else None,
@@ -392,16 +395,6 @@ class Attempts:
             git_commit=self.revision.commit if self.revision else None,
             queue=None,
         )
-
-
-def filled(cls: type[_T], **fields: Any) -> _T:
-    """``cls(**fields)`` for a frozen dataclass without slots (a ``Run``, a ``RunContext``),
-    ``fields`` naming every field, without its ``__init__``: a frozen one sets each field with
-    ``object.__setattr__``, ~51 k instructions for the 24 of a ``Run``, a twelfth of a no-op
-    run's; set in one go, ~12 k. (Frozen guards ``setattr``, which this does not use.)"""
-    made = object.__new__(cls)
-    made.__dict__.update(fields)
-    return made
 
 
 _NO_RESULT = RunResult(None, "null", pickle.dumps(None))

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 
 from runner import registry
-from runner.attempt import Attempt, Ending, error_of, filled, masking
+from runner.attempt import Attempt, Ending, error_of, masking
 from runner.capture import RunOutput, captured
 from runner.context import RunContext, Upstream, current_run
 from runner.errors import RunnerError, SecretUnavailable, ShellStartError
@@ -40,6 +40,7 @@ from runner.masking import Masker, resolve_env
 from runner.models import LogLine, RunStatus, TaskType
 from runner.project import signature_of
 from runner.recorder import Recorder
+from runner.records import filled
 from runner.runnable import checked_parameters
 
 Scope = Callable[[RunContext, Upstream], object]

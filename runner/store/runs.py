@@ -24,6 +24,7 @@ from runner.store._rows import (
     UNFINISHED,
     UNFINISHED_SQL,
     end_row,
+    end_values,
     error_json,
     grouped_by_keys,
     log_row,
@@ -104,13 +105,13 @@ class RunStore(StoreBase):
             if self._postgres:
                 for sql, rows in self._ends_pg(batch.finishes):
                     await conn.exec_driver_sql(sql, rows)
-            else:  # through the driver, as the queued rows: by their columns, in end_row's order
+            else:  # through the driver, as the queued rows: by their columns, in end_values' order
                 ends: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
                 for end in batch.finishes:
-                    row = end_row(end)
-                    ends.setdefault(tuple(row), []).append(tuple(row.values()))
-                for keys, values in ends.items():
-                    await conn.exec_driver_sql(_end_sql_sqlite(keys), values)
+                    columns, values = end_values(end)
+                    ends.setdefault(columns, []).append(values)
+                for keys, tuples in ends.items():
+                    await conn.exec_driver_sql(_end_sql_sqlite(keys), tuples)
             unwritten = await self._queue_retries(conn, batch) if batch.retries else []
             if releases:
                 await release(conn, releases)
