@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 
 from runner.cancels import CancelWatch, Watched
 from runner.context import Upstream
@@ -35,6 +34,7 @@ from runner.processes import HOST, this_process
 from runner.recorder import Recorder
 from runner.records import QueuedRun, RunEnd, RunError, RunResult, filled, next_attempt
 from runner.revision import Revision
+from runner.scopes import checkpoint_if_cancelled
 from runner.slots import Slots
 from runner.store import Store
 
@@ -234,7 +234,7 @@ class Attempts:
         try:
             # A free slot is taken without a turn of the loop (Slots), so a run stopped before
             # its turn is refused here, before it starts.
-            await anyio.lowlevel.checkpoint_if_cancelled()
+            await checkpoint_if_cancelled()
             task_limiter = self._task_limiter(attempt.spec)
             if task_limiter is None:
                 async with self.limiter:
