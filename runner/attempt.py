@@ -133,23 +133,22 @@ class Attempt:
         return safe
 
     def queued(self, revision: Revision | None) -> QueuedRun:
-        return filled(
-            QueuedRun,
-            id=self.run_id,
-            task=self.spec.name,
-            type=self.spec.type,
-            attempt=self.number,
-            trigger=self.trigger,
-            parent_id=self.parent_id,
-            invocation=self.invocation,
-            parameters_json=self.safe_parameters().masked_text(self.masker),
-            queued_at=self.queued_at,
-            scheduled_for=self.scheduled_for,
-            owner=this_process(),
-            queue=self.queue,
-            revision=revision.digest if revision else None,
-            git_commit=revision.commit if revision else None,
-        )
+        return filled(QueuedRun, {
+            "id": self.run_id,
+            "task": self.spec.name,
+            "type": self.spec.type,
+            "attempt": self.number,
+            "trigger": self.trigger,
+            "parent_id": self.parent_id,
+            "invocation": self.invocation,
+            "parameters_json": self.safe_parameters().masked_text(self.masker),
+            "queued_at": self.queued_at,
+            "scheduled_for": self.scheduled_for,
+            "owner": this_process(),
+            "queue": self.queue,
+            "revision": revision.digest if revision else None,
+            "git_commit": revision.commit if revision else None,
+        })
 
     def retry(self, number: int) -> Attempt:
         return Attempt(
@@ -324,23 +323,22 @@ class Attempts:
                 result = _NO_RESULT
             else:
                 result = RunResult.of(masker.data(json_safe(ending.result)), _pickled(ending.result, masker))
-        end = filled(
-            RunEnd,
-            run_id=attempt.run_id,
-            status=ending.status,
-            finished_at=finished,
-            duration_s=duration,
-            exit_code=ending.exit_code,
-            stdout=masker.text(ending.stdout) if ending.stdout is not None else None,
-            stderr=masker.text(ending.stderr) if ending.stderr is not None else None,
-            error=ending.error,
-            parameters_json=safe.masked_text(masker) if masker else None,
-            result=result,
-            release=None,  # set by _releasing, for the few ends that release others
-            started_at=started,
-            pgid=attempt.group[0] if attempt.group is not None else None,
-            pgid_started=attempt.group[1] if attempt.group is not None else None,
-        )
+        end = filled(RunEnd, {
+            "run_id": attempt.run_id,
+            "status": ending.status,
+            "finished_at": finished,
+            "duration_s": duration,
+            "exit_code": ending.exit_code,
+            "stdout": masker.text(ending.stdout) if ending.stdout is not None else None,
+            "stderr": masker.text(ending.stderr) if ending.stderr is not None else None,
+            "error": ending.error,
+            "parameters_json": safe.masked_text(masker) if masker else None,
+            "result": result,
+            "release": None,  # set by _releasing, for the few ends that release others
+            "started_at": started,
+            "pgid": attempt.group[0] if attempt.group is not None else None,
+            "pgid_started": attempt.group[1] if attempt.group is not None else None,
+        })
         return self._run(attempt, started, end, parameters, ending.logs), end
 
     def _failed_record(
@@ -368,33 +366,32 @@ class Attempts:
         parameters: Mapping[str, Any],
         logs: tuple[LogLine, ...] = (),
     ) -> Run:
-        return filled(
-            Run,
-            id=attempt.run_id,
-            task=attempt.spec.name,
-            type=attempt.spec.type,
-            status=end.status,
-            attempt=attempt.number,
-            parameters=parameters,
-            trigger=attempt.trigger,
-            parent_id=attempt.parent_id,
-            invocation=attempt.invocation,
-            scheduled_for=attempt.scheduled_for,
-            queued_at=attempt.queued_at,
-            started_at=started,
-            finished_at=end.finished_at,
-            duration_s=end.duration_s,
-            exit_code=end.exit_code,
-            stdout=end.stdout,
-            stderr=end.stderr,
-            result=end.result.value if end.result is not None else None,
-            error=end.error.to_json() if end.error is not None else None,
-            logs=logs,
-            host=HOST,
-            revision=self.revision.digest if self.revision else None,
-            git_commit=self.revision.commit if self.revision else None,
-            queue=None,
-        )
+        return filled(Run, {
+            "id": attempt.run_id,
+            "task": attempt.spec.name,
+            "type": attempt.spec.type,
+            "status": end.status,
+            "attempt": attempt.number,
+            "parameters": parameters,
+            "trigger": attempt.trigger,
+            "parent_id": attempt.parent_id,
+            "invocation": attempt.invocation,
+            "scheduled_for": attempt.scheduled_for,
+            "queued_at": attempt.queued_at,
+            "started_at": started,
+            "finished_at": end.finished_at,
+            "duration_s": end.duration_s,
+            "exit_code": end.exit_code,
+            "stdout": end.stdout,
+            "stderr": end.stderr,
+            "result": end.result.value if end.result is not None else None,
+            "error": end.error.to_json() if end.error is not None else None,
+            "logs": logs,
+            "host": HOST,
+            "revision": self.revision.digest if self.revision else None,
+            "git_commit": self.revision.commit if self.revision else None,
+            "queue": None,
+        })
 
 
 _NO_RESULT = RunResult(None, "null", pickle.dumps(None))

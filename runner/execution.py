@@ -222,10 +222,10 @@ class Execution:
         handler = _RunLog(attempt.live, name)
         logger = logging.Logger(name, logging.DEBUG)
         logger.handlers.append(handler)  # a new logger no one else holds: no need of logging's lock
-        context = filled(
-            RunContext, run_id=attempt.run_id, task=spec.name, attempt=attempt.number, parameters=attempt.parameters,
-            logger=logger, env=env,
-        )
+        context = filled(RunContext, {
+            "run_id": attempt.run_id, "task": spec.name, "attempt": attempt.number, "parameters": attempt.parameters,
+            "logger": logger, "env": env,
+        })
         printed: dict[str, str | None] = {"stdout": None, "stderr": None}
         try:
             fn = registry.resolve(spec.callable or "")

@@ -53,8 +53,9 @@ class _Pending:
         # takes it: a run that ends before then carries them in its end instead (``finished``).
         self.starts: dict[str, float] = {}
         self.groups: dict[str, tuple[int, float | None]] = {}
-        # asyncio's own events for the writer's wake-up and the wait for a commit, which every
-        # run sets and waits on: anyio's wrap them in a frame more (~3 k instructions a run).
+        # asyncio's own event: every run waits on one, and anyio's wraps it in a frame more.
+        # (Not the writer's wake-up: anyio's, set already, lets the loop turn once before the
+        # writer takes the batch, so that the runs woken by the last commit join it.)
         self.committed = asyncio.Event()
         self.error: BaseException | None = None
         self.written = Written()  # what of it was not written after all (Store.write_runs)
@@ -108,7 +109,7 @@ class Recorder:
         self.on_failure: Callable[[], None] | None = None  # told when a batch first fails
         self._give_up = anyio.Event()
         self._pending = _Pending()
-        self._wake = asyncio.Event()
+        self._wake = anyio.Event()
         self._closing = False
         self._ended = False
         self._dirty: dict[int, LiveLog] = {}
@@ -130,7 +131,7 @@ class Recorder:
     async def _write(self) -> None:
         while True:
             await self._wake.wait()
-            self._wake = asyncio.Event()
+            self._wake = anyio.Event()
             pending, self._pending = self._pending, _Pending()
             if not pending.empty:
                 pending.seal()
