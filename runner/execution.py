@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 
 from runner import registry
-from runner.attempt import Attempt, Ending, error_of, filled, masking
+from runner.attempt import Attempt, Ending, error_of, masking
 from runner.capture import RunOutput, captured
 from runner.context import RunContext, Upstream, current_run
 from runner.errors import RunnerError, SecretUnavailable, ShellStartError
@@ -40,6 +40,7 @@ from runner.masking import Masker, resolve_env
 from runner.models import LogLine, RunStatus, TaskType
 from runner.project import signature_of
 from runner.recorder import Recorder
+from runner.records import filled
 from runner.runnable import checked_parameters
 
 Scope = Callable[[RunContext, Upstream], object]
@@ -221,10 +222,10 @@ class Execution:
         handler = _RunLog(attempt.live, name)
         logger = logging.Logger(name, logging.DEBUG)
         logger.handlers.append(handler)  # a new logger no one else holds: no need of logging's lock
-        context = filled(
-            RunContext, run_id=attempt.run_id, task=spec.name, attempt=attempt.number, parameters=attempt.parameters,
-            logger=logger, env=env,
-        )
+        context = filled(RunContext, {
+            "run_id": attempt.run_id, "task": spec.name, "attempt": attempt.number, "parameters": attempt.parameters,
+            "logger": logger, "env": env,
+        })
         printed: dict[str, str | None] = {"stdout": None, "stderr": None}
         try:
             fn = registry.resolve(spec.callable or "")

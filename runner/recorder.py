@@ -26,6 +26,7 @@ batch is refused.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -52,7 +53,10 @@ class _Pending:
         # takes it: a run that ends before then carries them in its end instead (``finished``).
         self.starts: dict[str, float] = {}
         self.groups: dict[str, tuple[int, float | None]] = {}
-        self.committed = anyio.Event()
+        # asyncio's own event: every run waits on one, and anyio's wraps it in a frame more.
+        # (Not the writer's wake-up: anyio's, set already, lets the loop turn once before the
+        # writer takes the batch, so that the runs woken by the last commit join it.)
+        self.committed = asyncio.Event()
         self.error: BaseException | None = None
         self.written = Written()  # what of it was not written after all (Store.write_runs)
 

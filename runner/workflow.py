@@ -277,15 +277,12 @@ class Workflow:
 
     async def _run_watched(self, node: Node) -> None:
         try:
-            needs = [self.nodes[n] for n in node.task.spec.needs if n in self.nodes]
-            running = [need for need in needs if not need.ended]
-            if running:
-                await _all_ended(running)
-            blocked = [n for n in needs if n.final is None or not n.final.succeeded]
+            spec = node.task.spec
+            # A task without needs (most of a fan's) makes no lists to find none of them.
+            blocked = await self._blocked(spec) if spec.needs else None
             if blocked:
                 node.final = await self._skip(node.attempt, blocked)
             else:
-                spec = node.task.spec
                 upstream = await self._upstream(spec) if spec.needs else None
                 node.final = await self._attempts(node, upstream)
             self._record(node.final)
@@ -307,6 +304,14 @@ class Workflow:
             self._record(node.final)
         finally:
             node.end()
+
+    async def _blocked(self, spec: TaskSpec) -> list[Node]:
+        """Once the needs of ``spec`` in this workflow have ended, those that did not succeed."""
+        needs = [self.nodes[n] for n in spec.needs if n in self.nodes]
+        running = [need for need in needs if not need.ended]
+        if running:
+            await _all_ended(running)
+        return [n for n in needs if n.final is None or not n.final.succeeded]
 
     async def _attempts(self, node: Node, upstream: Upstream | None) -> Run:
         """Run ``node`` until it succeeds or has no retries left; return its last run.

@@ -89,7 +89,7 @@ async def _call(
             return await fn(**arguments)
         return await _await_within(fn(**arguments), time_limit)
     value = await _call_in_thread(fn, arguments, time_limit, thread_name)
-    if inspect.isawaitable(value):
+    if value is not None and inspect.isawaitable(value):  # None: what most return (~3 k to ask)
         value = await _await_within(value, time_limit)
     return value
 

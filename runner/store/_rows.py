@@ -108,29 +108,36 @@ def queued_row(run: QueuedRun) -> dict[str, Any]:
     return dict(zip(QUEUED_COLUMNS, queued_values(run), strict=True))
 
 
-def end_row(end: RunEnd) -> dict[str, Any]:
-    """The fields of a run's row its end sets; those it leaves as queued are not among them."""
-    row: dict[str, Any] = {
-        "id": end.run_id,
-        "status": end.status.value,
-        "finished_at": end.finished_at,
-        "duration_s": end.duration_s,
-        "exit_code": end.exit_code,
-        "stdout": end.stdout,
-        "stderr": end.stderr,
-        "error": error_json(end.error),
-    }
+_END_COLUMNS: tuple[str, ...] = ("id", "status", "finished_at", "duration_s", "exit_code", "stdout", "stderr", "error")
+
+
+def end_values(end: RunEnd) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """The columns of a run's row its end sets, and their values in that order; those it leaves
+    as queued are not among them. (As two tuples, not a dict: the SQLite path binds the values
+    as they are, ~4 k instructions less an end.)"""
+    columns = _END_COLUMNS
+    values: tuple[Any, ...] = (
+        end.run_id, end.status.value, end.finished_at, end.duration_s, end.exit_code, end.stdout, end.stderr,
+        error_json(end.error),
+    )
     if end.parameters_json is not None:
-        row["parameters"] = end.parameters_json
+        columns += ("parameters",)
+        values += (end.parameters_json,)
     if end.result is not None:
-        row["result_json"] = end.result.json
-        row["result_pickle"] = end.result.pickled
+        columns += ("result_json", "result_pickle")
+        values += (end.result.json, end.result.pickled)
     if end.started_at is not None:
-        row["started_at"] = end.started_at
+        columns += ("started_at",)
+        values += (end.started_at,)
     if end.pgid is not None:
-        row["pgid"] = end.pgid
-        row["pgid_started"] = end.pgid_started
-    return row
+        columns += ("pgid", "pgid_started")
+        values += (end.pgid, end.pgid_started)
+    return columns, values
+
+
+def end_row(end: RunEnd) -> dict[str, Any]:
+    """The fields of a run's row its end sets (``end_values``), by column."""
+    return dict(zip(*end_values(end), strict=True))
 
 
 def log_row(chunk: LogChunk) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from runner.store._rows import (
     UNFINISHED,
     UNFINISHED_SQL,
     end_row,
+    end_values,
     error_json,
     grouped_by_keys,
     log_row,
@@ -91,8 +92,8 @@ class RunStore(StoreBase):
                 else:
                     await conn.exec_driver_sql(INSERT_QUEUED_SQLITE, [queued_values(run) for run in inserts])
             if self._postgres:
-                for sql, columns in _progress_pg(batch):
-                    await conn.exec_driver_sql(sql, columns)
+                for sql, rows in _progress_pg(batch):
+                    await conn.exec_driver_sql(sql, rows)
             else:
                 if batch.starts:
                     await conn.execute(
@@ -106,15 +107,15 @@ class RunStore(StoreBase):
             if jobs:
                 await defer(conn, jobs)
             if self._postgres:
-                for sql, columns in self._ends_pg(batch.finishes):
-                    await conn.exec_driver_sql(sql, columns)
-            else:  # through the driver, as the queued rows: by their columns, in end_row's order
+                for sql, rows in self._ends_pg(batch.finishes):
+                    await conn.exec_driver_sql(sql, rows)
+            else:  # through the driver, as the queued rows: by their columns, in end_values' order
                 ends: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
                 for end in batch.finishes:
-                    row = end_row(end)
-                    ends.setdefault(tuple(row), []).append(tuple(row.values()))
-                for keys, values in ends.items():
-                    await conn.exec_driver_sql(_end_sql_sqlite(keys), values)
+                    columns, values = end_values(end)
+                    ends.setdefault(columns, []).append(values)
+                for keys, tuples in ends.items():
+                    await conn.exec_driver_sql(_end_sql_sqlite(keys), tuples)
             unwritten = await self._queue_retries(conn, batch) if batch.retries else []
             if releases:
                 await release(conn, releases)
