@@ -247,7 +247,8 @@ class _Queue:
         trouble = _Trouble("listen for new jobs")
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+                conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+                try:
                     for channel in get_channel_for_queues(self.queues):
                         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     trouble.worked()
@@ -268,6 +269,11 @@ class _Queue:
                                 queued = True
                         if queued:
                             self.on_job()
+                finally:
+                    # Not ``async with``: its exit awaits a rollback first, which a cancel
+                    # (the worker stopping) could interrupt, leaving the connection open.
+                    with anyio.CancelScope(shield=True):
+                        await conn.close()
             except Exception as exc:  # cannot connect, or the connection broke: the fetches poll meanwhile
                 trouble.failed(exc)
             await anyio.sleep(RETRY_AFTER)
