@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import AsyncBackend
 
 _scope_class: type[anyio.CancelScope] | None = None
@@ -32,7 +33,9 @@ def checkpoint_if_cancelled() -> Awaitable[None]:
     the caller's scope is cancelled (letting the loop turn only then)."""
     global _backend
     if _backend is None:
-        from anyio._core._eventloop import get_async_backend
-
+        try:
+            from anyio._core._eventloop import get_async_backend  # not public: it may move
+        except ImportError:
+            return anyio.lowlevel.checkpoint_if_cancelled()
         _backend = get_async_backend()
     return _backend.checkpoint_if_cancelled()
