@@ -241,34 +241,13 @@ class _Queue:
         connection in one go, each looked at as bytes, and ``on_job`` is called once for
         them."""
         import psycopg
-        from procrastinate.manager import get_channel_for_queues
-        from psycopg import sql
 
         trouble = _Trouble("listen for new jobs")
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
                 try:
-                    for channel in get_channel_for_queues(self.queues):
-                        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-                    trouble.worked()
-                    self.on_job()
-                    pgconn = conn.pgconn
-                    while True:
-                        with anyio.move_on_after(LISTEN_CHECK) as quiet:
-                            await anyio.wait_readable(pgconn.socket)
-                        if quiet.cancelled_caught:
-                            await conn.execute("SELECT 1")  # a connection dropped without a word
-                            continue
-                        pgconn.consume_input()
-                        queued = False
-                        while (notify := pgconn.notifies()) is not None:
-                            if b"abort_job_requested" in notify.extra:
-                                self.on_abort(int(json.loads(notify.extra)["job_id"]))
-                            else:
-                                queued = True
-                        if queued:
-                            self.on_job()
+                    await self._listen_on(conn, trouble)
                 finally:
                     # Not ``async with``: its exit awaits a rollback first, which a cancel
                     # (the worker stopping) could interrupt, leaving the connection open.
@@ -277,6 +256,32 @@ class _Queue:
             except Exception as exc:  # cannot connect, or the connection broke: the fetches poll meanwhile
                 trouble.failed(exc)
             await anyio.sleep(RETRY_AFTER)
+
+    async def _listen_on(self, conn: Any, trouble: _Trouble) -> None:
+        """``listen`` on one connection, until it breaks."""
+        from procrastinate.manager import get_channel_for_queues
+        from psycopg import sql
+
+        for channel in get_channel_for_queues(self.queues):
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        trouble.worked()
+        self.on_job()
+        pgconn = conn.pgconn
+        while True:
+            with anyio.move_on_after(LISTEN_CHECK) as quiet:
+                await anyio.wait_readable(pgconn.socket)
+            if quiet.cancelled_caught:
+                await conn.execute("SELECT 1")  # a connection dropped without a word
+                continue
+            pgconn.consume_input()
+            queued = False
+            while (notify := pgconn.notifies()) is not None:
+                if b"abort_job_requested" in notify.extra:
+                    self.on_abort(int(json.loads(notify.extra)["job_id"]))
+                else:
+                    queued = True
+            if queued:
+                self.on_job()
 
 
 class Worker:

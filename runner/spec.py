@@ -197,10 +197,7 @@ class Declared:
         """The names of the tasks built from the files at ``paths``."""
         names: set[str] = set()
         for path in paths & self.files.keys():
-            data = self.files[path].data
-            tasks = data.get("tasks") if isinstance(data, dict) else None
-            if isinstance(tasks, dict):
-                names.update(name for name in tasks if name in self.specs)
+            names.update(name for name in _tasks_of(self.files[path]) if name in self.specs)
         return names
 
     @property
@@ -274,11 +271,10 @@ def _checked_file(project: Path, path: Path, cache: ParseCache | None) -> _Check
     file = read_task_file(project, path)
     if file is None:
         return None
-    tasks = file.data.get("tasks") if isinstance(file.data, dict) else None
-    names = tuple(tasks) if isinstance(tasks, dict) else ()
+    tasks = _tasks_of(file)
     specs = check_file(file)
     python = [name for name, spec in specs.items() if spec.type is TaskType.PYTHON]
-    checked = _Checked(file, specs, list(file.problems), names, _raw_needs(file), python)
+    checked = _Checked(file, specs, list(file.problems), tuple(tasks), _raw_needs(tasks), python)
     if cache is not None:
         cache[file.path] = checked
         if not checked.problems:
@@ -362,12 +358,17 @@ def _load_tasks(project: Path, cache: ParseCache | None) -> Declared:
     return declared
 
 
-def _raw_needs(file: TaskFile) -> dict[str, list[str]]:
-    """Each task of ``file`` whose ``needs`` lists a name, and the names, read even from a task
-    with other errors."""
+def _tasks_of(file: TaskFile) -> dict[Any, Any]:
+    """The ``tasks`` mapping of a task file as written, valid or not (empty if it has none)."""
     tasks = file.data.get("tasks") if isinstance(file.data, dict) else None
+    return tasks if isinstance(tasks, dict) else {}
+
+
+def _raw_needs(tasks: dict[Any, Any]) -> dict[str, list[str]]:
+    """Each of a file's ``tasks`` whose ``needs`` lists a name, and the names, read even from a
+    task with other errors."""
     found: dict[str, list[str]] = {}
-    for name, body in tasks.items() if isinstance(tasks, dict) else ():
+    for name, body in tasks.items():
         wanted = body.get("needs") if isinstance(body, dict) else None
         if isinstance(wanted, list) and wanted:
             found[name] = [w if isinstance(w, str) else str(w) for w in wanted]

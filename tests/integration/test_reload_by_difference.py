@@ -6,7 +6,8 @@ the same files into a new store makes of them; and every run is still masked wit
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,20 @@ async def full_sync(root: Path, db: Path) -> dict[str, tuple[Any, ...]]:
         return kept(await fresh.tasks())
 
 
+@contextlib.asynccontextmanager
+async def reloading(project: ProjectDir, store: Store) -> AsyncIterator[tuple[Reloader, Engine]]:
+    """A daemon's reloader, synced once, and an engine that takes each of its syncs, as the
+    daemon's does."""
+    reloader = Reloader(project.root, store, anyio.Event())
+    await reloader.sync(None)
+    async with Engine(store, project.root) as engine:
+        async def apply(_revision: object, synced: Any) -> None:
+            await engine.reload(synced)
+
+        reloader.apply = apply
+        yield reloader, engine
+
+
 def edits(project: ProjectDir) -> list[tuple[str, Callable[[], object]]]:
     tasks_d = project.root / "tasks.d"
     return [
@@ -87,13 +102,7 @@ async def test_every_reload_leaves_the_store_and_the_engine_as_a_full_sync_would
     project.tasks("c.yaml", tasks(shell("c1", "echo c")))
     project.tasks("p.yaml", tasks("  p:\n    type: python\n    callable: plugins.calc:add\n    parameters: {a: 1, b: 2}\n"))
     project.plugin("calc", PLUGIN)
-    reloader = Reloader(project.root, store, anyio.Event())
-    await reloader.sync(None)
-    async with Engine(store, project.root) as engine:
-        async def apply(_revision: object, synced: Any) -> None:
-            await engine.reload(synced)
-
-        reloader.apply = apply
+    async with reloading(project, store) as (reloader, engine):
         for i, (what, edit) in enumerate(edits(project)):
             edit()
             changed = {project.root / "plugins" / "calc.py"} if "plugin" in what or what == "mend it" else {project.root / "tasks.d"}
@@ -115,13 +124,7 @@ async def test_a_reload_of_another_file_keeps_every_secret_masked_and_masks_a_ne
     secret_env = "    env:\n      S: {from_file: secrets/s}\n"
     project.tasks("a.yaml", tasks(shell("holder", "'true'", extra=secret_env)))
     project.tasks("b.yaml", tasks(shell("leak", "cat secrets/s")))
-    reloader = Reloader(project.root, store, anyio.Event())
-    await reloader.sync(None)
-    async with Engine(store, project.root) as engine:
-        async def apply(_revision: object, synced: Any) -> None:
-            await engine.reload(synced)
-
-        reloader.apply = apply
+    async with reloading(project, store) as (reloader, engine):
         assert (await engine.run("leak")).stdout == "***\n"
         project.tasks("b.yaml", tasks(shell("leak", "cat secrets/s && echo again")))
         await reloader.sync({project.root / "tasks.d" / "b.yaml"})
