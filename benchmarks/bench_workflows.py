@@ -19,7 +19,11 @@ Figures are printed beside what they are judged against, measured in the same pr
    tasks and once with ``async def`` ones, each as the wall time of the fan-in minus the wall
    time of ``runner run`` of one task of the same kind in the same project (so the start-up and
    the project load cancel out), and the CPU time of the process per run, the same difference.
-   Targets: >= 5,000 recorded runs/s for ``def``, >= 6,000/s for ``async def``.
+   Targets: >= 5,000 recorded runs/s for ``def``, >= 6,000/s for ``async def``. Each round
+   also times a fixed loop of pure Python just before it (``reference_ms``) and prints it with
+   the round's rates: on a shared VM the same code's rates move by 2-3x within minutes, and the
+   reference is a hint (no more: it is a tight loop, the runs are not) of which rounds met a
+   slow machine.
 
 Usage::
 
@@ -46,6 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +118,26 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def cli_figures(scratch: Path, width: int, repeat: int) -> dict[str, tuple[float, float]]:
+def reference_ms() -> float:
+    """Milliseconds of a fixed piece of pure Python (a loop of 1,000,000 additions): how fast the
+    machine runs the interpreter just now, taken beside each round of the CLI figures."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(1_000_000):
+        total += i
+    return (time.perf_counter() - started) * 1e3
+
+
+@dataclass
+class CliFigures:
+    rates: dict[str, tuple[float, float]]  # per kind: medians of (runs/s, CPU ms per run)
+    rounds: list[tuple[float, float, float]]  # per round: the reference's ms, def and async def runs/s
+
+
+def cli_figures(scratch: Path, width: int, repeat: int) -> CliFigures:
     """Per kind (``def``, ``async def``): medians of (runs/s, CPU ms per run) of the fan-in
-    through ``runner run``, less ``runner run`` of one task, each from a fresh copy of one store."""
+    through ``runner run``, less ``runner run`` of one task, each from a fresh copy of one store;
+    and each round's figures with the machine's speed just before it (``reference_ms``)."""
     root = scratch / "cli-project"
     write_cli_project(root, width)
     template = scratch / "cli-template.db"
@@ -134,14 +156,17 @@ def cli_figures(scratch: Path, width: int, repeat: int) -> dict[str, tuple[float
     for kind in "da":
         timed(f"{kind}one")  # untimed: the bytecode of the project's plugin written, caches warm
     samples: dict[str, list[tuple[float, float]]] = {"def": [], "async def": []}
+    rounds = []
     for _ in range(repeat):  # interleaved, so that a burst of load hits every figure
+        reference = reference_ms()
         for kind, label in (("d", "def"), ("a", "async def")):
             one_wall, one_cpu = timed(f"{kind}one")
             fan_wall, fan_cpu = timed(f"{kind}fanin")
             samples[label].append(((width + 1) / (fan_wall - one_wall), (fan_cpu - one_cpu) / width * 1e3))
+        rounds.append((reference, samples["def"][-1][0], samples["async def"][-1][0]))
     for label, pairs in samples.items():
         figures[label] = (statistics.median(r for r, _ in pairs), statistics.median(c for _, c in pairs))
-    return figures
+    return CliFigures(figures, rounds)
 
 
 async def sync_template(root: Path, db: Path) -> None:
@@ -239,12 +264,15 @@ def load() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
-def print_cli(figures: dict[str, tuple[float, float]], width: int) -> None:
+def print_cli(figures: CliFigures, width: int) -> None:
     print(f"{'`runner run` of a fan-in of ' + str(width) + ', less one run':44} {'runs/s':>8} {'cpu ms/run':>11}  target")
     for label, target in (("def", 5000), ("async def", 6000)):
-        rate, cpu_ms = figures[label]
+        rate, cpu_ms = figures.rates[label]
         met = "met" if rate >= target else "NOT met"
         print(f"{'  ' + label + ' no-op tasks':44} {rate:8.0f} {cpu_ms:11.3f}  >= {target}/s: {met}")
+    print("  each round: the machine's reference (ms), then def and async def runs/s: " + "; ".join(
+        f"{reference:.0f} ms {rate_def:.0f} {rate_async:.0f}" for reference, rate_def, rate_async in figures.rounds
+    ))
 
 
 def main() -> None:
