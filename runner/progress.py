@@ -3,12 +3,17 @@ live status line (what runs, what is done, failed or skipped, elapsed time).
 
 The lines of the runs that finish in one turn of the event loop are written together, at the
 end of that turn: a fan of 2,000 no-op runs finishes hundreds in a turn, and a write (a system
-call, and a wake-up of whatever reads the pipe) for each was 2,000 of them."""
+call, and a wake-up of whatever reads the pipe) for each was 2,000 of them.
+
+When whatever reads the lines goes away (``runner run --json | head -1``), the runs go on and
+are recorded as ever; the lines are no longer written, and a line on stderr says so once."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import sys
 import time
 from typing import TextIO
@@ -38,8 +43,11 @@ class Reporter:
         self.started = time.monotonic()
         self._status = ""
         self._lines: list[str] = []  # of the runs finished in this turn of the loop
+        self._reader_gone = False
 
     def run_finished(self, run: Run) -> None:
+        if self._reader_gone:
+            return
         if not self._lines:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
@@ -57,12 +65,25 @@ class Reporter:
         if not self._lines:
             return
         text, self._lines = "\n".join(self._lines) + "\n", []
-        if self.as_json:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            return
-        self.stream.write(f"{_CLEAR}{text}{self._status}" if self.live else text)
-        self.stream.flush()
+        stream = sys.stdout if self.as_json else self.stream
+        try:
+            stream.write(f"{_CLEAR}{text}{self._status}" if self.live else text)
+            stream.flush()
+        except BrokenPipeError:
+            self._lost_reader(stream)
+
+    def _lost_reader(self, stream: TextIO) -> None:
+        self._reader_gone = True
+        self.live = False  # no status line to redraw either
+        # /dev/null in its place, so that the interpreter's own flush at exit does not fail on it
+        # again (not for a stream without a file: a test's capture).
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            fd = stream.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        if stream is sys.stdout:
+            print("runner: stdout was closed; the runs go on and are recorded (`runner runs` shows them)", file=sys.stderr)
 
     async def watch(self, workflow: Workflow) -> None:
         """Redraw the status line until cancelled (on a terminal only); write what is left."""
@@ -76,7 +97,7 @@ class Reporter:
         finally:
             self._status = ""
             self.flush()
-            if self.live:
+            if self.live and not self._reader_gone:
                 self.stream.write(_CLEAR)
                 self.stream.flush()
 

@@ -215,6 +215,40 @@ def test_json_lines_come_as_runs_finish_and_the_target_last(project: ProjectDir,
     assert at(first, "finished_at") <= at(rest[0], "finished_at") <= at(rest[1], "finished_at")
 
 
+def test_when_the_reader_of_the_json_lines_goes_away_the_runs_go_on_and_are_recorded(
+    project: ProjectDir, cli: Cli
+) -> None:
+    write(
+        project,
+        f"""
+        version: 1
+        tasks:
+          slow:
+            command: '{wait_for_file("go", then="echo slow")}'
+          fast:
+            command: 'echo fast'
+          top:
+            command: 'echo top'
+            needs: [slow, fast]
+        """,
+    )
+    runner = cli.start("run", "top", "--json")  # as `runner run top --json | head -1`
+    assert runner.stdout is not None
+    assert select.select([runner.stdout], [], [], 5)[0], "nothing was printed"
+    assert json.loads(runner.stdout.readline())["task"] == "fast"
+    runner.stdout.close()
+    runner.stdout = None
+    (project.root / "go").touch()
+    result = cli.finish(runner)
+    assert result.returncode == 0, result.stderr
+    assert "runner: stdout was closed; the runs go on and are recorded" in result.stderr
+    assert "Traceback" not in result.stderr and "Exception" not in result.stderr, result.stderr
+    runs = json.loads(ok(cli("runs", "--json")).stdout)
+    assert sorted((r["task"], r["status"]) for r in runs) == [
+        ("fast", "succeeded"), ("slow", "succeeded"), ("top", "succeeded")
+    ]
+
+
 # -- skipping -------------------------------------------------------------------------------------
 
 

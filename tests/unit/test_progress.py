@@ -82,3 +82,26 @@ def test_json_lines_go_to_stdout_one_per_run(capsys: pytest.CaptureFixture[str])
     anyio.run(main)
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["task"] for line in lines] == ["a", "b"]
+
+
+class Closed(Counted):
+    """A pipe whose reader has gone."""
+
+    def write(self, text: str) -> int:
+        super().write(text)
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_once_the_reader_is_gone_no_more_lines_are_written_and_nothing_fails() -> None:
+    stream = Closed()
+    reporter = Reporter(as_json=False, stream=stream)
+
+    async def main() -> None:
+        reporter.run_finished(finished("a"))
+        await anyio.lowlevel.checkpoint()  # the write fails here, in the loop's callback
+        reporter.run_finished(finished("b"))
+        await anyio.lowlevel.checkpoint()
+        reporter.flush()
+
+    anyio.run(main)
+    assert stream.writes == 1
