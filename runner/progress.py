@@ -83,7 +83,8 @@ class Reporter:
             os.dup2(devnull, fd)
             os.close(devnull)
         if stream is sys.stdout:
-            print("runner: stdout was closed; the runs go on and are recorded (`runner runs` shows them)", file=sys.stderr)
+            with contextlib.suppress(OSError):  # stderr gone too (`2>&1 | head -1`)
+                print("runner: stdout was closed; the runs go on and are recorded (`runner runs` shows them)", file=sys.stderr)
 
     async def watch(self, workflow: Workflow) -> None:
         """Redraw the status line until cancelled (on a terminal only); write what is left."""
@@ -97,7 +98,7 @@ class Reporter:
         finally:
             self._status = ""
             self.flush()
-            if self.live and not self._reader_gone:
+            if self.live:
                 self.stream.write(_CLEAR)
                 self.stream.flush()
 
