@@ -249,6 +249,35 @@ def test_when_the_reader_of_the_json_lines_goes_away_the_runs_go_on_and_are_reco
     ]
 
 
+def test_when_stdout_and_stderr_share_a_pipe_whose_reader_goes_away_the_runs_still_end_well(
+    project: ProjectDir, cli: Cli
+) -> None:
+    write(
+        project,
+        f"""
+        version: 1
+        tasks:
+          slow:
+            command: '{wait_for_file("go", then="echo slow")}'
+          fast:
+            command: 'echo fast'
+          top:
+            command: 'echo top'
+            needs: [slow, fast]
+        """,
+    )
+    runner = cli.start("run", "top", "--json", stderr=subprocess.STDOUT)  # `... --json 2>&1 | head -1`
+    assert runner.stdout is not None
+    assert select.select([runner.stdout], [], [], 5)[0], "nothing was printed"
+    assert json.loads(runner.stdout.readline())["task"] == "fast"
+    runner.stdout.close()
+    runner.stdout = None
+    (project.root / "go").touch()
+    assert cli.finish(runner).returncode == 0
+    runs = json.loads(ok(cli("runs", "--json")).stdout)
+    assert {r["status"] for r in runs} == {"succeeded"} and len(runs) == 3
+
+
 # -- skipping -------------------------------------------------------------------------------------
 
 
