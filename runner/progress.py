@@ -48,14 +48,12 @@ class Reporter:
     def run_finished(self, run: Run) -> None:
         if self._reader_gone:
             return
-        if not self._lines:
+        self._lines.append(self._line(run))
+        if len(self._lines) == 1:  # the first of this turn: written at its end
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
             except RuntimeError:  # no loop running: written now
-                self._lines.append(self._line(run))
                 self.flush()
-                return
-        self._lines.append(self._line(run))
 
     def _line(self, run: Run) -> str:
         return json.dumps(run.to_json()) if self.as_json else status_line(run)

@@ -189,7 +189,8 @@ def test_concurrency_1_runs_the_branches_one_after_the_other(project: ProjectDir
     assert "Invalid value for '--concurrency'" in exits(bad, 2).stderr
 
 
-def test_json_lines_come_as_runs_finish_and_the_target_last(project: ProjectDir, cli: Cli) -> None:
+def write_slow_and_fast(project: ProjectDir) -> None:
+    """``top`` needs ``fast`` and ``slow``, which waits for the file ``go``."""
     write(
         project,
         f"""
@@ -204,10 +205,26 @@ def test_json_lines_come_as_runs_finish_and_the_target_last(project: ProjectDir,
             needs: [slow, fast]
         """,
     )
-    runner = cli.start("run", "top", "--json")
+
+
+def first_json_line(runner: subprocess.Popen[str]) -> dict[str, Any]:
+    """The first JSON line ``runner`` prints, read within 5 s."""
     assert runner.stdout is not None
     assert select.select([runner.stdout], [], [], 5)[0], "nothing was printed"
-    first = json.loads(runner.stdout.readline())  # printed while slow still runs
+    return json.loads(runner.stdout.readline())
+
+
+def close_stdout(runner: subprocess.Popen[str]) -> None:
+    """Stop reading ``runner``'s stdout, as ``| head -1`` does after its line."""
+    assert runner.stdout is not None
+    runner.stdout.close()
+    runner.stdout = None
+
+
+def test_json_lines_come_as_runs_finish_and_the_target_last(project: ProjectDir, cli: Cli) -> None:
+    write_slow_and_fast(project)
+    runner = cli.start("run", "top", "--json")
+    first = first_json_line(runner)  # printed while slow still runs
     assert (first["task"], first["status"]) == ("fast", "succeeded")
     (project.root / "go").touch()
     rest = json_lines(ok(cli.finish(runner)).stdout)
@@ -218,26 +235,10 @@ def test_json_lines_come_as_runs_finish_and_the_target_last(project: ProjectDir,
 def test_when_the_reader_of_the_json_lines_goes_away_the_runs_go_on_and_are_recorded(
     project: ProjectDir, cli: Cli
 ) -> None:
-    write(
-        project,
-        f"""
-        version: 1
-        tasks:
-          slow:
-            command: '{wait_for_file("go", then="echo slow")}'
-          fast:
-            command: 'echo fast'
-          top:
-            command: 'echo top'
-            needs: [slow, fast]
-        """,
-    )
+    write_slow_and_fast(project)
     runner = cli.start("run", "top", "--json")  # as `runner run top --json | head -1`
-    assert runner.stdout is not None
-    assert select.select([runner.stdout], [], [], 5)[0], "nothing was printed"
-    assert json.loads(runner.stdout.readline())["task"] == "fast"
-    runner.stdout.close()
-    runner.stdout = None
+    assert first_json_line(runner)["task"] == "fast"
+    close_stdout(runner)
     (project.root / "go").touch()
     result = cli.finish(runner)
     assert result.returncode == 0, result.stderr
@@ -252,26 +253,10 @@ def test_when_the_reader_of_the_json_lines_goes_away_the_runs_go_on_and_are_reco
 def test_when_stdout_and_stderr_share_a_pipe_whose_reader_goes_away_the_runs_still_end_well(
     project: ProjectDir, cli: Cli
 ) -> None:
-    write(
-        project,
-        f"""
-        version: 1
-        tasks:
-          slow:
-            command: '{wait_for_file("go", then="echo slow")}'
-          fast:
-            command: 'echo fast'
-          top:
-            command: 'echo top'
-            needs: [slow, fast]
-        """,
-    )
+    write_slow_and_fast(project)
     runner = cli.start("run", "top", "--json", stderr=subprocess.STDOUT)  # `... --json 2>&1 | head -1`
-    assert runner.stdout is not None
-    assert select.select([runner.stdout], [], [], 5)[0], "nothing was printed"
-    assert json.loads(runner.stdout.readline())["task"] == "fast"
-    runner.stdout.close()
-    runner.stdout = None
+    assert first_json_line(runner)["task"] == "fast"
+    close_stdout(runner)
     (project.root / "go").touch()
     assert cli.finish(runner).returncode == 0
     runs = json.loads(ok(cli("runs", "--json")).stdout)
